@@ -1,0 +1,29 @@
+//! Compiles `crm/**/*.proto` with protox (pure Rust, no system `protoc`) and writes the
+//! file descriptor set that server reflection serves.
+
+use std::{env, fs, path::PathBuf};
+
+use prost::Message;
+
+const FILES: &[&str] = &[
+    "crm/common/v1/common.proto",
+    "crm/events/v1/events.proto",
+    "crm/customer/v1/customer.proto",
+    "crm/customer/v1/customer_service.proto",
+    "crm/customer/v1/customer_events.proto",
+];
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    println!("cargo:rerun-if-changed=crm");
+    let fds = protox::compile(FILES, ["."])?;
+    let out = PathBuf::from(env::var("OUT_DIR")?);
+    fs::write(out.join("crm_descriptor.bin"), fds.encode_to_vec())?;
+    tonic_prost_build::configure()
+        // BTreeMap keeps map encoding deterministic, so an encoded request can be
+        // hashed (request_id idempotency compares hashes).
+        .btree_map(".")
+        .build_server(true)
+        .build_client(true)
+        .compile_fds(fds)?;
+    Ok(())
+}

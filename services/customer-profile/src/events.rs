@@ -1,0 +1,47 @@
+//! The events customer-profile publishes on its change feed.
+
+use crm_platform::feed::NewEvent;
+use crm_proto::crm::customer::v1 as pb;
+use prost::Message;
+
+use crate::{api::convert::customer_to_proto, domain::Customer};
+
+pub fn created(c: &Customer, actor: &str) -> NewEvent {
+    let data = pb::CustomerCreated {
+        customer: Some(customer_to_proto(c)),
+    }
+    .encode_to_vec();
+    NewEvent {
+        event_type: "crm.customer.v1.CustomerCreated",
+        subject: c.name(),
+        actor: actor.to_owned(),
+        data,
+    }
+}
+
+pub fn updated(c: &Customer, changed_paths: Vec<String>, actor: &str) -> NewEvent {
+    let data = pb::CustomerUpdated {
+        customer: Some(customer_to_proto(c)),
+        changed_paths,
+    }
+    .encode_to_vec();
+    NewEvent {
+        event_type: "crm.customer.v1.CustomerUpdated",
+        subject: c.name(),
+        actor: actor.to_owned(),
+        data,
+    }
+}
+
+pub fn deleted(c: &Customer, actor: &str) -> NewEvent {
+    let data = pb::CustomerDeleted {
+        customer: Some(customer_to_proto(c)),
+    }
+    .encode_to_vec();
+    NewEvent {
+        event_type: "crm.customer.v1.CustomerDeleted",
+        subject: c.name(),
+        actor: actor.to_owned(),
+        data,
+    }
+}

@@ -1,0 +1,216 @@
+//! Persistence of customers: sea-orm entities, queries and migrations. Takes and
+//! returns domain types; the profile body is stored as JSON beside the columns that
+//! lists filter and sort on.
+
+mod entity;
+mod migrations;
+
+use chrono::{DateTime, Utc};
+use crm_platform::{Error, Result};
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, EntityTrait, Order, QueryFilter, QueryOrder,
+    QuerySelect, sea_query::Query,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::domain::{
+    Customer, CustomerId, Profile,
+    customer::{Channel, CustomerKind},
+    filter::{Comparison, Filter, OrderBy, OrderField},
+};
+use entity::{customer, customer_tag};
+pub use migrations::MIGRATIONS;
+
+/// Where the previous page ended: the sort value and id of its last row.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Position {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    time: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    text: Option<String>,
+    id: String,
+}
+
+impl Position {
+    pub fn after(customer: &Customer, order: OrderBy) -> Self {
+        let (time, text) = match order.field {
+            OrderField::CreateTime => (Some(customer.create_time), None),
+            OrderField::UpdateTime => (Some(customer.update_time), None),
+            OrderField::DisplayName => (None, Some(customer.profile.display_name.clone())),
+        };
+        Self {
+            time,
+            text,
+            id: customer.id.uuid().to_string(),
+        }
+    }
+}
+
+/// Query parameters of a list.
+#[derive(Debug, Clone)]
+pub struct ListQuery {
+    pub filter: Filter,
+    pub order: OrderBy,
+    pub show_deleted: bool,
+    pub after: Option<Position>,
+    pub limit: u64,
+}
+
+pub async fn find<C: ConnectionTrait>(conn: &C, id: CustomerId) -> Result<Option<Customer>> {
+    customer::Entity::find_by_id(id.uuid().to_string())
+        .one(conn)
+        .await?
+        .map(decode)
+        .transpose()
+}
+
+pub async fn insert<C: ConnectionTrait>(conn: &C, c: &Customer) -> Result<()> {
+    customer::Entity::insert(encode(c)?).exec_without_returning(conn).await?;
+    replace_tags(conn, c).await
+}
+
+/// Writes `c` if the stored revision is still `expected_revision`; false when another
+/// writer got there first.
+pub async fn update<C: ConnectionTrait>(conn: &C, c: &Customer, expected_revision: i64) -> Result<bool> {
+    let result = customer::Entity::update_many()
+        .set(encode(c)?)
+        .filter(customer::Column::Id.eq(c.id.uuid().to_string()))
+        .filter(customer::Column::Revision.eq(expected_revision))
+        .exec(conn)
+        .await?;
+    if result.rows_affected == 0 {
+        return Ok(false);
+    }
+    replace_tags(conn, c).await?;
+    Ok(true)
+}
+
+async fn replace_tags<C: ConnectionTrait>(conn: &C, c: &Customer) -> Result<()> {
+    let id = c.id.uuid().to_string();
+    customer_tag::Entity::delete_many()
+        .filter(customer_tag::Column::CustomerId.eq(id.clone()))
+        .exec(conn)
+        .await?;
+    if c.profile.tags.is_empty() {
+        return Ok(());
+    }
+    let rows = c.profile.tags.iter().map(|tag| customer_tag::ActiveModel {
+        customer_id: Set(id.clone()),
+        tag: Set(tag.clone()),
+    });
+    customer_tag::Entity::insert_many(rows).exec_without_returning(conn).await?;
+    Ok(())
+}
+
+pub async fn list(db: &DatabaseConnection, q: &ListQuery) -> Result<Vec<Customer>> {
+    let mut select = customer::Entity::find();
+    if !q.show_deleted {
+        select = select.filter(customer::Column::DeleteTime.is_null());
+    }
+    let f = &q.filter;
+    if let Some(stage) = f.lifecycle_stage {
+        select = select.filter(customer::Column::LifecycleStage.eq(stage.as_str()));
+    }
+    if let Some(owner) = &f.owner_user_id {
+        select = select.filter(customer::Column::OwnerUserId.eq(owner.as_str()));
+    }
+    if let Some(team) = &f.team_id {
+        select = select.filter(customer::Column::TeamId.eq(team.as_str()));
+    }
+    for tag in &f.tags {
+        select = select.filter(
+            customer::Column::Id.in_subquery(
+                Query::select()
+                    .column(customer_tag::Column::CustomerId)
+                    .from(customer_tag::Entity)
+                    .and_where(customer_tag::Column::Tag.eq(tag.as_str()))
+                    .to_owned(),
+            ),
+        );
+    }
+    for (cmp, at) in &f.update_time {
+        let col = customer::Column::UpdateTime;
+        select = select.filter(match cmp {
+            Comparison::Lt => col.lt(*at),
+            Comparison::Le => col.lte(*at),
+            Comparison::Gt => col.gt(*at),
+            Comparison::Ge => col.gte(*at),
+            Comparison::Eq => col.eq(*at),
+        });
+    }
+    let column = match q.order.field {
+        OrderField::CreateTime => customer::Column::CreateTime,
+        OrderField::UpdateTime => customer::Column::UpdateTime,
+        OrderField::DisplayName => customer::Column::DisplayName,
+    };
+    if let Some(after) = &q.after {
+        let value: sea_orm::Value = match (&after.time, &after.text) {
+            (Some(t), _) => (*t).into(),
+            (None, Some(s)) => s.clone().into(),
+            (None, None) => return Err(Error::invalid("page_token", "not a page token issued for this query")),
+        };
+        let id = customer::Column::Id;
+        let keyset = if q.order.descending {
+            Condition::any()
+                .add(column.lt(value.clone()))
+                .add(Condition::all().add(column.eq(value)).add(id.lt(after.id.as_str())))
+        } else {
+            Condition::any()
+                .add(column.gt(value.clone()))
+                .add(Condition::all().add(column.eq(value)).add(id.gt(after.id.as_str())))
+        };
+        select = select.filter(keyset);
+    }
+    let order = if q.order.descending { Order::Desc } else { Order::Asc };
+    let rows = select
+        .order_by(column, order.clone())
+        .order_by(customer::Column::Id, order)
+        .limit(q.limit)
+        .all(db)
+        .await?;
+    rows.into_iter().map(decode).collect()
+}
+
+fn encode(c: &Customer) -> Result<customer::ActiveModel> {
+    let profile = serde_json::to_string(&c.profile).map_err(Error::internal)?;
+    Ok(customer::ActiveModel {
+        id: Set(c.id.uuid().to_string()),
+        kind: Set(label(&c.profile.kind)?),
+        display_name: Set(c.profile.display_name.clone()),
+        lifecycle_stage: Set(c.profile.lifecycle_stage.as_str().to_owned()),
+        owner_user_id: Set(c.profile.owner_user_id.clone()),
+        team_id: Set(c.profile.team_id.clone()),
+        source_channel: Set(label(&c.source_channel)?),
+        profile: Set(profile),
+        revision: Set(c.revision),
+        create_time: Set(c.create_time),
+        update_time: Set(c.update_time),
+        delete_time: Set(c.delete_time),
+    })
+}
+
+/// The serde name of a unit enum variant, for text columns.
+fn label<T: Serialize>(value: &T) -> Result<String> {
+    match serde_json::to_value(value).map_err(Error::internal)? {
+        serde_json::Value::String(s) => Ok(s),
+        other => Err(Error::internal(anyhow::anyhow!("not a unit variant: {other}"))),
+    }
+}
+
+fn decode(m: customer::Model) -> Result<Customer> {
+    let profile: Profile =
+        serde_json::from_str(&m.profile).map_err(|e| Error::internal(anyhow::anyhow!("customer {}: profile: {e}", m.id)))?;
+    let id = uuid::Uuid::parse_str(&m.id).map_err(|e| Error::internal(anyhow::anyhow!("customer id {}: {e}", m.id)))?;
+    let source_channel: Channel = serde_json::from_value(serde_json::Value::String(m.source_channel.clone()))
+        .map_err(|e| Error::internal(anyhow::anyhow!("customer {}: source_channel: {e}", m.id)))?;
+    debug_assert!(profile.kind != CustomerKind::Unspecified);
+    Ok(Customer {
+        id: CustomerId::from_uuid(id),
+        profile,
+        source_channel,
+        revision: m.revision,
+        create_time: m.create_time,
+        update_time: m.update_time,
+        delete_time: m.delete_time,
+    })
+}

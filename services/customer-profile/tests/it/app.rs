@@ -1,0 +1,144 @@
+//! `TestApp`: the service started in-process with its own database.
+
+use std::time::Duration;
+
+use crm_customer_profile::{Config, DEFAULTS};
+use crm_platform::{
+    Platform,
+    auth::{Principal, mint_hs256},
+    cache::RedisCache,
+    config::{PLATFORM_DEFAULTS, section},
+    server::{GrpcServer, Shutdown, shutdown_channel},
+    testing::{self, TestDatabase},
+};
+use crm_proto::crm::customer::v1::{self as pb, customer_profile_service_client::CustomerProfileServiceClient};
+use tonic::{Request, transport::Channel};
+
+pub const SECRET: &str = "integration-test-secret-0123456789abcdef";
+
+pub struct TestApp {
+    pub addr: std::net::SocketAddr,
+    pub client: CustomerProfileServiceClient<Channel>,
+    shutdown: Shutdown,
+    _db: TestDatabase,
+}
+
+impl TestApp {
+    pub async fn spawn() -> Self {
+        let db = TestDatabase::new("customer-profile").unwrap();
+        let value = crm_platform::config::load(&[PLATFORM_DEFAULTS, DEFAULTS], None).unwrap();
+        let mut cfg = Config {
+            platform: section(&value, None).unwrap(),
+            customer_profile: section(&value, Some("customer_profile")).unwrap(),
+        };
+        match &db.target {
+            crm_platform::db::Target::Sqlite { url } => cfg.platform.database.url = url.clone(),
+            crm_platform::db::Target::Postgres { url, schema } => {
+                cfg.platform.database.url = url.clone();
+                cfg.platform.database.schema = schema.clone();
+            }
+        }
+        cfg.platform.auth.jwt_secret = SECRET.into();
+        cfg.platform.feed.poll_interval_ms = 50;
+        cfg.platform.feed.heartbeat_secs = 1;
+        if let Some(url) = testing::redis_url() {
+            cfg.platform.redis.url = url;
+            cfg.platform.redis.key_prefix = testing::unique_key_prefix();
+            let probe = RedisCache::new(&cfg.platform.redis, Duration::from_secs(1)).unwrap();
+            if let Err(e) = probe.ping().await {
+                panic!("{} is set but Redis cannot be reached: {e}", testing::REDIS_URL_VAR);
+            }
+        }
+        let (shutdown, signal) = shutdown_channel();
+        let platform = Platform::new(cfg.platform, signal.clone()).unwrap();
+        let service = crm_customer_profile::build(&platform, &cfg.customer_profile)
+            .await
+            .expect("service must start (is the test database reachable?)");
+        let mut server = GrpcServer::new(platform.config.server.clone());
+        server.add_service(service).await;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(server.serve(listener, signal));
+        let channel = Channel::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        Self {
+            addr,
+            client: CustomerProfileServiceClient::new(channel),
+            shutdown,
+            _db: db,
+        }
+    }
+
+    pub fn token(user: &str, roles: &[&str]) -> String {
+        let principal = Principal {
+            user_id: user.into(),
+            roles: roles.iter().map(|r| (*r).to_owned()).collect(),
+            team_ids: vec![],
+            customer_id: None,
+        };
+        mint_hs256(SECRET, &principal, Duration::from_secs(600)).unwrap()
+    }
+
+    /// A request carrying an admin token.
+    pub fn admin<T>(msg: T) -> Request<T> {
+        Self::as_user(msg, &Self::token("admin-1", &["admin"]))
+    }
+
+    pub fn as_user<T>(msg: T, token: &str) -> Request<T> {
+        let mut req = Request::new(msg);
+        req.metadata_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        req
+    }
+
+    pub async fn create(&self, customer: pb::Customer) -> pb::Customer {
+        self.client
+            .clone()
+            .create_customer(Self::admin(pb::CreateCustomerRequest {
+                customer: Some(customer),
+                request_id: String::new(),
+            }))
+            .await
+            .unwrap()
+            .into_inner()
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.shutdown.trigger();
+    }
+}
+
+pub fn person(given: &str, family: &str) -> pb::Customer {
+    pb::Customer {
+        person_name: Some(pb::PersonName {
+            given_name: given.into(),
+            family_name: family.into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// Field paths of the BadRequest violations in `status`.
+pub fn violations(status: &tonic::Status) -> Vec<String> {
+    use tonic_types::StatusExt;
+    status
+        .get_error_details()
+        .bad_request()
+        .map(|b| b.field_violations.iter().map(|v| v.field.clone()).collect())
+        .unwrap_or_default()
+}
+
+pub fn reason(status: &tonic::Status) -> String {
+    use tonic_types::StatusExt;
+    status
+        .get_error_details()
+        .error_info()
+        .map(|i| i.reason.clone())
+        .unwrap_or_default()
+}

@@ -1,0 +1,10 @@
+//! customer-profile through its real gRPC API, in-process on a random port, on SQLite
+//! or (with CRM_TEST_DATABASE_URL / CRM_TEST_REDIS_URL) PostgreSQL and Redis.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod app;
+mod auth;
+mod crud;
+mod feed;
+mod idempotency;
+mod list;

@@ -1,0 +1,456 @@
+//! Authentication (bearer JWT -> [`Principal`]) and the authorization seam every
+//! handler calls ([`Authorizer`]). The role table here is the interim policy; the
+//! permissions service replaces it behind the same trait.
+
+use std::{collections::BTreeMap, sync::Arc};
+
+use async_trait::async_trait;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, errors::ErrorKind};
+use serde::{Deserialize, Serialize};
+use tonic::{Request, Status};
+
+use crate::{
+    config::{AuthConfig, ConfigError},
+    error::{Error, Result},
+};
+
+/// Who is calling, as proven by their token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    pub user_id: String,
+    pub roles: Vec<String>,
+    pub team_ids: Vec<String>,
+    /// Set for customer self-service tokens: the caller is this customer and may only
+    /// touch `customers/{customer_id}`.
+    pub customer_id: Option<String>,
+}
+
+/// JWT claims the platform reads and `crm token` writes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Claims {
+    pub sub: String,
+    #[serde(default)]
+    pub roles: Vec<String>,
+    #[serde(default)]
+    pub teams: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub customer_id: Option<String>,
+    pub exp: u64,
+    #[serde(default)]
+    pub iat: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iss: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aud: Option<String>,
+}
+
+const MIN_SECRET_LEN: usize = 32;
+
+/// Checks the `auth` section; called by [`crate::config::PlatformConfig::validate`].
+pub fn validate_config(cfg: &AuthConfig) -> Result<(), ConfigError> {
+    let algorithm = parse_algorithm(&cfg.algorithm)?;
+    match (cfg.jwt_secret.is_empty(), cfg.public_key_path.is_empty()) {
+        (true, true) => Err(ConfigError::invalid(
+            "auth",
+            "no token verification key: set auth.jwt_secret (HS256, development) or auth.public_key_path (RS256/ES256)",
+        )),
+        (false, false) => Err(ConfigError::invalid(
+            "auth",
+            "set only one of auth.jwt_secret and auth.public_key_path",
+        )),
+        (false, true) if algorithm != Algorithm::HS256 => Err(ConfigError::invalid(
+            "auth.algorithm",
+            "auth.jwt_secret needs algorithm HS256",
+        )),
+        (false, true) if cfg.jwt_secret.len() < MIN_SECRET_LEN => Err(ConfigError::invalid(
+            "auth.jwt_secret",
+            format!("must be at least {MIN_SECRET_LEN} bytes"),
+        )),
+        (true, false) if algorithm == Algorithm::HS256 => Err(ConfigError::invalid(
+            "auth.algorithm",
+            "auth.public_key_path needs algorithm RS256 or ES256",
+        )),
+        _ => Ok(()),
+    }?;
+    for (role, permissions) in &cfg.roles {
+        for p in permissions {
+            if !valid_permission_pattern(p) {
+                return Err(ConfigError::invalid(
+                    format!("auth.roles.{role}"),
+                    format!("`{p}` is not a permission such as `customer.read`, `customer.*` or `*`"),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn parse_algorithm(name: &str) -> Result<Algorithm, ConfigError> {
+    match name {
+        "HS256" => Ok(Algorithm::HS256),
+        "RS256" => Ok(Algorithm::RS256),
+        "ES256" => Ok(Algorithm::ES256),
+        other => Err(ConfigError::invalid(
+            "auth.algorithm",
+            format!("`{other}` is not one of HS256, RS256, ES256"),
+        )),
+    }
+}
+
+fn valid_permission_pattern(p: &str) -> bool {
+    p == "*"
+        || p.split('.').enumerate().all(|(i, part)| {
+            (i > 0 && part == "*") || (!part.is_empty() && part.chars().all(|c| c.is_ascii_lowercase() || c == '_'))
+        })
+}
+
+/// Verifies bearer tokens.
+#[derive(Clone)]
+pub struct TokenVerifier {
+    key: Arc<DecodingKey>,
+    validation: Arc<Validation>,
+}
+
+impl std::fmt::Debug for TokenVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenVerifier")
+            .field("algorithms", &self.validation.algorithms)
+            .finish()
+    }
+}
+
+impl TokenVerifier {
+    pub fn from_config(cfg: &AuthConfig) -> Result<Self, ConfigError> {
+        validate_config(cfg)?;
+        let algorithm = parse_algorithm(&cfg.algorithm)?;
+        let key = if cfg.jwt_secret.is_empty() {
+            let pem = std::fs::read(&cfg.public_key_path)
+                .map_err(|e| ConfigError::invalid("auth.public_key_path", format!("cannot read {}: {e}", cfg.public_key_path)))?;
+            let parsed = if algorithm == Algorithm::RS256 {
+                DecodingKey::from_rsa_pem(&pem)
+            } else {
+                DecodingKey::from_ec_pem(&pem)
+            };
+            parsed.map_err(|e| {
+                ConfigError::invalid(
+                    "auth.public_key_path",
+                    format!("not a {} public key in PEM: {e}", cfg.algorithm),
+                )
+            })?
+        } else {
+            DecodingKey::from_secret(cfg.jwt_secret.as_bytes())
+        };
+        let mut validation = Validation::new(algorithm);
+        validation.leeway = 30;
+        if cfg.issuer.is_empty() {
+            validation.iss = None;
+        } else {
+            validation.set_issuer(&[&cfg.issuer]);
+            // Without this a token that simply omits `iss` would pass.
+            validation.required_spec_claims.insert("iss".to_owned());
+        }
+        if cfg.audience.is_empty() {
+            validation.validate_aud = false;
+        } else {
+            validation.set_audience(&[&cfg.audience]);
+            validation.required_spec_claims.insert("aud".to_owned());
+        }
+        Ok(Self {
+            key: Arc::new(key),
+            validation: Arc::new(validation),
+        })
+    }
+
+    pub fn verify(&self, token: &str) -> Result<Principal> {
+        let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation).map_err(|e| {
+            let (reason, text) = match e.kind() {
+                ErrorKind::ExpiredSignature => ("TOKEN_EXPIRED", "the token has expired"),
+                ErrorKind::InvalidIssuer => ("TOKEN_INVALID", "the token's issuer is not accepted"),
+                ErrorKind::InvalidAudience => ("TOKEN_INVALID", "the token's audience is not accepted"),
+                ErrorKind::InvalidSignature => ("TOKEN_INVALID", "the token's signature does not verify"),
+                _ => ("TOKEN_INVALID", "the token is malformed or uses another algorithm"),
+            };
+            Error::Unauthenticated {
+                reason,
+                reason_text: text.into(),
+            }
+        })?;
+        let claims = data.claims;
+        if claims.sub.is_empty() {
+            return Err(Error::Unauthenticated {
+                reason: "TOKEN_INVALID",
+                reason_text: "the token has no subject".into(),
+            });
+        }
+        Ok(Principal {
+            user_id: claims.sub,
+            roles: claims.roles,
+            team_ids: claims.teams,
+            customer_id: claims.customer_id,
+        })
+    }
+}
+
+/// Mints an HS256 token (development and tests; production tokens come from the
+/// identity provider).
+pub fn mint_hs256(secret: &str, principal: &Principal, ttl: std::time::Duration) -> Result<String> {
+    let now = u64::try_from(chrono::Utc::now().timestamp()).unwrap_or_default();
+    let claims = Claims {
+        sub: principal.user_id.clone(),
+        roles: principal.roles.clone(),
+        teams: principal.team_ids.clone(),
+        customer_id: principal.customer_id.clone(),
+        exp: now + ttl.as_secs(),
+        iat: now,
+        iss: None,
+        aud: None,
+    };
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .map_err(Error::internal)
+}
+
+/// tonic interceptor: verifies `authorization: Bearer <token>` and stores the
+/// [`Principal`] in the request extensions. Health and reflection are not wrapped
+/// with it, so they need no token.
+#[derive(Clone, Debug)]
+pub struct Authenticator {
+    verifier: TokenVerifier,
+}
+
+impl Authenticator {
+    pub fn new(verifier: TokenVerifier) -> Self {
+        Self { verifier }
+    }
+}
+
+impl tonic::service::Interceptor for Authenticator {
+    fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
+        let header = req.metadata().get("authorization").ok_or_else(|| {
+            Status::from(Error::Unauthenticated {
+                reason: "TOKEN_MISSING",
+                reason_text: "send `authorization: Bearer <token>` metadata".into(),
+            })
+        })?;
+        let token = header
+            .to_str()
+            .ok()
+            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+            .ok_or_else(|| {
+                Status::from(Error::Unauthenticated {
+                    reason: "TOKEN_INVALID",
+                    reason_text: "the authorization metadata must be `Bearer <token>`".into(),
+                })
+            })?;
+        let principal = self.verifier.verify(token.trim())?;
+        req.extensions_mut().insert(principal);
+        Ok(req)
+    }
+}
+
+/// The principal the [`Authenticator`] stored on the request.
+pub fn principal<T>(req: &Request<T>) -> Result<Principal> {
+    req.extensions()
+        .get::<Principal>()
+        .cloned()
+        .ok_or_else(|| Error::Unauthenticated {
+            reason: "TOKEN_MISSING",
+            reason_text: "no authenticated principal".into(),
+        })
+}
+
+/// May `principal` do `permission` (e.g. `customer.update`) on `resource` (a resource
+/// name such as `customers/123`, or a collection such as `customers`)?
+#[async_trait]
+pub trait Authorizer: Send + Sync + std::fmt::Debug {
+    async fn check(&self, principal: &Principal, permission: &str, resource: &str) -> Result<()>;
+}
+
+/// Authorization by a static role table from configuration: a principal holds a
+/// permission when one of its roles lists it, its `<domain>.*`, or `*`. A customer
+/// self-service principal is further confined to its own customer resource.
+#[derive(Debug, Clone)]
+pub struct RoleTable {
+    roles: BTreeMap<String, Vec<String>>,
+}
+
+impl RoleTable {
+    pub fn new(roles: BTreeMap<String, Vec<String>>) -> Self {
+        Self { roles }
+    }
+
+    fn grants(&self, principal: &Principal, permission: &str) -> bool {
+        let domain_wildcard = permission.split_once('.').map(|(domain, _)| format!("{domain}.*"));
+        principal
+            .roles
+            .iter()
+            .filter_map(|role| self.roles.get(role))
+            .flatten()
+            .any(|p| p == "*" || p == permission || Some(p) == domain_wildcard.as_ref())
+    }
+}
+
+#[async_trait]
+impl Authorizer for RoleTable {
+    async fn check(&self, principal: &Principal, permission: &str, resource: &str) -> Result<()> {
+        let own_resource = match &principal.customer_id {
+            None => true,
+            Some(id) => {
+                let own = format!("customers/{id}");
+                resource == own || resource.starts_with(&format!("{own}/"))
+            }
+        };
+        if own_resource && self.grants(principal, permission) {
+            Ok(())
+        } else {
+            Err(Error::PermissionDenied {
+                permission: permission.into(),
+                resource: resource.into(),
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &str = "test-secret-test-secret-test-secret!";
+
+    fn cfg() -> AuthConfig {
+        AuthConfig {
+            jwt_secret: SECRET.into(),
+            public_key_path: String::new(),
+            algorithm: "HS256".into(),
+            issuer: String::new(),
+            audience: String::new(),
+            roles: BTreeMap::from([
+                ("admin".into(), vec!["*".into()]),
+                ("agent".into(), vec!["customer.read".into()]),
+                ("sales".into(), vec!["customer.*".into()]),
+            ]),
+        }
+    }
+
+    fn user(roles: &[&str]) -> Principal {
+        Principal {
+            user_id: "u1".into(),
+            roles: roles.iter().map(|r| (*r).to_owned()).collect(),
+            team_ids: vec!["t1".into()],
+            customer_id: None,
+        }
+    }
+
+    #[test]
+    fn token_round_trip() {
+        let verifier = TokenVerifier::from_config(&cfg()).unwrap();
+        let token = mint_hs256(SECRET, &user(&["agent"]), std::time::Duration::from_secs(60)).unwrap();
+        assert_eq!(verifier.verify(&token).unwrap(), user(&["agent"]));
+    }
+
+    #[test]
+    fn rejects_wrong_key_expired_and_garbage() {
+        let verifier = TokenVerifier::from_config(&cfg()).unwrap();
+        let other = mint_hs256(
+            "another-secret-another-secret-12345",
+            &user(&[]),
+            std::time::Duration::from_secs(60),
+        )
+        .unwrap();
+        assert!(matches!(
+            verifier.verify(&other),
+            Err(Error::Unauthenticated {
+                reason: "TOKEN_INVALID",
+                ..
+            })
+        ));
+        let claims = Claims {
+            sub: "u".into(),
+            roles: vec![],
+            teams: vec![],
+            customer_id: None,
+            exp: 1_000,
+            iat: 0,
+            iss: None,
+            aud: None,
+        };
+        let expired = jsonwebtoken::encode(&Header::default(), &claims, &EncodingKey::from_secret(SECRET.as_bytes())).unwrap();
+        assert!(matches!(
+            verifier.verify(&expired),
+            Err(Error::Unauthenticated {
+                reason: "TOKEN_EXPIRED",
+                ..
+            })
+        ));
+        assert!(verifier.verify("not.a.token").is_err());
+    }
+
+    #[test]
+    fn issuer_is_enforced_when_configured() {
+        let mut c = cfg();
+        c.issuer = "https://idp.example".into();
+        let verifier = TokenVerifier::from_config(&c).unwrap();
+        let token = mint_hs256(SECRET, &user(&[]), std::time::Duration::from_secs(60)).unwrap();
+        assert!(verifier.verify(&token).is_err());
+    }
+
+    #[test]
+    fn config_rules() {
+        let mut c = cfg();
+        c.jwt_secret = "short".into();
+        assert!(validate_config(&c).unwrap_err().to_string().contains("auth.jwt_secret"));
+        c.jwt_secret.clear();
+        assert!(validate_config(&c).is_err());
+        let mut c = cfg();
+        c.roles.insert("bad".into(), vec!["Customer Read".into()]);
+        assert!(validate_config(&c).unwrap_err().to_string().contains("auth.roles.bad"));
+        let mut c = cfg();
+        c.algorithm = "none".into();
+        assert!(validate_config(&c).is_err());
+    }
+
+    #[tokio::test]
+    async fn role_table_decisions() {
+        let table = RoleTable::new(cfg().roles);
+        assert!(table.check(&user(&["admin"]), "customer.delete", "customers/1").await.is_ok());
+        assert!(table.check(&user(&["agent"]), "customer.read", "customers/1").await.is_ok());
+        assert!(
+            table
+                .check(&user(&["agent"]), "customer.update", "customers/1")
+                .await
+                .is_err()
+        );
+        assert!(table.check(&user(&["sales"]), "customer.update", "customers/1").await.is_ok());
+        assert!(table.check(&user(&["sales"]), "ticket.read", "tickets/1").await.is_err());
+        assert!(
+            table
+                .check(&user(&["unknown-role"]), "customer.read", "customers/1")
+                .await
+                .is_err()
+        );
+        assert!(table.check(&user(&[]), "customer.read", "customers/1").await.is_err());
+    }
+
+    #[tokio::test]
+    async fn self_service_principal_is_confined_to_its_own_record() {
+        let table = RoleTable::new(cfg().roles);
+        let mut me = user(&["sales"]);
+        me.customer_id = Some("c1".into());
+        assert!(table.check(&me, "customer.read", "customers/c1").await.is_ok());
+        assert!(table.check(&me, "customer.read", "customers/c2").await.is_err());
+        assert!(table.check(&me, "customer.read", "customers").await.is_err());
+    }
+
+    #[test]
+    fn permission_patterns() {
+        for ok in ["*", "customer.read", "customer.*", "customer_profile.read_all"] {
+            assert!(valid_permission_pattern(ok), "{ok}");
+        }
+        for bad in ["", "Customer.read", "*.read", "customer.", "customer read"] {
+            assert!(!valid_permission_pattern(bad), "{bad}");
+        }
+    }
+}

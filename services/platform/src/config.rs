@@ -1,0 +1,293 @@
+//! Layered configuration: compiled-in defaults, then an optional TOML file, then
+//! `CRM__SECTION__KEY` environment variables. Errors name the offending key.
+
+use std::{net::SocketAddr, path::Path};
+
+use serde::{Deserialize, de::DeserializeOwned};
+
+use crate::telemetry::LogConfig;
+
+/// Defaults for the sections every service shares. Service crates append their own
+/// section's defaults (see [`load`]).
+pub const PLATFORM_DEFAULTS: &str = r#"
+[server]
+listen = "127.0.0.1:50051"
+request_timeout_secs = 30
+concurrency_limit = 1024
+shutdown_grace_secs = 25
+
+[database]
+url = ""
+data_dir = "./data"
+max_connections = 10
+schema = ""
+migrate_on_start = true
+
+[redis]
+url = ""
+key_prefix = "crm:"
+timeout_ms = 200
+
+[cache]
+ttl_secs = 60
+max_entries = 100000
+
+[auth]
+jwt_secret = ""
+public_key_path = ""
+algorithm = "HS256"
+issuer = ""
+audience = ""
+
+[auth.roles]
+admin = ["*"]
+sales = ["customer.read", "customer.create", "customer.update", "customer.events"]
+agent = ["customer.read"]
+integrator = ["customer.read", "customer.create", "customer.update", "customer.events"]
+
+[feed]
+retention_days = 30
+poll_interval_ms = 500
+heartbeat_secs = 10
+batch_size = 500
+
+[paging]
+token_secret = ""
+
+[log]
+format = "pretty"
+level = "info,sqlx=warn,sea_orm=warn"
+"#;
+
+/// The sections every service shares.
+#[derive(Debug, Clone, Deserialize)]
+pub struct PlatformConfig {
+    pub server: ServerConfig,
+    pub database: DatabaseConfig,
+    pub redis: RedisConfig,
+    pub cache: CacheConfig,
+    pub auth: AuthConfig,
+    pub feed: FeedConfig,
+    pub paging: PagingConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ServerConfig {
+    /// Address the gRPC server listens on.
+    pub listen: SocketAddr,
+    /// Upper bound for one unary call (a smaller `grpc-timeout` from the caller wins).
+    pub request_timeout_secs: u64,
+    /// Calls served at once across all connections; more are shed with UNAVAILABLE.
+    pub concurrency_limit: usize,
+    /// How long in-flight calls may take to finish after SIGTERM.
+    pub shutdown_grace_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct DatabaseConfig {
+    /// `postgres://...` or `sqlite://...`; empty means a SQLite file per service under `data_dir`.
+    pub url: String,
+    pub data_dir: String,
+    pub max_connections: u32,
+    /// PostgreSQL schema for the service's tables; empty means the service name.
+    pub schema: String,
+    /// Apply pending migrations at start-up; when false, start-up fails while any is
+    /// pending (production runs `<service> migrate` as a deployment hook instead).
+    pub migrate_on_start: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct RedisConfig {
+    /// `redis://host:port/db`; empty means the in-process cache.
+    pub url: String,
+    pub key_prefix: String,
+    /// A Redis call slower than this counts as a miss.
+    pub timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct CacheConfig {
+    pub ttl_secs: u64,
+    pub max_entries: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct AuthConfig {
+    /// HS256 shared secret (development). Mutually exclusive with `public_key_path`.
+    pub jwt_secret: String,
+    /// PEM public key for RS256 / ES256 tokens (production).
+    pub public_key_path: String,
+    /// `HS256`, `RS256` or `ES256`.
+    pub algorithm: String,
+    /// Required `iss` claim, when set.
+    pub issuer: String,
+    /// Required `aud` claim, when set.
+    pub audience: String,
+    /// Role name -> permissions (`customer.read`, `customer.*`, `*`).
+    pub roles: std::collections::BTreeMap<String, Vec<String>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct FeedConfig {
+    /// Events older than this are purged; 0 keeps them forever.
+    pub retention_days: u32,
+    /// How often a tailing stream looks for events committed by other replicas.
+    pub poll_interval_ms: u64,
+    /// Idle streams send a heartbeat this often.
+    pub heartbeat_secs: u64,
+    /// Events read from the database per query.
+    pub batch_size: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct PagingConfig {
+    /// Key that signs page tokens; empty derives one from the auth key material.
+    pub token_secret: String,
+}
+
+/// Why configuration could not be loaded. The message names the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration: {0}")]
+    Source(#[from] config::ConfigError),
+    #[error("configuration key `{key}`: {message}")]
+    Invalid { key: String, message: String },
+}
+
+impl ConfigError {
+    pub fn invalid(key: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::Invalid {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Loads the layered configuration: `defaults` (TOML documents, applied in order),
+/// then `file` if given, then `CRM__*` environment variables (`CRM__DATABASE__URL`
+/// sets `database.url`). Read sections out of it with [`section`].
+pub fn load(defaults: &[&str], file: Option<&Path>) -> Result<serde_json::Value, ConfigError> {
+    let mut builder = config::Config::builder();
+    for layer in defaults {
+        builder = builder.add_source(config::File::from_str(layer, config::FileFormat::Toml));
+    }
+    if let Some(path) = file {
+        builder = builder.add_source(config::File::from(path).format(config::FileFormat::Toml).required(true));
+    }
+    builder = builder.add_source(
+        config::Environment::with_prefix("CRM")
+            .prefix_separator("__")
+            .separator("__")
+            .try_parsing(true),
+    );
+    Ok(builder.build()?.try_deserialize()?)
+}
+
+/// Deserializes the section `key` (or the whole document for `None`), naming the
+/// failing key's dotted path in the error.
+pub fn section<T: DeserializeOwned>(value: &serde_json::Value, key: Option<&str>) -> Result<T, ConfigError> {
+    let part = match key {
+        Some(k) => value
+            .get(k)
+            .cloned()
+            .ok_or_else(|| ConfigError::invalid(k, "section missing"))?,
+        None => value.clone(),
+    };
+    serde_path_to_error::deserialize(part).map_err(|err| {
+        let path = err.path().to_string();
+        let full = match (key, path.as_str()) {
+            (Some(k), ".") => k.to_owned(),
+            (Some(k), p) => format!("{k}.{p}"),
+            (None, p) => p.to_owned(),
+        };
+        ConfigError::invalid(full, err.into_inner().to_string())
+    })
+}
+
+impl PlatformConfig {
+    /// Checks the rules serde cannot express.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.server.request_timeout_secs == 0 {
+            return Err(ConfigError::invalid("server.request_timeout_secs", "must be at least 1"));
+        }
+        if self.server.concurrency_limit == 0 {
+            return Err(ConfigError::invalid("server.concurrency_limit", "must be at least 1"));
+        }
+        if self.database.max_connections == 0 {
+            return Err(ConfigError::invalid("database.max_connections", "must be at least 1"));
+        }
+        let url = &self.database.url;
+        if !(url.is_empty() || url.starts_with("postgres://") || url.starts_with("postgresql://") || url.starts_with("sqlite:")) {
+            return Err(ConfigError::invalid(
+                "database.url",
+                "must start with postgres://, postgresql:// or sqlite: (or be empty for the embedded SQLite files)",
+            ));
+        }
+        if !self.redis.url.is_empty() && !(self.redis.url.starts_with("redis://") || self.redis.url.starts_with("rediss://")) {
+            return Err(ConfigError::invalid(
+                "redis.url",
+                "must start with redis:// or rediss:// (or be empty)",
+            ));
+        }
+        if self.feed.poll_interval_ms == 0 || self.feed.heartbeat_secs == 0 || self.feed.batch_size == 0 {
+            return Err(ConfigError::invalid(
+                "feed",
+                "poll_interval_ms, heartbeat_secs and batch_size must be at least 1",
+            ));
+        }
+        if self.cache.max_entries == 0 {
+            return Err(ConfigError::invalid("cache.max_entries", "must be at least 1"));
+        }
+        crate::auth::validate_config(&self.auth)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn platform(file: Option<&Path>) -> Result<PlatformConfig, ConfigError> {
+        section(&load(&[PLATFORM_DEFAULTS], file)?, None)
+    }
+
+    #[test]
+    fn defaults_parse_and_file_overrides() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("crm.toml");
+        std::fs::write(&file, "[server]\nlisten = \"0.0.0.0:6000\"\n").unwrap();
+        let cfg = platform(Some(&file)).unwrap();
+        assert_eq!(cfg.server.listen.port(), 6000);
+        assert_eq!(cfg.server.request_timeout_secs, 30);
+        assert!(cfg.auth.roles.contains_key("admin"));
+    }
+
+    #[test]
+    fn a_bad_value_names_its_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("crm.toml");
+        std::fs::write(&file, "[server]\nconcurrency_limit = \"lots\"\n").unwrap();
+        let err = platform(Some(&file)).unwrap_err();
+        assert!(err.to_string().contains("server.concurrency_limit"), "{err}");
+        std::fs::write(&file, "[server]\nlisten = \"not an address\"\n").unwrap();
+        let err = platform(Some(&file)).unwrap_err();
+        assert!(err.to_string().contains("server.listen"), "{err}");
+        let value = load(&[PLATFORM_DEFAULTS, "[svc]\nregion = 5\n"], None).unwrap();
+        #[derive(Debug, Deserialize)]
+        #[allow(dead_code)]
+        struct Svc {
+            region: String,
+        }
+        let err = section::<Svc>(&value, Some("svc")).unwrap_err();
+        assert!(err.to_string().contains("svc.region"), "{err}");
+    }
+
+    #[test]
+    fn validate_rejects_unknown_database_scheme() {
+        let mut cfg = platform(None).unwrap();
+        cfg.auth.jwt_secret = "a-secret-of-at-least-32-bytes-long!!".into();
+        cfg.database.url = "mysql://x".into();
+        let err = cfg.validate().unwrap_err();
+        assert!(err.to_string().contains("database.url"), "{err}");
+    }
+}

@@ -1,0 +1,84 @@
+//! What a service needs from the platform, built once per process from configuration
+//! and shared by every service in it (`crm serve` runs them all in one process).
+
+use std::sync::Arc;
+
+use sea_orm::DatabaseConnection;
+
+use crate::{
+    auth::{Authenticator, Authorizer, RoleTable, TokenVerifier},
+    cache::{self, Cache},
+    config::{ConfigError, PlatformConfig},
+    db::{self, Target},
+    migrate::{self, Migration},
+    paging::PageTokens,
+    server::ShutdownSignal,
+};
+
+#[derive(Clone, Debug)]
+pub struct Platform {
+    pub config: PlatformConfig,
+    pub cache: Arc<dyn Cache>,
+    pub authorizer: Arc<dyn Authorizer>,
+    pub authenticator: Authenticator,
+    pub page_tokens: PageTokens,
+    pub shutdown: ShutdownSignal,
+}
+
+impl Platform {
+    pub fn new(config: PlatformConfig, shutdown: ShutdownSignal) -> Result<Self, ConfigError> {
+        config.validate()?;
+        let verifier = TokenVerifier::from_config(&config.auth)?;
+        let page_secret = if !config.paging.token_secret.is_empty() {
+            config.paging.token_secret.clone()
+        } else if !config.auth.jwt_secret.is_empty() {
+            config.auth.jwt_secret.clone()
+        } else {
+            return Err(ConfigError::invalid(
+                "paging.token_secret",
+                "required when tokens are verified with a public key (it must be secret and the same on every replica)",
+            ));
+        };
+        let cache =
+            cache::from_config(&config.redis, &config.cache).map_err(|e| ConfigError::invalid("redis.url", e.to_string()))?;
+        Ok(Self {
+            cache,
+            authorizer: Arc::new(RoleTable::new(config.auth.roles.clone())),
+            authenticator: Authenticator::new(verifier),
+            page_tokens: PageTokens::new(page_secret.as_bytes()),
+            shutdown,
+            config,
+        })
+    }
+
+    /// Where `service` keeps its data.
+    pub fn database_target(&self, service: &str) -> Target {
+        Target::resolve(&self.config.database, service)
+    }
+
+    /// Opens `service`'s database and, when `database.migrate_on_start` is set,
+    /// applies its pending migrations.
+    pub async fn database(&self, service: &str, migrations: &[Migration]) -> anyhow::Result<DatabaseConnection> {
+        let target = self.database_target(service);
+        let conn = db::connect(&target, self.config.database.max_connections)
+            .await
+            .map_err(|e| anyhow::anyhow!("{service}: cannot open database {}: {e}", target.redacted()))?;
+        if self.config.database.migrate_on_start {
+            migrate::run(&conn, migrations).await?;
+        } else {
+            let applied = migrate::applied_versions(&conn).await.unwrap_or_default();
+            let pending: Vec<i64> = migrations
+                .iter()
+                .map(|m| m.version)
+                .filter(|v| !applied.contains(v))
+                .collect();
+            anyhow::ensure!(
+                pending.is_empty(),
+                "{service}: database {} lacks migrations {pending:?}: run `{service} migrate` (or set database.migrate_on_start)",
+                target.redacted()
+            );
+        }
+        tracing::info!(service, database = %target.redacted(), "database ready");
+        Ok(conn)
+    }
+}

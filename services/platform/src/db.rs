@@ -1,0 +1,196 @@
+//! Database connections: PostgreSQL in production, an embedded SQLite file per service
+//! by default. Also the one way to open a write transaction, so SQLite writers take
+//! the write lock up front instead of failing on lock upgrade.
+
+use std::{path::PathBuf, time::Duration};
+
+use sea_orm::{
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction, DbBackend, SqliteTransactionMode,
+    TransactionOptions, TransactionTrait,
+    sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous},
+};
+
+use crate::{config::DatabaseConfig, error::Result};
+
+/// Where a service's data lives, resolved from configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    Sqlite { url: String },
+    Postgres { url: String, schema: String },
+}
+
+impl Target {
+    /// Resolves the configured URL for `service` (e.g. `customer-profile`): an empty URL
+    /// means `<data_dir>/<service>.db`; on PostgreSQL the service gets its own schema.
+    pub fn resolve(cfg: &DatabaseConfig, service: &str) -> Self {
+        if cfg.url.starts_with("postgres") {
+            let schema = if cfg.schema.is_empty() {
+                service.replace('-', "_")
+            } else {
+                cfg.schema.clone()
+            };
+            Target::Postgres {
+                url: cfg.url.clone(),
+                schema,
+            }
+        } else if cfg.url.is_empty() {
+            let path = PathBuf::from(&cfg.data_dir).join(format!("{service}.db"));
+            Target::Sqlite {
+                url: format!("sqlite://{}", path.display()),
+            }
+        } else {
+            Target::Sqlite { url: cfg.url.clone() }
+        }
+    }
+
+    /// The URL without credentials, for logs.
+    pub fn redacted(&self) -> String {
+        match self {
+            Target::Sqlite { url } => url.clone(),
+            Target::Postgres { url, schema } => {
+                let without_credentials = match (url.find("://"), url.rfind('@')) {
+                    (Some(scheme), Some(at)) if at > scheme => format!("{}://***@{}", &url[..scheme], &url[at + 1..]),
+                    _ => url.clone(),
+                };
+                format!("{without_credentials} (schema {schema})")
+            }
+        }
+    }
+}
+
+/// Opens a pool to `target`, creating the SQLite file (and its directory) or the
+/// PostgreSQL schema when missing.
+pub async fn connect(target: &Target, max_connections: u32) -> Result<DatabaseConnection> {
+    match target {
+        Target::Sqlite { url } => {
+            if let Some(path) = url.strip_prefix("sqlite://").and_then(|rest| rest.split('?').next())
+                && let Some(dir) = PathBuf::from(path).parent()
+                && !dir.as_os_str().is_empty()
+            {
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| crate::Error::Unavailable(format!("cannot create data directory {}: {e}", dir.display())))?;
+            }
+            let mut opts = ConnectOptions::new(url.clone());
+            opts.max_connections(max_connections)
+                .acquire_timeout(Duration::from_secs(10))
+                .sqlx_logging(false)
+                .map_sqlx_sqlite_opts(|o| {
+                    o.create_if_missing(true)
+                        .journal_mode(SqliteJournalMode::Wal)
+                        .synchronous(SqliteSynchronous::Normal)
+                        .busy_timeout(Duration::from_secs(10))
+                        .foreign_keys(true)
+                });
+            Ok(Database::connect(opts).await?)
+        }
+        Target::Postgres { url, schema } => {
+            validate_identifier(schema)?;
+            // Create the schema with a plain connection first: the pool's connections set
+            // their search_path to it.
+            let bootstrap = Database::connect(url.clone()).await?;
+            bootstrap
+                .execute_unprepared(&format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\""))
+                .await?;
+            bootstrap.close().await?;
+            let mut opts = ConnectOptions::new(url.clone());
+            opts.max_connections(max_connections)
+                .acquire_timeout(Duration::from_secs(10))
+                .connect_timeout(Duration::from_secs(10))
+                .sqlx_logging(false)
+                .set_schema_search_path(schema.clone());
+            Ok(Database::connect(opts).await?)
+        }
+    }
+}
+
+fn validate_identifier(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        && !name.starts_with(|c: char| c.is_ascii_digit());
+    if ok {
+        Ok(())
+    } else {
+        Err(crate::Error::Unavailable(format!(
+            "database schema name `{name}` must be lower-case letters, digits and underscores"
+        )))
+    }
+}
+
+/// Begins a transaction for a write. On SQLite it is `BEGIN IMMEDIATE`, which takes the
+/// write lock at once: a deferred transaction that reads first and writes later can
+/// fail with SQLITE_BUSY when another writer got in between.
+pub async fn begin_write(db: &DatabaseConnection) -> Result<DatabaseTransaction> {
+    let options = match db.get_database_backend() {
+        DbBackend::Sqlite => TransactionOptions {
+            sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+            ..TransactionOptions::default()
+        },
+        _ => TransactionOptions::default(),
+    };
+    Ok(db.begin_with_options(options).await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(url: &str, schema: &str) -> DatabaseConfig {
+        DatabaseConfig {
+            url: url.into(),
+            data_dir: "/var/lib/crm".into(),
+            max_connections: 5,
+            schema: schema.into(),
+            migrate_on_start: true,
+        }
+    }
+
+    #[test]
+    fn resolves_targets() {
+        assert_eq!(
+            Target::resolve(&cfg("", ""), "customer-profile"),
+            Target::Sqlite {
+                url: "sqlite:///var/lib/crm/customer-profile.db".into()
+            }
+        );
+        assert_eq!(
+            Target::resolve(&cfg("postgres://u:p@h/db", ""), "customer-profile"),
+            Target::Postgres {
+                url: "postgres://u:p@h/db".into(),
+                schema: "customer_profile".into()
+            }
+        );
+        assert_eq!(
+            Target::resolve(&cfg("postgres://h/db", "custom"), "customer-profile"),
+            Target::Postgres {
+                url: "postgres://h/db".into(),
+                schema: "custom".into()
+            }
+        );
+    }
+
+    #[test]
+    fn redacts_credentials() {
+        let t = Target::Postgres {
+            url: "postgres://user:pw@db:5432/crm".into(),
+            schema: "s".into(),
+        };
+        assert_eq!(t.redacted(), "postgres://***@db:5432/crm (schema s)");
+    }
+
+    #[test]
+    fn schema_names_are_checked() {
+        assert!(validate_identifier("customer_profile").is_ok());
+        assert!(validate_identifier("x\"; drop").is_err());
+        assert!(validate_identifier("1abc").is_err());
+    }
+
+    #[tokio::test]
+    async fn sqlite_file_is_created_in_a_new_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/nested/svc.db", dir.path().display());
+        let db = connect(&Target::Sqlite { url }, 2).await.unwrap();
+        db.execute_unprepared("CREATE TABLE t (x INTEGER)").await.unwrap();
+        assert!(dir.path().join("nested/svc.db").exists());
+    }
+}

@@ -1,0 +1,239 @@
+//! The one error type every service returns, and its single, exhaustive mapping to
+//! `tonic::Status` with `google.rpc` details (AIP-193): every status carries exactly
+//! one `ErrorInfo` with a stable UPPER_SNAKE reason, plus the detail its code calls for.
+
+use std::collections::HashMap;
+
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+/// `ErrorInfo.domain` of every CRM error.
+pub const ERROR_DOMAIN: &str = "crm";
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// One problem with one request field (`google.rpc.BadRequest.FieldViolation`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldViolation {
+    /// Path of the field in the request, e.g. `customer.email_addresses[1].address`.
+    pub field: String,
+    pub description: String,
+}
+
+impl FieldViolation {
+    pub fn new(field: impl Into<String>, description: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            description: description.into(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The request is malformed; all problems found are listed.
+    #[error("invalid request: {}", describe(.0))]
+    InvalidArgument(Vec<FieldViolation>),
+    #[error("{resource_type} `{name}` not found")]
+    NotFound { resource_type: &'static str, name: String },
+    #[error("{resource_type} `{name}` already exists")]
+    AlreadyExists { resource_type: &'static str, name: String },
+    /// Optimistic concurrency: the caller's etag is not the stored one.
+    #[error("etag mismatch on `{name}`: the resource changed since it was read")]
+    EtagMismatch { name: String },
+    /// The system is not in a state the call requires (stable `reason`).
+    #[error("{message}")]
+    FailedPrecondition {
+        reason: &'static str,
+        subject: String,
+        message: String,
+    },
+    #[error("unauthenticated: {reason_text}")]
+    Unauthenticated { reason: &'static str, reason_text: String },
+    #[error("permission `{permission}` denied on `{resource}`")]
+    PermissionDenied { permission: String, resource: String },
+    /// A dependency (database) is down or overloaded; the caller may retry.
+    #[error("service unavailable: {0}")]
+    Unavailable(String),
+    /// A bug or an unexpected failure. Details are logged, never returned.
+    #[error("internal error: {0:#}")]
+    Internal(anyhow::Error),
+}
+
+fn describe(violations: &[FieldViolation]) -> String {
+    violations
+        .iter()
+        .map(|v| format!("{}: {}", v.field, v.description))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+impl Error {
+    pub fn invalid(field: impl Into<String>, description: impl Into<String>) -> Self {
+        Self::InvalidArgument(vec![FieldViolation::new(field, description)])
+    }
+
+    pub fn internal(err: impl Into<anyhow::Error>) -> Self {
+        Self::Internal(err.into())
+    }
+
+    /// Prefixes every field path with `prefix.` (a domain rule reports `display_name`,
+    /// the handler knows it is `customer.display_name`).
+    pub fn in_field(self, prefix: &str) -> Self {
+        match self {
+            Self::InvalidArgument(v) => Self::InvalidArgument(
+                v.into_iter()
+                    .map(|f| FieldViolation::new(format!("{prefix}.{}", f.field), f.description))
+                    .collect(),
+            ),
+            other => other,
+        }
+    }
+}
+
+impl From<sea_orm::DbErr> for Error {
+    fn from(err: sea_orm::DbErr) -> Self {
+        match err {
+            sea_orm::DbErr::ConnectionAcquire(e) => Self::Unavailable(format!("database: {e}")),
+            sea_orm::DbErr::Conn(e) => Self::Unavailable(format!("database: {e}")),
+            other => Self::Internal(other.into()),
+        }
+    }
+}
+
+fn info(details: &mut ErrorDetails, reason: &str, metadata: HashMap<String, String>) {
+    details.set_error_info(reason, ERROR_DOMAIN, metadata);
+}
+
+impl From<Error> for Status {
+    fn from(err: Error) -> Self {
+        let mut details = ErrorDetails::new();
+        let message = err.to_string();
+        let code = match err {
+            Error::InvalidArgument(violations) => {
+                info(&mut details, "INVALID_ARGUMENT", HashMap::new());
+                for v in violations {
+                    details.add_bad_request_violation(v.field, v.description);
+                }
+                Code::InvalidArgument
+            }
+            Error::NotFound { resource_type, name } => {
+                info(&mut details, "RESOURCE_NOT_FOUND", HashMap::new());
+                details.set_resource_info(resource_type, name, "", "not found");
+                Code::NotFound
+            }
+            Error::AlreadyExists { resource_type, name } => {
+                info(&mut details, "RESOURCE_ALREADY_EXISTS", HashMap::new());
+                details.set_resource_info(resource_type, name, "", "already exists");
+                Code::AlreadyExists
+            }
+            Error::EtagMismatch { name } => {
+                info(&mut details, "ETAG_MISMATCH", HashMap::new());
+                details.add_precondition_failure_violation(
+                    "ETAG",
+                    name,
+                    "the etag does not match the stored resource; read it again and retry",
+                );
+                Code::Aborted
+            }
+            Error::FailedPrecondition {
+                reason,
+                subject,
+                message,
+            } => {
+                info(&mut details, reason, HashMap::new());
+                details.add_precondition_failure_violation(reason, subject, message);
+                Code::FailedPrecondition
+            }
+            Error::Unauthenticated { reason, .. } => {
+                info(&mut details, reason, HashMap::new());
+                Code::Unauthenticated
+            }
+            Error::PermissionDenied { permission, resource } => {
+                let metadata = HashMap::from([("permission".to_owned(), permission), ("resource".to_owned(), resource)]);
+                info(&mut details, "PERMISSION_DENIED", metadata);
+                Code::PermissionDenied
+            }
+            Error::Unavailable(cause) => {
+                tracing::warn!(%cause, "dependency unavailable");
+                info(&mut details, "BACKEND_UNAVAILABLE", HashMap::new());
+                details.set_retry_info(Some(std::time::Duration::from_secs(1)));
+                return Status::with_error_details(Code::Unavailable, "service temporarily unavailable, retry", details);
+            }
+            Error::Internal(cause) => {
+                let reference = uuid::Uuid::new_v4();
+                tracing::error!(%reference, error = format!("{cause:#}"), "internal error");
+                info(
+                    &mut details,
+                    "INTERNAL",
+                    HashMap::from([("reference".to_owned(), reference.to_string())]),
+                );
+                return Status::with_error_details(Code::Internal, format!("internal error (reference {reference})"), details);
+            }
+        };
+        Status::with_error_details(code, message, details)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invalid_argument_carries_every_violation_and_error_info() {
+        let err = Error::InvalidArgument(vec![
+            FieldViolation::new("display_name", "required"),
+            FieldViolation::new("email_addresses[0].address", "not an e-mail address"),
+        ])
+        .in_field("customer");
+        let status = Status::from(err);
+        assert_eq!(status.code(), Code::InvalidArgument);
+        let details = status.get_error_details();
+        let bad = details.bad_request().unwrap();
+        assert_eq!(bad.field_violations.len(), 2);
+        assert_eq!(bad.field_violations[1].field, "customer.email_addresses[0].address");
+        assert_eq!(details.error_info().unwrap().reason, "INVALID_ARGUMENT");
+        assert_eq!(details.error_info().unwrap().domain, ERROR_DOMAIN);
+    }
+
+    #[test]
+    fn etag_mismatch_is_aborted_with_precondition_failure() {
+        let status = Status::from(Error::EtagMismatch {
+            name: "customers/1".into(),
+        });
+        assert_eq!(status.code(), Code::Aborted);
+        let details = status.get_error_details();
+        assert_eq!(details.precondition_failure().unwrap().violations[0].subject, "customers/1");
+        assert_eq!(details.error_info().unwrap().reason, "ETAG_MISMATCH");
+    }
+
+    #[test]
+    fn internal_errors_hide_their_cause() {
+        let status = Status::from(Error::internal(anyhow::anyhow!(
+            "password=hunter2 leaked in a driver message"
+        )));
+        assert_eq!(status.code(), Code::Internal);
+        assert!(!status.message().contains("hunter2"));
+        assert!(
+            status
+                .get_error_details()
+                .error_info()
+                .unwrap()
+                .metadata
+                .contains_key("reference")
+        );
+    }
+
+    #[test]
+    fn not_found_names_the_resource() {
+        let status = Status::from(Error::NotFound {
+            resource_type: "crm.customer.v1.Customer",
+            name: "customers/x".into(),
+        });
+        assert_eq!(status.code(), Code::NotFound);
+        assert_eq!(
+            status.get_error_details().resource_info().unwrap().resource_name,
+            "customers/x"
+        );
+    }
+}

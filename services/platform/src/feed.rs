@@ -1,0 +1,403 @@
+//! The change feed: events written to the `outbox` table in the same transaction as
+//! the change, and `StreamEvents`, which replays them after a cursor and then tails.
+//!
+//! Ordering. A plain auto-increment position skips rows whose transaction commits
+//! after a later-numbered one was already read. On PostgreSQL each row records the
+//! id of its writing transaction (`tx_id`), the feed is ordered by `(tx_id, id)`, and a
+//! reader only returns rows with `tx_id` below the oldest transaction still running
+//! (`pg_snapshot_xmin`): that set can no longer grow below the cursor, so no row is
+//! ever skipped, and writers never wait on each other. The price is that a long
+//! write transaction holds the feed back until it ends. On SQLite writers are
+//! serialised by the database lock, so `id` order is commit order and `tx_id` is 0.
+
+use std::{sync::Arc, time::Duration};
+
+use chrono::{DateTime, Utc};
+use crm_proto::crm::events::v1::{Event, Heartbeat, StreamEventsResponse, stream_events_response::Kind};
+use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement, Value};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Status;
+
+use crate::{
+    config::FeedConfig,
+    db::begin_write,
+    error::{Error, Result},
+    migrate::{Dialect, placeholders},
+    server::ShutdownSignal,
+};
+
+/// Tables of the feed; a service's first migration includes them.
+pub fn migration_sql(d: Dialect) -> Vec<String> {
+    let tx_id_default = if d.is_postgres() {
+        "(pg_current_xact_id()::text::bigint)"
+    } else {
+        "0"
+    };
+    let id = if d.is_postgres() {
+        "id BIGINT GENERATED ALWAYS AS IDENTITY"
+    } else {
+        "id INTEGER PRIMARY KEY AUTOINCREMENT"
+    };
+    let key = if d.is_postgres() { ", PRIMARY KEY (tx_id, id)" } else { "" };
+    vec![
+        format!(
+            "CREATE TABLE outbox ({id}, tx_id BIGINT NOT NULL DEFAULT {tx_id_default}, event_id TEXT NOT NULL, \
+             event_type TEXT NOT NULL, subject TEXT NOT NULL, actor TEXT NOT NULL, traceparent TEXT NOT NULL, \
+             occur_time {ts} NOT NULL, data {bytes} NOT NULL{key})",
+            ts = d.timestamp(),
+            bytes = d.bytes(),
+        ),
+        "CREATE INDEX outbox_occur_time ON outbox (occur_time)".into(),
+        "CREATE TABLE outbox_purged (singleton INTEGER PRIMARY KEY CHECK (singleton = 1), tx_id BIGINT NOT NULL, id BIGINT NOT NULL)"
+            .into(),
+    ]
+}
+
+/// A position in the feed. Encoded as 32 hex digits so it sorts as text too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub struct Cursor {
+    pub tx_id: i64,
+    pub id: i64,
+}
+
+impl Cursor {
+    pub fn encode(self) -> String {
+        format!("{:016x}{:016x}", self.tx_id, self.id)
+    }
+
+    /// Parses a cursor; empty means the start of the feed.
+    pub fn parse(text: &str) -> Result<Self> {
+        if text.is_empty() {
+            return Ok(Self::default());
+        }
+        let bad = || {
+            Error::invalid(
+                "after_cursor",
+                "not a cursor of this feed: pass back an `Event.cursor` unchanged",
+            )
+        };
+        if text.len() != 32 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(bad());
+        }
+        let tx_id = i64::from_str_radix(&text[..16], 16).map_err(|_| bad())?;
+        let id = i64::from_str_radix(&text[16..], 16).map_err(|_| bad())?;
+        Ok(Self { tx_id, id })
+    }
+}
+
+/// An event to append.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    /// Fully-qualified protobuf name of `data`, e.g. `crm.customer.v1.CustomerCreated`.
+    pub event_type: &'static str,
+    /// Resource name of what changed.
+    pub subject: String,
+    /// User id of the caller; empty for system jobs.
+    pub actor: String,
+    /// The encoded domain event.
+    pub data: Vec<u8>,
+}
+
+/// Writes `event` inside the caller's transaction. Call [`Feed::committed`] after
+/// the commit to wake this process's streams at once.
+pub async fn append<C: ConnectionTrait>(txn: &C, event: NewEvent) -> Result<()> {
+    let backend = txn.get_database_backend();
+    let traceparent = crate::telemetry::current_traceparent().unwrap_or_default();
+    txn.execute_raw(Statement::from_sql_and_values(
+        backend,
+        placeholders(
+            backend,
+            "INSERT INTO outbox (event_id, event_type, subject, actor, traceparent, occur_time, data) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        ),
+        [
+            uuid::Uuid::now_v7().to_string().into(),
+            event.event_type.into(),
+            event.subject.into(),
+            event.actor.into(),
+            traceparent.into(),
+            Utc::now().into(),
+            event.data.into(),
+        ],
+    ))
+    .await?;
+    Ok(())
+}
+
+/// A service's feed: reads, streams and purges its outbox.
+#[derive(Clone, Debug)]
+pub struct Feed {
+    db: DatabaseConnection,
+    source: &'static str,
+    cfg: FeedConfig,
+    commits: Arc<watch::Sender<u64>>,
+    shutdown: ShutdownSignal,
+}
+
+impl Feed {
+    pub fn new(db: DatabaseConnection, source: &'static str, cfg: FeedConfig, shutdown: ShutdownSignal) -> Self {
+        Self {
+            db,
+            source,
+            cfg,
+            commits: Arc::new(watch::channel(0).0),
+            shutdown,
+        }
+    }
+
+    /// Tells this process's streams that new events were committed.
+    pub fn committed(&self) {
+        self.commits.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    async fn purged_through(&self) -> Result<Cursor> {
+        let row = self
+            .db
+            .query_one_raw(Statement::from_string(
+                self.db.get_database_backend(),
+                "SELECT tx_id, id FROM outbox_purged WHERE singleton = 1",
+            ))
+            .await?;
+        Ok(match row {
+            Some(row) => Cursor {
+                tx_id: row.try_get("", "tx_id")?,
+                id: row.try_get("", "id")?,
+            },
+            None => Cursor::default(),
+        })
+    }
+
+    /// Up to `limit` committed events after `after`, in feed order. Fails with
+    /// FAILED_PRECONDITION when events after `after` were already purged.
+    pub async fn read(&self, after: Cursor, limit: u32) -> Result<Vec<Event>> {
+        let purged = self.purged_through().await?;
+        // An empty cursor asks for the oldest retained event; any other cursor before
+        // the purge point has missed events.
+        if after != Cursor::default() && after < purged {
+            return Err(Error::FailedPrecondition {
+                reason: "FEED_CURSOR_EXPIRED",
+                subject: after.encode(),
+                message: format!(
+                    "events after this cursor were purged (retention {} days): resynchronise from the List methods, then stream from an empty cursor",
+                    self.cfg.retention_days
+                ),
+            });
+        }
+        let after = after.max(purged);
+        let backend = self.db.get_database_backend();
+        let sql = match backend {
+            DbBackend::Postgres => {
+                "SELECT tx_id, id, event_id, event_type, subject, actor, traceparent, occur_time, data FROM outbox \
+                 WHERE (tx_id, id) > ($1, $2) AND tx_id < pg_snapshot_xmin(pg_current_snapshot())::text::bigint \
+                 ORDER BY tx_id, id LIMIT $3"
+            }
+            _ => {
+                "SELECT tx_id, id, event_id, event_type, subject, actor, traceparent, occur_time, data FROM outbox \
+                 WHERE (tx_id, id) > (?, ?) ORDER BY tx_id, id LIMIT ?"
+            }
+        };
+        let rows = self
+            .db
+            .query_all_raw(Statement::from_sql_and_values(
+                backend,
+                sql,
+                [after.tx_id.into(), after.id.into(), i64::from(limit).into()],
+            ))
+            .await?;
+        rows.iter().map(|row| self.decode(row)).collect()
+    }
+
+    fn decode(&self, row: &sea_orm::QueryResult) -> Result<Event> {
+        let cursor = Cursor {
+            tx_id: row.try_get("", "tx_id")?,
+            id: row.try_get("", "id")?,
+        };
+        let event_type: String = row.try_get("", "event_type")?;
+        let time: DateTime<Utc> = row.try_get("", "occur_time")?;
+        Ok(Event {
+            cursor: cursor.encode(),
+            id: row.try_get("", "event_id")?,
+            subject: row.try_get("", "subject")?,
+            source: self.source.to_owned(),
+            time: Some(timestamp(time)),
+            actor: row.try_get("", "actor")?,
+            traceparent: row.try_get("", "traceparent")?,
+            data: Some(prost_types::Any {
+                type_url: format!("type.googleapis.com/{event_type}"),
+                value: row.try_get("", "data")?,
+            }),
+            r#type: event_type,
+        })
+    }
+
+    /// The `StreamEvents` response stream: replay after `after_cursor`, then tail until
+    /// the client goes away or the server shuts down.
+    pub async fn stream(&self, after_cursor: &str) -> Result<ReceiverStream<Result<StreamEventsResponse, Status>>> {
+        let start = Cursor::parse(after_cursor)?;
+        // Fail fast (as the call's status, not mid-stream) on an expired cursor.
+        self.read(start, 1).await?;
+        let (tx, rx) = mpsc::channel(64);
+        let feed = self.clone();
+        tokio::spawn(async move { feed.pump(start, tx).await });
+        Ok(ReceiverStream::new(rx))
+    }
+
+    async fn pump(self, mut after: Cursor, tx: mpsc::Sender<Result<StreamEventsResponse, Status>>) {
+        let mut commits = self.commits.subscribe();
+        let mut shutdown = self.shutdown.clone();
+        let poll = Duration::from_millis(self.cfg.poll_interval_ms);
+        let heartbeat_every = Duration::from_secs(self.cfg.heartbeat_secs);
+        let mut last_heartbeat: Option<tokio::time::Instant> = None;
+        let mut delivered_since_heartbeat = true;
+        loop {
+            commits.borrow_and_update();
+            let events = match self.read(after, self.cfg.batch_size).await {
+                Ok(events) => events,
+                Err(err) => {
+                    let _ = tx.send(Err(err.into())).await;
+                    return;
+                }
+            };
+            let full = events.len() >= self.cfg.batch_size as usize;
+            for event in events {
+                if let Ok(c) = Cursor::parse(&event.cursor) {
+                    after = c;
+                }
+                if tx
+                    .send(Ok(StreamEventsResponse {
+                        kind: Some(Kind::Event(event)),
+                    }))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                delivered_since_heartbeat = true;
+            }
+            if full {
+                continue;
+            }
+            let due = last_heartbeat.is_none_or(|at| at.elapsed() >= heartbeat_every);
+            if delivered_since_heartbeat || due {
+                let beat = Heartbeat {
+                    cursor: after.encode(),
+                    time: Some(timestamp(Utc::now())),
+                };
+                if tx
+                    .send(Ok(StreamEventsResponse {
+                        kind: Some(Kind::Heartbeat(beat)),
+                    }))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                last_heartbeat = Some(tokio::time::Instant::now());
+                delivered_since_heartbeat = false;
+            }
+            tokio::select! {
+                _ = commits.changed() => {}
+                _ = tokio::time::sleep(poll) => {}
+                _ = tx.closed() => return,
+                _ = shutdown.wait() => return,
+            }
+        }
+    }
+
+    /// Deletes events older than the retention period, a prefix of the feed at a time,
+    /// and records how far it purged. Returns the number of events deleted.
+    pub async fn purge(&self, now: DateTime<Utc>) -> Result<u64> {
+        if self.cfg.retention_days == 0 {
+            return Ok(0);
+        }
+        let cutoff = now - chrono::Duration::days(i64::from(self.cfg.retention_days));
+        let backend = self.db.get_database_backend();
+        let txn = begin_write(&self.db).await?;
+        // Only a prefix that readers can already see: never purge past a row a reader
+        // could still receive later.
+        let visible = if backend == DbBackend::Postgres {
+            " AND tx_id < pg_snapshot_xmin(pg_current_snapshot())::text::bigint"
+        } else {
+            ""
+        };
+        let newest_old = txn
+            .query_one_raw(Statement::from_sql_and_values(
+                backend,
+                placeholders(
+                    backend,
+                    &format!("SELECT tx_id, id FROM outbox WHERE occur_time < ?{visible} ORDER BY tx_id DESC, id DESC LIMIT 1"),
+                ),
+                [cutoff.into()],
+            ))
+            .await?;
+        let Some(row) = newest_old else {
+            txn.rollback().await?;
+            return Ok(0);
+        };
+        let through = Cursor {
+            tx_id: row.try_get("", "tx_id")?,
+            id: row.try_get("", "id")?,
+        };
+        let values = || -> [Value; 2] { [through.tx_id.into(), through.id.into()] };
+        let deleted = txn
+            .execute_raw(Statement::from_sql_and_values(
+                backend,
+                placeholders(backend, "DELETE FROM outbox WHERE (tx_id, id) <= (?, ?)"),
+                values(),
+            ))
+            .await?
+            .rows_affected();
+        txn.execute_raw(Statement::from_sql_and_values(
+            backend,
+            placeholders(
+                backend,
+                "INSERT INTO outbox_purged (singleton, tx_id, id) VALUES (1, ?, ?) \
+                 ON CONFLICT (singleton) DO UPDATE SET tx_id = excluded.tx_id, id = excluded.id",
+            ),
+            values(),
+        ))
+        .await?;
+        txn.commit().await?;
+        Ok(deleted)
+    }
+
+    /// Runs [`purge`](Self::purge) hourly until shutdown.
+    pub async fn run_retention(self) {
+        let mut shutdown = self.shutdown.clone();
+        loop {
+            match self.purge(Utc::now()).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(source = self.source, deleted = n, "purged change-feed events past retention"),
+                Err(err) => tracing::warn!(source = self.source, error = %err, "change-feed purge failed; will retry"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
+                _ = shutdown.wait() => return,
+            }
+        }
+    }
+}
+
+pub fn timestamp(t: DateTime<Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: t.timestamp(),
+        nanos: i32::try_from(t.timestamp_subsec_nanos()).unwrap_or(0),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursor_round_trip_and_order() {
+        let a = Cursor { tx_id: 7, id: 300 };
+        let b = Cursor { tx_id: 8, id: 2 };
+        assert_eq!(Cursor::parse(&a.encode()).unwrap(), a);
+        assert!(a < b && a.encode() < b.encode());
+        assert_eq!(Cursor::parse("").unwrap(), Cursor::default());
+        for bad in ["xyz", "0000000000000007000000000000012", "g000000000000007000000000000012c"] {
+            assert!(Cursor::parse(bad).is_err(), "{bad}");
+        }
+    }
+}

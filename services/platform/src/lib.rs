@@ -1,0 +1,23 @@
+//! crm-platform: what every CRM service stands on.
+//!
+//! One module per shared concern, so a service crate only wires them together:
+//! configuration, telemetry, database and migrations, cache, authentication and
+//! authorization, errors, paging, the outbox change feed and the gRPC server bootstrap.
+
+pub mod auth;
+pub mod cache;
+pub mod cli;
+pub mod config;
+pub mod context;
+pub mod db;
+pub mod error;
+pub mod feed;
+pub mod idempotency;
+pub mod migrate;
+pub mod paging;
+pub mod server;
+pub mod telemetry;
+pub mod testing;
+
+pub use context::Platform;
+pub use error::{Error, FieldViolation, Result};

@@ -1,0 +1,186 @@
+//! gRPC server bootstrap shared by every binary: health (`grpc.health.v1`, one status
+//! per service), reflection v1 and v1alpha, the tower stack, and graceful shutdown.
+
+use std::{convert::Infallible, net::SocketAddr, time::Duration};
+
+use tokio::{net::TcpListener, sync::watch};
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::{body::Body, server::NamedService, service::RoutesBuilder};
+use tonic_health::{ServingStatus, server::HealthReporter};
+use tower::{Service, ServiceBuilder};
+
+use crate::{config::ServerConfig, telemetry::TraceContextLayer};
+
+/// Triggers shutdown of everything holding a [`ShutdownSignal`].
+#[derive(Debug, Clone)]
+pub struct Shutdown(watch::Sender<bool>);
+
+/// Resolves once shutdown has been triggered. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct ShutdownSignal(watch::Receiver<bool>);
+
+pub fn shutdown_channel() -> (Shutdown, ShutdownSignal) {
+    let (tx, rx) = watch::channel(false);
+    (Shutdown(tx), ShutdownSignal(rx))
+}
+
+impl Shutdown {
+    pub fn trigger(&self) {
+        self.0.send_replace(true);
+    }
+    pub fn signal(&self) -> ShutdownSignal {
+        ShutdownSignal(self.0.subscribe())
+    }
+}
+
+impl ShutdownSignal {
+    pub async fn wait(&mut self) {
+        // An error means the sender is gone, which also means shutdown.
+        let _ = self.0.wait_for(|down| *down).await;
+    }
+    pub fn is_triggered(&self) -> bool {
+        *self.0.borrow()
+    }
+}
+
+/// Waits for SIGTERM (Kubernetes) or SIGINT (Ctrl-C).
+pub async fn os_signal() {
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(err) => {
+                tracing::warn!(%err, "cannot listen for SIGTERM; only Ctrl-C stops the server");
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Collects the gRPC services of one process and serves them.
+pub struct GrpcServer {
+    cfg: ServerConfig,
+    routes: RoutesBuilder,
+    health: HealthReporter,
+    services: Vec<&'static str>,
+}
+
+impl GrpcServer {
+    pub fn new(cfg: ServerConfig) -> Self {
+        let (health, health_service) = tonic_health::server::health_reporter();
+        let mut routes = RoutesBuilder::default();
+        routes.add_service(health_service);
+        Self {
+            cfg,
+            routes,
+            health,
+            services: Vec::new(),
+        }
+    }
+
+    /// Adds a service, reported SERVING under its full name in `grpc.health.v1`.
+    pub async fn add_service<S, R>(&mut self, service: S) -> &mut Self
+    where
+        S: Service<http::Request<Body>, Response = http::Response<R>, Error = Infallible>
+            + NamedService
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+        R: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+        R::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        self.routes.add_service(service);
+        self.health.set_service_status(S::NAME, ServingStatus::Serving).await;
+        self.services.push(S::NAME);
+        self
+    }
+
+    /// Serves on `listener` until `shutdown` fires, then reports NOT_SERVING, stops
+    /// accepting, and lets in-flight calls finish within the grace period.
+    pub async fn serve(self, listener: TcpListener, shutdown: ShutdownSignal) -> anyhow::Result<()> {
+        let reflection_v1 = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(crm_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()?;
+        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(crm_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()?;
+        let mut routes = self.routes;
+        routes.add_service(reflection_v1).add_service(reflection_v1alpha);
+
+        let layers = ServiceBuilder::new()
+            // Shed load first: a call over the limit is refused with UNAVAILABLE before
+            // it costs anything (no span, no auth, no database).
+            .load_shed()
+            .layer(tower::limit::GlobalConcurrencyLimitLayer::new(self.cfg.concurrency_limit))
+            // Then trace: every call that is served is one span, continuing the caller's trace.
+            .layer(TraceContextLayer);
+
+        let grace = Duration::from_secs(self.cfg.shutdown_grace_secs);
+        let health = self.health.clone();
+        let services = self.services.clone();
+        let mut stop = shutdown.clone();
+        let graceful = async move {
+            stop.wait().await;
+            tracing::info!("shutting down: no new calls, finishing in-flight ones");
+            for name in services {
+                health.set_service_status(name, ServingStatus::NotServing).await;
+            }
+        };
+        let addr = listener.local_addr()?;
+        tracing::info!(%addr, "gRPC server listening");
+        let server = tonic::transport::Server::builder()
+            .timeout(Duration::from_secs(self.cfg.request_timeout_secs))
+            .tcp_nodelay(true)
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+            .layer(layers)
+            .add_routes(routes.routes())
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), graceful);
+        let mut deadline = shutdown;
+        tokio::select! {
+            served = server => served?,
+            _ = async { deadline.wait().await; tokio::time::sleep(grace).await } => {
+                tracing::warn!(grace_secs = grace.as_secs(), "grace period over; exiting with calls still in flight");
+            }
+        }
+        tracing::info!("gRPC server stopped");
+        Ok(())
+    }
+}
+
+/// Binds the listen address, with the address in the error.
+pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {addr} (server.listen): {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn shutdown_signal_reaches_every_clone() {
+        let (shutdown, signal) = shutdown_channel();
+        let mut a = signal.clone();
+        let mut b = shutdown.signal();
+        assert!(!a.is_triggered());
+        shutdown.trigger();
+        a.wait().await;
+        b.wait().await;
+        assert!(signal.is_triggered());
+    }
+}

@@ -1,0 +1,53 @@
+//! Test support for every service's integration tests: a fresh database per test on
+//! SQLite (default) or PostgreSQL (`CRM_TEST_DATABASE_URL`), and the Redis URL
+//! (`CRM_TEST_REDIS_URL`). When a variable is set but its server cannot be reached the
+//! test fails: CI must never silently fall back to SQLite.
+
+use crate::db::Target;
+
+pub const DATABASE_URL_VAR: &str = "CRM_TEST_DATABASE_URL";
+pub const REDIS_URL_VAR: &str = "CRM_TEST_REDIS_URL";
+
+/// A database only this test uses. SQLite files live in a temporary directory that
+/// is removed on drop; PostgreSQL gets a new schema `t_<uuid>` in the test database.
+pub struct TestDatabase {
+    pub target: Target,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl TestDatabase {
+    pub fn new(service: &str) -> anyhow::Result<Self> {
+        match std::env::var(DATABASE_URL_VAR) {
+            Ok(url) if !url.is_empty() => {
+                anyhow::ensure!(url.starts_with("postgres"), "{DATABASE_URL_VAR} must be a postgres:// URL");
+                let schema = format!("t_{}", uuid::Uuid::new_v4().simple());
+                Ok(Self {
+                    target: Target::Postgres { url, schema },
+                    _dir: None,
+                })
+            }
+            _ => {
+                let dir = tempfile::tempdir()?;
+                let url = format!("sqlite://{}/{service}.db", dir.path().display());
+                Ok(Self {
+                    target: Target::Sqlite { url },
+                    _dir: Some(dir),
+                })
+            }
+        }
+    }
+
+    pub fn is_postgres(&self) -> bool {
+        matches!(self.target, Target::Postgres { .. })
+    }
+}
+
+/// The Redis URL tests must use, if any.
+pub fn redis_url() -> Option<String> {
+    std::env::var(REDIS_URL_VAR).ok().filter(|u| !u.is_empty())
+}
+
+/// A key prefix only this test uses, so tests can share one Redis.
+pub fn unique_key_prefix() -> String {
+    format!("crm-test:{}:", uuid::Uuid::new_v4().simple())
+}

@@ -1,0 +1,208 @@
+use std::{collections::HashSet, sync::Arc, time::Duration};
+
+use crm_platform::{
+    config::FeedConfig,
+    db::{begin_write, connect},
+    feed::{self, Cursor, Feed, NewEvent},
+    migrate::{self, Migration},
+    server::{Shutdown, shutdown_channel},
+    testing::TestDatabase,
+};
+use sea_orm::{DatabaseConnection, TransactionTrait};
+
+const FEED_ONLY: &[Migration] = &[Migration {
+    version: 1,
+    name: "feed",
+    up: feed::migration_sql,
+}];
+
+async fn setup() -> (TestDatabase, DatabaseConnection, Feed, Shutdown) {
+    let tdb = TestDatabase::new("feed-test").unwrap();
+    let db = connect(&tdb.target, 24).await.expect("test database must be reachable");
+    migrate::run(&db, FEED_ONLY).await.unwrap();
+    let (shutdown, signal) = shutdown_channel();
+    let cfg = FeedConfig {
+        retention_days: 30,
+        poll_interval_ms: 20,
+        heartbeat_secs: 1,
+        batch_size: 64,
+    };
+    let feed = Feed::new(db.clone(), "test", cfg, signal);
+    (tdb, db, feed, shutdown)
+}
+
+fn event(subject: String) -> NewEvent {
+    NewEvent {
+        event_type: "crm.test.v1.Thing",
+        subject,
+        actor: "tester".into(),
+        data: vec![1, 2, 3],
+    }
+}
+
+/// Many writers commit concurrently and out of order (random pauses between insert and
+/// commit) while a reader tails the feed: the reader must see every event exactly once,
+/// and each writer's events in the order that writer committed them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_writers_never_lose_or_repeat_an_event() {
+    const WRITERS: usize = 16;
+    const PER_WRITER: usize = 40;
+    let (_tdb, db, feed, _shutdown) = setup().await;
+    let db = Arc::new(db);
+    let mut writers = Vec::new();
+    for w in 0..WRITERS {
+        let db = db.clone();
+        writers.push(tokio::spawn(async move {
+            for i in 0..PER_WRITER {
+                let txn = begin_write(&db).await.unwrap();
+                feed::append(&txn, event(format!("w{w}/{i:03}"))).await.unwrap();
+                // Hold some transactions open so later ones commit first.
+                let pause = (w * 7 + i * 13) % 5;
+                tokio::time::sleep(Duration::from_millis(pause as u64)).await;
+                txn.commit().await.unwrap();
+            }
+        }));
+    }
+    let mut seen = Vec::new();
+    let mut after = Cursor::default();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    while seen.len() < WRITERS * PER_WRITER {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "only {} of {} events arrived",
+            seen.len(),
+            WRITERS * PER_WRITER
+        );
+        let batch = feed.read(after, 64).await.unwrap();
+        if batch.is_empty() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        for e in batch {
+            let cursor = Cursor::parse(&e.cursor).unwrap();
+            assert!(cursor > after, "cursor went backwards");
+            after = cursor;
+            seen.push(e.subject);
+        }
+    }
+    for w in writers {
+        w.await.unwrap();
+    }
+    // Nothing more arrives after everything was read.
+    assert!(feed.read(after, 64).await.unwrap().is_empty());
+    let unique: HashSet<_> = seen.iter().collect();
+    assert_eq!(unique.len(), seen.len(), "an event was delivered twice");
+    assert_eq!(seen.len(), WRITERS * PER_WRITER);
+    for w in 0..WRITERS {
+        let mine: Vec<_> = seen.iter().filter(|s| s.starts_with(&format!("w{w}/"))).cloned().collect();
+        let mut sorted = mine.clone();
+        sorted.sort();
+        assert_eq!(mine, sorted, "writer {w}'s events out of order");
+    }
+}
+
+/// The exact interleaving that breaks a plain auto-increment cursor: A writes first,
+/// B writes later but commits first. A reader must not move past A while A is open.
+#[tokio::test]
+async fn a_late_commit_is_not_skipped() {
+    let (tdb, db, feed, _shutdown) = setup().await;
+    let a = begin_write(&db).await.unwrap();
+    feed::append(&a, event("a".into())).await.unwrap();
+    if tdb.is_postgres() {
+        let b = db.begin().await.unwrap();
+        feed::append(&b, event("b".into())).await.unwrap();
+        b.commit().await.unwrap();
+        assert!(
+            feed.read(Cursor::default(), 10).await.unwrap().is_empty(),
+            "B must wait for the older open transaction A"
+        );
+        a.commit().await.unwrap();
+        let subjects: Vec<_> = feed
+            .read(Cursor::default(), 10)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.subject)
+            .collect();
+        assert_eq!(subjects, vec!["a", "b"]);
+    } else {
+        // SQLite: the write lock serialises writers, so B cannot even start writing.
+        a.commit().await.unwrap();
+        let subjects: Vec<_> = feed
+            .read(Cursor::default(), 10)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.subject)
+            .collect();
+        assert_eq!(subjects, vec!["a"]);
+    }
+}
+
+#[tokio::test]
+async fn stream_replays_then_tails_then_heartbeats() {
+    use crm_proto::crm::events::v1::stream_events_response::Kind;
+    use tokio_stream::StreamExt;
+    let (_tdb, db, feed, _shutdown) = setup().await;
+    for s in ["one", "two"] {
+        let txn = begin_write(&db).await.unwrap();
+        feed::append(&txn, event(s.into())).await.unwrap();
+        txn.commit().await.unwrap();
+    }
+    let mut stream = feed.stream("").await.unwrap();
+    let mut next = async || {
+        tokio::time::timeout(Duration::from_secs(10), stream.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap()
+    };
+    let Some(Kind::Event(first)) = next().await.kind else {
+        panic!("expected an event")
+    };
+    assert_eq!(first.subject, "one");
+    assert_eq!(first.r#type, "crm.test.v1.Thing");
+    assert_eq!(first.data.unwrap().type_url, "type.googleapis.com/crm.test.v1.Thing");
+    let Some(Kind::Event(second)) = next().await.kind else {
+        panic!("expected an event")
+    };
+    let Some(Kind::Heartbeat(beat)) = next().await.kind else {
+        panic!("expected a heartbeat once caught up")
+    };
+    assert_eq!(beat.cursor, second.cursor);
+    let txn = begin_write(&db).await.unwrap();
+    feed::append(&txn, event("three".into())).await.unwrap();
+    txn.commit().await.unwrap();
+    feed.committed();
+    let Some(Kind::Event(third)) = next().await.kind else {
+        panic!("expected the tailed event")
+    };
+    assert_eq!(third.subject, "three");
+}
+
+#[tokio::test]
+async fn purged_cursor_fails_with_failed_precondition() {
+    let (_tdb, db, feed, _shutdown) = setup().await;
+    for s in ["old-1", "old-2"] {
+        let txn = begin_write(&db).await.unwrap();
+        feed::append(&txn, event(s.into())).await.unwrap();
+        txn.commit().await.unwrap();
+    }
+    let first = feed.read(Cursor::default(), 1).await.unwrap().remove(0);
+    let deleted = feed.purge(chrono::Utc::now() + chrono::Duration::days(31)).await.unwrap();
+    assert_eq!(deleted, 2);
+    let err = feed.read(Cursor::parse(&first.cursor).unwrap(), 10).await.unwrap_err();
+    let status = tonic::Status::from(err);
+    assert_eq!(status.code(), tonic::Code::FailedPrecondition);
+    // Starting over from an empty cursor is allowed and sees what is retained.
+    let txn = begin_write(&db).await.unwrap();
+    feed::append(&txn, event("new".into())).await.unwrap();
+    txn.commit().await.unwrap();
+    let retained: Vec<_> = feed
+        .read(Cursor::default(), 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.subject)
+        .collect();
+    assert_eq!(retained, vec!["new"]);
+}

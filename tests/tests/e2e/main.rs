@@ -1,0 +1,4 @@
+//! End-to-end: the real `crm` binary, driven over gRPC.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod serve;
