@@ -13,11 +13,22 @@ const FILES: &[&str] = &[
     "crm/customer/v1/customer_events.proto",
 ];
 
+/// Not imported by our contracts: served by reflection only, so clients can decode
+/// the google.rpc error details every error carries.
+const REFLECTION_ONLY: &[&str] = &["google/rpc/error_details.proto", "google/rpc/status.proto"];
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=crm");
+    println!("cargo:rerun-if-changed=third_party");
     let fds = protox::compile(FILES, ["."])?;
+    let mut served = fds.clone();
+    for file in protox::compile(REFLECTION_ONLY, ["third_party"])?.file {
+        if !served.file.iter().any(|f| f.name == file.name) {
+            served.file.push(file);
+        }
+    }
     let out = PathBuf::from(env::var("OUT_DIR")?);
-    fs::write(out.join("crm_descriptor.bin"), fds.encode_to_vec())?;
+    fs::write(out.join("crm_descriptor.bin"), served.encode_to_vec())?;
     tonic_prost_build::configure()
         // BTreeMap keeps map encoding deterministic, so an encoded request can be
         // hashed (request_id idempotency compares hashes).

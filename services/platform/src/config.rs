@@ -56,7 +56,7 @@ token_secret = ""
 
 [log]
 format = "pretty"
-level = "info,sqlx=warn,sea_orm=warn"
+level = "info,sqlx=warn,sea_orm=warn,opentelemetry=warn,opentelemetry_sdk=warn"
 "#;
 
 /// The sections every service shares.
@@ -224,7 +224,8 @@ impl PlatformConfig {
                 "must start with postgres://, postgresql:// or sqlite: (or be empty for the embedded SQLite files)",
             ));
         }
-        if !self.redis.url.is_empty() && !(self.redis.url.starts_with("redis://") || self.redis.url.starts_with("rediss://")) {
+        let redis = &self.redis.url;
+        if !(redis.is_empty() || redis.starts_with("redis://") || redis.starts_with("rediss://")) {
             return Err(ConfigError::invalid(
                 "redis.url",
                 "must start with redis:// or rediss:// (or be empty)",
