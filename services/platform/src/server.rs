@@ -135,7 +135,7 @@ impl GrpcServer {
         let graceful = async move {
             stop.wait().await;
             tracing::info!("shutting down: no new calls, finishing in-flight ones");
-            for name in services {
+            for name in services.into_iter().chain([""]) {
                 health.set_service_status(name, ServingStatus::NotServing).await;
             }
         };

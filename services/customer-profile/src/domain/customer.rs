@@ -262,6 +262,31 @@ impl Check {
         value
     }
 
+    /// Normalises `value` of every item; an item whose `key` (of the normalised value)
+    /// repeats an earlier one is a violation.
+    fn unique<T>(
+        &mut self,
+        field: &str,
+        leaf: &str,
+        items: &mut [T],
+        value: impl Fn(&mut T) -> &mut String,
+        normalize: impl Fn(&str) -> Result<String, String>,
+        key: impl Fn(&str) -> String,
+    ) {
+        let mut seen = Vec::new();
+        for (i, item) in items.iter_mut().enumerate() {
+            let slot = value(item);
+            match normalize(slot) {
+                Ok(v) if seen.contains(&key(&v)) => self.fail(format!("{field}[{i}].{leaf}"), format!("{v} is listed twice")),
+                Ok(v) => {
+                    seen.push(key(&v));
+                    *slot = v;
+                }
+                Err(why) => self.fail(format!("{field}[{i}].{leaf}"), why),
+            }
+        }
+    }
+
     /// At most one primary; the first becomes primary when none is.
     fn primaries<T>(&mut self, field: &str, items: &mut [T], primary: impl Fn(&mut T) -> &mut bool) {
         let count = items.iter_mut().filter_map(|i| primary(i).then_some(())).count();
@@ -317,37 +342,28 @@ impl Profile {
         if self.phones.len() > MAX_CONTACTS {
             check.fail("phone_numbers", format!("at most {MAX_CONTACTS}"));
         }
-        let mut seen = Vec::new();
-        for (i, phone) in self.phones.iter_mut().enumerate() {
-            match normalize::phone(&phone.number, &rules.default_region) {
-                Ok(e164) if seen.contains(&e164) => {
-                    check.fail(format!("phone_numbers[{i}].number"), format!("{e164} is listed twice"))
-                }
-                Ok(e164) => {
-                    seen.push(e164.clone());
-                    phone.number = e164;
-                }
-                Err(why) => check.fail(format!("phone_numbers[{i}].number"), why),
-            }
-        }
+        let region = rules.default_region.as_str();
+        check.unique(
+            "phone_numbers",
+            "number",
+            &mut self.phones,
+            |p| &mut p.number,
+            |raw| normalize::phone(raw, region),
+            str::to_owned,
+        );
         check.primaries("phone_numbers", &mut self.phones, |p| &mut p.primary);
 
         if self.emails.len() > MAX_CONTACTS {
             check.fail("email_addresses", format!("at most {MAX_CONTACTS}"));
         }
-        let mut seen = Vec::new();
-        for (i, email) in self.emails.iter_mut().enumerate() {
-            match normalize::email(&email.address) {
-                Ok(address) if seen.contains(&address.to_lowercase()) => {
-                    check.fail(format!("email_addresses[{i}].address"), format!("{address} is listed twice"));
-                }
-                Ok(address) => {
-                    seen.push(address.to_lowercase());
-                    email.address = address;
-                }
-                Err(why) => check.fail(format!("email_addresses[{i}].address"), why),
-            }
-        }
+        check.unique(
+            "email_addresses",
+            "address",
+            &mut self.emails,
+            |e| &mut e.address,
+            normalize::email,
+            str::to_lowercase,
+        );
         check.primaries("email_addresses", &mut self.emails, |e| &mut e.primary);
 
         if self.addresses.len() > MAX_CONTACTS {

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::domain::{
     Customer, CustomerId, Profile,
-    customer::{Channel, CustomerKind},
+    customer::Channel,
     filter::{Comparison, Filter, OrderBy, OrderField},
 };
 use entity::{customer, customer_tag};
@@ -203,7 +203,6 @@ fn decode(m: customer::Model) -> Result<Customer> {
     let id = uuid::Uuid::parse_str(&m.id).map_err(|e| Error::internal(anyhow::anyhow!("customer id {}: {e}", m.id)))?;
     let source_channel: Channel = serde_json::from_value(serde_json::Value::String(m.source_channel.clone()))
         .map_err(|e| Error::internal(anyhow::anyhow!("customer {}: source_channel: {e}", m.id)))?;
-    debug_assert!(profile.kind != CustomerKind::Unspecified);
     Ok(Customer {
         id: CustomerId::from_uuid(id),
         profile,

@@ -40,6 +40,15 @@ fn event(subject: String) -> NewEvent {
     }
 }
 
+/// Appends one event per subject, each in its own committed transaction.
+async fn commit_events(db: &DatabaseConnection, subjects: &[&str]) {
+    for s in subjects {
+        let txn = begin_write(db).await.unwrap();
+        feed::append(&txn, event((*s).into())).await.unwrap();
+        txn.commit().await.unwrap();
+    }
+}
+
 /// Many writers commit concurrently and out of order (random pauses between insert and
 /// commit) while a reader tails the feed: the reader must see every event exactly once,
 /// and each writer's events in the order that writer committed them.
@@ -143,11 +152,7 @@ async fn stream_replays_then_tails_then_heartbeats() {
     use crm_proto::crm::events::v1::stream_events_response::Kind;
     use tokio_stream::StreamExt;
     let (_tdb, db, feed, _shutdown) = setup().await;
-    for s in ["one", "two"] {
-        let txn = begin_write(&db).await.unwrap();
-        feed::append(&txn, event(s.into())).await.unwrap();
-        txn.commit().await.unwrap();
-    }
+    commit_events(&db, &["one", "two"]).await;
     let mut stream = feed.stream("").await.unwrap();
     let mut next = async || {
         tokio::time::timeout(Duration::from_secs(10), stream.next())
@@ -169,9 +174,7 @@ async fn stream_replays_then_tails_then_heartbeats() {
         panic!("expected a heartbeat once caught up")
     };
     assert_eq!(beat.cursor, second.cursor);
-    let txn = begin_write(&db).await.unwrap();
-    feed::append(&txn, event("three".into())).await.unwrap();
-    txn.commit().await.unwrap();
+    commit_events(&db, &["three"]).await;
     feed.committed();
     let Some(Kind::Event(third)) = next().await.kind else {
         panic!("expected the tailed event")
@@ -182,11 +185,7 @@ async fn stream_replays_then_tails_then_heartbeats() {
 #[tokio::test]
 async fn purged_cursor_fails_with_failed_precondition() {
     let (_tdb, db, feed, _shutdown) = setup().await;
-    for s in ["old-1", "old-2"] {
-        let txn = begin_write(&db).await.unwrap();
-        feed::append(&txn, event(s.into())).await.unwrap();
-        txn.commit().await.unwrap();
-    }
+    commit_events(&db, &["old-1", "old-2"]).await;
     let first = feed.read(Cursor::default(), 1).await.unwrap().remove(0);
     let deleted = feed.purge(chrono::Utc::now() + chrono::Duration::days(31)).await.unwrap();
     assert_eq!(deleted, 2);
@@ -194,9 +193,7 @@ async fn purged_cursor_fails_with_failed_precondition() {
     let status = tonic::Status::from(err);
     assert_eq!(status.code(), tonic::Code::FailedPrecondition);
     // Starting over from an empty cursor is allowed and sees what is retained.
-    let txn = begin_write(&db).await.unwrap();
-    feed::append(&txn, event("new".into())).await.unwrap();
-    txn.commit().await.unwrap();
+    commit_events(&db, &["new"]).await;
     let retained: Vec<_> = feed
         .read(Cursor::default(), 10)
         .await
