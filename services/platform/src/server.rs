@@ -1,7 +1,18 @@
 //! gRPC server bootstrap shared by every binary: health (`grpc.health.v1`, one status
 //! per service), reflection v1 and v1alpha, the tower stack, and graceful shutdown.
 
-use std::{convert::Infallible, net::SocketAddr, time::Duration};
+use std::{
+    convert::Infallible,
+    future::Future,
+    net::SocketAddr,
+    pin::Pin,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    task::{Context, Poll},
+    time::Duration,
+};
 
 use tokio::{net::TcpListener, sync::watch};
 use tokio_stream::wrappers::TcpListenerStream;
@@ -120,11 +131,14 @@ impl GrpcServer {
         let mut routes = self.routes;
         routes.add_service(reflection_v1).add_service(reflection_v1alpha);
 
+        let in_flight = Arc::new(AtomicUsize::new(0));
         let layers = ServiceBuilder::new()
             // Shed load first: a call over the limit is refused with UNAVAILABLE before
             // it costs anything (no span, no auth, no database).
             .load_shed()
             .layer(tower::limit::GlobalConcurrencyLimitLayer::new(self.cfg.concurrency_limit))
+            // Count what is being served, so shutdown knows when the last call is done.
+            .layer(InFlightLayer(in_flight.clone()))
             // Then trace: every call that is served is one span, continuing the caller's trace.
             .layer(TraceContextLayer);
 
@@ -149,15 +163,92 @@ impl GrpcServer {
             .layer(layers)
             .add_routes(routes.routes())
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), graceful);
-        let mut deadline = shutdown;
+        // hyper's graceful shutdown also waits for idle client connections to close
+        // (hyperium/hyper#4170), which well-behaved gRPC clients keep open: finish as soon
+        // as the calls in flight are done, or when the grace period is over.
+        let mut draining = shutdown;
         tokio::select! {
             served = server => served?,
-            _ = async { deadline.wait().await; tokio::time::sleep(grace).await } => {
-                tracing::warn!(grace_secs = grace.as_secs(), "grace period over; exiting with calls still in flight");
+            drained = async { draining.wait().await; drain(&in_flight, grace).await } => {
+                if drained {
+                    tracing::info!("in-flight calls finished; closing remaining connections");
+                } else {
+                    tracing::warn!(grace_secs = grace.as_secs(), calls = in_flight.load(Ordering::SeqCst), "grace period over; exiting with calls still in flight");
+                }
             }
         }
         tracing::info!("gRPC server stopped");
         Ok(())
+    }
+}
+
+/// Waits until no call is in flight (true) or `grace` has passed (false).
+async fn drain(in_flight: &AtomicUsize, grace: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + grace;
+    while tokio::time::Instant::now() < deadline {
+        if in_flight.load(Ordering::SeqCst) == 0 {
+            // Let the last responses leave the socket buffers.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if in_flight.load(Ordering::SeqCst) == 0 {
+                return true;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
+/// Counts calls whose response has not been produced yet.
+#[derive(Clone, Debug)]
+struct InFlightLayer(Arc<AtomicUsize>);
+
+impl<S> tower::Layer<S> for InFlightLayer {
+    type Service = InFlight<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        InFlight {
+            inner,
+            count: self.0.clone(),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+struct InFlight<S> {
+    inner: S,
+    count: Arc<AtomicUsize>,
+}
+
+/// Decrements the count when the call's future completes or is dropped.
+struct Counted(Arc<AtomicUsize>);
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl<S, R> Service<R> for InFlight<S>
+where
+    S: Service<R>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: R) -> Self::Future {
+        self.count.fetch_add(1, Ordering::SeqCst);
+        let guard = Counted(self.count.clone());
+        let call = self.inner.call(req);
+        Box::pin(async move {
+            let result = call.await;
+            drop(guard);
+            result
+        })
     }
 }
 
@@ -171,6 +262,18 @@ pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn drain_waits_for_calls_in_flight() {
+        let count = Arc::new(AtomicUsize::new(1));
+        assert!(!drain(&count, Duration::from_millis(150)).await, "a call is still running");
+        let later = count.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            later.fetch_sub(1, Ordering::SeqCst);
+        });
+        assert!(drain(&count, Duration::from_secs(5)).await);
+    }
 
     #[tokio::test]
     async fn shutdown_signal_reaches_every_clone() {

@@ -109,8 +109,9 @@ async fn crm_serve_end_to_end() {
         panic!("expected the create event")
     };
     assert_eq!(event.subject, created.name);
-    drop(stream);
-
+    // Close our connections first: hyper's graceful shutdown waits for connected
+    // clients (hyperium/hyper#4170), bounded by server.shutdown_grace_secs.
+    drop((stream, client, health, channel));
     let status = server.terminate();
     assert!(status.success(), "crm serve exited with {status}");
 
