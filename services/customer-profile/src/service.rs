@@ -12,7 +12,7 @@ use crm_platform::{
     feed::{self, Feed},
     idempotency::{self, Recorded},
 };
-use sea_orm::{DatabaseConnection, TransactionTrait};
+use sea_orm::DatabaseConnection;
 
 use crate::{
     domain::{
@@ -180,13 +180,6 @@ impl Customers {
 
     pub async fn list(&self, query: &ListQuery) -> Result<Vec<Customer>> {
         store::list(&self.db, query).await
-    }
-
-    /// For health checks: can the database answer?
-    pub async fn ping(&self) -> Result<()> {
-        let txn = self.db.begin().await?;
-        txn.rollback().await?;
-        Ok(())
     }
 }
 
