@@ -15,6 +15,12 @@ listen = "127.0.0.1:50051"
 request_timeout_secs = 30
 concurrency_limit = 1024
 shutdown_grace_secs = 25
+allow_plaintext = false
+
+[server.tls]
+cert_path = ""
+key_path = ""
+client_ca_path = ""
 
 [database]
 url = ""
@@ -82,6 +88,27 @@ pub struct ServerConfig {
     pub concurrency_limit: usize,
     /// How long in-flight calls may take to finish after SIGTERM.
     pub shutdown_grace_secs: u64,
+    /// Serve without TLS on a non-loopback address (e.g. behind a mesh that
+    /// terminates mTLS). Loopback addresses may always be plaintext.
+    pub allow_plaintext: bool,
+    pub tls: TlsConfig,
+}
+
+/// TLS of the gRPC server, from PEM files. Empty paths mean plaintext.
+#[derive(Debug, Clone, Deserialize)]
+pub struct TlsConfig {
+    /// Server certificate chain.
+    pub cert_path: String,
+    /// Private key of the certificate.
+    pub key_path: String,
+    /// CA that client certificates must chain to; when set, clients must present one (mTLS).
+    pub client_ca_path: String,
+}
+
+impl TlsConfig {
+    pub fn enabled(&self) -> bool {
+        !self.cert_path.is_empty()
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -214,6 +241,28 @@ impl PlatformConfig {
         if self.server.concurrency_limit == 0 {
             return Err(ConfigError::invalid("server.concurrency_limit", "must be at least 1"));
         }
+        let tls = &self.server.tls;
+        if tls.cert_path.is_empty() != tls.key_path.is_empty() {
+            return Err(ConfigError::invalid(
+                "server.tls",
+                "set both cert_path and key_path, or neither",
+            ));
+        }
+        if !tls.client_ca_path.is_empty() && !tls.enabled() {
+            return Err(ConfigError::invalid(
+                "server.tls.client_ca_path",
+                "mTLS needs server.tls.cert_path and key_path too",
+            ));
+        }
+        if !tls.enabled() && !self.server.allow_plaintext && !self.server.listen.ip().is_loopback() {
+            return Err(ConfigError::invalid(
+                "server.tls",
+                format!(
+                    "{} is not a loopback address: configure server.tls.cert_path and key_path, or set server.allow_plaintext = true when a proxy or mesh provides TLS",
+                    self.server.listen
+                ),
+            ));
+        }
         if self.database.max_connections == 0 {
             return Err(ConfigError::invalid("database.max_connections", "must be at least 1"));
         }
@@ -281,6 +330,22 @@ mod tests {
         }
         let err = section::<Svc>(&value, Some("svc")).unwrap_err();
         assert!(err.to_string().contains("svc.region"), "{err}");
+    }
+
+    #[test]
+    fn plaintext_only_on_loopback_unless_allowed() {
+        let mut cfg = platform(None).unwrap();
+        cfg.auth.jwt_secret = "a-secret-of-at-least-32-bytes-long!!".into();
+        assert!(cfg.validate().is_ok(), "127.0.0.1 may be plaintext");
+        cfg.server.listen = "0.0.0.0:50051".parse().unwrap();
+        assert!(cfg.validate().unwrap_err().to_string().contains("server.tls"));
+        cfg.server.allow_plaintext = true;
+        assert!(cfg.validate().is_ok());
+        cfg.server.allow_plaintext = false;
+        cfg.server.tls.cert_path = "/etc/crm/tls.crt".into();
+        assert!(cfg.validate().unwrap_err().to_string().contains("key_path"));
+        cfg.server.tls.key_path = "/etc/crm/tls.key".into();
+        assert!(cfg.validate().is_ok());
     }
 
     #[test]

@@ -91,6 +91,42 @@ impl Error {
     }
 }
 
+/// Runs independent checks and reports all their field violations at once:
+/// `let a = v.check(parse_a()); let b = v.check(parse_b()); let (a, b) = v.finish(a.zip(b))?;`
+#[derive(Debug, Default)]
+pub struct Validation {
+    violations: Vec<FieldViolation>,
+    other: Option<Error>,
+}
+
+impl Validation {
+    /// The value, or `None` after recording why not.
+    pub fn check<T>(&mut self, result: Result<T>) -> Option<T> {
+        match result {
+            Ok(value) => Some(value),
+            Err(Error::InvalidArgument(v)) => {
+                self.violations.extend(v);
+                None
+            }
+            Err(other) => {
+                self.other.get_or_insert(other);
+                None
+            }
+        }
+    }
+
+    /// The checked values, or every violation recorded.
+    pub fn finish<T>(self, values: Option<T>) -> Result<T> {
+        if let Some(other) = self.other {
+            return Err(other);
+        }
+        if !self.violations.is_empty() {
+            return Err(Error::InvalidArgument(self.violations));
+        }
+        values.ok_or_else(|| Error::internal(anyhow::anyhow!("a check failed without a violation")))
+    }
+}
+
 impl From<sea_orm::DbErr> for Error {
     fn from(err: sea_orm::DbErr) -> Self {
         match err {
@@ -194,6 +230,23 @@ mod tests {
         assert_eq!(bad.field_violations[1].field, "customer.email_addresses[0].address");
         assert_eq!(details.error_info().unwrap().reason, "INVALID_ARGUMENT");
         assert_eq!(details.error_info().unwrap().domain, ERROR_DOMAIN);
+    }
+
+    #[test]
+    fn validation_collects_every_violation() {
+        let mut v = Validation::default();
+        let a = v.check(Err::<u8, _>(Error::invalid("a", "bad")));
+        let b = v.check(Ok::<_, Error>(2));
+        let c = v.check(Err::<u8, _>(Error::invalid("c", "bad")));
+        match v.finish(a.zip(b).zip(c)) {
+            Err(Error::InvalidArgument(found)) => {
+                assert_eq!(found.iter().map(|f| f.field.as_str()).collect::<Vec<_>>(), ["a", "c"])
+            }
+            other => panic!("{other:?}"),
+        }
+        let mut v = Validation::default();
+        let a = v.check(Ok::<_, Error>(1));
+        assert_eq!(v.finish(a).unwrap(), 1);
     }
 
     #[test]

@@ -16,11 +16,19 @@ use std::{
 
 use tokio::{net::TcpListener, sync::watch};
 use tokio_stream::wrappers::TcpListenerStream;
-use tonic::{body::Body, server::NamedService, service::RoutesBuilder};
+use tonic::{
+    body::Body,
+    server::NamedService,
+    service::RoutesBuilder,
+    transport::{Certificate, Identity, ServerTlsConfig},
+};
 use tonic_health::{ServingStatus, server::HealthReporter};
 use tower::{Service, ServiceBuilder};
 
-use crate::{config::ServerConfig, telemetry::TraceContextLayer};
+use crate::{
+    config::{ServerConfig, TlsConfig},
+    telemetry::TraceContextLayer,
+};
 
 /// Triggers shutdown of everything holding a [`ShutdownSignal`].
 #[derive(Debug, Clone)]
@@ -154,8 +162,12 @@ impl GrpcServer {
             }
         };
         let addr = listener.local_addr()?;
-        tracing::info!(%addr, "gRPC server listening");
-        let server = tonic::transport::Server::builder()
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = tls_config(&self.cfg.tls)? {
+            builder = builder.tls_config(tls)?;
+        }
+        tracing::info!(%addr, tls = self.cfg.tls.enabled(), mtls = !self.cfg.tls.client_ca_path.is_empty(), "gRPC server listening");
+        let server = builder
             .timeout(Duration::from_secs(self.cfg.request_timeout_secs))
             .tcp_nodelay(true)
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
@@ -180,6 +192,22 @@ impl GrpcServer {
         tracing::info!("gRPC server stopped");
         Ok(())
     }
+}
+
+/// The server's TLS settings from PEM files; `None` for plaintext.
+fn tls_config(cfg: &TlsConfig) -> anyhow::Result<Option<ServerTlsConfig>> {
+    if !cfg.enabled() {
+        return Ok(None);
+    }
+    let read = |key: &str, path: &str| {
+        std::fs::read(path).map_err(|e| anyhow::anyhow!("configuration key `server.tls.{key}`: cannot read {path}: {e}"))
+    };
+    let identity = Identity::from_pem(read("cert_path", &cfg.cert_path)?, read("key_path", &cfg.key_path)?);
+    let mut tls = ServerTlsConfig::new().identity(identity);
+    if !cfg.client_ca_path.is_empty() {
+        tls = tls.client_ca_root(Certificate::from_pem(read("client_ca_path", &cfg.client_ca_path)?));
+    }
+    Ok(Some(tls))
 }
 
 /// Waits until no call is in flight (true) or `grace` has passed (false).

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use crm_platform::{
     Error,
     auth::{self, Authorizer},
+    error::Validation,
     feed::Feed,
     idempotency,
     paging::{self, PageTokens},
@@ -92,12 +93,15 @@ impl CustomerProfileService for Api {
         self.authorizer.check(&principal, "customer.update", &patch.name).await?;
         let etag = patch.etag.clone();
         let mask = req.update_mask.map(|m| m.paths).unwrap_or_default();
-        let patch = convert::profile_from_proto(patch).map_err(|e| e.in_field("customer"))?;
-        let paths = if mask.is_empty() {
-            update::populated_paths(&patch)
+        let mut v = Validation::default();
+        let patch = v.check(convert::profile_from_proto(patch).map_err(|e| e.in_field("customer")));
+        let paths = v.check(if mask.is_empty() {
+            Ok(None)
         } else {
-            update::parse_mask(&mask)?
-        };
+            update::parse_mask(&mask).map(Some)
+        });
+        let (patch, paths) = v.finish(patch.zip(paths))?;
+        let paths = paths.unwrap_or_else(|| update::populated_paths(&patch));
         let updated = self.customers.update(&principal.user_id, id, &patch, &paths, &etag).await?;
         Ok(Response::new(convert::customer_to_proto(&updated)))
     }
@@ -115,15 +119,17 @@ impl CustomerProfileService for Api {
         let principal = auth::principal(&req)?;
         let req = req.into_inner();
         self.authorizer.check(&principal, "customer.read", COLLECTION).await?;
-        let page_size = paging::page_size(req.page_size, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)?;
-        let filter = Filter::parse(&req.filter)?;
-        let order = OrderBy::parse(&req.order_by)?;
         let fingerprint = paging::fingerprint(&[&req.filter, &req.order_by, if req.show_deleted { "deleted" } else { "" }]);
-        let after = if req.page_token.is_empty() {
-            None
+        let mut v = Validation::default();
+        let page_size = v.check(paging::page_size(req.page_size, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE));
+        let filter = v.check(Filter::parse(&req.filter));
+        let order = v.check(OrderBy::parse(&req.order_by));
+        let after = v.check(if req.page_token.is_empty() {
+            Ok(None)
         } else {
-            Some(self.page_tokens.decode::<Position>(&fingerprint, &req.page_token)?)
-        };
+            self.page_tokens.decode::<Position>(&fingerprint, &req.page_token).map(Some)
+        });
+        let (((page_size, filter), order), after) = v.finish(page_size.zip(filter).zip(order).zip(after))?;
         let query = ListQuery {
             filter,
             order,
