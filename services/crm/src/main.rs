@@ -3,6 +3,8 @@
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
+mod bench;
+
 use clap::{Parser, Subcommand};
 use crm_platform::{
     Platform,
@@ -47,6 +49,18 @@ enum Command {
     },
     /// Apply every service's pending database migrations and exit.
     Migrate,
+    /// Load a running suite and print a JSON report (throughput, latency percentiles).
+    Bench {
+        /// Address of the suite.
+        #[arg(long, default_value = "http://127.0.0.1:50051")]
+        target: String,
+        /// Concurrent closed-loop clients.
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+        /// Seconds per phase (create, get, list).
+        #[arg(long, default_value_t = 10)]
+        duration_secs: u64,
+    },
     /// Print a bearer token signed with the configured HS256 secret (development).
     Token {
         /// User id (`sub` claim).
@@ -105,6 +119,28 @@ async fn main() -> anyhow::Result<()> {
             let platform = Platform::new(cfg.platform, signal)?;
             let applied = crm_customer_profile::migrate(&platform).await?;
             println!("{}: applied migrations {applied:?}", crm_customer_profile::SERVICE);
+            Ok(())
+        }
+        Command::Bench {
+            target,
+            concurrency,
+            duration_secs,
+        } => {
+            let admin = Principal {
+                user_id: "bench".into(),
+                roles: vec!["admin".into()],
+                team_ids: vec![],
+                customer_id: None,
+            };
+            let token = mint_hs256(&cfg.platform.auth.jwt_secret, &admin, Duration::from_secs(3600))?;
+            let report = bench::run(bench::Options {
+                target,
+                token,
+                concurrency,
+                duration: Duration::from_secs(duration_secs),
+            })
+            .await?;
+            println!("{report}");
             Ok(())
         }
         Command::Token {

@@ -1,4 +1,5 @@
 //! End-to-end: the real `crm` binary, driven over gRPC.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod bench;
 mod serve;
