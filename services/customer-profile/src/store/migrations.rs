@@ -23,9 +23,11 @@ fn v1(d: Dialect) -> Vec<String> {
         "CREATE INDEX customers_create_time ON customers (create_time, id)".into(),
         "CREATE INDEX customers_update_time ON customers (update_time, id)".into(),
         "CREATE INDEX customers_display_name ON customers (display_name, id)".into(),
-        "CREATE INDEX customers_owner ON customers (owner_user_id)".into(),
-        "CREATE INDEX customers_team ON customers (team_id)".into(),
-        "CREATE INDEX customers_lifecycle ON customers (lifecycle_stage)".into(),
+        // Owner, team and stage lists in the default order (create_time) read one index
+        // range instead of sorting every matching row.
+        "CREATE INDEX customers_owner ON customers (owner_user_id, create_time, id)".into(),
+        "CREATE INDEX customers_team ON customers (team_id, create_time, id)".into(),
+        "CREATE INDEX customers_lifecycle ON customers (lifecycle_stage, create_time, id)".into(),
         "CREATE TABLE customer_tags (customer_id TEXT NOT NULL, tag TEXT NOT NULL, PRIMARY KEY (customer_id, tag))".into(),
         "CREATE INDEX customer_tags_tag ON customer_tags (tag, customer_id)".into(),
     ];

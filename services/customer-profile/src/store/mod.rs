@@ -66,7 +66,7 @@ pub async fn find<C: ConnectionTrait>(conn: &C, id: CustomerId) -> Result<Option
 
 pub async fn insert<C: ConnectionTrait>(conn: &C, c: &Customer) -> Result<()> {
     customer::Entity::insert(encode(c)?).exec_without_returning(conn).await?;
-    replace_tags(conn, c).await
+    insert_tags(conn, c).await
 }
 
 /// Writes `c` if the stored revision is still `expected_revision`; false when another
@@ -86,11 +86,15 @@ pub async fn update<C: ConnectionTrait>(conn: &C, c: &Customer, expected_revisio
 }
 
 async fn replace_tags<C: ConnectionTrait>(conn: &C, c: &Customer) -> Result<()> {
-    let id = c.id.uuid().to_string();
     customer_tag::Entity::delete_many()
-        .filter(customer_tag::Column::CustomerId.eq(id.clone()))
+        .filter(customer_tag::Column::CustomerId.eq(c.id.uuid().to_string()))
         .exec(conn)
         .await?;
+    insert_tags(conn, c).await
+}
+
+async fn insert_tags<C: ConnectionTrait>(conn: &C, c: &Customer) -> Result<()> {
+    let id = c.id.uuid().to_string();
     if c.profile.tags.is_empty() {
         return Ok(());
     }
