@@ -12,7 +12,7 @@ use crm_platform::{
     feed::{self, Feed},
     idempotency::{self, Recorded},
 };
-use sea_orm::DatabaseConnection;
+use sea_orm::{DatabaseConnection, DatabaseTransaction};
 
 use crate::{
     domain::{
@@ -119,14 +119,12 @@ impl Customers {
         Ok(customer)
     }
 
-    /// Reads the current row from the database (never the cache) for a write.
-    async fn current(&self, id: CustomerId, etag: &str) -> Result<Customer> {
-        let current = store::find(&self.db, id).await?.ok_or_else(|| not_found(id))?;
+    /// Reads the stored customer (never the cache) inside the write transaction, locked,
+    /// so no other writer can change it between this read and the write.
+    async fn current(txn: &DatabaseTransaction, id: CustomerId, etag: &str) -> Result<Customer> {
+        let current = store::find_for_update(txn, id).await?.ok_or_else(|| not_found(id))?;
         if current.delete_time.is_some() {
-            return Err(Error::NotFound {
-                resource_type: crate::domain::customer::RESOURCE_TYPE,
-                name: id.name(),
-            });
+            return Err(not_found(id));
         }
         if !current.etag_matches(etag) {
             return Err(Error::EtagMismatch { name: id.name() });
@@ -134,10 +132,10 @@ impl Customers {
         Ok(current)
     }
 
-    /// Writes `next` over `current` with its event, or fails with ABORTED when another
-    /// writer changed the customer in between.
-    async fn write(&self, current: &Customer, next: &Customer, event: feed::NewEvent) -> Result<()> {
-        let txn = begin_write(&self.db).await?;
+    /// Writes `next` over `current` with its event and commits.
+    async fn write(&self, txn: DatabaseTransaction, current: &Customer, next: &Customer, event: feed::NewEvent) -> Result<()> {
+        // The row is locked since `current` was read, so the revision cannot have moved;
+        // the check stays as a guard against a write path that forgot the lock.
         if !store::update(&txn, next, current.revision).await? {
             txn.rollback().await?;
             return Err(Error::EtagMismatch { name: current.name() });
@@ -149,10 +147,12 @@ impl Customers {
     }
 
     pub async fn update(&self, actor: &str, id: CustomerId, patch: &Profile, paths: &[Path], etag: &str) -> Result<Customer> {
-        let current = self.current(id, etag).await?;
+        let txn = begin_write(&self.db).await?;
+        let current = Self::current(&txn, id, etag).await?;
         let profile = self.validate(update::apply(&current.profile, patch, paths))?;
         let changed = update::changed_paths(&current.profile, &profile);
         if changed.is_empty() {
+            txn.rollback().await?;
             return Ok(current);
         }
         let next = Customer {
@@ -161,12 +161,14 @@ impl Customers {
             update_time: now(),
             ..current.clone()
         };
-        self.write(&current, &next, events::updated(&next, changed, actor)).await?;
+        self.write(txn, &current, &next, events::updated(&next, changed, actor))
+            .await?;
         Ok(next)
     }
 
     pub async fn delete(&self, actor: &str, id: CustomerId, etag: &str) -> Result<Customer> {
-        let current = self.current(id, etag).await?;
+        let txn = begin_write(&self.db).await?;
+        let current = Self::current(&txn, id, etag).await?;
         let at = now();
         let next = Customer {
             revision: current.revision + 1,
@@ -174,7 +176,7 @@ impl Customers {
             delete_time: Some(at),
             ..current.clone()
         };
-        self.write(&current, &next, events::deleted(&next, actor)).await?;
+        self.write(txn, &current, &next, events::deleted(&next, actor)).await?;
         Ok(next)
     }
 

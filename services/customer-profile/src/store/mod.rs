@@ -64,6 +64,18 @@ pub async fn find<C: ConnectionTrait>(conn: &C, id: CustomerId) -> Result<Option
         .transpose()
 }
 
+/// Reads a customer for a write and locks its row until the transaction ends
+/// (PostgreSQL `FOR UPDATE`; on SQLite the write transaction's lock already excludes
+/// other writers).
+pub async fn find_for_update<C: ConnectionTrait>(conn: &C, id: CustomerId) -> Result<Option<Customer>> {
+    customer::Entity::find_by_id(id.uuid().to_string())
+        .lock_exclusive()
+        .one(conn)
+        .await?
+        .map(decode)
+        .transpose()
+}
+
 pub async fn insert<C: ConnectionTrait>(conn: &C, c: &Customer) -> Result<()> {
     customer::Entity::insert(encode(c)?).exec_without_returning(conn).await?;
     insert_tags(conn, c).await
