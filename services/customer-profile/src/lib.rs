@@ -89,10 +89,8 @@ pub async fn build(platform: &Platform, cfg: &ServiceConfig) -> anyhow::Result<S
         },
     );
     let api = Api::new(customers, platform.authorizer.clone(), platform.page_tokens.clone());
-    Ok(CustomerProfileServiceServer::with_interceptor(
-        api,
-        platform.authenticator.clone(),
-    ))
+    let server = CustomerProfileServiceServer::new(api).max_decoding_message_size(platform.config.server.max_message_bytes);
+    Ok(InterceptedService::new(server, platform.authenticator.clone()))
 }
 
 /// Applies pending migrations and reports what it did.

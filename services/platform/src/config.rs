@@ -15,6 +15,7 @@ listen = "127.0.0.1:50051"
 request_timeout_secs = 30
 concurrency_limit = 1024
 shutdown_grace_secs = 25
+max_message_bytes = 1048576
 allow_plaintext = false
 
 [server.tls]
@@ -88,6 +89,8 @@ pub struct ServerConfig {
     pub concurrency_limit: usize,
     /// How long in-flight calls may take to finish after SIGTERM.
     pub shutdown_grace_secs: u64,
+    /// Largest request message accepted; larger ones fail with OUT_OF_RANGE (tonic's code for it).
+    pub max_message_bytes: usize,
     /// Serve without TLS on a non-loopback address (e.g. behind a mesh that
     /// terminates mTLS). Loopback addresses may always be plaintext.
     pub allow_plaintext: bool,

@@ -60,12 +60,25 @@ pub enum Error {
     Internal(anyhow::Error),
 }
 
+/// Field violations returned at most; the rest are summarised.
+const MAX_VIOLATIONS: usize = 50;
+
+/// The status message: short, because it travels in a header (the details list them all).
 fn describe(violations: &[FieldViolation]) -> String {
-    violations
-        .iter()
-        .map(|v| format!("{}: {}", v.field, v.description))
-        .collect::<Vec<_>>()
-        .join("; ")
+    let shown = violations.iter().take(3).map(|v| {
+        let mut d = format!("{}: {}", v.field, v.description);
+        if d.len() > 200 {
+            let cut = (0..=200).rev().find(|i| d.is_char_boundary(*i)).unwrap_or(0);
+            d.truncate(cut);
+            d.push('…');
+        }
+        d
+    });
+    let mut text = shown.collect::<Vec<_>>().join("; ");
+    if violations.len() > 3 {
+        text.push_str(&format!(" (and {} more, see details)", violations.len() - 3));
+    }
+    text
 }
 
 impl Error {
@@ -148,7 +161,7 @@ impl From<Error> for Status {
         let code = match err {
             Error::InvalidArgument(violations) => {
                 info(&mut details, "INVALID_ARGUMENT", HashMap::new());
-                for v in violations {
+                for v in violations.into_iter().take(MAX_VIOLATIONS) {
                     details.add_bad_request_violation(v.field, v.description);
                 }
                 Code::InvalidArgument
@@ -247,6 +260,20 @@ mod tests {
         let mut v = Validation::default();
         let a = v.check(Ok::<_, Error>(1));
         assert_eq!(v.finish(a).unwrap(), 1);
+    }
+
+    #[test]
+    fn many_violations_stay_small() {
+        let many: Vec<_> = (0..10_000)
+            .map(|i| FieldViolation::new(format!("f[{i}]"), "x".repeat(500)))
+            .collect();
+        let status = Status::from(Error::InvalidArgument(many));
+        assert!(status.message().len() < 1000, "{}", status.message().len());
+        assert!(status.message().contains("and 9997 more"));
+        assert_eq!(
+            status.get_error_details().bad_request().unwrap().field_violations.len(),
+            MAX_VIOLATIONS
+        );
     }
 
     #[test]

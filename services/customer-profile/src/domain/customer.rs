@@ -23,6 +23,7 @@ const MAX_ATTRIBUTES: usize = 50;
 const MAX_ATTRIBUTE_VALUE: usize = 1024;
 const MAX_ADDRESS_LINES: usize = 5;
 const MAX_ADDRESS_FIELD: usize = 200;
+const MAX_RECIPIENTS: usize = 5;
 
 /// A customer id, parsed from a resource name `customers/{uuid}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -250,8 +251,17 @@ impl Check {
         let value = normalize::text(raw);
         if value.chars().count() > max {
             self.fail(field, format!("at most {max} characters"));
+        } else if value.chars().any(char::is_control) {
+            self.fail(field, "must not contain control characters");
         }
         value
+    }
+
+    /// Fails `field` when `len` exceeds `max`.
+    fn at_most(&mut self, field: &str, len: usize, max: usize) {
+        if len > max {
+            self.fail(field, format!("at most {max} entries, got {len}"));
+        }
     }
 
     fn identifier(&mut self, field: &str, raw: &str) -> String {
@@ -306,6 +316,29 @@ impl Profile {
     pub fn validated(mut self, rules: &Rules) -> Result<Self, Error> {
         let mut check = Check(Vec::new());
 
+        // Sizes first: an oversized list is refused before any per-item work, so a
+        // large request costs no more than reading it.
+        check.at_most("phone_numbers", self.phones.len(), MAX_CONTACTS);
+        check.at_most("email_addresses", self.emails.len(), MAX_CONTACTS);
+        check.at_most("addresses", self.addresses.len(), MAX_CONTACTS);
+        check.at_most("tags", self.tags.len(), MAX_TAGS);
+        check.at_most("custom_attributes", self.custom_attributes.len(), MAX_ATTRIBUTES);
+        for (i, a) in self.addresses.iter().enumerate().take(MAX_CONTACTS) {
+            check.at_most(
+                &format!("addresses[{i}].postal_address.address_lines"),
+                a.postal.address_lines.len(),
+                MAX_ADDRESS_LINES,
+            );
+            check.at_most(
+                &format!("addresses[{i}].postal_address.recipients"),
+                a.postal.recipients.len(),
+                MAX_RECIPIENTS,
+            );
+        }
+        if !check.0.is_empty() {
+            return Err(Error::InvalidArgument(check.0));
+        }
+
         let n = &mut self.person_name;
         n.given = check.text("person_name.given_name", &n.given, MAX_NAME_PART);
         n.middle = check.text("person_name.middle_name", &n.middle, MAX_NAME_PART);
@@ -339,9 +372,6 @@ impl Profile {
             }
         }
 
-        if self.phones.len() > MAX_CONTACTS {
-            check.fail("phone_numbers", format!("at most {MAX_CONTACTS}"));
-        }
         let region = rules.default_region.as_str();
         check.unique(
             "phone_numbers",
@@ -353,9 +383,6 @@ impl Profile {
         );
         check.primaries("phone_numbers", &mut self.phones, |p| &mut p.primary);
 
-        if self.emails.len() > MAX_CONTACTS {
-            check.fail("email_addresses", format!("at most {MAX_CONTACTS}"));
-        }
         check.unique(
             "email_addresses",
             "address",
@@ -366,9 +393,6 @@ impl Profile {
         );
         check.primaries("email_addresses", &mut self.emails, |e| &mut e.primary);
 
-        if self.addresses.len() > MAX_CONTACTS {
-            check.fail("addresses", format!("at most {MAX_CONTACTS}"));
-        }
         for (i, address) in self.addresses.iter_mut().enumerate() {
             let field = format!("addresses[{i}].postal_address");
             let p = &mut address.postal;
@@ -384,9 +408,6 @@ impl Profile {
             );
             p.locality = check.text(&format!("{field}.locality"), &p.locality, MAX_ADDRESS_FIELD);
             p.sublocality = check.text(&format!("{field}.sublocality"), &p.sublocality, MAX_ADDRESS_FIELD);
-            if p.address_lines.len() > MAX_ADDRESS_LINES {
-                check.fail(format!("{field}.address_lines"), format!("at most {MAX_ADDRESS_LINES} lines"));
-            }
             let lines = std::mem::take(&mut p.address_lines);
             p.address_lines = lines
                 .iter()
@@ -424,15 +445,14 @@ impl Profile {
         }
         self.tags = tags;
 
-        if self.custom_attributes.len() > MAX_ATTRIBUTES {
-            check.fail("custom_attributes", format!("at most {MAX_ATTRIBUTES} entries"));
-        }
         for (key, value) in &mut self.custom_attributes {
             if let Err(why) = normalize::attribute_key(key) {
                 check.fail(format!("custom_attributes[{key}]"), why);
             }
             *value = value.trim().to_owned();
-            if value.chars().count() > MAX_ATTRIBUTE_VALUE {
+            if value.contains('\0') {
+                check.fail(format!("custom_attributes[{key}]"), "value must not contain NUL characters");
+            } else if value.chars().count() > MAX_ATTRIBUTE_VALUE {
                 check.fail(
                     format!("custom_attributes[{key}]"),
                     format!("value at most {MAX_ATTRIBUTE_VALUE} characters"),
@@ -548,6 +568,33 @@ mod tests {
         ] {
             assert!(fields.iter().any(|f| f == want), "missing {want} in {fields:?}");
         }
+    }
+
+    #[test]
+    fn oversized_lists_are_refused_before_item_work() {
+        let p = Profile {
+            display_name: "x".into(),
+            emails: (0..100_000).map(|i| email(&format!("a{i}@b.co"), false)).collect(),
+            tags: vec!["t".into(); 51],
+            ..Default::default()
+        };
+        let fields = violations(p);
+        assert_eq!(fields, vec!["email_addresses", "tags"]);
+    }
+
+    #[test]
+    fn control_characters_are_refused() {
+        let p = Profile {
+            display_name: "A\u{0}B".into(),
+            ..Default::default()
+        };
+        assert_eq!(violations(p), vec!["display_name"]);
+        let p = Profile {
+            display_name: "ok".into(),
+            custom_attributes: BTreeMap::from([("note".to_owned(), "a\u{0}".to_owned())]),
+            ..Default::default()
+        };
+        assert_eq!(violations(p), vec!["custom_attributes[note]"]);
     }
 
     #[test]

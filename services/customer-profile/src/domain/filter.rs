@@ -112,6 +112,9 @@ impl Filter {
                 _ => return Err(format!("expected an operator after `{field}`")),
             };
             let value = value(tokens.next())?;
+            if value.chars().any(char::is_control) {
+                return Err(format!("the value for `{field}` contains control characters"));
+            }
             match (field.as_str(), op) {
                 ("lifecycle_stage", "=") => {
                     filter.lifecycle_stage = Some(match value.trim_start_matches("LIFECYCLE_STAGE_") {
@@ -243,6 +246,7 @@ mod tests {
             "team_id = a AND",
             "team_id =",
             r#"team_id = "unterminated"#,
+            "team_id = \"a\u{0}b\"",
             "= x",
         ] {
             assert!(matches!(Filter::parse(bad), Err(Error::InvalidArgument(_))), "{bad}");

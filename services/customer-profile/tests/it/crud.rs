@@ -300,3 +300,65 @@ async fn concurrent_masked_updates_lose_nothing() {
     assert_eq!(got.custom_attributes.len(), WRITERS, "{:?}", got.custom_attributes);
     assert_eq!(got.etag, format!("\"{}\"", WRITERS + 1));
 }
+
+/// Input PostgreSQL cannot store (NUL) is a field violation, never INTERNAL; an
+/// oversized request is refused before any work.
+#[tokio::test]
+async fn hostile_input_is_refused_cleanly() {
+    let app = TestApp::spawn().await;
+    let mut client = app.client.clone();
+    let bad = pb::Customer {
+        display_name: "A\u{0}B".into(),
+        ..Default::default()
+    };
+    let err = client
+        .create_customer(TestApp::admin(pb::CreateCustomerRequest {
+            customer: Some(bad),
+            request_id: String::new(),
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert_eq!(violations(&err), vec!["customer.display_name"]);
+
+    let err = client
+        .list_customers(TestApp::admin(pb::ListCustomersRequest {
+            filter: "owner_user_id = \"a\u{0}\"".into(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(violations(&err), vec!["filter"]);
+
+    let many = pb::Customer {
+        display_name: "Many".into(),
+        email_addresses: (0..5_000)
+            .map(|i| pb::EmailAddress {
+                address: format!("a{i}@b.co"),
+                ..Default::default()
+            })
+            .collect(),
+        ..Default::default()
+    };
+    let err = client
+        .create_customer(TestApp::admin(pb::CreateCustomerRequest {
+            customer: Some(many),
+            request_id: String::new(),
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(violations(&err), vec!["customer.email_addresses"]);
+
+    let huge = pb::Customer {
+        display_name: "x".repeat(2 << 20),
+        ..Default::default()
+    };
+    let err = client
+        .create_customer(TestApp::admin(pb::CreateCustomerRequest {
+            customer: Some(huge),
+            request_id: String::new(),
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::OutOfRange, "{err:?}");
+}
