@@ -55,12 +55,24 @@ impl Customers {
         profile.validated(&self.rules).map_err(|e| e.in_field("customer"))
     }
 
-    async fn after_commit(&self, customer: &Customer) {
+    /// Wakes this process's feed streams and refreshes the cache. The refresh runs on
+    /// its own task: the caller's request may be cancelled the moment it has committed,
+    /// and the cache must still learn of the new revision.
+    fn after_commit(&self, customer: &Customer) {
         self.feed.committed();
-        match serde_json::to_vec(customer) {
-            Ok(bytes) => self.cache.put(&cache_key(customer.id), bytes).await,
-            Err(_) => self.cache.delete(&cache_key(customer.id)).await,
-        }
+        let cache = self.cache.clone();
+        let key = cache_key(customer.id);
+        let revision = customer.revision;
+        let bytes = serde_json::to_vec(customer);
+        tokio::spawn(async move {
+            let stored = match bytes {
+                Ok(bytes) => cache.put_newer(&key, revision, bytes).await,
+                Err(_) => false,
+            };
+            if !stored {
+                cache.delete(&key).await;
+            }
+        });
     }
 
     pub async fn create(
@@ -100,7 +112,7 @@ impl Customers {
         store::insert(&txn, &customer).await?;
         feed::append(&txn, events::created(&customer, actor)).await?;
         txn.commit().await?;
-        self.after_commit(&customer).await;
+        self.after_commit(&customer);
         Ok(customer)
     }
 
@@ -114,7 +126,7 @@ impl Customers {
         }
         let customer = store::find(&self.db, id).await?.ok_or_else(|| not_found(id))?;
         if let Ok(bytes) = serde_json::to_vec(&customer) {
-            self.cache.put_if_absent(&key, bytes).await;
+            self.cache.put_newer(&key, customer.revision, bytes).await;
         }
         Ok(customer)
     }
@@ -141,8 +153,11 @@ impl Customers {
             return Err(Error::EtagMismatch { name: current.name() });
         }
         feed::append(&txn, event).await?;
+        // Drop the cached value before the commit makes the change visible: should the
+        // refresh after commit fail, readers fall through to the database.
+        self.cache.delete(&cache_key(next.id)).await;
         txn.commit().await?;
-        self.after_commit(next).await;
+        self.after_commit(next);
         Ok(())
     }
 

@@ -2,8 +2,10 @@
 //! in-process moka cache. A cache failure is logged, counted and treated as a miss:
 //! the cache can slow a request down by at most its timeout, never fail it.
 //!
-//! Writers `put` the fresh value after commit; readers `put_if_absent` what they read,
-//! so a reader that raced a writer cannot overwrite the newer value with an older one.
+//! Every value carries the revision it was read or written at, and a put only
+//! replaces an older revision (atomically: a Lua script in Redis, a key lock in moka).
+//! So a reader that raced a writer cannot put an older value back, and two writers'
+//! puts cannot land in the wrong order.
 
 use std::{
     sync::{
@@ -14,6 +16,7 @@ use std::{
 };
 
 use async_trait::async_trait;
+use moka::ops::compute::Op;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use crate::config::{CacheConfig, RedisConfig};
@@ -21,10 +24,9 @@ use crate::config::{CacheConfig, RedisConfig};
 #[async_trait]
 pub trait Cache: Send + Sync + std::fmt::Debug {
     async fn get(&self, key: &str) -> Option<Vec<u8>>;
-    /// Stores `value`, replacing any older one.
-    async fn put(&self, key: &str, value: Vec<u8>);
-    /// Stores `value` unless the key holds a value already.
-    async fn put_if_absent(&self, key: &str, value: Vec<u8>);
+    /// Stores `value` at `revision` unless the key holds this revision or a newer one.
+    /// False when the cache could not be reached (the caller may then `delete`).
+    async fn put_newer(&self, key: &str, revision: i64, value: Vec<u8>) -> bool;
     async fn delete(&self, key: &str);
     /// Failed cache operations since start.
     fn errors(&self) -> u64;
@@ -32,18 +34,46 @@ pub trait Cache: Send + Sync + std::fmt::Debug {
 
 /// Builds the configured cache. Redis connects lazily, so a Redis that is down at
 /// start-up degrades to the database instead of stopping the service.
-pub fn from_config(redis: &RedisConfig, cache: &CacheConfig) -> crate::Result<Arc<dyn Cache>> {
+///
+/// Without Redis, an in-process cache is only safe when this process is the only
+/// writer: with PostgreSQL, several replicas may share the database and each would
+/// keep serving what it cached after another replica's write. So on PostgreSQL
+/// without Redis there is no cache unless `cache.allow_local_with_postgres` says
+/// this process is alone.
+pub fn from_config(redis: &RedisConfig, cache: &CacheConfig, shared_database: bool) -> crate::Result<Arc<dyn Cache>> {
     let ttl = Duration::from_secs(cache.ttl_secs.max(1));
-    if redis.url.is_empty() {
-        return Ok(Arc::new(MemoryCache::new(cache.max_entries, ttl)));
+    if !redis.url.is_empty() {
+        return Ok(Arc::new(RedisCache::new(redis, ttl)?));
     }
-    Ok(Arc::new(RedisCache::new(redis, ttl)?))
+    if shared_database && !cache.allow_local_with_postgres {
+        tracing::info!("no redis.url with PostgreSQL: caching off (replicas could serve each other's stale values)");
+        return Ok(Arc::new(NoCache));
+    }
+    Ok(Arc::new(MemoryCache::new(cache.max_entries, ttl)))
+}
+
+/// No caching: every read goes to the database.
+#[derive(Debug)]
+pub struct NoCache;
+
+#[async_trait]
+impl Cache for NoCache {
+    async fn get(&self, _key: &str) -> Option<Vec<u8>> {
+        None
+    }
+    async fn put_newer(&self, _key: &str, _revision: i64, _value: Vec<u8>) -> bool {
+        true
+    }
+    async fn delete(&self, _key: &str) {}
+    fn errors(&self) -> u64 {
+        0
+    }
 }
 
 /// In-process cache: bounded, entries expire after the TTL.
 #[derive(Debug)]
 pub struct MemoryCache {
-    inner: moka::future::Cache<String, Arc<[u8]>>,
+    inner: moka::future::Cache<String, (i64, Arc<[u8]>)>,
 }
 
 impl MemoryCache {
@@ -60,13 +90,19 @@ impl MemoryCache {
 #[async_trait]
 impl Cache for MemoryCache {
     async fn get(&self, key: &str) -> Option<Vec<u8>> {
-        self.inner.get(key).await.map(|v| v.to_vec())
+        self.inner.get(key).await.map(|(_, v)| v.to_vec())
     }
-    async fn put(&self, key: &str, value: Vec<u8>) {
-        self.inner.insert(key.to_owned(), value.into()).await;
-    }
-    async fn put_if_absent(&self, key: &str, value: Vec<u8>) {
-        self.inner.entry(key.to_owned()).or_insert(value.into()).await;
+    async fn put_newer(&self, key: &str, revision: i64, value: Vec<u8>) -> bool {
+        self.inner
+            .entry(key.to_owned())
+            .and_compute_with(|current| async move {
+                match current {
+                    Some(entry) if entry.value().0 >= revision => Op::Nop,
+                    _ => Op::Put((revision, value.into())),
+                }
+            })
+            .await;
+        true
     }
     async fn delete(&self, key: &str) {
         self.inner.invalidate(key).await;
@@ -75,6 +111,17 @@ impl Cache for MemoryCache {
         0
     }
 }
+
+/// Sets KEYS[1] to "<revision>:<value>" unless it holds a revision >= ARGV[1].
+const PUT_NEWER: &str = r"
+local current = redis.call('GET', KEYS[1])
+if current then
+  local stored = tonumber(string.match(current, '^(%d+):'))
+  if stored and stored >= tonumber(ARGV[1]) then return 0 end
+end
+redis.call('SET', KEYS[1], ARGV[1] .. ':' .. ARGV[2], 'PX', ARGV[3])
+return 1
+";
 
 /// Redis cache. Every call is bounded by the configured timeout.
 pub struct RedisCache {
@@ -166,22 +213,34 @@ impl RedisCache {
     }
 }
 
+/// Strips the "<revision>:" prefix of a stored value.
+fn strip_revision(stored: &[u8]) -> Option<Vec<u8>> {
+    let colon = stored.iter().position(|b| *b == b':')?;
+    stored[..colon]
+        .iter()
+        .all(u8::is_ascii_digit)
+        .then(|| stored[colon + 1..].to_vec())
+}
+
 #[async_trait]
 impl Cache for RedisCache {
     async fn get(&self, key: &str) -> Option<Vec<u8>> {
         let mut cmd = redis::cmd("GET");
         cmd.arg(self.key(key));
-        self.run::<Option<Vec<u8>>>(cmd).await.flatten()
+        self.run::<Option<Vec<u8>>>(cmd)
+            .await
+            .flatten()
+            .and_then(|v| strip_revision(&v))
     }
-    async fn put(&self, key: &str, value: Vec<u8>) {
-        let mut cmd = redis::cmd("SET");
-        cmd.arg(self.key(key)).arg(value).arg("PX").arg(self.ttl_ms);
-        let _: Option<redis::Value> = self.run(cmd).await;
-    }
-    async fn put_if_absent(&self, key: &str, value: Vec<u8>) {
-        let mut cmd = redis::cmd("SET");
-        cmd.arg(self.key(key)).arg(value).arg("PX").arg(self.ttl_ms).arg("NX");
-        let _: Option<redis::Value> = self.run(cmd).await;
+    async fn put_newer(&self, key: &str, revision: i64, value: Vec<u8>) -> bool {
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(PUT_NEWER)
+            .arg(1)
+            .arg(self.key(key))
+            .arg(revision)
+            .arg(value)
+            .arg(self.ttl_ms);
+        self.run::<redis::Value>(cmd).await.is_some()
     }
     async fn delete(&self, key: &str) {
         let mut cmd = redis::cmd("DEL");
@@ -197,17 +256,48 @@ impl Cache for RedisCache {
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn memory_cache_put_if_absent_keeps_the_newer_value() {
-        let cache = MemoryCache::new(100, Duration::from_secs(60));
+    /// The contract every implementation keeps: an older revision never replaces a newer one.
+    async fn newer_wins(cache: &dyn Cache) {
         assert_eq!(cache.get("k").await, None);
-        cache.put("k", b"new".to_vec()).await;
-        cache.put_if_absent("k", b"old".to_vec()).await;
-        assert_eq!(cache.get("k").await.as_deref(), Some(&b"new"[..]));
+        assert!(cache.put_newer("k", 2, b"two".to_vec()).await);
+        cache.put_newer("k", 1, b"one".to_vec()).await;
+        assert_eq!(cache.get("k").await.as_deref(), Some(&b"two"[..]));
+        cache.put_newer("k", 3, b"three:with:colons".to_vec()).await;
+        assert_eq!(cache.get("k").await.as_deref(), Some(&b"three:with:colons"[..]));
         cache.delete("k").await;
         assert_eq!(cache.get("k").await, None);
-        cache.put_if_absent("k", b"first".to_vec()).await;
-        assert_eq!(cache.get("k").await.as_deref(), Some(&b"first"[..]));
+        cache.put_newer("k", 1, b"one".to_vec()).await;
+        assert_eq!(cache.get("k").await.as_deref(), Some(&b"one"[..]));
+    }
+
+    #[tokio::test]
+    async fn memory_cache_keeps_the_newer_revision() {
+        newer_wins(&MemoryCache::new(100, Duration::from_secs(60))).await;
+    }
+
+    #[tokio::test]
+    async fn redis_cache_keeps_the_newer_revision() {
+        // Runs against the CI Redis; without CRM_TEST_REDIS_URL there is nothing to test.
+        let Some(url) = crate::testing::redis_url() else { return };
+        let cfg = RedisConfig {
+            url,
+            key_prefix: crate::testing::unique_key_prefix(),
+            timeout_ms: 500,
+        };
+        let cache = RedisCache::new(&cfg, Duration::from_secs(60)).unwrap();
+        cache
+            .ping()
+            .await
+            .expect("CRM_TEST_REDIS_URL is set but Redis cannot be reached");
+        newer_wins(&cache).await;
+        assert_eq!(cache.errors(), 0);
+    }
+
+    #[test]
+    fn stored_values_lose_their_revision_prefix() {
+        assert_eq!(strip_revision(b"12:a:b").as_deref(), Some(&b"a:b"[..]));
+        assert_eq!(strip_revision(b"x:a"), None);
+        assert_eq!(strip_revision(b"nocolon"), None);
     }
 
     #[tokio::test]
@@ -219,7 +309,7 @@ mod tests {
             timeout_ms: 100,
         };
         let cache = RedisCache::new(&cfg, Duration::from_secs(5)).unwrap();
-        cache.put("k", b"v".to_vec()).await;
+        assert!(!cache.put_newer("k", 1, b"v".to_vec()).await);
         assert_eq!(cache.get("k").await, None);
         cache.delete("k").await;
         assert!(cache.errors() >= 3, "errors counted: {}", cache.errors());

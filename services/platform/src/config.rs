@@ -38,6 +38,7 @@ timeout_ms = 200
 [cache]
 ttl_secs = 60
 max_entries = 100000
+allow_local_with_postgres = false
 
 [auth]
 jwt_secret = ""
@@ -140,6 +141,8 @@ pub struct RedisConfig {
 pub struct CacheConfig {
     pub ttl_secs: u64,
     pub max_entries: u64,
+    /// Use the in-process cache with PostgreSQL and no Redis: only safe for a single replica.
+    pub allow_local_with_postgres: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]

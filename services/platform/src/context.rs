@@ -39,8 +39,9 @@ impl Platform {
                 "required when tokens are verified with a public key (it must be secret and the same on every replica)",
             ));
         };
-        let cache =
-            cache::from_config(&config.redis, &config.cache).map_err(|e| ConfigError::invalid("redis.url", e.to_string()))?;
+        let shared_database = config.database.url.starts_with("postgres");
+        let cache = cache::from_config(&config.redis, &config.cache, shared_database)
+            .map_err(|e| ConfigError::invalid("redis.url", e.to_string()))?;
         Ok(Self {
             cache,
             authorizer: Arc::new(RoleTable::new(config.auth.roles.clone())),
