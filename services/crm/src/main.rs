@@ -131,6 +131,7 @@ async fn main() -> anyhow::Result<()> {
                 roles: vec!["admin".into()],
                 team_ids: vec![],
                 customer_id: None,
+                expires_at: 0,
             };
             let token = mint_hs256(&cfg.platform.auth.jwt_secret, &admin, Duration::from_secs(3600))?;
             let report = bench::run(bench::Options {
@@ -159,6 +160,7 @@ async fn main() -> anyhow::Result<()> {
                 roles,
                 team_ids: teams,
                 customer_id: customer,
+                expires_at: 0,
             };
             let token = mint_hs256(
                 &cfg.platform.auth.jwt_secret,
@@ -192,6 +194,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
             roles: vec!["admin".into()],
             team_ids: vec![],
             customer_id: None,
+            expires_at: 0,
         };
         let token = mint_hs256(&platform.config.auth.jwt_secret, &admin, Duration::from_secs(24 * 3600))?;
         println!("crm: development admin token (24 h): {token}");

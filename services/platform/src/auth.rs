@@ -15,7 +15,7 @@ use crate::{
 };
 
 /// Who is calling, as proven by their token.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Principal {
     pub user_id: String,
     pub roles: Vec<String>,
@@ -23,6 +23,9 @@ pub struct Principal {
     /// Set for customer self-service tokens: the caller is this customer and may only
     /// touch `customers/{customer_id}`.
     pub customer_id: Option<String>,
+    /// When the token stops being valid (Unix seconds; 0 when unknown). Long-lived
+    /// calls such as change-feed streams end then.
+    pub expires_at: u64,
 }
 
 /// JWT claims the platform reads and `crm token` writes.
@@ -187,6 +190,7 @@ impl TokenVerifier {
             roles: claims.roles,
             team_ids: claims.teams,
             customer_id: claims.customer_id,
+            expires_at: claims.exp,
         })
     }
 }
@@ -341,6 +345,7 @@ mod tests {
             roles: roles.iter().map(|r| (*r).to_owned()).collect(),
             team_ids: vec!["t1".into()],
             customer_id: None,
+            expires_at: 0,
         }
     }
 
@@ -348,7 +353,20 @@ mod tests {
     fn token_round_trip() {
         let verifier = TokenVerifier::from_config(&cfg()).unwrap();
         let token = mint_hs256(SECRET, &user(&["agent"]), std::time::Duration::from_secs(60)).unwrap();
-        assert_eq!(verifier.verify(&token).unwrap(), user(&["agent"]));
+        let verified = verifier.verify(&token).unwrap();
+        let now = u64::try_from(chrono::Utc::now().timestamp()).unwrap();
+        assert!(
+            (now + 50..=now + 61).contains(&verified.expires_at),
+            "{}",
+            verified.expires_at
+        );
+        assert_eq!(
+            Principal {
+                expires_at: 0,
+                ..verified
+            },
+            user(&["agent"])
+        );
     }
 
     #[test]

@@ -292,6 +292,12 @@ impl PlatformConfig {
                 "poll_interval_ms, heartbeat_secs and batch_size must be at least 1",
             ));
         }
+        if self.feed.retention_days > 36_500 {
+            return Err(ConfigError::invalid(
+                "feed.retention_days",
+                "at most 36500 (0 keeps events forever)",
+            ));
+        }
         if self.cache.max_entries == 0 {
             return Err(ConfigError::invalid("cache.max_entries", "must be at least 1"));
         }

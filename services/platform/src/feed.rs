@@ -171,18 +171,8 @@ impl Feed {
     /// FAILED_PRECONDITION when events after `after` were already purged.
     pub async fn read(&self, after: Cursor, limit: u32) -> Result<Vec<Event>> {
         let purged = self.purged_through().await?;
-        // An empty cursor asks for the oldest retained event; any other cursor before
-        // the purge point has missed events.
-        if after != Cursor::default() && after < purged {
-            return Err(Error::FailedPrecondition {
-                reason: "FEED_CURSOR_EXPIRED",
-                subject: after.encode(),
-                message: format!(
-                    "events after this cursor were purged (retention {} days): resynchronise from the List methods, then stream from an empty cursor",
-                    self.cfg.retention_days
-                ),
-            });
-        }
+        self.check_not_expired(after, purged)?;
+        let requested = after;
         let after = after.max(purged);
         let backend = self.db.get_database_backend();
         let sql = match backend {
@@ -191,9 +181,10 @@ impl Feed {
                  WHERE (tx_id, id) > ($1, $2) AND tx_id < pg_snapshot_xmin(pg_current_snapshot())::text::bigint \
                  ORDER BY tx_id, id LIMIT $3"
             }
+            // tx_id is always 0 on SQLite: `id` alone is the position, and the rowid order.
             _ => {
                 "SELECT tx_id, id, event_id, event_type, subject, actor, traceparent, occur_time, data FROM outbox \
-                 WHERE (tx_id, id) > (?, ?) ORDER BY tx_id, id LIMIT ?"
+                 WHERE tx_id = ? AND id > ? ORDER BY id LIMIT ?"
             }
         };
         let rows = self
@@ -204,7 +195,26 @@ impl Feed {
                 [after.tx_id.into(), after.id.into(), i64::from(limit).into()],
             ))
             .await?;
+        // A purge that committed between the check above and this read may have removed
+        // events after `requested` that the read then could not see.
+        self.check_not_expired(requested, self.purged_through().await?)?;
         rows.iter().map(|row| self.decode(row)).collect()
+    }
+
+    /// An empty cursor asks for the oldest retained event; any other cursor before the
+    /// purge point has missed events.
+    fn check_not_expired(&self, after: Cursor, purged: Cursor) -> Result<()> {
+        if after != Cursor::default() && after < purged {
+            return Err(Error::FailedPrecondition {
+                reason: "FEED_CURSOR_EXPIRED",
+                subject: after.encode(),
+                message: format!(
+                    "events after this cursor were purged (retention {} days): resynchronise from the List methods, then stream from an empty cursor",
+                    self.cfg.retention_days
+                ),
+            });
+        }
+        Ok(())
     }
 
     fn decode(&self, row: &sea_orm::QueryResult) -> Result<Event> {
@@ -231,18 +241,40 @@ impl Feed {
     }
 
     /// The `StreamEvents` response stream: replay after `after_cursor`, then tail until
-    /// the client goes away or the server shuts down.
-    pub async fn stream(&self, after_cursor: &str) -> Result<ReceiverStream<Result<StreamEventsResponse, Status>>> {
+    /// the client goes away, the server shuts down (UNAVAILABLE: reconnect), or the
+    /// caller's token expires at `expires_at` (Unix seconds, 0 = never; UNAUTHENTICATED:
+    /// reconnect with a fresh token). Either way the client resumes from its last cursor.
+    pub async fn stream(
+        &self,
+        after_cursor: &str,
+        expires_at: u64,
+    ) -> Result<ReceiverStream<Result<StreamEventsResponse, Status>>> {
         let start = Cursor::parse(after_cursor)?;
         // Fail fast (as the call's status, not mid-stream) on an expired cursor.
         self.read(start, 1).await?;
         let (tx, rx) = mpsc::channel(64);
         let feed = self.clone();
-        tokio::spawn(async move { feed.pump(start, tx).await });
+        let until = (expires_at > 0).then(|| {
+            let now = u64::try_from(Utc::now().timestamp()).unwrap_or(0);
+            tokio::time::Instant::now() + Duration::from_secs(expires_at.saturating_sub(now))
+        });
+        tokio::spawn(async move { feed.pump(start, until, tx).await });
         Ok(ReceiverStream::new(rx))
     }
 
-    async fn pump(self, mut after: Cursor, tx: mpsc::Sender<Result<StreamEventsResponse, Status>>) {
+    async fn pump(
+        self,
+        mut after: Cursor,
+        until: Option<tokio::time::Instant>,
+        tx: mpsc::Sender<Result<StreamEventsResponse, Status>>,
+    ) {
+        let expired = async move {
+            match until {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(expired);
         let mut commits = self.commits.subscribe();
         let mut shutdown = self.shutdown.clone();
         let poll = Duration::from_millis(self.cfg.poll_interval_ms);
@@ -299,7 +331,17 @@ impl Feed {
                 _ = commits.changed() => {}
                 _ = tokio::time::sleep(poll) => {}
                 _ = tx.closed() => return,
-                _ = shutdown.wait() => return,
+                _ = shutdown.wait() => {
+                    let _ = tx.send(Err(Status::unavailable("the server is shutting down: reconnect and resume from your last cursor"))).await;
+                    return;
+                }
+                _ = &mut expired => {
+                    let _ = tx.send(Err(Error::Unauthenticated {
+                        reason: "TOKEN_EXPIRED",
+                        reason_text: "the token expired during the stream: reconnect with a fresh token and resume from your last cursor".into(),
+                    }.into())).await;
+                    return;
+                }
             }
         }
     }
@@ -313,6 +355,11 @@ impl Feed {
         let cutoff = now - chrono::Duration::days(i64::from(self.cfg.retention_days));
         let backend = self.db.get_database_backend();
         let txn = begin_write(&self.db).await?;
+        if backend == DbBackend::Postgres {
+            // One purge at a time per service, even with several replicas.
+            txn.execute_unprepared("SELECT pg_advisory_xact_lock(hashtext(current_schema() || '.outbox_purge'))")
+                .await?;
+        }
         // Only a prefix that readers can already see: never purge past a row a reader
         // could still receive later.
         let visible = if backend == DbBackend::Postgres {
@@ -352,7 +399,8 @@ impl Feed {
             placeholders(
                 backend,
                 "INSERT INTO outbox_purged (singleton, tx_id, id) VALUES (1, ?, ?) \
-                 ON CONFLICT (singleton) DO UPDATE SET tx_id = excluded.tx_id, id = excluded.id",
+                 ON CONFLICT (singleton) DO UPDATE SET tx_id = excluded.tx_id, id = excluded.id \
+                 WHERE (outbox_purged.tx_id, outbox_purged.id) < (excluded.tx_id, excluded.id)",
             ),
             values(),
         ))

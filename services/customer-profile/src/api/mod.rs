@@ -158,7 +158,7 @@ impl CustomerProfileService for Api {
     async fn stream_events(&self, req: Request<StreamEventsRequest>) -> Result<Response<Self::StreamEventsStream>, Status> {
         let principal = auth::principal(&req)?;
         self.authorizer.check(&principal, "customer.events", COLLECTION).await?;
-        let stream = self.feed().stream(&req.get_ref().after_cursor).await?;
+        let stream = self.feed().stream(&req.get_ref().after_cursor, principal.expires_at).await?;
         Ok(Response::new(stream))
     }
 }

@@ -78,6 +78,7 @@ impl TestApp {
             roles: roles.iter().map(|r| (*r).to_owned()).collect(),
             team_ids: vec![],
             customer_id: None,
+            expires_at: 0,
         };
         mint_hs256(SECRET, &principal, Duration::from_secs(600)).unwrap()
     }

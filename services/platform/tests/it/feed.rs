@@ -153,7 +153,7 @@ async fn stream_replays_then_tails_then_heartbeats() {
     use tokio_stream::StreamExt;
     let (_tdb, db, feed, _shutdown) = setup().await;
     commit_events(&db, &["one", "two"]).await;
-    let mut stream = feed.stream("").await.unwrap();
+    let mut stream = feed.stream("", 0).await.unwrap();
     let mut next = async || {
         tokio::time::timeout(Duration::from_secs(10), stream.next())
             .await
@@ -196,4 +196,36 @@ async fn purged_cursor_fails_with_failed_precondition() {
     // Starting over from an empty cursor is allowed and sees what is retained.
     commit_events(&db, &["new"]).await;
     assert_eq!(read_n(&feed, Cursor::default(), 1).await, vec!["new"]);
+}
+
+#[tokio::test]
+async fn a_stream_ends_when_the_token_expires_or_the_server_stops() {
+    use tokio_stream::StreamExt;
+    let (_tdb, _db, feed, shutdown) = setup().await;
+    let soon = u64::try_from(chrono::Utc::now().timestamp()).unwrap() + 1;
+    let mut expiring = feed.stream("", soon).await.unwrap();
+    let mut open = feed.stream("", 0).await.unwrap();
+    let status = loop {
+        match tokio::time::timeout(Duration::from_secs(10), expiring.next())
+            .await
+            .unwrap()
+            .unwrap()
+        {
+            Ok(_) => continue,
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(status.code(), tonic::Code::Unauthenticated);
+    shutdown.trigger();
+    let status = loop {
+        match tokio::time::timeout(Duration::from_secs(10), open.next())
+            .await
+            .unwrap()
+            .unwrap()
+        {
+            Ok(_) => continue,
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(status.code(), tonic::Code::Unavailable, "tells the consumer to reconnect");
 }
