@@ -16,6 +16,8 @@ use crm_platform::{
 /// Development defaults of the all-in-one binary: a well-known HS256 secret so
 /// `crm serve` and `crm token` work with no setup. Never use it in production:
 /// the per-service binaries have no default key and refuse to start without one.
+const DEV_SECRET: &str = "crm-dev-secret-not-for-production-use";
+
 const DEV_DEFAULTS: &str = r#"
 [auth]
 jwt_secret = "crm-dev-secret-not-for-production-use"
@@ -174,6 +176,11 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn serve(cfg: Config) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        cfg.platform.auth.jwt_secret != DEV_SECRET || cfg.platform.server.listen.ip().is_loopback(),
+        "configuration key `auth.jwt_secret`: the built-in development secret is public; it is only accepted on a loopback address, not {}",
+        cfg.platform.server.listen
+    );
     let (shutdown, signal) = shutdown_channel();
     let platform = Platform::new(cfg.platform, signal.clone())?;
     let mut server = GrpcServer::new(platform.config.server.clone());
@@ -183,12 +190,12 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     let listener = bind(platform.config.server.listen).await?;
     let addr = listener.local_addr()?;
     println!("crm: serving customer-profile on {addr}");
-    if !platform.config.auth.jwt_secret.is_empty() {
-        if platform.config.auth.jwt_secret == "crm-dev-secret-not-for-production-use" {
-            tracing::warn!(
-                "using the built-in development JWT secret: set auth.jwt_secret (CRM__AUTH__JWT_SECRET) for anything but local use"
-            );
-        }
+    // The built-in secret is public: print a ready token for it (local development),
+    // never for a secret the operator chose, whose tokens must not land in logs.
+    if platform.config.auth.jwt_secret == DEV_SECRET {
+        tracing::warn!(
+            "using the built-in development JWT secret: set auth.jwt_secret (CRM__AUTH__JWT_SECRET) for anything but local use"
+        );
         let admin = Principal {
             user_id: "dev".into(),
             roles: vec!["admin".into()],
@@ -196,7 +203,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
             customer_id: None,
             expires_at: 0,
         };
-        let token = mint_hs256(&platform.config.auth.jwt_secret, &admin, Duration::from_secs(24 * 3600))?;
+        let token = mint_hs256(DEV_SECRET, &admin, Duration::from_secs(24 * 3600))?;
         println!("crm: development admin token (24 h): {token}");
     }
     tokio::spawn(async move {

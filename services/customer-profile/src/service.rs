@@ -88,6 +88,9 @@ impl Customers {
         {
             return self.get(CustomerId::parse_name(&name, "request_id")?).await;
         }
+        let txn = begin_write(&self.db).await?;
+        // Stamped once the write transaction has begun (on SQLite: holds the write lock),
+        // not while waiting for it.
         let at = now();
         let customer = Customer {
             id: CustomerId::new(),
@@ -98,7 +101,6 @@ impl Customers {
             update_time: at,
             delete_time: None,
         };
-        let txn = begin_write(&self.db).await?;
         if let Some(key) = &key
             && idempotency::record(&txn, key, &customer.name()).await? == Recorded::Duplicate
         {

@@ -145,8 +145,35 @@ impl From<sea_orm::DbErr> for Error {
         match err {
             sea_orm::DbErr::ConnectionAcquire(e) => Self::Unavailable(format!("database: {e}")),
             sea_orm::DbErr::Conn(e) => Self::Unavailable(format!("database: {e}")),
+            other if transient(&other) => Self::Unavailable(format!("database: {other}")),
             other => Self::Internal(other.into()),
         }
+    }
+}
+
+/// Database failures a retry can cure: contention, cancellation, a lost connection.
+/// Clients see UNAVAILABLE with RetryInfo instead of INTERNAL.
+fn transient(err: &sea_orm::DbErr) -> bool {
+    use sea_orm::{DbErr, RuntimeErr, sqlx::Error as Sqlx};
+    let (DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e))) = err else {
+        return false;
+    };
+    match &**e {
+        Sqlx::Database(db) => {
+            let code = db.code().unwrap_or_default();
+            // PostgreSQL SQLSTATEs: serialization failure, deadlock, lock timeout, query
+            // cancelled, too many connections, admin shutdown, cannot connect now.
+            let postgres = matches!(
+                code.as_ref(),
+                "40001" | "40P01" | "55P03" | "57014" | "53300" | "57P01" | "57P03"
+            );
+            // SQLite result codes (extended codes keep the primary one in the low byte):
+            // SQLITE_BUSY (5) and SQLITE_LOCKED (6).
+            let sqlite = code.len() < 5 && code.parse::<i32>().is_ok_and(|c| matches!(c & 0xff, 5 | 6));
+            postgres || sqlite
+        }
+        Sqlx::Io(_) | Sqlx::PoolTimedOut | Sqlx::PoolClosed | Sqlx::WorkerCrashed => true,
+        _ => false,
     }
 }
 

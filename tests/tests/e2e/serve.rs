@@ -149,3 +149,16 @@ fn a_bad_configuration_value_stops_start_up_naming_the_key() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("server.concurrency_limit"), "{stderr}");
 }
+
+#[test]
+fn the_public_dev_secret_is_refused_off_loopback() {
+    let data = tempfile::tempdir().unwrap();
+    let listen = format!("0.0.0.0:{}", free_port());
+    let out = crm(&["serve", "--listen", &listen], data.path())
+        .env("CRM__SERVER__ALLOW_PLAINTEXT", "true")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("auth.jwt_secret"), "{stderr}");
+}
