@@ -201,6 +201,35 @@ impl Feed {
         rows.iter().map(|row| self.decode(row)).collect()
     }
 
+    /// A cursor this feed cannot have issued (beyond every position assigned so far)
+    /// would otherwise wait silently forever: a typo, another service's cursor, or a
+    /// database restored into a new PostgreSQL cluster, whose transaction ids restart.
+    async fn check_not_ahead(&self, after: Cursor) -> Result<()> {
+        let backend = self.db.get_database_backend();
+        let sql = match backend {
+            // Every transaction id below xmax has been assigned.
+            DbBackend::Postgres => "SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint AS head",
+            _ => "SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'outbox'), 0) AS head",
+        };
+        let row = self.db.query_one_raw(Statement::from_string(backend, sql)).await?;
+        let head: i64 = match row {
+            Some(row) => row.try_get("", "head")?,
+            None => 0,
+        };
+        let ahead = match backend {
+            DbBackend::Postgres => after.tx_id >= head,
+            _ => after.tx_id != 0 || after.id > head,
+        };
+        if after != Cursor::default() && ahead {
+            return Err(Error::FailedPrecondition {
+                reason: "FEED_CURSOR_UNKNOWN",
+                subject: after.encode(),
+                message: "this feed never issued this cursor (was the database restored elsewhere?): resynchronise from the List methods, then stream from an empty cursor".into(),
+            });
+        }
+        Ok(())
+    }
+
     /// An empty cursor asks for the oldest retained event; any other cursor before the
     /// purge point has missed events.
     fn check_not_expired(&self, after: Cursor, purged: Cursor) -> Result<()> {
@@ -250,7 +279,8 @@ impl Feed {
         expires_at: u64,
     ) -> Result<ReceiverStream<Result<StreamEventsResponse, Status>>> {
         let start = Cursor::parse(after_cursor)?;
-        // Fail fast (as the call's status, not mid-stream) on an expired cursor.
+        // Fail fast (as the call's status, not mid-stream) on an expired or unknown cursor.
+        self.check_not_ahead(start).await?;
         self.read(start, 1).await?;
         let (tx, rx) = mpsc::channel(64);
         let feed = self.clone();

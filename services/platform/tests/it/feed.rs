@@ -229,3 +229,21 @@ async fn a_stream_ends_when_the_token_expires_or_the_server_stops() {
     };
     assert_eq!(status.code(), tonic::Code::Unavailable, "tells the consumer to reconnect");
 }
+
+#[tokio::test]
+async fn a_cursor_beyond_the_head_is_refused() {
+    let (_tdb, db, feed, _shutdown) = setup().await;
+    commit_events(&db, &["one"]).await;
+    let real = read_n(&feed, Cursor::default(), 1).await;
+    assert_eq!(real, vec!["one"]);
+    let last = feed.read(Cursor::default(), 1).await.unwrap().remove(0).cursor;
+    assert!(feed.stream(&last, 0).await.is_ok(), "the newest real cursor is fine");
+    let bogus = Cursor {
+        tx_id: i64::MAX / 2,
+        id: i64::MAX / 2,
+    }
+    .encode();
+    let err = feed.stream(&bogus, 0).await.unwrap_err();
+    let status = tonic::Status::from(err);
+    assert_eq!(status.code(), tonic::Code::FailedPrecondition);
+}
