@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 use crm_platform::{
     Platform,
     auth::{Principal, mint_hs256},
-    config::{ConfigError, PLATFORM_DEFAULTS, PlatformConfig, section},
+    config::{ConfigError, PLATFORM_DEFAULTS, PlatformConfig},
     server::{GrpcServer, bind, os_signal, shutdown_channel},
 };
 
@@ -90,14 +90,11 @@ struct Config {
 }
 
 fn load(file: Option<&std::path::Path>) -> Result<Config, ConfigError> {
-    let value = crm_platform::config::load(&[PLATFORM_DEFAULTS, DEV_DEFAULTS, crm_customer_profile::DEFAULTS], file)?;
-    let cfg = Config {
-        platform: section(&value, None)?,
-        customer_profile: section(&value, Some("customer_profile"))?,
-    };
-    cfg.platform.validate()?;
-    cfg.customer_profile.validate()?;
-    Ok(cfg)
+    let doc = crm_platform::config::load(&[PLATFORM_DEFAULTS, DEV_DEFAULTS, crm_customer_profile::DEFAULTS], file)?;
+    Ok(Config {
+        platform: PlatformConfig::from_document(&doc)?,
+        customer_profile: crm_customer_profile::ServiceConfig::from_document(&doc)?,
+    })
 }
 
 #[tokio::main]
@@ -128,14 +125,7 @@ async fn main() -> anyhow::Result<()> {
             concurrency,
             duration_secs,
         } => {
-            let admin = Principal {
-                user_id: "bench".into(),
-                roles: vec!["admin".into()],
-                team_ids: vec![],
-                customer_id: None,
-                expires_at: 0,
-            };
-            let token = mint_hs256(&cfg.platform.auth.jwt_secret, &admin, Duration::from_secs(3600))?;
+            let token = admin_token(&cfg.platform.auth.jwt_secret, "bench", Duration::from_secs(3600))?;
             let report = bench::run(bench::Options {
                 target,
                 token,
@@ -175,6 +165,16 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
+/// A token with the admin role, signed with the HS256 `secret`.
+fn admin_token(secret: &str, user: &str, ttl: Duration) -> crm_platform::Result<String> {
+    let admin = Principal {
+        user_id: user.into(),
+        roles: vec!["admin".into()],
+        ..Principal::default()
+    };
+    mint_hs256(secret, &admin, ttl)
+}
+
 async fn serve(cfg: Config) -> anyhow::Result<()> {
     anyhow::ensure!(
         cfg.platform.auth.jwt_secret != DEV_SECRET || cfg.platform.server.listen.ip().is_loopback(),
@@ -196,14 +196,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         tracing::warn!(
             "using the built-in development JWT secret: set auth.jwt_secret (CRM__AUTH__JWT_SECRET) for anything but local use"
         );
-        let admin = Principal {
-            user_id: "dev".into(),
-            roles: vec!["admin".into()],
-            team_ids: vec![],
-            customer_id: None,
-            expires_at: 0,
-        };
-        let token = mint_hs256(DEV_SECRET, &admin, Duration::from_secs(24 * 3600))?;
+        let token = admin_token(DEV_SECRET, "dev", Duration::from_secs(24 * 3600))?;
         println!("crm: development admin token (24 h): {token}");
     }
     tokio::spawn(async move {

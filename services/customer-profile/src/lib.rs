@@ -38,6 +38,13 @@ pub struct ServiceConfig {
 }
 
 impl ServiceConfig {
+    /// The `[customer_profile]` section of a loaded document, validated.
+    pub fn from_document(doc: &serde_json::Value) -> Result<Self, ConfigError> {
+        let cfg: Self = section(doc, Some("customer_profile"))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
         let region = &self.default_region;
         if region.len() != 2 || region.parse::<phonenumber::country::Id>().is_err() {
@@ -60,14 +67,11 @@ pub struct Config {
 impl Config {
     /// Loads and validates: defaults, then `file`, then `CRM__*` variables.
     pub fn load(file: Option<&std::path::Path>) -> Result<Self, ConfigError> {
-        let value = crm_platform::config::load(&[PLATFORM_DEFAULTS, DEFAULTS], file)?;
-        let cfg = Self {
-            platform: section(&value, None)?,
-            customer_profile: section(&value, Some("customer_profile"))?,
-        };
-        cfg.platform.validate()?;
-        cfg.customer_profile.validate()?;
-        Ok(cfg)
+        let doc = crm_platform::config::load(&[PLATFORM_DEFAULTS, DEFAULTS], file)?;
+        Ok(Self {
+            platform: PlatformConfig::from_document(&doc)?,
+            customer_profile: ServiceConfig::from_document(&doc)?,
+        })
     }
 }
 

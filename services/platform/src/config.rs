@@ -239,6 +239,13 @@ pub fn section<T: DeserializeOwned>(value: &serde_json::Value, key: Option<&str>
 }
 
 impl PlatformConfig {
+    /// The shared sections of a loaded document ([`load`]), validated.
+    pub fn from_document(doc: &serde_json::Value) -> Result<Self, ConfigError> {
+        let cfg: Self = section(doc, None)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
     /// Checks the rules serde cannot express.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.server.request_timeout_secs == 0 {

@@ -95,7 +95,8 @@ impl TestApp {
         req
     }
 
-    pub async fn create(&self, customer: pb::Customer) -> pb::Customer {
+    /// Creates `customer` as an admin, without a request_id.
+    pub async fn try_create(&self, customer: pb::Customer) -> Result<pb::Customer, tonic::Status> {
         self.client
             .clone()
             .create_customer(Self::admin(pb::CreateCustomerRequest {
@@ -103,8 +104,11 @@ impl TestApp {
                 request_id: String::new(),
             }))
             .await
-            .unwrap()
-            .into_inner()
+            .map(tonic::Response::into_inner)
+    }
+
+    pub async fn create(&self, customer: pb::Customer) -> pb::Customer {
+        self.try_create(customer).await.unwrap()
     }
 }
 

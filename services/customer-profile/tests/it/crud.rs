@@ -65,15 +65,7 @@ async fn invalid_input_lists_every_field_violation() {
         lifecycle_stage: 42,
         ..Default::default()
     };
-    let err = app
-        .client
-        .clone()
-        .create_customer(TestApp::admin(pb::CreateCustomerRequest {
-            customer: Some(bad),
-            request_id: String::new(),
-        }))
-        .await
-        .unwrap_err();
+    let err = app.try_create(bad).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     assert_eq!(reason(&err), "INVALID_ARGUMENT");
     assert_eq!(
@@ -94,15 +86,7 @@ async fn invalid_input_lists_every_field_violation() {
         tags: vec!["two words".into()],
         ..Default::default()
     };
-    let err = app
-        .client
-        .clone()
-        .create_customer(TestApp::admin(pb::CreateCustomerRequest {
-            customer: Some(bad),
-            request_id: String::new(),
-        }))
-        .await
-        .unwrap_err();
+    let err = app.try_create(bad).await.unwrap_err();
     let fields = violations(&err);
     for want in [
         "customer.display_name",
@@ -311,13 +295,7 @@ async fn hostile_input_is_refused_cleanly() {
         display_name: "A\u{0}B".into(),
         ..Default::default()
     };
-    let err = client
-        .create_customer(TestApp::admin(pb::CreateCustomerRequest {
-            customer: Some(bad),
-            request_id: String::new(),
-        }))
-        .await
-        .unwrap_err();
+    let err = app.try_create(bad).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     assert_eq!(violations(&err), vec!["customer.display_name"]);
 
@@ -340,25 +318,13 @@ async fn hostile_input_is_refused_cleanly() {
             .collect(),
         ..Default::default()
     };
-    let err = client
-        .create_customer(TestApp::admin(pb::CreateCustomerRequest {
-            customer: Some(many),
-            request_id: String::new(),
-        }))
-        .await
-        .unwrap_err();
+    let err = app.try_create(many).await.unwrap_err();
     assert_eq!(violations(&err), vec!["customer.email_addresses"]);
 
     let huge = pb::Customer {
         display_name: "x".repeat(2 << 20),
         ..Default::default()
     };
-    let err = client
-        .create_customer(TestApp::admin(pb::CreateCustomerRequest {
-            customer: Some(huge),
-            request_id: String::new(),
-        }))
-        .await
-        .unwrap_err();
+    let err = app.try_create(huge).await.unwrap_err();
     assert_eq!(err.code(), Code::OutOfRange, "{err:?}");
 }

@@ -198,35 +198,30 @@ async fn purged_cursor_fails_with_failed_precondition() {
     assert_eq!(read_n(&feed, Cursor::default(), 1).await, vec!["new"]);
 }
 
+/// Skips the stream's messages until it ends with an error status, and returns that.
+async fn final_status<S>(stream: &mut S) -> tonic::Status
+where
+    S: tokio_stream::Stream<Item = Result<crm_proto::crm::events::v1::StreamEventsResponse, tonic::Status>> + Unpin,
+{
+    use tokio_stream::StreamExt;
+    loop {
+        let next = tokio::time::timeout(Duration::from_secs(10), stream.next()).await.unwrap();
+        if let Err(status) = next.expect("the stream ends with a status, not silently") {
+            return status;
+        }
+    }
+}
+
 #[tokio::test]
 async fn a_stream_ends_when_the_token_expires_or_the_server_stops() {
-    use tokio_stream::StreamExt;
     let (_tdb, _db, feed, shutdown) = setup().await;
     let soon = u64::try_from(chrono::Utc::now().timestamp()).unwrap() + 1;
     let mut expiring = feed.stream("", soon).await.unwrap();
     let mut open = feed.stream("", 0).await.unwrap();
-    let status = loop {
-        match tokio::time::timeout(Duration::from_secs(10), expiring.next())
-            .await
-            .unwrap()
-            .unwrap()
-        {
-            Ok(_) => continue,
-            Err(status) => break status,
-        }
-    };
+    let status = final_status(&mut expiring).await;
     assert_eq!(status.code(), tonic::Code::Unauthenticated);
     shutdown.trigger();
-    let status = loop {
-        match tokio::time::timeout(Duration::from_secs(10), open.next())
-            .await
-            .unwrap()
-            .unwrap()
-        {
-            Ok(_) => continue,
-            Err(status) => break status,
-        }
-    };
+    let status = final_status(&mut open).await;
     assert_eq!(status.code(), tonic::Code::Unavailable, "tells the consumer to reconnect");
 }
 
