@@ -21,7 +21,17 @@ const DEV_SECRET: &str = "crm-dev-secret-not-for-production-use";
 const DEV_DEFAULTS: &str = r#"
 [auth]
 jwt_secret = "crm-dev-secret-not-for-production-use"
+
+[encryption]
+active_key = "dev"
+blind_index_key = "Y3JtLWRldi1ibGluZC1pbmRleC1rZXktcHVibGljISE="
+
+[encryption.keys]
+dev = "Y3JtLWRldi1lbmNyeXB0aW9uLWtleS1pcy1wdWJsaWM="
 "#;
+
+/// The built-in development field-encryption key (public, like [`DEV_SECRET`]).
+const DEV_ENCRYPTION_KEY: &str = "Y3JtLWRldi1lbmNyeXB0aW9uLWtleS1pcy1wdWJsaWM=";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -181,6 +191,17 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         "configuration key `auth.jwt_secret`: the built-in development secret is public; it is only accepted on a loopback address, not {}",
         cfg.platform.server.listen
     );
+    let dev_keys = cfg.platform.encryption.keys.values().any(|k| k == DEV_ENCRYPTION_KEY);
+    anyhow::ensure!(
+        !dev_keys || cfg.platform.server.listen.ip().is_loopback(),
+        "configuration key `encryption.keys`: the built-in development key is public; it is only accepted on a loopback address, not {}",
+        cfg.platform.server.listen
+    );
+    if dev_keys {
+        tracing::warn!(
+            "encrypting personal data with the built-in development key: set encryption.keys and encryption.blind_index_key for anything but local use"
+        );
+    }
     let (shutdown, signal) = shutdown_channel();
     let platform = Platform::new(cfg.platform, signal.clone())?;
     let mut server = GrpcServer::new(platform.config.server.clone());

@@ -1,10 +1,15 @@
 //! The events customer-profile publishes on its change feed.
 
-use crm_platform::feed::NewEvent;
+use crm_platform::{Result, crypto::Keyring, feed::NewEvent};
 use crm_proto::crm::customer::v1 as pb;
 use prost::Message;
 
 use crate::{api::convert::customer_to_proto, domain::Customer};
+
+/// Events carry personal data: their payload is sealed at rest like the row.
+pub fn seal(event: NewEvent, keyring: &Keyring) -> Result<NewEvent> {
+    event.sealed(keyring)
+}
 
 pub fn created(c: &Customer, actor: &str) -> NewEvent {
     let data = pb::CustomerCreated {
@@ -41,6 +46,19 @@ pub fn deleted(c: &Customer, actor: &str) -> NewEvent {
     NewEvent {
         event_type: "crm.customer.v1.CustomerDeleted",
         subject: c.name(),
+        actor: actor.to_owned(),
+        data,
+    }
+}
+
+pub fn field_definition_changed(def: &crate::domain::definitions::FieldDefinition, actor: &str) -> NewEvent {
+    let data = pb::FieldDefinitionChanged {
+        field_definition: Some(crate::api::convert::definition_to_proto(def)),
+    }
+    .encode_to_vec();
+    NewEvent {
+        event_type: "crm.customer.v1.FieldDefinitionChanged",
+        subject: def.name(),
         actor: actor.to_owned(),
         data,
     }

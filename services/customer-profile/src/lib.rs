@@ -11,6 +11,7 @@ use crm_platform::{
     Platform,
     auth::Authenticator,
     config::{ConfigError, PLATFORM_DEFAULTS, PlatformConfig, section},
+    crypto::Keyring,
     feed::Feed,
     migrate,
     server::{GrpcServer, Shutdown, bind, os_signal, shutdown_channel},
@@ -19,7 +20,11 @@ use crm_proto::crm::customer::v1::customer_profile_service_server::CustomerProfi
 use serde::Deserialize;
 use tonic::service::interceptor::InterceptedService;
 
-use crate::{api::Api, domain::customer::Rules, service::Customers};
+use crate::{
+    api::Api,
+    domain::{combine::SourcePriority, customer::Rules},
+    service::{Customers, Settings},
+};
 
 /// Name of the service: binary, database file, schema, event source.
 pub const SERVICE: &str = "customer-profile";
@@ -28,13 +33,46 @@ pub const SERVICE: &str = "customer-profile";
 pub const DEFAULTS: &str = r#"
 [customer_profile]
 default_region = "CN"
+definitions_refresh_ms = 2000
+
+[customer_profile.ingest]
+source_priority = ["api", "erp", "store", "service_desk", "ecommerce", "app", "web", "wechat", "phone", "email", "import"]
+
+[customer_profile.matching]
+review_threshold = 0.80
+auto_merge_threshold = 0.98
+prior = 0.001
+max_candidates_per_key = 25
+given_name = { m = [0.88, 0.08, 0.04], u = [0.02, 0.05, 0.93] }
+family_name = { m = [0.88, 0.08, 0.04], u = [0.01, 0.04, 0.95] }
+organization_name = { m = [0.90, 0.07, 0.03], u = [0.005, 0.02, 0.975] }
+phone = { m = [0.85, 0.05, 0.10], u = [0.0001, 0.001, 0.9989] }
+email = { m = [0.80, 0.05, 0.15], u = [0.0001, 0.001, 0.9989] }
+national_id = { m = [0.90, 0.06, 0.04], u = [0.0001, 0.0005, 0.9994] }
+birth_date = { m = [0.85, 0.10, 0.05], u = [0.0003, 0.01, 0.9897] }
+address = { m = [0.80, 0.12, 0.08], u = [0.001, 0.01, 0.989] }
+postal_code = { m = [0.88, 0.06, 0.06], u = [0.01, 0.05, 0.94] }
+locality = { m = [0.88, 0.07, 0.05], u = [0.02, 0.05, 0.93] }
 "#;
+
+/// `[customer_profile.ingest]` settings.
+#[derive(Debug, Clone, Deserialize)]
+pub struct IngestConfig {
+    /// Channels from most to least trusted when sources disagree; unlisted channels
+    /// rank last.
+    pub source_priority: Vec<domain::customer::Channel>,
+}
 
 /// `[customer_profile]` settings.
 #[derive(Debug, Clone, Deserialize)]
 pub struct ServiceConfig {
     /// Region (ISO 3166 alpha-2) for phone numbers written without a country code.
     pub default_region: String,
+    /// How long a replica uses its copy of the field definitions before reloading.
+    pub definitions_refresh_ms: u64,
+    pub ingest: IngestConfig,
+    /// Duplicate detection: thresholds and the Fellegi-Sunter m/u tables.
+    pub matching: domain::matching::MatchConfig,
 }
 
 impl ServiceConfig {
@@ -52,6 +90,9 @@ impl ServiceConfig {
                 "customer_profile.default_region",
                 format!("`{region}` is not an ISO 3166 alpha-2 region with a telephone numbering plan"),
             ));
+        }
+        if let Err((key, message)) = self.matching.validate() {
+            return Err(ConfigError::invalid(format!("customer_profile.matching.{key}"), message));
         }
         Ok(())
     }
@@ -81,20 +122,27 @@ pub type Service = InterceptedService<CustomerProfileServiceServer<Api>, Authent
 /// Opens the database (migrating it if configured), builds the service and starts
 /// its background jobs (feed retention), which stop with the platform's shutdown.
 pub async fn build(platform: &Platform, cfg: &ServiceConfig) -> anyhow::Result<Service> {
+    let keyring = std::sync::Arc::new(Keyring::from_config(&platform.config.encryption)?);
     let db = platform.database(SERVICE, store::MIGRATIONS).await?;
-    let feed = Feed::new(db.clone(), SERVICE, platform.config.feed.clone(), platform.shutdown.clone());
+    let feed =
+        Feed::new(db.clone(), SERVICE, platform.config.feed.clone(), platform.shutdown.clone()).with_keyring(keyring.clone());
     tokio::spawn(feed.clone().run_retention());
-    let customers = Customers::new(
-        db,
-        platform.cache.clone(),
-        feed,
-        Rules {
-            default_region: cfg.default_region.clone(),
-        },
-    );
+    let customers = Customers::new(db, platform.cache.clone(), feed, keyring, settings(cfg));
     let api = Api::new(customers, platform.authorizer.clone(), platform.page_tokens.clone());
     let server = CustomerProfileServiceServer::new(api).max_decoding_message_size(platform.config.server.max_message_bytes);
     Ok(InterceptedService::new(server, platform.authenticator.clone()))
+}
+
+/// The use cases' settings from the service configuration.
+pub fn settings(cfg: &ServiceConfig) -> Settings {
+    Settings {
+        rules: Rules {
+            default_region: cfg.default_region.clone(),
+        },
+        matching: cfg.matching.clone(),
+        priority: SourcePriority(cfg.ingest.source_priority.clone()),
+        definitions_refresh: std::time::Duration::from_millis(cfg.definitions_refresh_ms),
+    }
 }
 
 /// Applies pending migrations and reports what it did.

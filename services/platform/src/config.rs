@@ -53,6 +53,12 @@ sales = ["customer.read", "customer.create", "customer.update", "customer.events
 agent = ["customer.read"]
 integrator = ["customer.read", "customer.create", "customer.update", "customer.events"]
 
+[encryption]
+active_key = ""
+blind_index_key = ""
+
+[encryption.keys]
+
 [feed]
 retention_days = 30
 poll_interval_ms = 500
@@ -78,6 +84,7 @@ pub struct PlatformConfig {
     pub feed: FeedConfig,
     pub paging: PagingConfig,
     pub log: LogConfig,
+    pub encryption: crate::crypto::EncryptionConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -21,6 +21,7 @@ use tonic::Status;
 
 use crate::{
     config::FeedConfig,
+    crypto::Keyring,
     db::begin_write,
     error::{Error, Result},
     migrate::{Dialect, placeholders},
@@ -99,6 +100,15 @@ pub struct NewEvent {
     pub data: Vec<u8>,
 }
 
+impl NewEvent {
+    /// Encrypts the payload at rest (it holds personal data); the feed opens it with
+    /// the same keyring ([`Feed::with_keyring`]) before serving it.
+    pub fn sealed(mut self, keyring: &Keyring) -> Result<Self> {
+        self.data = keyring.seal(&self.data, self.subject.as_bytes())?;
+        Ok(self)
+    }
+}
+
 /// Writes `event` inside the caller's transaction. Call [`Feed::committed`] after
 /// the commit to wake this process's streams at once.
 pub async fn append<C: ConnectionTrait>(txn: &C, event: NewEvent) -> Result<()> {
@@ -132,6 +142,7 @@ pub struct Feed {
     cfg: FeedConfig,
     commits: Arc<watch::Sender<u64>>,
     shutdown: ShutdownSignal,
+    keyring: Option<Arc<Keyring>>,
 }
 
 impl Feed {
@@ -142,7 +153,14 @@ impl Feed {
             cfg,
             commits: Arc::new(watch::channel(0).0),
             shutdown,
+            keyring: None,
         }
+    }
+
+    /// Opens event payloads sealed with [`NewEvent::sealed`] before they are served.
+    pub fn with_keyring(mut self, keyring: Arc<Keyring>) -> Self {
+        self.keyring = Some(keyring);
+        self
     }
 
     /// Tells this process's streams that new events were committed.
@@ -252,18 +270,25 @@ impl Feed {
             id: row.try_get("", "id")?,
         };
         let event_type: String = row.try_get("", "event_type")?;
+        let subject: String = row.try_get("", "subject")?;
+        let mut data: Vec<u8> = row.try_get("", "data")?;
+        if let Some(keyring) = &self.keyring
+            && crate::crypto::is_sealed(&data)
+        {
+            data = keyring.open(&data, subject.as_bytes())?;
+        }
         let time: DateTime<Utc> = row.try_get("", "occur_time")?;
         Ok(Event {
             cursor: cursor.encode(),
             id: row.try_get("", "event_id")?,
-            subject: row.try_get("", "subject")?,
+            subject,
             source: self.source.to_owned(),
             time: Some(timestamp(time)),
             actor: row.try_get("", "actor")?,
             traceparent: row.try_get("", "traceparent")?,
             data: Some(prost_types::Any {
                 type_url: format!("type.googleapis.com/{event_type}"),
-                value: row.try_get("", "data")?,
+                value: data,
             }),
             r#type: event_type,
         })

@@ -2,13 +2,14 @@
 //!
 //! One module per shared concern, so a service crate only wires them together:
 //! configuration, telemetry, database and migrations, cache, authentication and
-//! authorization, errors, paging, the outbox change feed and the gRPC server bootstrap.
+//! authorization, errors, paging, encryption at rest, the outbox change feed and the gRPC server bootstrap.
 
 pub mod auth;
 pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod context;
+pub mod crypto;
 pub mod db;
 pub mod error;
 pub mod feed;

@@ -51,3 +51,12 @@ pub fn redis_url() -> Option<String> {
 pub fn unique_key_prefix() -> String {
     format!("crm-test:{}:", uuid::Uuid::new_v4().simple())
 }
+
+/// Field-encryption keys for tests (fixed, so a test can reopen what it sealed).
+pub fn encryption() -> crate::crypto::EncryptionConfig {
+    crate::crypto::EncryptionConfig {
+        active_key: "test".into(),
+        keys: std::collections::BTreeMap::from([("test".into(), "dGVzdC1lbmNyeXB0aW9uLWtleS0zMi1ieXRlcy1sbmc=".into())]),
+        blind_index_key: "dGVzdC1ibGluZC1pbmRleC1rZXktMzItYnl0ZXMtbG9uZw==".into(),
+    }
+}

@@ -3,9 +3,15 @@
 use crm_platform::{Error, FieldViolation, feed::timestamp};
 use crm_proto::crm::{common::v1 as common, customer::v1 as pb};
 
-use crate::domain::{
-    Customer, Profile,
-    customer::{Address, Channel, ContactKind, CustomerKind, Email, LifecycleStage, PersonName, Phone, PostalAddress},
+use crate::{
+    domain::{
+        Customer, Profile,
+        customer::{Address, Channel, ContactKind, CustomerKind, Email, LifecycleStage, PersonName, Phone, PostalAddress},
+        definitions::{Classification, FieldDefinition, FieldType},
+        matching::{Comparison, Outcome},
+    },
+    service::ingest::{ImportJob, ImportState, Outcome as IngestOutcome, SourceRef, check_source},
+    store::records::{Candidate, CandidateState, RowResult},
 };
 
 /// Reads an enum field, reporting unknown numbers as a violation of `field`.
@@ -118,6 +124,8 @@ pub fn profile_from_proto(c: pb::Customer) -> Result<Profile, Error> {
         team_id: c.team_id,
         tags: c.tags,
         custom_attributes: c.custom_attributes.into_iter().collect(),
+        birth_date: c.birth_date,
+        national_id: c.national_id,
     })
 }
 
@@ -140,7 +148,7 @@ pub fn channel_from_proto(value: i32) -> Result<Channel, Error> {
     Ok(channel)
 }
 
-fn channel_to_proto(c: Channel) -> common::Channel {
+pub fn channel_to_proto(c: Channel) -> common::Channel {
     match c {
         Channel::Unspecified => common::Channel::Unspecified,
         Channel::Web => common::Channel::Web,
@@ -262,5 +270,271 @@ pub fn customer_to_proto(c: &Customer) -> pb::Customer {
         update_time: Some(timestamp(c.update_time)),
         delete_time: c.delete_time.map(timestamp),
         etag: c.etag(),
+        birth_date: p.birth_date.clone(),
+        national_id: p.national_id.clone(),
+        external_ids: c
+            .external_ids
+            .iter()
+            .map(|e| pb::ExternalId {
+                source: e.source.clone(),
+                external_id: e.external_id.clone(),
+            })
+            .collect(),
+        provenance: c
+            .provenance
+            .iter()
+            .map(|(field, p)| pb::FieldProvenance {
+                field: field.clone(),
+                source: p.source.clone(),
+                channel: channel_to_proto(p.channel) as i32,
+                update_time: Some(timestamp(p.time)),
+            })
+            .collect(),
+        raw_values: c.raw_values.clone().into_iter().collect(),
+        completeness: c.completeness,
+        confirm_time: Some(timestamp(c.confirm_time)),
+        merged_customers: c.merged_customers.iter().map(|m| m.name()).collect(),
+    }
+}
+
+fn kind_from_proto(value: i32, field: &str, v: &mut Vec<FieldViolation>) -> CustomerKind {
+    match enum_value(value, field, v) {
+        Some(pb::CustomerType::Person) => CustomerKind::Person,
+        Some(pb::CustomerType::Organization) => CustomerKind::Organization,
+        Some(pb::CustomerType::Unspecified) | None => CustomerKind::Unspecified,
+    }
+}
+
+fn kind_to_proto(k: CustomerKind) -> i32 {
+    let kind = match k {
+        CustomerKind::Unspecified => pb::CustomerType::Unspecified,
+        CustomerKind::Person => pb::CustomerType::Person,
+        CustomerKind::Organization => pb::CustomerType::Organization,
+    };
+    kind as i32
+}
+
+/// A definition as a caller sent it (path from `name`), unvalidated.
+pub fn definition_from_proto(d: pb::FieldDefinition) -> Result<FieldDefinition, Error> {
+    let mut v = Vec::new();
+    let path = match d.name.strip_prefix("fieldDefinitions/") {
+        Some(p) if !p.is_empty() => p.to_owned(),
+        _ => {
+            v.push(FieldViolation::new(
+                "name",
+                "must be a resource name `fieldDefinitions/{field}`",
+            ));
+            String::new()
+        }
+    };
+    let field_type = match enum_value(d.r#type, "type", &mut v) {
+        Some(pb::FieldType::String) => Some(FieldType::String),
+        Some(pb::FieldType::Number) => Some(FieldType::Number),
+        Some(pb::FieldType::Boolean) => Some(FieldType::Boolean),
+        Some(pb::FieldType::Date) => Some(FieldType::Date),
+        Some(pb::FieldType::Enum) => Some(FieldType::Enum),
+        Some(pb::FieldType::Phone) => Some(FieldType::Phone),
+        Some(pb::FieldType::Email) => Some(FieldType::Email),
+        Some(pb::FieldType::Address) => Some(FieldType::Address),
+        Some(pb::FieldType::Unspecified) => {
+            v.push(FieldViolation::new("type", "required"));
+            None
+        }
+        None => None,
+    };
+    let classification = match enum_value(d.classification, "classification", &mut v) {
+        Some(common::Classification::Public) => Classification::Public,
+        Some(common::Classification::Sensitive) => Classification::Sensitive,
+        Some(common::Classification::Confidential) => Classification::Confidential,
+        Some(common::Classification::Internal | common::Classification::Unspecified) | None => Classification::Internal,
+    };
+    let applies_to = d
+        .applies_to
+        .iter()
+        .enumerate()
+        .map(|(i, k)| kind_from_proto(*k, &format!("applies_to[{i}]"), &mut v))
+        .collect();
+    let required_for = d
+        .required_for
+        .iter()
+        .enumerate()
+        .map(|(i, k)| kind_from_proto(*k, &format!("required_for[{i}]"), &mut v))
+        .collect();
+    if !d.completeness_weight.is_finite() {
+        v.push(FieldViolation::new("completeness_weight", "must be a number"));
+    }
+    match field_type {
+        Some(field_type) if v.is_empty() => Ok(FieldDefinition {
+            path,
+            display_name: d.display_name,
+            description: d.description,
+            field_type,
+            built_in: false,
+            applies_to,
+            required_for,
+            allowed_values: d.allowed_values,
+            classification,
+            completeness_weight: d.completeness_weight,
+            revision: 0,
+            update_time: None,
+        }),
+        _ => Err(Error::InvalidArgument(v)),
+    }
+}
+
+pub fn definition_to_proto(d: &FieldDefinition) -> pb::FieldDefinition {
+    pb::FieldDefinition {
+        name: d.name(),
+        display_name: d.display_name.clone(),
+        description: d.description.clone(),
+        r#type: match d.field_type {
+            FieldType::String => pb::FieldType::String,
+            FieldType::Number => pb::FieldType::Number,
+            FieldType::Boolean => pb::FieldType::Boolean,
+            FieldType::Date => pb::FieldType::Date,
+            FieldType::Enum => pb::FieldType::Enum,
+            FieldType::Phone => pb::FieldType::Phone,
+            FieldType::Email => pb::FieldType::Email,
+            FieldType::Address => pb::FieldType::Address,
+        } as i32,
+        built_in: d.built_in,
+        applies_to: d.applies_to.iter().map(|k| kind_to_proto(*k)).collect(),
+        required_for: d.required_for.iter().map(|k| kind_to_proto(*k)).collect(),
+        allowed_values: d.allowed_values.clone(),
+        classification: match d.classification {
+            Classification::Public => common::Classification::Public,
+            Classification::Internal => common::Classification::Internal,
+            Classification::Sensitive => common::Classification::Sensitive,
+            Classification::Confidential => common::Classification::Confidential,
+        } as i32,
+        completeness_weight: d.completeness_weight,
+        update_time: d.update_time.map(timestamp),
+        etag: d.etag(),
+    }
+}
+
+pub fn comparisons_to_proto(cs: &[Comparison]) -> Vec<pb::FieldComparison> {
+    cs.iter()
+        .map(|c| pb::FieldComparison {
+            field: c.field.clone(),
+            outcome: match c.outcome {
+                Outcome::Agree => pb::ComparisonOutcome::Agree,
+                Outcome::Partial => pb::ComparisonOutcome::Partial,
+                Outcome::Disagree => pb::ComparisonOutcome::Disagree,
+                Outcome::Missing => pb::ComparisonOutcome::Missing,
+            } as i32,
+            similarity: c.similarity,
+            weight: c.weight,
+        })
+        .collect()
+}
+
+pub fn candidate_to_proto(c: &Candidate) -> pb::DuplicateCandidate {
+    pb::DuplicateCandidate {
+        name: c.name(),
+        customer: c.customer.name(),
+        other_customer: c.other.name(),
+        match_probability: c.probability,
+        comparisons: comparisons_to_proto(&c.comparisons),
+        state: match c.state {
+            CandidateState::Open => pb::DuplicateState::Open,
+            CandidateState::Merged => pb::DuplicateState::Merged,
+            CandidateState::Dismissed => pb::DuplicateState::Dismissed,
+        } as i32,
+        create_time: Some(timestamp(c.create_time)),
+        update_time: Some(timestamp(c.update_time)),
+    }
+}
+
+pub fn outcome_to_proto(o: IngestOutcome) -> pb::IngestOutcome {
+    match o {
+        IngestOutcome::Created => pb::IngestOutcome::Created,
+        IngestOutcome::Updated => pb::IngestOutcome::Updated,
+        IngestOutcome::Merged => pb::IngestOutcome::Merged,
+        IngestOutcome::Unchanged => pb::IngestOutcome::Unchanged,
+        IngestOutcome::Rejected => pb::IngestOutcome::Rejected,
+        IngestOutcome::Skipped => pb::IngestOutcome::Skipped,
+    }
+}
+
+pub fn row_to_proto(r: &RowResult) -> pb::ImportRowResult {
+    pb::ImportRowResult {
+        row_key: r.row_key.clone(),
+        outcome: IngestOutcome::parse(&r.outcome).map_or(pb::IngestOutcome::Unspecified, outcome_to_proto) as i32,
+        customer: r.customer.clone(),
+        errors: r
+            .errors
+            .iter()
+            .map(|(field, description)| pb::FieldError {
+                field: field.clone(),
+                description: description.clone(),
+            })
+            .collect(),
+        match_probability: r.probability,
+    }
+}
+
+pub fn source_to_proto(s: &SourceRef) -> pb::Source {
+    pb::Source {
+        system: s.system.clone(),
+        channel: channel_to_proto(s.channel) as i32,
+    }
+}
+
+pub fn job_to_proto(j: &ImportJob) -> pb::ImportJob {
+    pb::ImportJob {
+        name: j.name(),
+        source: Some(source_to_proto(&j.source)),
+        mapping: j
+            .mapping
+            .0
+            .iter()
+            .map(|(column, field)| pb::FieldMapping {
+                column: column.clone(),
+                field: field.clone(),
+            })
+            .collect(),
+        state: match j.state {
+            ImportState::Running => pb::ImportState::Running,
+            ImportState::Interrupted => pb::ImportState::Interrupted,
+            ImportState::Succeeded => pb::ImportState::Succeeded,
+        } as i32,
+        rows_processed: j.rows_processed,
+        created: j.count(IngestOutcome::Created),
+        updated: j.count(IngestOutcome::Updated),
+        merged: j.count(IngestOutcome::Merged),
+        unchanged: j.count(IngestOutcome::Unchanged),
+        rejected: j.count(IngestOutcome::Rejected),
+        skipped: j.count(IngestOutcome::Skipped),
+        errors: j.errors.iter().map(row_to_proto).collect(),
+        create_time: Some(timestamp(j.create_time)),
+        update_time: Some(timestamp(j.update_time)),
+    }
+}
+
+/// A source from the request; both fields required.
+pub fn source_from_proto(s: Option<pb::Source>, field: &str) -> Result<SourceRef, Error> {
+    let Some(s) = s else {
+        return Err(Error::invalid(field, "required"));
+    };
+    let mut v = Vec::new();
+    if let Err(why) = check_source(&s.system) {
+        v.push(FieldViolation::new(format!("{field}.system"), why));
+    }
+    if s.channel == common::Channel::Unspecified as i32 {
+        v.push(FieldViolation::new(format!("{field}.channel"), "required"));
+    }
+    let channel = channel_from_proto(s.channel).map_err(|e| e.in_field(field));
+    match channel {
+        Ok(channel) if v.is_empty() => Ok(SourceRef {
+            system: s.system,
+            channel,
+        }),
+        Ok(_) => Err(Error::InvalidArgument(v)),
+        Err(Error::InvalidArgument(more)) => {
+            v.extend(more);
+            Err(Error::InvalidArgument(v))
+        }
+        Err(e) => Err(e),
     }
 }

@@ -16,23 +16,34 @@ use crm_proto::crm::{
     customer::v1::{
         self as pb, CreateCustomerRequest, DeleteCustomerRequest, GetCustomerRequest, ListCustomersRequest,
         ListCustomersResponse, UpdateCustomerRequest, customer_profile_service_server::CustomerProfileService,
+        find_duplicates_request::Probe, import_customers_request::Content,
     },
     events::v1::{StreamEventsRequest, StreamEventsResponse},
 };
 use prost::Message;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 
 use crate::{
     domain::{
         CustomerId,
         customer::COLLECTION,
         filter::{Filter, OrderBy},
+        import::{Mapping, Row},
         update,
     },
-    service::Customers,
-    store::{ListQuery, Position},
+    service::{
+        Customers,
+        ingest::{Outcome, check_external_id},
+    },
+    store::{
+        ListQuery, Position,
+        records::{CandidatePosition, CandidateState},
+    },
 };
+
+/// Rows per `ImportRows` message at most.
+const MAX_IMPORT_ROWS: usize = 1000;
 
 const DEFAULT_PAGE_SIZE: u32 = 50;
 const MAX_PAGE_SIZE: u32 = 1000;
@@ -153,6 +164,355 @@ impl CustomerProfileService for Api {
         }))
     }
 
+    async fn list_field_definitions(
+        &self,
+        req: Request<pb::ListFieldDefinitionsRequest>,
+    ) -> Result<Response<pb::ListFieldDefinitionsResponse>, Status> {
+        let principal = auth::principal(&req)?;
+        let req = req.into_inner();
+        self.authorizer.check(&principal, "customer.read", "fieldDefinitions").await?;
+        let mut v = Validation::default();
+        let page_size = v.check(paging::page_size(req.page_size, 100, MAX_PAGE_SIZE));
+        let after = v.check(if req.page_token.is_empty() {
+            Ok(String::new())
+        } else {
+            self.page_tokens.decode::<String>("fieldDefinitions", &req.page_token)
+        });
+        let (page_size, after) = v.finish(page_size.zip(after))?;
+        let defs = self.customers.list_definitions().await?;
+        let mut page: Vec<_> = defs
+            .into_iter()
+            .filter(|d| d.path > after)
+            .take(page_size as usize + 1)
+            .collect();
+        let next_page_token = if page.len() > page_size as usize {
+            page.truncate(page_size as usize);
+            match page.last() {
+                Some(last) => self.page_tokens.encode("fieldDefinitions", &last.path)?,
+                None => String::new(),
+            }
+        } else {
+            String::new()
+        };
+        Ok(Response::new(pb::ListFieldDefinitionsResponse {
+            field_definitions: page.iter().map(convert::definition_to_proto).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn get_field_definition(
+        &self,
+        req: Request<pb::GetFieldDefinitionRequest>,
+    ) -> Result<Response<pb::FieldDefinition>, Status> {
+        let principal = auth::principal(&req)?;
+        let req = req.into_inner();
+        self.authorizer.check(&principal, "customer.read", &req.name).await?;
+        let path = req
+            .name
+            .strip_prefix("fieldDefinitions/")
+            .ok_or_else(|| Error::invalid("name", "must be a resource name `fieldDefinitions/{field}`"))?;
+        let def = self.customers.get_definition(path).await?;
+        Ok(Response::new(convert::definition_to_proto(&def)))
+    }
+
+    async fn update_field_definition(
+        &self,
+        req: Request<pb::UpdateFieldDefinitionRequest>,
+    ) -> Result<Response<pb::FieldDefinition>, Status> {
+        let principal = auth::principal(&req)?;
+        let req = req.into_inner();
+        let def = required(req.field_definition, "field_definition")?;
+        self.authorizer.check(&principal, "customer.define_fields", &def.name).await?;
+        let etag = def.etag.clone();
+        let patch = convert::definition_from_proto(def).map_err(|e| e.in_field("field_definition"))?;
+        let mask = req.update_mask.map(|m| m.paths).unwrap_or_default();
+        let saved = self
+            .customers
+            .update_definition(&principal.user_id, patch, &mask, &etag, req.allow_missing)
+            .await
+            .map_err(|e| e.in_field("field_definition"))?;
+        Ok(Response::new(convert::definition_to_proto(&saved)))
+    }
+
+    async fn ingest_customer(
+        &self,
+        req: Request<pb::IngestCustomerRequest>,
+    ) -> Result<Response<pb::IngestCustomerResponse>, Status> {
+        let principal = auth::principal(&req)?;
+        let req = req.into_inner();
+        self.authorizer.check(&principal, "customer.ingest", COLLECTION).await?;
+        let mut v = Validation::default();
+        let source = v.check(convert::source_from_proto(req.source, "source"));
+        let external_id = v.check(check_external_id(&req.external_id).map_err(|why| Error::invalid("external_id", why)));
+        let profile =
+            v.check(convert::profile_from_proto(required(req.customer, "customer")?).map_err(|e| e.in_field("customer")));
+        let observed = v.check(match req.source_update_time {
+            None => Ok(None),
+            Some(t) => chrono::DateTime::from_timestamp(t.seconds, t.nanos.clamp(0, 999_999_999) as u32)
+                .map(|t| Some(chrono::SubsecRound::trunc_subsecs(t, 6)))
+                .ok_or_else(|| Error::invalid("source_update_time", "out of range")),
+        });
+        let (((source, ()), profile), observed) = v.finish(source.zip(external_id).zip(profile).zip(observed))?;
+        let done = self
+            .customers
+            .ingest(&principal.user_id, &source, &req.external_id, profile, observed)
+            .await?;
+        Ok(Response::new(pb::IngestCustomerResponse {
+            customer: Some(convert::customer_to_proto(&done.customer)),
+            outcome: convert::outcome_to_proto(done.outcome) as i32,
+            match_probability: done.probability,
+        }))
+    }
+
+    async fn import_customers(
+        &self,
+        req: Request<Streaming<pb::ImportCustomersRequest>>,
+    ) -> Result<Response<pb::ImportJob>, Status> {
+        let principal = auth::principal(&req)?;
+        self.authorizer.check(&principal, "customer.import", COLLECTION).await?;
+        let mut stream = req.into_inner();
+        let spec = match stream.message().await? {
+            Some(pb::ImportCustomersRequest {
+                content: Some(Content::Spec(spec)),
+            }) => spec,
+            _ => return Err(Error::invalid("spec", "the first message must carry the import spec").into()),
+        };
+        let mut v = Validation::default();
+        let id_ok = {
+            let id = &spec.import_job_id;
+            let ok = (1..=63).contains(&id.len())
+                && id.bytes().next().is_some_and(|b| b.is_ascii_lowercase())
+                && id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+            v.check(if ok {
+                Ok(())
+            } else {
+                Err(Error::invalid(
+                    "spec.import_job_id",
+                    "1 to 63 of [a-z0-9-], starting with a letter",
+                ))
+            })
+        };
+        let source = v.check(convert::source_from_proto(spec.source, "spec.source"));
+        let mapping = v.check(
+            Mapping::validated(spec.mapping.into_iter().map(|m| (m.column, m.field)).collect()).map_err(|e| e.in_field("spec")),
+        );
+        let ((source, mapping), ()) = v.finish(source.zip(mapping).zip(id_ok))?;
+        let mut job = self.customers.open_import(&spec.import_job_id, source, mapping).await?;
+        loop {
+            let message = match stream.message().await {
+                Ok(Some(m)) => m,
+                Ok(None) => break,
+                Err(status) => {
+                    // The client went away mid-stream: what was processed is committed.
+                    self.customers.close_import(&mut job, false).await?;
+                    return Err(status);
+                }
+            };
+            let rows = match message.content {
+                Some(Content::Rows(rows)) => rows.rows,
+                _ => {
+                    self.customers.close_import(&mut job, false).await?;
+                    return Err(Error::invalid("rows", "only the first message carries a spec; later ones carry rows").into());
+                }
+            };
+            if rows.len() > MAX_IMPORT_ROWS {
+                self.customers.close_import(&mut job, false).await?;
+                return Err(Error::invalid("rows.rows", format!("at most {MAX_IMPORT_ROWS} rows per message")).into());
+            }
+            let mut bad = Vec::new();
+            for (i, r) in rows.iter().enumerate() {
+                if r.row_key.is_empty() || r.row_key.len() > 128 {
+                    bad.push(crm_platform::FieldViolation::new(
+                        format!("rows.rows[{i}].row_key"),
+                        "1 to 128 characters",
+                    ));
+                }
+            }
+            if !bad.is_empty() {
+                self.customers.close_import(&mut job, false).await?;
+                return Err(Error::InvalidArgument(bad).into());
+            }
+            let rows = rows
+                .into_iter()
+                .map(|r| Row {
+                    key: r.row_key,
+                    values: r.values.into_iter().collect(),
+                })
+                .collect();
+            if let Err(e) = self.customers.import_batch(&principal.user_id, &mut job, rows).await {
+                self.customers.close_import(&mut job, false).await?;
+                return Err(e.into());
+            }
+        }
+        self.customers.close_import(&mut job, true).await?;
+        Ok(Response::new(convert::job_to_proto(&job)))
+    }
+
+    async fn get_import_job(&self, req: Request<pb::GetImportJobRequest>) -> Result<Response<pb::ImportJob>, Status> {
+        let principal = auth::principal(&req)?;
+        let req = req.into_inner();
+        self.authorizer.check(&principal, "customer.import", &req.name).await?;
+        let id = import_job_id(&req.name, "name")?;
+        Ok(Response::new(convert::job_to_proto(&self.customers.get_import(id).await?)))
+    }
+
+    async fn list_import_row_results(
+        &self,
+        req: Request<pb::ListImportRowResultsRequest>,
+    ) -> Result<Response<pb::ListImportRowResultsResponse>, Status> {
+        let principal = auth::principal(&req)?;
+        let req = req.into_inner();
+        self.authorizer.check(&principal, "customer.import", &req.parent).await?;
+        let fingerprint = paging::fingerprint(&[&req.parent, &req.outcome.to_string()]);
+        let mut v = Validation::default();
+        let id = v.check(import_job_id(&req.parent, "parent"));
+        let page_size = v.check(paging::page_size(req.page_size, 100, MAX_PAGE_SIZE));
+        let outcome = v.check(match pb::IngestOutcome::try_from(req.outcome) {
+            Ok(pb::IngestOutcome::Unspecified) => Ok(None),
+            Ok(o) => Ok(Outcome::parse(
+                &o.as_str_name().trim_start_matches("INGEST_OUTCOME_").to_lowercase(),
+            )),
+            Err(_) => Err(Error::invalid("outcome", format!("{} is not a known value", req.outcome))),
+        });
+        let after = v.check(if req.page_token.is_empty() {
+            Ok(0)
+        } else {
+            self.page_tokens.decode::<i64>(&fingerprint, &req.page_token)
+        });
+        let (((id, page_size), outcome), after) = v.finish(id.zip(page_size).zip(outcome).zip(after))?;
+        let mut rows = self
+            .customers
+            .list_import_rows(id, outcome, after, u64::from(page_size) + 1)
+            .await?;
+        let next_page_token = if rows.len() > page_size as usize {
+            rows.truncate(page_size as usize);
+            match rows.last() {
+                Some((seq, _)) => self.page_tokens.encode(&fingerprint, seq)?,
+                None => String::new(),
+            }
+        } else {
+            String::new()
+        };
+        Ok(Response::new(pb::ListImportRowResultsResponse {
+            results: rows.iter().map(|(_, r)| convert::row_to_proto(r)).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn find_duplicates(
+        &self,
+        req: Request<pb::FindDuplicatesRequest>,
+    ) -> Result<Response<pb::FindDuplicatesResponse>, Status> {
+        let principal = auth::principal(&req)?;
+        let req = req.into_inner();
+        let max = match req.max_matches {
+            0 => 10,
+            n @ 1..=100 => n as usize,
+            _ => return Err(Error::invalid("max_matches", "between 0 and 100").into()),
+        };
+        let found = match req.probe {
+            Some(Probe::Name(name)) => {
+                let id = CustomerId::parse_name(&name, "name")?;
+                self.authorizer.check(&principal, "customer.read", &name).await?;
+                self.customers.find_duplicates_of(id, max).await?
+            }
+            Some(Probe::Customer(c)) => {
+                self.authorizer.check(&principal, "customer.read", COLLECTION).await?;
+                let profile = convert::profile_from_proto(c).map_err(|e| e.in_field("customer"))?;
+                self.customers.find_duplicates_of_probe(profile, max).await?
+            }
+            None => return Err(Error::invalid("probe", "set `name` or `customer`").into()),
+        };
+        let cfg = &self.customers.settings().matching;
+        Ok(Response::new(pb::FindDuplicatesResponse {
+            matches: found
+                .iter()
+                .map(|m| pb::DuplicateMatch {
+                    customer: m.customer.name(),
+                    match_probability: m.score.probability,
+                    comparisons: convert::comparisons_to_proto(&m.score.comparisons),
+                    decision: match cfg.decide(m.score.probability) {
+                        crate::domain::matching::Decision::Distinct => pb::MatchDecision::Distinct,
+                        crate::domain::matching::Decision::Review => pb::MatchDecision::Review,
+                        crate::domain::matching::Decision::Match => pb::MatchDecision::Match,
+                    } as i32,
+                })
+                .collect(),
+        }))
+    }
+
+    async fn list_duplicate_candidates(
+        &self,
+        req: Request<pb::ListDuplicateCandidatesRequest>,
+    ) -> Result<Response<pb::ListDuplicateCandidatesResponse>, Status> {
+        let principal = auth::principal(&req)?;
+        let req = req.into_inner();
+        self.authorizer
+            .check(&principal, "customer.read", "duplicateCandidates")
+            .await?;
+        let fingerprint = paging::fingerprint(&[&req.state.to_string(), &req.customer]);
+        let mut v = Validation::default();
+        let page_size = v.check(paging::page_size(req.page_size, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE));
+        let state = v.check(match pb::DuplicateState::try_from(req.state) {
+            Ok(pb::DuplicateState::Unspecified | pb::DuplicateState::Open) => Ok(CandidateState::Open),
+            Ok(pb::DuplicateState::Merged) => Ok(CandidateState::Merged),
+            Ok(pb::DuplicateState::Dismissed) => Ok(CandidateState::Dismissed),
+            Err(_) => Err(Error::invalid("state", format!("{} is not a known value", req.state))),
+        });
+        let customer = v.check(if req.customer.is_empty() {
+            Ok(None)
+        } else {
+            CustomerId::parse_name(&req.customer, "customer").map(Some)
+        });
+        let after = v.check(if req.page_token.is_empty() {
+            Ok(None)
+        } else {
+            self.page_tokens
+                .decode::<CandidatePosition>(&fingerprint, &req.page_token)
+                .map(Some)
+        });
+        let (((page_size, state), customer), after) = v.finish(page_size.zip(state).zip(customer).zip(after))?;
+        let mut found = self
+            .customers
+            .list_candidates(state, customer, after.as_ref(), u64::from(page_size) + 1)
+            .await?;
+        let next_page_token = if found.len() > page_size as usize {
+            found.truncate(page_size as usize);
+            match found.last() {
+                Some(last) => self.page_tokens.encode(
+                    &fingerprint,
+                    &CandidatePosition {
+                        probability: last.probability,
+                        id: last.id.to_string(),
+                    },
+                )?,
+                None => String::new(),
+            }
+        } else {
+            String::new()
+        };
+        Ok(Response::new(pb::ListDuplicateCandidatesResponse {
+            duplicate_candidates: found.iter().map(convert::candidate_to_proto).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn dismiss_duplicate_candidate(
+        &self,
+        req: Request<pb::DismissDuplicateCandidateRequest>,
+    ) -> Result<Response<pb::DuplicateCandidate>, Status> {
+        let principal = auth::principal(&req)?;
+        let req = req.into_inner();
+        self.authorizer.check(&principal, "customer.merge", &req.name).await?;
+        let id = req
+            .name
+            .strip_prefix("duplicateCandidates/")
+            .and_then(|id| uuid::Uuid::parse_str(id).ok())
+            .ok_or_else(|| Error::invalid("name", "must be a resource name `duplicateCandidates/{candidate}`"))?;
+        let candidate = self.customers.dismiss_candidate(id).await?;
+        Ok(Response::new(convert::candidate_to_proto(&candidate)))
+    }
+
     type StreamEventsStream = ReceiverStream<Result<StreamEventsResponse, Status>>;
 
     async fn stream_events(&self, req: Request<StreamEventsRequest>) -> Result<Response<Self::StreamEventsStream>, Status> {
@@ -161,4 +521,10 @@ impl CustomerProfileService for Api {
         let stream = self.feed().stream(&req.get_ref().after_cursor, principal.expires_at).await?;
         Ok(Response::new(stream))
     }
+}
+
+fn import_job_id<'a>(name: &'a str, field: &str) -> Result<&'a str, Error> {
+    name.strip_prefix("importJobs/")
+        .filter(|id| !id.is_empty())
+        .ok_or_else(|| Error::invalid(field, "must be a resource name `importJobs/{import_job}`"))
 }

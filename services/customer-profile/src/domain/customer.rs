@@ -9,7 +9,7 @@ use crm_platform::{Error, FieldViolation};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::normalize;
+use super::{definitions::Definitions, normalize};
 
 pub const COLLECTION: &str = "customers";
 pub const RESOURCE_TYPE: &str = "crm.customer.v1.Customer";
@@ -201,14 +201,55 @@ pub struct Profile {
     /// Sorted, unique.
     pub tags: Vec<String>,
     pub custom_attributes: BTreeMap<String, String>,
+    /// `YYYY-MM-DD`, or empty.
+    #[serde(default)]
+    pub birth_date: String,
+    #[serde(default)]
+    pub national_id: String,
+}
+
+/// The id of a customer in a channel system.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ExternalId {
+    pub source: String,
+    pub external_id: String,
+}
+
+/// Which source set a field's value, and when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Provenance {
+    /// Source system id; `api` for direct calls.
+    pub source: String,
+    pub channel: Channel,
+    pub time: DateTime<Utc>,
 }
 
 /// A stored customer.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Customer {
     pub id: CustomerId,
     pub profile: Profile,
     pub source_channel: Channel,
+    /// Sorted.
+    #[serde(default)]
+    pub external_ids: Vec<ExternalId>,
+    /// By field path (`person_name.given_name`, `phone_numbers`, `custom_attributes.x`).
+    #[serde(default)]
+    pub provenance: BTreeMap<String, Provenance>,
+    /// Input as given, by field path, where normalisation changed it.
+    #[serde(default)]
+    pub raw_values: BTreeMap<String, String>,
+    /// Last written or confirmed by a source.
+    pub confirm_time: DateTime<Utc>,
+    /// Customers merged into this one.
+    #[serde(default)]
+    pub merged_customers: Vec<CustomerId>,
+    /// Set when this customer was merged into another.
+    #[serde(default)]
+    pub merged_into: Option<CustomerId>,
+    /// Computed on read from the definitions in force; not stored.
+    #[serde(default, skip_serializing)]
+    pub completeness: f64,
     /// Incremented by every change; the etag is derived from it.
     pub revision: i64,
     pub create_time: DateTime<Utc>,
@@ -239,10 +280,35 @@ pub struct Rules {
     pub default_region: String,
 }
 
-/// Collects violations while normalising a profile.
-struct Check(Vec<FieldViolation>);
+/// Collects violations while normalising a profile, and the raw input of values
+/// normalisation changed.
+struct Check(Vec<FieldViolation>, BTreeMap<String, String>);
 
 impl Check {
+    /// Remembers `raw` for `field` when the stored `value` differs from it.
+    fn keep_raw(&mut self, field: impl Into<String>, raw: &str, value: &str) {
+        if raw.trim() != value {
+            self.1.insert(field.into(), raw.to_owned());
+        }
+    }
+
+    /// Normalises an optional value with `f`, remembering the raw input.
+    fn optional(&mut self, field: &str, raw: &str, f: impl Fn(&str) -> Result<String, String>) -> String {
+        if raw.trim().is_empty() {
+            return String::new();
+        }
+        match f(raw) {
+            Ok(value) => {
+                self.keep_raw(field, raw, &value);
+                value
+            }
+            Err(why) => {
+                self.fail(field, why);
+                String::new()
+            }
+        }
+    }
+
     fn fail(&mut self, field: impl Into<String>, description: impl Into<String>) {
         self.0.push(FieldViolation::new(field, description));
     }
@@ -290,7 +356,8 @@ impl Check {
                 Ok(v) if seen.contains(&key(&v)) => self.fail(format!("{field}[{i}].{leaf}"), format!("{v} is listed twice")),
                 Ok(v) => {
                     seen.push(key(&v));
-                    *slot = v;
+                    let raw = std::mem::replace(slot, v);
+                    self.keep_raw(format!("{field}[{i}].{leaf}"), &raw, slot);
                 }
                 Err(why) => self.fail(format!("{field}[{i}].{leaf}"), why),
             }
@@ -311,10 +378,28 @@ impl Check {
 }
 
 impl Profile {
-    /// Normalises every value and checks every rule, reporting all violations at
-    /// once (field paths relative to the customer, e.g. `phone_numbers[1].number`).
-    pub fn validated(mut self, rules: &Rules) -> Result<Self, Error> {
-        let mut check = Check(Vec::new());
+    /// Normalises every value and checks every rule and field definition, reporting
+    /// all violations at once (field paths relative to the customer, e.g.
+    /// `phone_numbers[1].number`). Returns the profile and the raw input of every value
+    /// that normalisation changed, by field path.
+    pub fn validated(self, rules: &Rules, defs: &Definitions) -> Result<(Self, BTreeMap<String, String>), Error> {
+        self.normalized(rules, defs, true)
+    }
+
+    /// Like [`Profile::validated`] for a partial record that will be combined with a
+    /// stored one (ingestion): checks and normalises the values given, but infers
+    /// nothing and requires nothing. Validate the combined profile afterwards.
+    pub fn validated_partial(self, rules: &Rules, defs: &Definitions) -> Result<(Self, BTreeMap<String, String>), Error> {
+        self.normalized(rules, defs, false)
+    }
+
+    fn normalized(
+        mut self,
+        rules: &Rules,
+        defs: &Definitions,
+        complete: bool,
+    ) -> Result<(Self, BTreeMap<String, String>), Error> {
+        let mut check = Check(Vec::new(), BTreeMap::new());
 
         // Sizes first: an oversized list is refused before any per-item work, so a
         // large request costs no more than reading it.
@@ -348,17 +433,17 @@ impl Profile {
         self.organization_name = check.text("organization_name", &self.organization_name, MAX_NAME);
         self.display_name = check.text("display_name", &self.display_name, MAX_NAME);
 
-        if self.kind == CustomerKind::Unspecified {
+        if complete && self.kind == CustomerKind::Unspecified {
             self.kind = if self.person_name.is_empty() && !self.organization_name.is_empty() {
                 CustomerKind::Organization
             } else {
                 CustomerKind::Person
             };
         }
-        if self.kind == CustomerKind::Organization && self.organization_name.is_empty() {
+        if complete && self.kind == CustomerKind::Organization && self.organization_name.is_empty() {
             check.fail("organization_name", "required for an organisation");
         }
-        if self.display_name.is_empty() {
+        if complete && self.display_name.is_empty() {
             let n = &self.person_name;
             self.display_name = match self.kind {
                 CustomerKind::Organization => self.organization_name.clone(),
@@ -396,11 +481,22 @@ impl Profile {
         for (i, address) in self.addresses.iter_mut().enumerate() {
             let field = format!("addresses[{i}].postal_address");
             let p = &mut address.postal;
-            match normalize::region_code(&p.region_code) {
-                Ok(code) => p.region_code = code,
-                Err(why) => check.fail(format!("{field}.region_code"), why),
+            let region_ok = match normalize::region_code(&p.region_code) {
+                Ok(code) => {
+                    p.region_code = code;
+                    true
+                }
+                Err(why) => {
+                    check.fail(format!("{field}.region_code"), why);
+                    false
+                }
+            };
+            if region_ok {
+                let region = p.region_code.clone();
+                p.postal_code = check.optional(&format!("{field}.postal_code"), &p.postal_code, |raw| {
+                    normalize::postal_code(raw, &region)
+                });
             }
-            p.postal_code = check.text(&format!("{field}.postal_code"), &p.postal_code, 16);
             p.administrative_area = check.text(
                 &format!("{field}.administrative_area"),
                 &p.administrative_area,
@@ -425,7 +521,7 @@ impl Profile {
         }
         check.primaries("addresses", &mut self.addresses, |a| &mut a.primary);
 
-        if self.lifecycle_stage == LifecycleStage::Unspecified {
+        if complete && self.lifecycle_stage == LifecycleStage::Unspecified {
             self.lifecycle_stage = LifecycleStage::Lead;
         }
         self.owner_user_id = check.identifier("owner_user_id", &self.owner_user_id);
@@ -445,23 +541,49 @@ impl Profile {
         }
         self.tags = tags;
 
+        self.birth_date = check.optional("birth_date", &self.birth_date, normalize::date);
+        self.national_id = check.optional("national_id", &self.national_id, |raw| normalize::national_id(raw, region));
+
         for (key, value) in &mut self.custom_attributes {
+            let field = format!("custom_attributes[{key}]");
             if let Err(why) = normalize::attribute_key(key) {
-                check.fail(format!("custom_attributes[{key}]"), why);
+                check.fail(field, why);
+                continue;
             }
-            *value = value.trim().to_owned();
-            if value.contains('\0') {
-                check.fail(format!("custom_attributes[{key}]"), "value must not contain NUL characters");
-            } else if value.chars().count() > MAX_ATTRIBUTE_VALUE {
+            if value.contains('\0') || value.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
+                check.fail(field, "value must not contain control characters");
+                continue;
+            }
+            if value.chars().count() > MAX_ATTRIBUTE_VALUE {
+                check.fail(field, format!("value at most {MAX_ATTRIBUTE_VALUE} characters"));
+                continue;
+            }
+            let Some(def) = defs.custom(key) else {
                 check.fail(
-                    format!("custom_attributes[{key}]"),
-                    format!("value at most {MAX_ATTRIBUTE_VALUE} characters"),
+                    field,
+                    format!("no field definition `custom_attributes.{key}`: define it with UpdateFieldDefinition first"),
                 );
+                continue;
+            };
+            if self.kind != CustomerKind::Unspecified && !def.applies(self.kind) {
+                check.fail(field, "does not apply to this customer type");
+                continue;
             }
+            match def.normalize_value(value, region) {
+                Ok(v) => {
+                    let raw = std::mem::replace(value, v);
+                    check.keep_raw(field, &raw, value);
+                }
+                Err(why) => check.fail(field, why),
+            }
+        }
+        self.custom_attributes.retain(|_, v| !v.is_empty());
+        if complete {
+            check.0.extend(defs.missing_required(&self));
         }
 
         if check.0.is_empty() {
-            Ok(self)
+            Ok((self, check.1))
         } else {
             Err(Error::InvalidArgument(check.0))
         }
@@ -478,8 +600,12 @@ mod tests {
         }
     }
 
+    fn valid(p: Profile) -> Profile {
+        p.validated(&rules(), &Definitions::default()).unwrap().0
+    }
+
     fn violations(p: Profile) -> Vec<String> {
-        match p.validated(&rules()) {
+        match p.validated(&rules(), &Definitions::default()) {
             Err(Error::InvalidArgument(v)) => v.into_iter().map(|f| f.field).collect(),
             other => panic!("expected violations, got {other:?}"),
         }
@@ -505,7 +631,7 @@ mod tests {
 
     #[test]
     fn normalises_and_infers() {
-        let p = Profile {
+        let p = valid(Profile {
             person_name: PersonName {
                 given: " 小明 ".into(),
                 family: "王".into(),
@@ -515,9 +641,7 @@ mod tests {
             emails: vec![email("Xiao.Ming@Example.CN", false)],
             tags: vec!["VIP".into(), "vip".into(), "new".into()],
             ..Default::default()
-        }
-        .validated(&rules())
-        .unwrap();
+        });
         assert_eq!(p.kind, CustomerKind::Person);
         assert_eq!(p.display_name, "王小明");
         assert_eq!(p.phones[0].number, "+8613800138000");
@@ -529,12 +653,10 @@ mod tests {
 
     #[test]
     fn organisation_inferred_and_named() {
-        let p = Profile {
+        let p = valid(Profile {
             organization_name: "ACME  Ltd".into(),
             ..Default::default()
-        }
-        .validated(&rules())
-        .unwrap();
+        });
         assert_eq!(p.kind, CustomerKind::Organization);
         assert_eq!(p.display_name, "ACME Ltd");
         let missing = Profile {
@@ -551,7 +673,11 @@ mod tests {
             phones: vec![phone("12"), phone("13800138000"), phone("+86 138-0013-8000")],
             emails: vec![email("nope", true), email("a@b.com", true)],
             tags: vec!["bad tag".into()],
-            custom_attributes: BTreeMap::from([("Bad-Key".to_owned(), "v".to_owned())]),
+            custom_attributes: BTreeMap::from([
+                ("Bad-Key".to_owned(), "v".to_owned()),
+                ("undefined".to_owned(), "v".to_owned()),
+            ]),
+            birth_date: "1990-02-30".into(),
             owner_user_id: "has space".into(),
             ..Default::default()
         };
@@ -564,6 +690,8 @@ mod tests {
             "email_addresses",
             "tags[0]",
             "custom_attributes[Bad-Key]",
+            "custom_attributes[undefined]",
+            "birth_date",
             "owner_user_id",
         ] {
             assert!(fields.iter().any(|f| f == want), "missing {want} in {fields:?}");
@@ -591,7 +719,7 @@ mod tests {
         assert_eq!(violations(p), vec!["display_name"]);
         let p = Profile {
             display_name: "ok".into(),
-            custom_attributes: BTreeMap::from([("note".to_owned(), "a\u{0}".to_owned())]),
+            custom_attributes: BTreeMap::from([("note".to_owned(), "a\u{1}".to_owned())]),
             ..Default::default()
         };
         assert_eq!(violations(p), vec!["custom_attributes[note]"]);
@@ -617,6 +745,74 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(violations(p), vec!["addresses[0].postal_address.region_code"]);
+    }
+
+    #[test]
+    fn raw_input_is_kept_where_normalisation_changed_it() {
+        let (p, raw) = Profile {
+            display_name: "Li".into(),
+            phones: vec![phone("138 0013 8000"), phone("+8613900139000")],
+            birth_date: "1990/1/2".into(),
+            addresses: vec![Address {
+                kind: ContactKind::Home,
+                primary: true,
+                postal: PostalAddress {
+                    region_code: "cn".into(),
+                    postal_code: "100 080".into(),
+                    ..Default::default()
+                },
+            }],
+            ..Default::default()
+        }
+        .validated(&rules(), &Definitions::default())
+        .unwrap();
+        assert_eq!(p.birth_date, "1990-01-02");
+        assert_eq!(p.addresses[0].postal.postal_code, "100080");
+        assert_eq!(raw.get("phone_numbers[0].number").map(String::as_str), Some("138 0013 8000"));
+        assert_eq!(raw.get("birth_date").map(String::as_str), Some("1990/1/2"));
+        assert_eq!(
+            raw.get("addresses[0].postal_address.postal_code").map(String::as_str),
+            Some("100 080")
+        );
+        assert!(
+            !raw.contains_key("phone_numbers[1].number"),
+            "unchanged values keep no raw copy"
+        );
+    }
+
+    #[test]
+    fn custom_attributes_follow_their_definitions() {
+        use super::super::definitions::{FieldDefinition, FieldType};
+        let tier = FieldDefinition {
+            path: "custom_attributes.tier".into(),
+            display_name: "Tier".into(),
+            description: String::new(),
+            field_type: FieldType::Enum,
+            built_in: false,
+            applies_to: vec![],
+            required_for: vec![CustomerKind::Person],
+            allowed_values: vec!["Gold".into(), "Silver".into()],
+            classification: Default::default(),
+            completeness_weight: 1.0,
+            revision: 1,
+            update_time: None,
+        };
+        let defs = Definitions::new(vec![tier]);
+        let ok = Profile {
+            display_name: "Li".into(),
+            custom_attributes: BTreeMap::from([("tier".to_owned(), "gold".to_owned())]),
+            ..Default::default()
+        };
+        let (p, _) = ok.validated(&rules(), &defs).unwrap();
+        assert_eq!(p.custom_attributes["tier"], "Gold");
+        let missing = Profile {
+            display_name: "Li".into(),
+            ..Default::default()
+        };
+        match missing.validated(&rules(), &defs) {
+            Err(Error::InvalidArgument(v)) => assert_eq!(v[0].field, "custom_attributes.tier"),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

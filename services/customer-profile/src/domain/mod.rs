@@ -2,8 +2,12 @@
 //! how a field-mask update merges, and how list queries are expressed. Pure code: no
 //! database, no gRPC.
 
+pub mod combine;
 pub mod customer;
+pub mod definitions;
 pub mod filter;
+pub mod import;
+pub mod matching;
 pub mod normalize;
 pub mod update;
 

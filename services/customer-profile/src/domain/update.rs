@@ -21,6 +21,8 @@ pub enum Path {
     Tags,
     CustomAttributes,
     CustomAttribute(String),
+    BirthDate,
+    NationalId,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,7 +34,7 @@ pub enum NamePart {
     Suffix,
 }
 
-const ALL: [Path; 12] = [
+const ALL: [Path; 14] = [
     Path::Kind,
     Path::DisplayName,
     Path::PersonName,
@@ -45,6 +47,8 @@ const ALL: [Path; 12] = [
     Path::TeamId,
     Path::Tags,
     Path::CustomAttributes,
+    Path::BirthDate,
+    Path::NationalId,
 ];
 
 impl Path {
@@ -67,6 +71,8 @@ impl Path {
             "team_id" => Self::TeamId,
             "tags" => Self::Tags,
             "custom_attributes" => Self::CustomAttributes,
+            "birth_date" => Self::BirthDate,
+            "national_id" => Self::NationalId,
             other => Self::CustomAttribute(other.strip_prefix("custom_attributes.")?.to_owned()),
         })
     }
@@ -120,6 +126,8 @@ pub fn populated_paths(patch: &Profile) -> Vec<Path> {
     push(!patch.team_id.is_empty(), Path::TeamId);
     push(!patch.tags.is_empty(), Path::Tags);
     push(!patch.custom_attributes.is_empty(), Path::CustomAttributes);
+    push(!patch.birth_date.is_empty(), Path::BirthDate);
+    push(!patch.national_id.is_empty(), Path::NationalId);
     paths
 }
 
@@ -151,6 +159,8 @@ pub fn apply(current: &Profile, patch: &Profile, paths: &[Path]) -> Profile {
             Path::TeamId => next.team_id.clone_from(&patch.team_id),
             Path::Tags => next.tags = patch.tags.clone(),
             Path::CustomAttributes => next.custom_attributes = patch.custom_attributes.clone(),
+            Path::BirthDate => next.birth_date.clone_from(&patch.birth_date),
+            Path::NationalId => next.national_id.clone_from(&patch.national_id),
             Path::CustomAttribute(key) => match patch.custom_attributes.get(key) {
                 Some(value) => {
                     next.custom_attributes.insert(key.clone(), value.clone());
@@ -166,7 +176,7 @@ pub fn apply(current: &Profile, patch: &Profile, paths: &[Path]) -> Profile {
 
 /// The top-level fields whose value differs, as proto field paths.
 pub fn changed_paths(old: &Profile, new: &Profile) -> Vec<String> {
-    let checks: [(&str, bool); 12] = [
+    let checks: [(&str, bool); 14] = [
         ("type", old.kind != new.kind),
         ("display_name", old.display_name != new.display_name),
         ("person_name", old.person_name != new.person_name),
@@ -179,6 +189,8 @@ pub fn changed_paths(old: &Profile, new: &Profile) -> Vec<String> {
         ("team_id", old.team_id != new.team_id),
         ("tags", old.tags != new.tags),
         ("custom_attributes", old.custom_attributes != new.custom_attributes),
+        ("birth_date", old.birth_date != new.birth_date),
+        ("national_id", old.national_id != new.national_id),
     ];
     checks
         .iter()

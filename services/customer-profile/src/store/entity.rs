@@ -20,6 +20,11 @@ pub mod customer {
         pub create_time: DateTimeUtc,
         pub update_time: DateTimeUtc,
         pub delete_time: Option<DateTimeUtc>,
+        /// Sealed JSON of the sensitive fields.
+        pub sealed: Option<Vec<u8>>,
+        pub key_id: String,
+        pub confirm_time: Option<DateTimeUtc>,
+        pub merged_into: Option<String>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -6,11 +6,18 @@ use crm_platform::{
     migrate::{Dialect, Migration},
 };
 
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "customers, tags, outbox, idempotency keys",
-    up: v1,
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "customers, tags, outbox, idempotency keys",
+        up: v1,
+    },
+    Migration {
+        version: 2,
+        name: "sealed sensitive fields, blocking keys, external ids, duplicate candidates, field definitions, imports",
+        up: v2,
+    },
+];
 
 fn v1(d: Dialect) -> Vec<String> {
     let ts = d.timestamp();
@@ -34,4 +41,45 @@ fn v1(d: Dialect) -> Vec<String> {
     sql.extend(feed::migration_sql(d));
     sql.extend(idempotency::migration_sql(d));
     sql
+}
+
+fn v2(d: Dialect) -> Vec<String> {
+    let ts = d.timestamp();
+    let bytes = d.bytes();
+    vec![
+        // Sensitive fields, sealed (AES-256-GCM) under `key_id`; NULL for rows written
+        // before this step, which the re-encryption job seals.
+        format!("ALTER TABLE customers ADD COLUMN sealed {bytes}"),
+        "ALTER TABLE customers ADD COLUMN key_id TEXT NOT NULL DEFAULT ''".into(),
+        format!("ALTER TABLE customers ADD COLUMN confirm_time {ts}"),
+        "ALTER TABLE customers ADD COLUMN merged_into TEXT".into(),
+        "CREATE INDEX customers_key_id ON customers (key_id, id)".into(),
+        // Blocking keys: blind indexes (HMAC) of normalised values, never plaintext.
+        "CREATE TABLE customer_keys (customer_id TEXT NOT NULL, kind TEXT NOT NULL, value TEXT NOT NULL, \
+         PRIMARY KEY (customer_id, kind, value))"
+            .into(),
+        "CREATE INDEX customer_keys_lookup ON customer_keys (kind, value, customer_id)".into(),
+        "CREATE TABLE customer_external_ids (source TEXT NOT NULL, external_id TEXT NOT NULL, customer_id TEXT NOT NULL, \
+         PRIMARY KEY (source, external_id))"
+            .into(),
+        "CREATE INDEX customer_external_ids_customer ON customer_external_ids (customer_id)".into(),
+        format!(
+            "CREATE TABLE duplicate_candidates (id TEXT PRIMARY KEY, pair_key TEXT NOT NULL UNIQUE, customer_id TEXT NOT NULL, \
+             other_customer_id TEXT NOT NULL, probability DOUBLE PRECISION NOT NULL, comparisons TEXT NOT NULL, state TEXT NOT NULL, \
+             create_time {ts} NOT NULL, update_time {ts} NOT NULL)"
+        ),
+        "CREATE INDEX duplicate_candidates_state ON duplicate_candidates (state, probability, id)".into(),
+        "CREATE INDEX duplicate_candidates_customer ON duplicate_candidates (customer_id)".into(),
+        "CREATE INDEX duplicate_candidates_other ON duplicate_candidates (other_customer_id)".into(),
+        format!(
+            "CREATE TABLE field_definitions (path TEXT PRIMARY KEY, body TEXT NOT NULL, revision BIGINT NOT NULL, update_time {ts} NOT NULL)"
+        ),
+        format!(
+            "CREATE TABLE import_jobs (id TEXT PRIMARY KEY, body TEXT NOT NULL, create_time {ts} NOT NULL, update_time {ts} NOT NULL)"
+        ),
+        "CREATE TABLE import_rows (job_id TEXT NOT NULL, row_key TEXT NOT NULL, seq BIGINT NOT NULL, outcome TEXT NOT NULL, \
+         customer TEXT NOT NULL, errors TEXT NOT NULL, probability DOUBLE PRECISION NOT NULL, PRIMARY KEY (job_id, row_key))"
+            .into(),
+        "CREATE INDEX import_rows_seq ON import_rows (job_id, seq)".into(),
+    ]
 }

@@ -4,9 +4,12 @@
 
 mod entity;
 mod migrations;
+pub mod records;
+
+use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
-use crm_platform::{Error, Result};
+use crm_platform::{Error, Result, crypto::Keyring};
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, EntityTrait, Order, QueryFilter, QueryOrder,
     QuerySelect, sea_query::Query,
@@ -15,7 +18,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::domain::{
     Customer, CustomerId, Profile,
-    customer::Channel,
+    customer::{Channel, Email, ExternalId, Phone, Provenance},
+    definitions::Definitions,
     filter::{Comparison, Filter, OrderBy, OrderField},
 };
 use entity::{customer, customer_tag};
@@ -56,36 +60,120 @@ pub struct ListQuery {
     pub limit: u64,
 }
 
-pub async fn find<C: ConnectionTrait>(conn: &C, id: CustomerId) -> Result<Option<Customer>> {
+/// Seals the sensitive part of a customer on write and opens it on read. Which
+/// custom attributes are sensitive comes from the field definitions.
+#[derive(Clone, Copy)]
+pub struct Sealer<'a> {
+    pub keyring: &'a Keyring,
+    pub definitions: &'a Definitions,
+}
+
+/// The columns-and-JSON part of a stored customer.
+#[derive(Serialize, Deserialize)]
+struct Plain {
+    #[serde(flatten)]
+    profile: Profile,
+    #[serde(default)]
+    provenance: BTreeMap<String, Provenance>,
+    #[serde(default)]
+    external_ids: Vec<ExternalId>,
+    #[serde(default)]
+    merged_customers: Vec<CustomerId>,
+}
+
+/// The sealed part: contacts, street lines, recipients, birth date, national id,
+/// sensitive custom attributes, and raw input (which may hold any of them).
+#[derive(Serialize, Deserialize, Default)]
+struct Secret {
+    phones: Vec<Phone>,
+    emails: Vec<Email>,
+    address_lines: Vec<Vec<String>>,
+    recipients: Vec<Vec<String>>,
+    birth_date: String,
+    national_id: String,
+    custom_attributes: BTreeMap<String, String>,
+    raw_values: BTreeMap<String, String>,
+}
+
+fn split(c: &Customer, defs: &Definitions) -> (Plain, Secret) {
+    let mut profile = c.profile.clone();
+    let (custom_secret, custom_plain): (BTreeMap<_, _>, BTreeMap<_, _>) = std::mem::take(&mut profile.custom_attributes)
+        .into_iter()
+        .partition(|(k, _)| defs.is_protected_custom(k));
+    profile.custom_attributes = custom_plain;
+    let secret = Secret {
+        phones: std::mem::take(&mut profile.phones),
+        emails: std::mem::take(&mut profile.emails),
+        address_lines: profile
+            .addresses
+            .iter_mut()
+            .map(|a| std::mem::take(&mut a.postal.address_lines))
+            .collect(),
+        recipients: profile
+            .addresses
+            .iter_mut()
+            .map(|a| std::mem::take(&mut a.postal.recipients))
+            .collect(),
+        birth_date: std::mem::take(&mut profile.birth_date),
+        national_id: std::mem::take(&mut profile.national_id),
+        custom_attributes: custom_secret,
+        raw_values: c.raw_values.clone(),
+    };
+    let plain = Plain {
+        profile,
+        provenance: c.provenance.clone(),
+        external_ids: c.external_ids.clone(),
+        merged_customers: c.merged_customers.clone(),
+    };
+    (plain, secret)
+}
+
+pub async fn find<C: ConnectionTrait>(conn: &C, sealer: Sealer<'_>, id: CustomerId) -> Result<Option<Customer>> {
     customer::Entity::find_by_id(id.uuid().to_string())
         .one(conn)
         .await?
-        .map(decode)
+        .map(|m| decode(m, sealer))
         .transpose()
+}
+
+/// Customers by id (any order; missing ids left out).
+pub async fn find_many<C: ConnectionTrait>(conn: &C, sealer: Sealer<'_>, ids: &[CustomerId]) -> Result<Vec<Customer>> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    customer::Entity::find()
+        .filter(customer::Column::Id.is_in(ids.iter().map(|id| id.uuid().to_string())))
+        .all(conn)
+        .await?
+        .into_iter()
+        .map(|m| decode(m, sealer))
+        .collect()
 }
 
 /// Reads a customer for a write and locks its row until the transaction ends
 /// (PostgreSQL `FOR UPDATE`; on SQLite the write transaction's lock already excludes
 /// other writers).
-pub async fn find_for_update<C: ConnectionTrait>(conn: &C, id: CustomerId) -> Result<Option<Customer>> {
+pub async fn find_for_update<C: ConnectionTrait>(conn: &C, sealer: Sealer<'_>, id: CustomerId) -> Result<Option<Customer>> {
     customer::Entity::find_by_id(id.uuid().to_string())
         .lock_exclusive()
         .one(conn)
         .await?
-        .map(decode)
+        .map(|m| decode(m, sealer))
         .transpose()
 }
 
-pub async fn insert<C: ConnectionTrait>(conn: &C, c: &Customer) -> Result<()> {
-    customer::Entity::insert(encode(c)?).exec_without_returning(conn).await?;
+pub async fn insert<C: ConnectionTrait>(conn: &C, sealer: Sealer<'_>, c: &Customer) -> Result<()> {
+    customer::Entity::insert(encode(c, sealer)?)
+        .exec_without_returning(conn)
+        .await?;
     insert_tags(conn, c).await
 }
 
 /// Writes `c` if the stored revision is still `expected_revision`; false when another
 /// writer got there first.
-pub async fn update<C: ConnectionTrait>(conn: &C, c: &Customer, expected_revision: i64) -> Result<bool> {
+pub async fn update<C: ConnectionTrait>(conn: &C, sealer: Sealer<'_>, c: &Customer, expected_revision: i64) -> Result<bool> {
     let result = customer::Entity::update_many()
-        .set(encode(c)?)
+        .set(encode(c, sealer)?)
         .filter(customer::Column::Id.eq(c.id.uuid().to_string()))
         .filter(customer::Column::Revision.eq(expected_revision))
         .exec(conn)
@@ -118,8 +206,8 @@ async fn insert_tags<C: ConnectionTrait>(conn: &C, c: &Customer) -> Result<()> {
     Ok(())
 }
 
-pub async fn list(db: &DatabaseConnection, q: &ListQuery) -> Result<Vec<Customer>> {
-    let mut select = customer::Entity::find();
+pub async fn list(db: &DatabaseConnection, sealer: Sealer<'_>, q: &ListQuery) -> Result<Vec<Customer>> {
+    let mut select = customer::Entity::find().filter(customer::Column::MergedInto.is_null());
     if !q.show_deleted {
         select = select.filter(customer::Column::DeleteTime.is_null());
     }
@@ -184,12 +272,20 @@ pub async fn list(db: &DatabaseConnection, q: &ListQuery) -> Result<Vec<Customer
         .limit(q.limit)
         .all(db)
         .await?;
-    rows.into_iter().map(decode).collect()
+    rows.into_iter().map(|m| decode(m, sealer)).collect()
 }
 
-fn encode(c: &Customer) -> Result<customer::ActiveModel> {
-    let profile = serde_json::to_string(&c.profile).map_err(Error::internal)?;
+fn encode(c: &Customer, sealer: Sealer<'_>) -> Result<customer::ActiveModel> {
+    let (plain, secret) = split(c, sealer.definitions);
+    let profile = serde_json::to_string(&plain).map_err(Error::internal)?;
+    let secret = serde_json::to_vec(&secret).map_err(Error::internal)?;
+    let id = c.id.uuid().to_string();
+    let sealed = sealer.keyring.seal(&secret, id.as_bytes())?;
     Ok(customer::ActiveModel {
+        sealed: Set(Some(sealed)),
+        key_id: Set(sealer.keyring.active_key().to_owned()),
+        confirm_time: Set(Some(c.confirm_time)),
+        merged_into: Set(c.merged_into.map(|m| m.uuid().to_string())),
         id: Set(c.id.uuid().to_string()),
         kind: Set(label(&c.profile.kind)?),
         display_name: Set(c.profile.display_name.clone()),
@@ -213,9 +309,33 @@ fn label<T: Serialize>(value: &T) -> Result<String> {
     }
 }
 
-fn decode(m: customer::Model) -> Result<Customer> {
-    let profile: Profile =
+fn decode(m: customer::Model, sealer: Sealer<'_>) -> Result<Customer> {
+    let plain: Plain =
         serde_json::from_str(&m.profile).map_err(|e| Error::internal(anyhow::anyhow!("customer {}: profile: {e}", m.id)))?;
+    let mut profile = plain.profile;
+    let mut raw_values = BTreeMap::new();
+    // Rows written before encryption (schema v1) have no sealed part yet: their
+    // sensitive fields are still in the JSON until the re-encryption job runs.
+    if let Some(sealed) = &m.sealed {
+        let bytes = sealer.keyring.open(sealed, m.id.as_bytes())?;
+        let secret: Secret = serde_json::from_slice(&bytes)
+            .map_err(|e| Error::internal(anyhow::anyhow!("customer {}: sealed part: {e}", m.id)))?;
+        profile.phones = secret.phones;
+        profile.emails = secret.emails;
+        for ((a, lines), recipients) in profile.addresses.iter_mut().zip(secret.address_lines).zip(secret.recipients) {
+            a.postal.address_lines = lines;
+            a.postal.recipients = recipients;
+        }
+        profile.birth_date = secret.birth_date;
+        profile.national_id = secret.national_id;
+        profile.custom_attributes.extend(secret.custom_attributes);
+        raw_values = secret.raw_values;
+    }
+    let parse_id = |text: &str| {
+        uuid::Uuid::parse_str(text)
+            .map(CustomerId::from_uuid)
+            .map_err(|e| Error::internal(anyhow::anyhow!("customer id {text}: {e}")))
+    };
     let id = uuid::Uuid::parse_str(&m.id).map_err(|e| Error::internal(anyhow::anyhow!("customer id {}: {e}", m.id)))?;
     let source_channel: Channel = serde_json::from_value(serde_json::Value::String(m.source_channel.clone()))
         .map_err(|e| Error::internal(anyhow::anyhow!("customer {}: source_channel: {e}", m.id)))?;
@@ -223,6 +343,13 @@ fn decode(m: customer::Model) -> Result<Customer> {
         id: CustomerId::from_uuid(id),
         profile,
         source_channel,
+        external_ids: plain.external_ids,
+        provenance: plain.provenance,
+        raw_values,
+        confirm_time: m.confirm_time.unwrap_or(m.update_time),
+        merged_customers: plain.merged_customers,
+        merged_into: m.merged_into.as_deref().map(parse_id).transpose()?,
+        completeness: 0.0,
         revision: m.revision,
         create_time: m.create_time,
         update_time: m.update_time,

@@ -39,6 +39,7 @@ impl TestApp {
             }
         }
         cfg.platform.auth.jwt_secret = SECRET.into();
+        cfg.platform.encryption = testing::encryption();
         cfg.platform.feed.poll_interval_ms = 50;
         cfg.platform.feed.heartbeat_secs = 1;
         if let Some(url) = testing::redis_url() {
@@ -109,6 +110,36 @@ impl TestApp {
 
     pub async fn create(&self, customer: pb::Customer) -> pb::Customer {
         self.try_create(customer).await.unwrap()
+    }
+
+    /// Defines (or redefines) the custom attribute `key`.
+    pub async fn define(&self, key: &str, def: pb::FieldDefinition) -> Result<pb::FieldDefinition, tonic::Status> {
+        self.client
+            .clone()
+            .update_field_definition(Self::admin(pb::UpdateFieldDefinitionRequest {
+                field_definition: Some(pb::FieldDefinition {
+                    name: format!("fieldDefinitions/custom_attributes.{key}"),
+                    ..def
+                }),
+                update_mask: None,
+                allow_missing: true,
+            }))
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    /// Defines a free-text custom attribute.
+    pub async fn define_text(&self, key: &str) {
+        self.define(
+            key,
+            pb::FieldDefinition {
+                display_name: key.into(),
+                r#type: pb::FieldType::String as i32,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
     }
 }
 

@@ -25,6 +25,7 @@ async fn create_normalises_and_get_returns_the_same() {
     }];
     input.tags = vec!["VIP".into(), "vip".into()];
     input.custom_attributes.insert("loyalty_tier".into(), "gold".into());
+    app.define_text("loyalty_tier").await;
     let created = app.create(input).await;
     assert!(created.name.starts_with("customers/"));
     assert_eq!(created.display_name, "王小明");
@@ -253,6 +254,9 @@ async fn concurrent_masked_updates_lose_nothing() {
     const WRITERS: usize = 8;
     let app = TestApp::spawn().await;
     let created = app.create(person("Many", "Writers")).await;
+    for i in 0..WRITERS {
+        app.define_text(&format!("k{i}")).await;
+    }
     let mut calls = Vec::new();
     for i in 0..WRITERS {
         let mut client = app.client.clone();

@@ -1,0 +1,498 @@
+//! Channel ingestion (upsert by external id, source priority, match-and-link) and
+//! bulk import (batches of rows through the same path, with a resumable job).
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use crm_platform::{Error, FieldViolation, Result, db::begin_write, feed};
+use sea_orm::DatabaseTransaction;
+use serde::{Deserialize, Serialize};
+
+use super::{Customers, carry_raw, not_found};
+use crate::{
+    domain::{
+        Customer, CustomerId, Profile,
+        combine::{Side, api_origin, combine, stamp_all},
+        customer::{Channel, ExternalId, Provenance},
+        definitions::Definitions,
+        import::{self, Mapping},
+        matching::Decision,
+        update,
+    },
+    events,
+    store::{self, records},
+};
+
+/// A channel system.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceRef {
+    pub system: String,
+    pub channel: Channel,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Created,
+    Updated,
+    Merged,
+    Unchanged,
+    Rejected,
+    Skipped,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Created => "created",
+            Self::Updated => "updated",
+            Self::Merged => "merged",
+            Self::Unchanged => "unchanged",
+            Self::Rejected => "rejected",
+            Self::Skipped => "skipped",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [
+            Self::Created,
+            Self::Updated,
+            Self::Merged,
+            Self::Unchanged,
+            Self::Rejected,
+            Self::Skipped,
+        ]
+        .into_iter()
+        .find(|o| o.as_str() == s)
+    }
+}
+
+/// What an ingested record did.
+#[derive(Debug, Clone)]
+pub struct Ingested {
+    pub customer: Customer,
+    pub outcome: Outcome,
+    pub probability: f64,
+}
+
+/// An import job as stored.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ImportJob {
+    pub id: String,
+    pub source: SourceRef,
+    pub mapping: Mapping,
+    pub state: ImportState,
+    pub rows_processed: i64,
+    pub counts: BTreeMap<String, i64>,
+    /// The first rejected rows.
+    pub errors: Vec<records::RowResult>,
+    pub create_time: DateTime<Utc>,
+    pub update_time: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ImportState {
+    Running,
+    Interrupted,
+    Succeeded,
+}
+
+impl ImportJob {
+    pub fn name(&self) -> String {
+        format!("importJobs/{}", self.id)
+    }
+
+    pub fn count(&self, outcome: Outcome) -> i64 {
+        self.counts.get(outcome.as_str()).copied().unwrap_or(0)
+    }
+}
+
+const MAX_JOB_ERRORS: usize = 100;
+pub const IMPORT_RESOURCE_TYPE: &str = "crm.customer.v1.ImportJob";
+
+impl serde::Serialize for records::RowResult {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        (&self.row_key, &self.outcome, &self.customer, &self.errors, self.probability).serialize(s)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for records::RowResult {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let (row_key, outcome, customer, errors, probability) =
+            <(String, String, String, Vec<(String, String)>, f64)>::deserialize(d)?;
+        Ok(Self {
+            row_key,
+            outcome,
+            customer,
+            errors,
+            probability,
+        })
+    }
+}
+
+/// A source id: 1 to 64 of `[a-z0-9_.-]`.
+pub fn check_source(system: &str) -> std::result::Result<(), String> {
+    let ok = !system.is_empty()
+        && system.len() <= 64
+        && system
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'.' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("`{system}` is not a source id: 1 to 64 of [a-z0-9_.-]"))
+    }
+}
+
+/// An external id: 1 to 128 characters, no control characters.
+pub fn check_external_id(id: &str) -> std::result::Result<(), String> {
+    if id.is_empty() || id.len() > 128 || id.chars().any(char::is_control) {
+        Err("1 to 128 characters, no control characters".into())
+    } else {
+        Ok(())
+    }
+}
+
+impl Customers {
+    /// Ingests one record in its own transaction.
+    pub async fn ingest(
+        &self,
+        actor: &str,
+        source: &SourceRef,
+        external_id: &str,
+        profile: Profile,
+        observed: Option<DateTime<Utc>>,
+    ) -> Result<Ingested> {
+        let defs = self.definitions().await?;
+        let (incoming, raw) = profile
+            .validated_partial(&self.settings.rules, &defs)
+            .map_err(|e| e.in_field("customer"))?;
+        let txn = begin_write(&self.db).await?;
+        let at = super::now();
+        let done = self
+            .ingest_in(
+                &txn,
+                &defs,
+                actor,
+                source,
+                external_id,
+                incoming,
+                raw,
+                observed.unwrap_or(at),
+                at,
+            )
+            .await
+            .map_err(|e| e.in_field("customer"))?;
+        txn.commit().await?;
+        if done.outcome != Outcome::Unchanged {
+            self.after_commit(&done.customer);
+        }
+        Ok(Ingested {
+            customer: Self::present(done.customer, &defs),
+            ..done
+        })
+    }
+
+    /// The ingestion of one validated partial record inside `txn`. A record that
+    /// cannot be stored fails with INVALID_ARGUMENT before anything is written.
+    #[allow(clippy::too_many_arguments)]
+    async fn ingest_in(
+        &self,
+        txn: &DatabaseTransaction,
+        defs: &Definitions,
+        actor: &str,
+        source: &SourceRef,
+        external_id: &str,
+        incoming: Profile,
+        raw: BTreeMap<String, String>,
+        observed: DateTime<Utc>,
+        at: DateTime<Utc>,
+    ) -> Result<Ingested> {
+        let origin = Provenance {
+            source: source.system.clone(),
+            channel: source.channel,
+            time: observed,
+        };
+        let link = ExternalId {
+            source: source.system.clone(),
+            external_id: external_id.to_owned(),
+        };
+        let linked = records::external_id(txn, &source.system, external_id).await?;
+        let (base, outcome, probability) = match linked {
+            Some(id) => {
+                let base = self.survivor_for_update(txn, defs, id).await?;
+                if base.delete_time.is_some() {
+                    return Err(Error::invalid(
+                        "external_id",
+                        format!("links to the deleted customer {}; restore or relink it", base.name()),
+                    ));
+                }
+                (base, Outcome::Updated, 0.0)
+            }
+            None => {
+                let (full, full_raw) = incoming.clone().validated(&self.settings.rules, defs)?;
+                let best = self.matches(txn, defs, &full, None).await?.into_iter().next();
+                match best {
+                    Some(m) if self.settings.matching.decide(m.score.probability) == Decision::Match => {
+                        let base = self.survivor_for_update(txn, defs, m.customer.id).await?;
+                        (base, Outcome::Merged, m.score.probability)
+                    }
+                    _ => {
+                        let customer = Customer {
+                            id: CustomerId::new(),
+                            provenance: stamp_all(&full, &origin),
+                            profile: full,
+                            source_channel: source.channel,
+                            external_ids: vec![link.clone()],
+                            raw_values: full_raw,
+                            confirm_time: at,
+                            merged_customers: Vec::new(),
+                            merged_into: None,
+                            completeness: 0.0,
+                            revision: 1,
+                            create_time: at,
+                            update_time: at,
+                            delete_time: None,
+                        };
+                        store::insert(txn, self.sealer(defs), &customer).await?;
+                        records::link_external_id(txn, &source.system, external_id, customer.id).await?;
+                        self.index(txn, &customer, defs).await?;
+                        feed::append(txn, self.seal_event(events::created(&customer, actor))?).await?;
+                        return Ok(Ingested {
+                            customer,
+                            outcome: Outcome::Created,
+                            probability: 0.0,
+                        });
+                    }
+                }
+            }
+        };
+
+        let fallback = api_origin(base.source_channel, base.update_time);
+        let no_provenance = BTreeMap::new();
+        let combined = combine(
+            &Side {
+                profile: &base.profile,
+                provenance: &base.provenance,
+                fallback: &fallback,
+            },
+            &Side {
+                profile: &incoming,
+                provenance: &no_provenance,
+                fallback: &origin,
+            },
+            &self.settings.priority,
+        );
+        let (profile, _) = combined.profile.validated(&self.settings.rules, defs)?;
+        let new_link = !base.external_ids.contains(&link);
+        if new_link {
+            records::link_external_id(txn, &source.system, external_id, base.id).await?;
+        }
+        let changed = update::changed_paths(&base.profile, &profile);
+        if changed.is_empty() && !new_link {
+            return Ok(Ingested {
+                customer: base,
+                outcome: Outcome::Unchanged,
+                probability,
+            });
+        }
+        let mut external_ids = base.external_ids.clone();
+        if new_link {
+            external_ids.push(link);
+            external_ids.sort();
+        }
+        let next = Customer {
+            profile,
+            provenance: combined.provenance,
+            raw_values: carry_raw(&base.raw_values, raw, &changed),
+            external_ids,
+            revision: base.revision + 1,
+            update_time: at,
+            confirm_time: at,
+            ..base.clone()
+        };
+        self.write_in(txn, defs, &base, &next, events::updated(&next, changed, actor))
+            .await?;
+        Ok(Ingested {
+            customer: next,
+            outcome,
+            probability,
+        })
+    }
+
+    /// Locks a customer for a write, following merges to the survivor.
+    async fn survivor_for_update(&self, txn: &DatabaseTransaction, defs: &Definitions, id: CustomerId) -> Result<Customer> {
+        let mut id = id;
+        for _ in 0..8 {
+            let c = store::find_for_update(txn, self.sealer(defs), id)
+                .await?
+                .ok_or_else(|| not_found(id))?;
+            match c.merged_into {
+                Some(next) => id = next,
+                None => return Ok(c),
+            }
+        }
+        Err(Error::internal(anyhow::anyhow!("merge chain of {} too long", id.name())))
+    }
+
+    /// Creates an import job, or resumes the one with the same id (same source and
+    /// mapping required).
+    pub async fn open_import(&self, id: &str, source: SourceRef, mapping: Mapping) -> Result<ImportJob> {
+        let name = format!("importJobs/{id}");
+        let txn = begin_write(&self.db).await?;
+        let at = super::now();
+        let job = match records::load_job::<_, ImportJob>(&txn, id).await? {
+            Some(mut job) => {
+                if job.source != source || job.mapping != mapping {
+                    return Err(Error::FailedPrecondition {
+                        reason: "IMPORT_SPEC_CHANGED",
+                        subject: name,
+                        message: "an import job resumes only with the source and mapping it was created with".into(),
+                    });
+                }
+                job.state = ImportState::Running;
+                job.update_time = at;
+                records::save_job(&txn, id, &job, at, false).await?;
+                job
+            }
+            None => {
+                let job = ImportJob {
+                    id: id.to_owned(),
+                    source,
+                    mapping,
+                    state: ImportState::Running,
+                    rows_processed: 0,
+                    counts: BTreeMap::new(),
+                    errors: Vec::new(),
+                    create_time: at,
+                    update_time: at,
+                };
+                records::save_job(&txn, id, &job, at, true).await?;
+                job
+            }
+        };
+        txn.commit().await?;
+        Ok(job)
+    }
+
+    /// Processes one batch of rows in one transaction: each row is skipped (key seen),
+    /// rejected (with its field errors) or ingested; its result and the job's counts
+    /// commit with the rows' effects.
+    pub async fn import_batch(&self, actor: &str, job: &mut ImportJob, rows: Vec<import::Row>) -> Result<()> {
+        let defs = self.definitions().await?;
+        let txn = begin_write(&self.db).await?;
+        let mut next = job.clone();
+        let mut written = Vec::new();
+        let mut seen_in_batch = std::collections::HashSet::new();
+        for row in rows {
+            let seq = next.rows_processed + 1;
+            let result = if records::row_seen(&txn, &job.id, &row.key).await? || !seen_in_batch.insert(row.key.clone()) {
+                records::RowResult {
+                    row_key: row.key.clone(),
+                    outcome: Outcome::Skipped.as_str().into(),
+                    customer: String::new(),
+                    errors: Vec::new(),
+                    probability: 0.0,
+                }
+            } else {
+                let at = super::now();
+                let ingested = match import::map_row(&job.mapping, &row) {
+                    Err(violations) => Err(violations),
+                    Ok((external_id, profile)) => match profile.validated_partial(&self.settings.rules, &defs) {
+                        Err(e) => Err(violations_of(e)?),
+                        Ok((incoming, raw)) => {
+                            match self
+                                .ingest_in(&txn, &defs, actor, &job.source, &external_id, incoming, raw, at, at)
+                                .await
+                            {
+                                Ok(done) => Ok(done),
+                                Err(e) => Err(violations_of(e)?),
+                            }
+                        }
+                    },
+                };
+                match ingested {
+                    Ok(done) => {
+                        if done.outcome != Outcome::Unchanged {
+                            written.push(done.customer.clone());
+                        }
+                        records::RowResult {
+                            row_key: row.key.clone(),
+                            outcome: done.outcome.as_str().into(),
+                            customer: done.customer.name(),
+                            errors: Vec::new(),
+                            probability: done.probability,
+                        }
+                    }
+                    Err(violations) => records::RowResult {
+                        row_key: row.key.clone(),
+                        outcome: Outcome::Rejected.as_str().into(),
+                        customer: String::new(),
+                        errors: violations.into_iter().map(|v| (v.field, v.description)).collect(),
+                        probability: 0.0,
+                    },
+                }
+            };
+            if result.outcome != Outcome::Skipped.as_str() {
+                records::insert_row(&txn, &job.id, seq, &result).await?;
+            }
+            *next.counts.entry(result.outcome.clone()).or_default() += 1;
+            next.rows_processed = seq;
+            if result.outcome == Outcome::Rejected.as_str() && next.errors.len() < MAX_JOB_ERRORS {
+                next.errors.push(result);
+            }
+        }
+        next.update_time = super::now();
+        records::save_job(&txn, &job.id, &next, next.update_time, false).await?;
+        txn.commit().await?;
+        for c in &written {
+            self.cache.delete(&super::cache_key(c.id)).await;
+        }
+        if !written.is_empty() {
+            self.feed.committed();
+        }
+        *job = next;
+        Ok(())
+    }
+
+    /// Marks the end of a stream: succeeded, or interrupted (resumable).
+    pub async fn close_import(&self, job: &mut ImportJob, completed: bool) -> Result<()> {
+        job.state = if completed {
+            ImportState::Succeeded
+        } else {
+            ImportState::Interrupted
+        };
+        job.update_time = super::now();
+        let txn = begin_write(&self.db).await?;
+        records::save_job(&txn, &job.id, job, job.update_time, false).await?;
+        txn.commit().await?;
+        Ok(())
+    }
+
+    pub async fn get_import(&self, id: &str) -> Result<ImportJob> {
+        records::load_job(&self.db, id).await?.ok_or_else(|| Error::NotFound {
+            resource_type: IMPORT_RESOURCE_TYPE,
+            name: format!("importJobs/{id}"),
+        })
+    }
+
+    pub async fn list_import_rows(
+        &self,
+        id: &str,
+        outcome: Option<Outcome>,
+        after: i64,
+        limit: u64,
+    ) -> Result<Vec<(i64, records::RowResult)>> {
+        self.get_import(id).await?;
+        records::list_rows(&self.db, id, outcome.map(Outcome::as_str), after, limit).await
+    }
+}
+
+/// A rejection's field violations; any other error aborts the batch.
+fn violations_of(e: Error) -> Result<Vec<FieldViolation>> {
+    match e {
+        Error::InvalidArgument(v) => Ok(v),
+        other => Err(other),
+    }
+}

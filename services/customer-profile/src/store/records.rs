@@ -1,0 +1,468 @@
+//! Persistence beside the customer rows: blocking keys (blind indexes), external
+//! ids, duplicate candidates, field definitions, import jobs and their row results.
+//! Plain SQL, written once for both backends (`?` placeholders are rewritten for
+//! PostgreSQL).
+
+use chrono::{DateTime, Utc};
+use crm_platform::{Error, Result, crypto::Keyring, migrate::placeholders};
+use sea_orm::{ConnectionTrait, QueryResult, Statement, Value};
+use serde::{Serialize, de::DeserializeOwned};
+
+use crate::domain::{
+    CustomerId,
+    definitions::FieldDefinition,
+    matching::{BlockingKey, Comparison},
+};
+
+async fn exec<C: ConnectionTrait>(conn: &C, sql: &str, values: Vec<Value>) -> Result<u64> {
+    let backend = conn.get_database_backend();
+    let r = conn
+        .execute_raw(Statement::from_sql_and_values(backend, placeholders(backend, sql), values))
+        .await?;
+    Ok(r.rows_affected())
+}
+
+async fn query<C: ConnectionTrait>(conn: &C, sql: &str, values: Vec<Value>) -> Result<Vec<QueryResult>> {
+    let backend = conn.get_database_backend();
+    Ok(conn
+        .query_all_raw(Statement::from_sql_and_values(backend, placeholders(backend, sql), values))
+        .await?)
+}
+
+fn json<T: Serialize>(value: &T) -> Result<String> {
+    serde_json::to_string(value).map_err(Error::internal)
+}
+
+fn from_json<T: DeserializeOwned>(text: &str, what: &str) -> Result<T> {
+    serde_json::from_str(text).map_err(|e| Error::internal(anyhow::anyhow!("stored {what}: {e}")))
+}
+
+fn customer_id(text: &str) -> Result<CustomerId> {
+    uuid::Uuid::parse_str(text)
+        .map(CustomerId::from_uuid)
+        .map_err(|e| Error::internal(anyhow::anyhow!("stored customer id {text}: {e}")))
+}
+
+// ---- blocking keys ----------------------------------------------------------
+
+/// Replaces the blocking keys of `id` with the blind indexes of `keys`.
+pub async fn set_keys<C: ConnectionTrait>(conn: &C, keyring: &Keyring, id: CustomerId, keys: &[BlockingKey]) -> Result<()> {
+    let id = id.uuid().to_string();
+    exec(
+        conn,
+        "DELETE FROM customer_keys WHERE customer_id = ?",
+        vec![id.clone().into()],
+    )
+    .await?;
+    if keys.is_empty() {
+        return Ok(());
+    }
+    let rows = vec!["(?, ?, ?)"; keys.len()].join(", ");
+    let mut values = Vec::with_capacity(keys.len() * 3);
+    for k in keys {
+        values.push(id.clone().into());
+        values.push(k.kind.into());
+        values.push(keyring.blind_index(k.kind, &k.value).into());
+    }
+    exec(
+        conn,
+        &format!("INSERT INTO customer_keys (customer_id, kind, value) VALUES {rows}"),
+        values,
+    )
+    .await?;
+    Ok(())
+}
+
+/// Customers sharing any of `keys`, most recent first per key, at most `per_key`
+/// per key; `exclude` left out.
+pub async fn candidates<C: ConnectionTrait>(
+    conn: &C,
+    keyring: &Keyring,
+    keys: &[BlockingKey],
+    per_key: u32,
+    exclude: Option<CustomerId>,
+) -> Result<Vec<CustomerId>> {
+    let exclude = exclude.map(|e| e.uuid().to_string()).unwrap_or_default();
+    let mut out: Vec<CustomerId> = Vec::new();
+    for k in keys {
+        let rows = query(
+            conn,
+            "SELECT customer_id FROM customer_keys WHERE kind = ? AND value = ? AND customer_id <> ? ORDER BY customer_id DESC LIMIT ?",
+            vec![
+                k.kind.into(),
+                keyring.blind_index(k.kind, &k.value).into(),
+                exclude.clone().into(),
+                i64::from(per_key).into(),
+            ],
+        )
+        .await?;
+        for row in rows {
+            let id = customer_id(&row.try_get::<String>("", "customer_id")?)?;
+            if !out.contains(&id) {
+                out.push(id);
+            }
+        }
+    }
+    Ok(out)
+}
+
+// ---- external ids -----------------------------------------------------------
+
+pub async fn external_id<C: ConnectionTrait>(conn: &C, source: &str, external_id: &str) -> Result<Option<CustomerId>> {
+    let rows = query(
+        conn,
+        "SELECT customer_id FROM customer_external_ids WHERE source = ? AND external_id = ?",
+        vec![source.into(), external_id.into()],
+    )
+    .await?;
+    rows.first()
+        .map(|r| customer_id(&r.try_get::<String>("", "customer_id")?))
+        .transpose()
+}
+
+/// Links `(source, external_id)` to `id`; false when it already links elsewhere.
+pub async fn link_external_id<C: ConnectionTrait>(conn: &C, source: &str, external_id: &str, id: CustomerId) -> Result<bool> {
+    let n = exec(
+        conn,
+        "INSERT INTO customer_external_ids (source, external_id, customer_id) VALUES (?, ?, ?) ON CONFLICT (source, external_id) DO NOTHING",
+        vec![source.into(), external_id.into(), id.uuid().to_string().into()],
+    )
+    .await?;
+    Ok(n == 1)
+}
+
+// ---- duplicate candidates ---------------------------------------------------
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CandidateState {
+    Open,
+    Merged,
+    Dismissed,
+}
+
+impl CandidateState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Open => "open",
+            Self::Merged => "merged",
+            Self::Dismissed => "dismissed",
+        }
+    }
+
+    fn parse(s: &str) -> Result<Self> {
+        match s {
+            "open" => Ok(Self::Open),
+            "merged" => Ok(Self::Merged),
+            "dismissed" => Ok(Self::Dismissed),
+            other => Err(Error::internal(anyhow::anyhow!("stored candidate state {other}"))),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Candidate {
+    pub id: uuid::Uuid,
+    pub customer: CustomerId,
+    pub other: CustomerId,
+    pub probability: f64,
+    pub comparisons: Vec<Comparison>,
+    pub state: CandidateState,
+    pub create_time: DateTime<Utc>,
+    pub update_time: DateTime<Utc>,
+}
+
+impl Candidate {
+    pub fn name(&self) -> String {
+        format!("duplicateCandidates/{}", self.id)
+    }
+}
+
+fn pair_key(a: CustomerId, b: CustomerId) -> String {
+    let (a, b) = (a.uuid().to_string(), b.uuid().to_string());
+    if a < b { format!("{a}|{b}") } else { format!("{b}|{a}") }
+}
+
+/// Records or re-scores the pair; a dismissed or merged pair keeps its state.
+pub async fn upsert_candidate<C: ConnectionTrait>(
+    conn: &C,
+    customer: CustomerId,
+    other: CustomerId,
+    probability: f64,
+    comparisons: &[Comparison],
+    at: DateTime<Utc>,
+) -> Result<()> {
+    exec(
+        conn,
+        "INSERT INTO duplicate_candidates (id, pair_key, customer_id, other_customer_id, probability, comparisons, state, create_time, update_time) \
+         VALUES (?, ?, ?, ?, ?, ?, 'open', ?, ?) ON CONFLICT (pair_key) DO UPDATE SET probability = excluded.probability, \
+         comparisons = excluded.comparisons, update_time = excluded.update_time",
+        vec![
+            uuid::Uuid::now_v7().to_string().into(),
+            pair_key(customer, other).into(),
+            customer.uuid().to_string().into(),
+            other.uuid().to_string().into(),
+            probability.into(),
+            json(&comparisons)?.into(),
+            at.into(),
+            at.into(),
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Closes open pairs of `customer` that no longer score above the review threshold.
+pub async fn drop_open_candidates_except<C: ConnectionTrait>(conn: &C, customer: CustomerId, keep: &[CustomerId]) -> Result<()> {
+    let id = customer.uuid().to_string();
+    let rows = query(
+        conn,
+        "SELECT pair_key FROM duplicate_candidates WHERE state = 'open' AND (customer_id = ? OR other_customer_id = ?)",
+        vec![id.clone().into(), id.into()],
+    )
+    .await?;
+    let keep: Vec<String> = keep.iter().map(|k| pair_key(customer, *k)).collect();
+    for row in rows {
+        let key: String = row.try_get("", "pair_key")?;
+        if !keep.contains(&key) {
+            exec(
+                conn,
+                "DELETE FROM duplicate_candidates WHERE pair_key = ? AND state = 'open'",
+                vec![key.into()],
+            )
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+fn decode_candidate(row: &QueryResult) -> Result<Candidate> {
+    let id: String = row.try_get("", "id")?;
+    Ok(Candidate {
+        id: uuid::Uuid::parse_str(&id).map_err(|e| Error::internal(anyhow::anyhow!("candidate id {id}: {e}")))?,
+        customer: customer_id(&row.try_get::<String>("", "customer_id")?)?,
+        other: customer_id(&row.try_get::<String>("", "other_customer_id")?)?,
+        probability: row.try_get("", "probability")?,
+        comparisons: from_json(&row.try_get::<String>("", "comparisons")?, "comparisons")?,
+        state: CandidateState::parse(&row.try_get::<String>("", "state")?)?,
+        create_time: row.try_get("", "create_time")?,
+        update_time: row.try_get("", "update_time")?,
+    })
+}
+
+const CANDIDATE_COLUMNS: &str = "id, customer_id, other_customer_id, probability, comparisons, state, create_time, update_time";
+
+pub async fn find_candidate<C: ConnectionTrait>(conn: &C, id: uuid::Uuid) -> Result<Option<Candidate>> {
+    let rows = query(
+        conn,
+        &format!("SELECT {CANDIDATE_COLUMNS} FROM duplicate_candidates WHERE id = ?"),
+        vec![id.to_string().into()],
+    )
+    .await?;
+    rows.first().map(decode_candidate).transpose()
+}
+
+pub async fn set_candidate_state<C: ConnectionTrait>(
+    conn: &C,
+    id: uuid::Uuid,
+    state: CandidateState,
+    at: DateTime<Utc>,
+) -> Result<()> {
+    exec(
+        conn,
+        "UPDATE duplicate_candidates SET state = ?, update_time = ? WHERE id = ?",
+        vec![state.as_str().into(), at.into(), id.to_string().into()],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Where a candidate page ended: (probability, id) of its last row.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct CandidatePosition {
+    pub probability: f64,
+    pub id: String,
+}
+
+/// Candidates in `state`, optionally of one customer, highest probability first.
+pub async fn list_candidates<C: ConnectionTrait>(
+    conn: &C,
+    state: CandidateState,
+    customer: Option<CustomerId>,
+    after: Option<&CandidatePosition>,
+    limit: u64,
+) -> Result<Vec<Candidate>> {
+    let mut sql = format!("SELECT {CANDIDATE_COLUMNS} FROM duplicate_candidates WHERE state = ?");
+    let mut values: Vec<Value> = vec![state.as_str().into()];
+    if let Some(c) = customer {
+        sql.push_str(" AND (customer_id = ? OR other_customer_id = ?)");
+        let c = c.uuid().to_string();
+        values.push(c.clone().into());
+        values.push(c.into());
+    }
+    if let Some(p) = after {
+        sql.push_str(" AND (probability < ? OR (probability = ? AND id > ?))");
+        values.extend([p.probability.into(), p.probability.into(), p.id.clone().into()]);
+    }
+    sql.push_str(" ORDER BY probability DESC, id ASC LIMIT ?");
+    values.push((limit as i64).into());
+    query(conn, &sql, values).await?.iter().map(decode_candidate).collect()
+}
+
+/// Open candidates at or above `threshold`, for the duplicate-rate KPI.
+pub async fn count_open_candidates<C: ConnectionTrait>(conn: &C, threshold: f64) -> Result<i64> {
+    let rows = query(
+        conn,
+        "SELECT COUNT(*) AS n FROM duplicate_candidates WHERE state = 'open' AND probability >= ?",
+        vec![threshold.into()],
+    )
+    .await?;
+    Ok(rows.first().map(|r| r.try_get::<i64>("", "n")).transpose()?.unwrap_or(0))
+}
+
+// ---- field definitions ------------------------------------------------------
+
+pub async fn load_definitions<C: ConnectionTrait>(conn: &C) -> Result<Vec<FieldDefinition>> {
+    query(conn, "SELECT body FROM field_definitions ORDER BY path", vec![])
+        .await?
+        .iter()
+        .map(|r| from_json(&r.try_get::<String>("", "body")?, "field definition"))
+        .collect()
+}
+
+/// Writes `def` if its stored revision is `expected` (0: not stored yet).
+pub async fn save_definition<C: ConnectionTrait>(conn: &C, def: &FieldDefinition, expected: i64) -> Result<bool> {
+    let body = json(def)?;
+    let at = def.update_time.unwrap_or_else(Utc::now);
+    let n = if expected == 0 {
+        exec(
+            conn,
+            "INSERT INTO field_definitions (path, body, revision, update_time) VALUES (?, ?, ?, ?) ON CONFLICT (path) DO NOTHING",
+            vec![def.path.clone().into(), body.into(), def.revision.into(), at.into()],
+        )
+        .await?
+    } else {
+        exec(
+            conn,
+            "UPDATE field_definitions SET body = ?, revision = ?, update_time = ? WHERE path = ? AND revision = ?",
+            vec![
+                body.into(),
+                def.revision.into(),
+                at.into(),
+                def.path.clone().into(),
+                expected.into(),
+            ],
+        )
+        .await?
+    };
+    Ok(n == 1)
+}
+
+// ---- imports ----------------------------------------------------------------
+
+pub async fn load_job<C: ConnectionTrait, T: DeserializeOwned>(conn: &C, id: &str) -> Result<Option<T>> {
+    let rows = query(conn, "SELECT body FROM import_jobs WHERE id = ?", vec![id.into()]).await?;
+    rows.first()
+        .map(|r| from_json(&r.try_get::<String>("", "body")?, "import job"))
+        .transpose()
+}
+
+pub async fn save_job<C: ConnectionTrait, T: Serialize>(
+    conn: &C,
+    id: &str,
+    body: &T,
+    at: DateTime<Utc>,
+    create: bool,
+) -> Result<()> {
+    let body = json(body)?;
+    if create {
+        exec(
+            conn,
+            "INSERT INTO import_jobs (id, body, create_time, update_time) VALUES (?, ?, ?, ?)",
+            vec![id.into(), body.into(), at.into(), at.into()],
+        )
+        .await?;
+    } else {
+        exec(
+            conn,
+            "UPDATE import_jobs SET body = ?, update_time = ? WHERE id = ?",
+            vec![body.into(), at.into(), id.into()],
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// Stored result of an import row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RowResult {
+    pub row_key: String,
+    pub outcome: String,
+    pub customer: String,
+    /// JSON list of `[field, description]`.
+    pub errors: Vec<(String, String)>,
+    pub probability: f64,
+}
+
+pub async fn row_seen<C: ConnectionTrait>(conn: &C, job: &str, row_key: &str) -> Result<bool> {
+    Ok(!query(
+        conn,
+        "SELECT 1 AS one FROM import_rows WHERE job_id = ? AND row_key = ?",
+        vec![job.into(), row_key.into()],
+    )
+    .await?
+    .is_empty())
+}
+
+pub async fn insert_row<C: ConnectionTrait>(conn: &C, job: &str, seq: i64, r: &RowResult) -> Result<()> {
+    exec(
+        conn,
+        "INSERT INTO import_rows (job_id, row_key, seq, outcome, customer, errors, probability) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        vec![
+            job.into(),
+            r.row_key.clone().into(),
+            seq.into(),
+            r.outcome.clone().into(),
+            r.customer.clone().into(),
+            json(&r.errors)?.into(),
+            r.probability.into(),
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Row results after sequence number `after`, optionally of one outcome.
+pub async fn list_rows<C: ConnectionTrait>(
+    conn: &C,
+    job: &str,
+    outcome: Option<&str>,
+    after: i64,
+    limit: u64,
+) -> Result<Vec<(i64, RowResult)>> {
+    let mut sql =
+        "SELECT seq, row_key, outcome, customer, errors, probability FROM import_rows WHERE job_id = ? AND seq > ?".to_owned();
+    let mut values: Vec<Value> = vec![job.into(), after.into()];
+    if let Some(o) = outcome {
+        sql.push_str(" AND outcome = ?");
+        values.push(o.into());
+    }
+    sql.push_str(" ORDER BY seq LIMIT ?");
+    values.push((limit as i64).into());
+    query(conn, &sql, values)
+        .await?
+        .iter()
+        .map(|r| {
+            Ok((
+                r.try_get("", "seq")?,
+                RowResult {
+                    row_key: r.try_get("", "row_key")?,
+                    outcome: r.try_get("", "outcome")?,
+                    customer: r.try_get("", "customer")?,
+                    errors: from_json(&r.try_get::<String>("", "errors")?, "row errors")?,
+                    probability: r.try_get("", "probability")?,
+                },
+            ))
+        })
+        .collect()
+}
