@@ -207,7 +207,8 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     let mut server = GrpcServer::new(platform.config.server.clone());
     server
         .add_service(crm_customer_profile::build(&platform, &cfg.customer_profile).await?)
-        .await;
+        .await
+        .allow_long_running(crm_customer_profile::LONG_RUNNING);
     let listener = bind(platform.config.server.listen).await?;
     let addr = listener.local_addr()?;
     println!("crm: serving customer-profile on {addr}");

@@ -116,6 +116,10 @@ impl Config {
     }
 }
 
+/// Methods exempt from the server's request timeout: they last as long as the
+/// client's stream.
+pub const LONG_RUNNING: &[&str] = &["/crm.customer.v1.CustomerProfileService/ImportCustomers"];
+
 /// The gRPC service as served, behind the authenticating interceptor.
 pub type Service = InterceptedService<CustomerProfileServiceServer<Api>, Authenticator>;
 
@@ -158,7 +162,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let (shutdown, signal) = shutdown_channel();
     let platform = Platform::new(cfg.platform, signal.clone())?;
     let mut server = GrpcServer::new(platform.config.server.clone());
-    server.add_service(build(&platform, &cfg.customer_profile).await?).await;
+    server
+        .add_service(build(&platform, &cfg.customer_profile).await?)
+        .await
+        .allow_long_running(LONG_RUNNING);
     let listener = bind(platform.config.server.listen).await?;
     tokio::spawn(trigger_on_signal(shutdown));
     server.serve(listener, signal).await

@@ -16,6 +16,7 @@ use std::{
 
 use tokio::{net::TcpListener, sync::watch};
 use tokio_stream::wrappers::TcpListenerStream;
+use tonic::Status;
 use tonic::{
     body::Body,
     server::NamedService,
@@ -91,6 +92,7 @@ pub struct GrpcServer {
     routes: RoutesBuilder,
     health: HealthReporter,
     services: Vec<&'static str>,
+    long_running: Vec<&'static str>,
 }
 
 impl GrpcServer {
@@ -103,7 +105,16 @@ impl GrpcServer {
             routes,
             health,
             services: Vec::new(),
+            long_running: Vec::new(),
         }
+    }
+
+    /// Exempts methods (full paths, `/package.Service/Method`) from
+    /// `server.request_timeout_secs`: client-streaming calls such as a bulk import
+    /// last as long as their stream. The caller's own `grpc-timeout` still applies.
+    pub fn allow_long_running(&mut self, paths: &[&'static str]) -> &mut Self {
+        self.long_running.extend_from_slice(paths);
+        self
     }
 
     /// Adds a service, reported SERVING under its full name in `grpc.health.v1`.
@@ -148,7 +159,11 @@ impl GrpcServer {
             // Count what is being served, so shutdown knows when the last call is done.
             .layer(InFlightLayer(in_flight.clone()))
             // Then trace: every call that is served is one span, continuing the caller's trace.
-            .layer(TraceContextLayer);
+            .layer(TraceContextLayer)
+            .layer(DeadlineLayer {
+                server: Duration::from_secs(self.cfg.request_timeout_secs),
+                long_running: Arc::from(self.long_running.clone()),
+            });
 
         let grace = Duration::from_secs(self.cfg.shutdown_grace_secs);
         let health = self.health.clone();
@@ -168,7 +183,6 @@ impl GrpcServer {
         }
         tracing::info!(%addr, tls = self.cfg.tls.enabled(), mtls = !self.cfg.tls.client_ca_path.is_empty(), "gRPC server listening");
         let server = builder
-            .timeout(Duration::from_secs(self.cfg.request_timeout_secs))
             .tcp_nodelay(true)
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
@@ -277,6 +291,101 @@ where
             drop(guard);
             result
         })
+    }
+}
+
+/// Ends a call with DEADLINE_EXCEEDED after the server's request timeout or the
+/// caller's `grpc-timeout`, whichever is shorter; long-running methods only honour
+/// the caller's.
+#[derive(Clone)]
+struct DeadlineLayer {
+    server: Duration,
+    long_running: Arc<[&'static str]>,
+}
+
+impl<S> tower::Layer<S> for DeadlineLayer {
+    type Service = Deadline<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        Deadline {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+struct Deadline<S> {
+    inner: S,
+    layer: DeadlineLayer,
+}
+
+/// Parses a `grpc-timeout` header value (`100m`, `5S`, ...).
+fn grpc_timeout(value: &str) -> Option<Duration> {
+    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    let n: u64 = digits.parse().ok().filter(|_| digits.len() <= 8)?;
+    Some(match unit {
+        "H" => Duration::from_secs(n * 3600),
+        "M" => Duration::from_secs(n * 60),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+impl<S, B, R> Service<http::Request<B>> for Deadline<S>
+where
+    S: Service<http::Request<B>, Response = http::Response<R>>,
+    S::Future: Send + 'static,
+    R: Default,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let client = req
+            .headers()
+            .get("grpc-timeout")
+            .and_then(|v| v.to_str().ok())
+            .and_then(grpc_timeout);
+        let long_running = self.layer.long_running.contains(&req.uri().path());
+        let limit = match (client, long_running) {
+            (Some(c), true) => Some(c),
+            (None, true) => None,
+            (Some(c), false) => Some(c.min(self.layer.server)),
+            (None, false) => Some(self.layer.server),
+        };
+        let call = self.inner.call(req);
+        Box::pin(async move {
+            match limit {
+                None => call.await,
+                Some(limit) => match tokio::time::timeout(limit, call).await {
+                    Ok(result) => result,
+                    Err(_) => Ok(Status::deadline_exceeded(format!("the call took longer than {limit:?}")).into_http()),
+                },
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod deadline_tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeout_values() {
+        assert_eq!(grpc_timeout("100m"), Some(Duration::from_millis(100)));
+        assert_eq!(grpc_timeout("5S"), Some(Duration::from_secs(5)));
+        assert_eq!(grpc_timeout("2H"), Some(Duration::from_secs(7200)));
+        for bad in ["", "S", "10x", "123456789S", "-1S"] {
+            assert_eq!(grpc_timeout(bad), None, "{bad}");
+        }
     }
 }
 

@@ -246,6 +246,10 @@ impl CustomerProfileService for Api {
         let external_id = v.check(check_external_id(&req.external_id).map_err(|why| Error::invalid("external_id", why)));
         let profile =
             v.check(convert::profile_from_proto(required(req.customer, "customer")?).map_err(|e| e.in_field("customer")));
+        let profile = match profile {
+            Some(p) => v.check(self.customers.validate_partial(p).await),
+            None => None,
+        };
         let observed = v.check(match req.source_update_time {
             None => Ok(None),
             Some(t) => chrono::DateTime::from_timestamp(t.seconds, t.nanos.clamp(0, 999_999_999) as u32)
@@ -298,6 +302,13 @@ impl CustomerProfileService for Api {
         );
         let ((source, mapping), ()) = v.finish(source.zip(mapping).zip(id_ok))?;
         let mut job = self.customers.open_import(&spec.import_job_id, source, mapping).await?;
+        // A client that resets the stream drops this handler without a word: the guard
+        // then marks the job interrupted.
+        let mut guard = InterruptOnDrop {
+            customers: self.customers.clone(),
+            job: job.id.clone(),
+            armed: true,
+        };
         loop {
             let message = match stream.message().await {
                 Ok(Some(m)) => m,
@@ -345,6 +356,7 @@ impl CustomerProfileService for Api {
             }
         }
         self.customers.close_import(&mut job, true).await?;
+        guard.armed = false;
         Ok(Response::new(convert::job_to_proto(&job)))
     }
 
@@ -527,4 +539,24 @@ fn import_job_id<'a>(name: &'a str, field: &str) -> Result<&'a str, Error> {
     name.strip_prefix("importJobs/")
         .filter(|id| !id.is_empty())
         .ok_or_else(|| Error::invalid(field, "must be a resource name `importJobs/{import_job}`"))
+}
+
+struct InterruptOnDrop {
+    customers: Customers,
+    job: String,
+    armed: bool,
+}
+
+impl Drop for InterruptOnDrop {
+    fn drop(&mut self) {
+        if self.armed {
+            let customers = self.customers.clone();
+            let job = std::mem::take(&mut self.job);
+            tokio::spawn(async move {
+                if let Err(err) = customers.interrupt_import(&job).await {
+                    tracing::warn!(%err, job, "could not mark the import job interrupted");
+                }
+            });
+        }
+    }
 }

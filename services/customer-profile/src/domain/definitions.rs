@@ -139,7 +139,7 @@ impl FieldDefinition {
                 );
             }
             self.allowed_values = values;
-        } else if !self.allowed_values.is_empty() && !(self.built_in && self.allowed_values == existing_values(existing)) {
+        } else if !(self.allowed_values.is_empty() || self.built_in && self.allowed_values == existing_values(existing)) {
             fail("allowed_values", "only ENUM custom attributes have allowed values".into());
         }
         for kind in [&self.applies_to, &self.required_for].into_iter().flatten() {
@@ -190,8 +190,17 @@ fn existing_values(existing: Option<&FieldDefinition>) -> Vec<String> {
     existing.map(|e| e.allowed_values.clone()).unwrap_or_default()
 }
 
-/// Built-in fields: path, label, type, applies to, classification, weight.
-const BUILT_IN: &[(&str, &str, FieldType, Option<CustomerKind>, Classification, f64)] = {
+/// A built-in field: path, label, type, applies to, classification, weight.
+type BuiltIn = (
+    &'static str,
+    &'static str,
+    FieldType,
+    Option<CustomerKind>,
+    Classification,
+    f64,
+);
+
+const BUILT_IN: &[BuiltIn] = {
     use Classification::*;
     use CustomerKind::*;
     use FieldType::*;

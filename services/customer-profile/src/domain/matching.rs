@@ -78,7 +78,7 @@ impl MatchConfig {
             for row in [l.m, l.u] {
                 if row.iter().any(|p| !prob(*p)) || (row.iter().sum::<f64>() - 1.0).abs() > 0.01 {
                     return Err((
-                        format!("{name}"),
+                        name.to_string(),
                         "m and u are 3 probabilities (agree, partial, disagree) summing to 1".into(),
                     ));
                 }
@@ -192,13 +192,13 @@ pub fn blocking_keys(p: &Profile) -> Vec<BlockingKey> {
         }
         push("birth_date", p.birth_date.clone());
         for a in &p.addresses {
-            if let Some(g) = initial(&given).or_else(|| initial(&family)) {
-                if !a.postal.postal_code.is_empty() {
-                    push(
-                        "postal_initial",
-                        format!("{}|{}|{g}", a.postal.region_code, a.postal.postal_code),
-                    );
-                }
+            if let Some(g) = initial(&given).or_else(|| initial(&family))
+                && !a.postal.postal_code.is_empty()
+            {
+                push(
+                    "postal_initial",
+                    format!("{}|{}|{g}", a.postal.region_code, a.postal.postal_code),
+                );
             }
         }
     }

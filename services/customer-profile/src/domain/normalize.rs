@@ -126,7 +126,7 @@ pub fn tag(raw: &str) -> Result<String, String> {
 pub fn date(raw: &str) -> Result<String, String> {
     let t = text(raw);
     let digits: Vec<&str> = t
-        .split(|c: char| matches!(c, '-' | '/' | '.' | '年' | '月' | '日' | ' '))
+        .split(['-', '/', '.', '年', '月', '日', ' '])
         .filter(|p| !p.is_empty())
         .collect();
     let parts: Option<(i32, u32, u32)> = match digits.as_slice() {

@@ -65,6 +65,12 @@ impl Customers {
                 if !etag.is_empty() && etag != current.etag() {
                     return Err(Error::EtagMismatch { name: current.name() });
                 }
+                if patch.field_type != current.field_type {
+                    return Err(Error::invalid(
+                        "type",
+                        "immutable: a field keeps the type it was defined with",
+                    ));
+                }
                 let mut next = current.clone();
                 let all: Vec<String> = MUTABLE.iter().map(|s| (*s).to_owned()).collect();
                 for path in if mask.is_empty() { &all } else { mask } {

@@ -67,6 +67,13 @@ impl Outcome {
     }
 }
 
+/// A partial record, checked and normalised, with the raw input normalisation changed.
+#[derive(Debug, Clone)]
+pub struct Partial {
+    profile: Profile,
+    raw: BTreeMap<String, String>,
+}
+
 /// What an ingested record did.
 #[derive(Debug, Clone)]
 pub struct Ingested {
@@ -155,19 +162,27 @@ pub fn check_external_id(id: &str) -> std::result::Result<(), String> {
 }
 
 impl Customers {
-    /// Ingests one record in its own transaction.
+    /// Checks and normalises a partial record (violations under `customer.`).
+    pub async fn validate_partial(&self, profile: Profile) -> Result<Partial> {
+        let defs = self.definitions().await?;
+        let (profile, raw) = profile
+            .validated_partial(&self.settings.rules, &defs)
+            .map_err(|e| e.in_field("customer"))?;
+        Ok(Partial { profile, raw })
+    }
+
+    /// Ingests one record (checked by [`Customers::validate_partial`]) in its own
+    /// transaction.
     pub async fn ingest(
         &self,
         actor: &str,
         source: &SourceRef,
         external_id: &str,
-        profile: Profile,
+        partial: Partial,
         observed: Option<DateTime<Utc>>,
     ) -> Result<Ingested> {
         let defs = self.definitions().await?;
-        let (incoming, raw) = profile
-            .validated_partial(&self.settings.rules, &defs)
-            .map_err(|e| e.in_field("customer"))?;
+        let Partial { profile: incoming, raw } = partial;
         let txn = begin_write(&self.db).await?;
         let at = super::now();
         let done = self
@@ -231,7 +246,8 @@ impl Customers {
                 (base, Outcome::Updated, 0.0)
             }
             None => {
-                let (full, full_raw) = incoming.clone().validated(&self.settings.rules, defs)?;
+                let (full, mut full_raw) = incoming.clone().validated(&self.settings.rules, defs)?;
+                full_raw.extend(raw.clone());
                 let best = self.matches(txn, defs, &full, None).await?.into_iter().next();
                 match best {
                     Some(m) if self.settings.matching.decide(m.score.probability) == Decision::Match => {
@@ -467,6 +483,15 @@ impl Customers {
         let txn = begin_write(&self.db).await?;
         records::save_job(&txn, &job.id, job, job.update_time, false).await?;
         txn.commit().await?;
+        Ok(())
+    }
+
+    /// Marks a running job interrupted (its stream broke off).
+    pub async fn interrupt_import(&self, id: &str) -> Result<()> {
+        let mut job = self.get_import(id).await?;
+        if job.state == ImportState::Running {
+            self.close_import(&mut job, false).await?;
+        }
         Ok(())
     }
 

@@ -53,8 +53,11 @@ pub struct Customers {
     feed: Feed,
     keyring: Arc<Keyring>,
     settings: Arc<Settings>,
-    definitions: Arc<RwLock<Option<(Instant, Arc<Definitions>)>>>,
+    definitions: Arc<RwLock<Option<Loaded>>>,
 }
+
+/// This replica's copy of the field definitions and when it was loaded.
+type Loaded = (Instant, Arc<Definitions>);
 
 fn cache_key(id: CustomerId) -> String {
     format!("customer-profile:customer:{}", id.uuid())
@@ -157,7 +160,7 @@ impl Customers {
         self.keyring.seal(&json, key.as_bytes())
     }
 
-    fn from_cache(&self, key: &str, bytes: &[u8]) -> Option<Customer> {
+    fn decode_cached(&self, key: &str, bytes: &[u8]) -> Option<Customer> {
         let json = self.keyring.open(bytes, key.as_bytes()).ok()?;
         serde_json::from_slice(&json).ok()
     }
@@ -239,7 +242,7 @@ impl Customers {
     async fn get_exact(&self, id: CustomerId, defs: &Definitions) -> Result<Customer> {
         let key = cache_key(id);
         if let Some(bytes) = self.cache.get(&key).await {
-            match self.from_cache(&key, &bytes) {
+            match self.decode_cached(&key, &bytes) {
                 Some(customer) => return Ok(customer),
                 None => tracing::warn!("undecodable cache entry; reading the database"),
             }

@@ -20,7 +20,7 @@ pub struct TestApp {
     pub addr: std::net::SocketAddr,
     pub client: CustomerProfileServiceClient<Channel>,
     shutdown: Shutdown,
-    _db: TestDatabase,
+    pub db: TestDatabase,
 }
 
 impl TestApp {
@@ -56,7 +56,10 @@ impl TestApp {
             .await
             .expect("service must start (is the test database reachable?)");
         let mut server = GrpcServer::new(platform.config.server.clone());
-        server.add_service(service).await;
+        server
+            .add_service(service)
+            .await
+            .allow_long_running(crm_customer_profile::LONG_RUNNING);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(server.serve(listener, signal));
@@ -69,7 +72,7 @@ impl TestApp {
             addr,
             client: CustomerProfileServiceClient::new(channel),
             shutdown,
-            _db: db,
+            db,
         }
     }
 

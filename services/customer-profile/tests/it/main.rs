@@ -5,6 +5,11 @@
 mod app;
 mod auth;
 mod crud;
+mod definitions;
+mod duplicates;
+mod encryption;
 mod feed;
 mod idempotency;
+mod import;
+mod ingest;
 mod list;
