@@ -309,6 +309,7 @@ impl CustomerProfileService for Api {
             job: job.id.clone(),
             armed: true,
         };
+        let mut complete = false;
         loop {
             let message = match stream.message().await {
                 Ok(Some(m)) => m,
@@ -319,11 +320,23 @@ impl CustomerProfileService for Api {
                     return Err(status);
                 }
             };
+            if complete {
+                self.customers.close_import(&mut job, false).await?;
+                return Err(Error::invalid("complete", "must be the last message").into());
+            }
             let rows = match message.content {
                 Some(Content::Rows(rows)) => rows.rows,
+                Some(Content::Complete(true)) => {
+                    complete = true;
+                    continue;
+                }
                 _ => {
                     self.customers.close_import(&mut job, false).await?;
-                    return Err(Error::invalid("rows", "only the first message carries a spec; later ones carry rows").into());
+                    return Err(Error::invalid(
+                        "rows",
+                        "only the first message carries a spec; later ones carry rows, the last `complete`",
+                    )
+                    .into());
                 }
             };
             if rows.len() > MAX_IMPORT_ROWS {
@@ -355,7 +368,7 @@ impl CustomerProfileService for Api {
                 return Err(e.into());
             }
         }
-        self.customers.close_import(&mut job, true).await?;
+        self.customers.close_import(&mut job, complete).await?;
         guard.armed = false;
         Ok(Response::new(convert::job_to_proto(&job)))
     }

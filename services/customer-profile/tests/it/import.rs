@@ -52,6 +52,12 @@ fn rows(rows: Vec<pb::ImportRow>) -> pb::ImportCustomersRequest {
     }
 }
 
+fn complete() -> pb::ImportCustomersRequest {
+    pb::ImportCustomersRequest {
+        content: Some(Content::Complete(true)),
+    }
+}
+
 fn sample() -> Vec<pb::ImportRow> {
     vec![
         row(
@@ -146,6 +152,7 @@ async fn rows_are_created_merged_updated_or_rejected() {
             spec("crm-migration"),
             rows(sample()[..3].to_vec()),
             rows(sample()[3..].to_vec()),
+            complete(),
         ],
     )
     .await
@@ -203,40 +210,38 @@ async fn rows_are_created_merged_updated_or_rejected() {
 #[tokio::test]
 async fn a_broken_stream_resumes_without_repeating_rows() {
     let app = TestApp::spawn().await;
+    // The stream stops after two rows without `complete`: the client died.
+    let job = import(&app, vec![spec("resume-me"), rows(sample()[..2].to_vec())])
+        .await
+        .unwrap();
+    assert_eq!(job.state, pb::ImportState::Interrupted as i32);
+    assert_eq!(job.rows_processed, 2);
+
+    // A stream reset mid-way (the handler is dropped) also leaves it interrupted.
     let (tx, rx) = tokio::sync::mpsc::channel(4);
-    tx.send(spec("resume-me")).await.unwrap();
-    tx.send(rows(sample()[..2].to_vec())).await.unwrap();
+    tx.send(spec("reset-me")).await.unwrap();
+    tx.send(rows(sample()[..1].to_vec())).await.unwrap();
     let mut client = app.client.clone();
     let call = tokio::spawn(async move {
         client
             .import_customers(TestApp::admin(tokio_stream::wrappers::ReceiverStream::new(rx)))
             .await
     });
-    // Wait until the first batch is committed, then drop the client mid-stream.
     let mut status = app.client.clone();
+    let get = |name: &'static str| pb::GetImportJobRequest { name: name.into() };
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let job = status
-            .get_import_job(TestApp::admin(pb::GetImportJobRequest {
-                name: "importJobs/resume-me".into(),
-            }))
-            .await;
-        if let Ok(job) = job
-            && job.get_ref().rows_processed == 2
-        {
-            break;
-        }
+    while !matches!(status.get_import_job(TestApp::admin(get("importJobs/reset-me"))).await, Ok(j) if j.get_ref().rows_processed == 1)
+    {
         assert!(tokio::time::Instant::now() < deadline, "first batch never committed");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     call.abort();
+    let _ = call.await;
     drop(tx);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
         let job = status
-            .get_import_job(TestApp::admin(pb::GetImportJobRequest {
-                name: "importJobs/resume-me".into(),
-            }))
+            .get_import_job(TestApp::admin(get("importJobs/reset-me")))
             .await
             .unwrap()
             .into_inner();
@@ -249,8 +254,12 @@ async fn a_broken_stream_resumes_without_repeating_rows() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+
     // The client sends everything again: the two committed rows are skipped.
-    let job = import(&app, vec![spec("resume-me"), rows(sample())]).await.unwrap();
+    let job = import(&app, vec![spec("resume-me"), rows(sample()), complete()])
+        .await
+        .unwrap();
+    assert_eq!(job.state, pb::ImportState::Succeeded as i32);
     assert_eq!(job.rows_processed, 8);
     assert_eq!(job.skipped, 2);
     assert_eq!(job.created, 2);
