@@ -63,3 +63,31 @@ pub fn field_definition_changed(def: &crate::domain::definitions::FieldDefinitio
         data,
     }
 }
+
+pub fn merged(survivor: &Customer, merged: &[Customer], actor: &str) -> NewEvent {
+    let data = pb::CustomersMerged {
+        survivor: Some(customer_to_proto(survivor)),
+        merged: merged.iter().map(Customer::name).collect(),
+    }
+    .encode_to_vec();
+    NewEvent {
+        event_type: "crm.customer.v1.CustomersMerged",
+        subject: survivor.name(),
+        actor: actor.to_owned(),
+        data,
+    }
+}
+
+pub fn unmerged(survivor: &Customer, restored: &[Customer], actor: &str) -> NewEvent {
+    let data = pb::CustomersUnmerged {
+        survivor: Some(customer_to_proto(survivor)),
+        restored: restored.iter().map(customer_to_proto).collect(),
+    }
+    .encode_to_vec();
+    NewEvent {
+        event_type: "crm.customer.v1.CustomersUnmerged",
+        subject: survivor.name(),
+        actor: actor.to_owned(),
+        data,
+    }
+}

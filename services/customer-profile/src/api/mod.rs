@@ -538,6 +538,38 @@ impl CustomerProfileService for Api {
         Ok(Response::new(convert::candidate_to_proto(&candidate)))
     }
 
+    async fn merge_customers(&self, req: Request<pb::MergeCustomersRequest>) -> Result<Response<pb::Customer>, Status> {
+        let principal = auth::principal(&req)?;
+        let req = req.into_inner();
+        let mut v = Validation::default();
+        let survivor = v.check(CustomerId::parse_name(&req.survivor, "survivor"));
+        let mut merged = Vec::with_capacity(req.merged.len());
+        for (i, name) in req.merged.iter().enumerate() {
+            if let Some(id) = v.check(CustomerId::parse_name(name, &format!("merged[{i}]"))) {
+                merged.push(id);
+            }
+        }
+        let survivor = v.finish(survivor)?;
+        self.authorizer.check(&principal, "customer.merge", &req.survivor).await?;
+        for name in &req.merged {
+            self.authorizer.check(&principal, "customer.merge", name).await?;
+        }
+        let customer = self
+            .customers
+            .merge(&principal.user_id, survivor, &req.survivor_etag, &merged)
+            .await?;
+        Ok(Response::new(convert::customer_to_proto(&customer)))
+    }
+
+    async fn unmerge_customer(&self, req: Request<pb::UnmergeCustomerRequest>) -> Result<Response<pb::Customer>, Status> {
+        let principal = auth::principal(&req)?;
+        let req = req.into_inner();
+        let id = CustomerId::parse_name(&req.name, "name")?;
+        self.authorizer.check(&principal, "customer.merge", &req.name).await?;
+        let customer = self.customers.unmerge(&principal.user_id, id).await?;
+        Ok(Response::new(convert::customer_to_proto(&customer)))
+    }
+
     type StreamEventsStream = ReceiverStream<Result<StreamEventsResponse, Status>>;
 
     async fn stream_events(&self, req: Request<StreamEventsRequest>) -> Result<Response<Self::StreamEventsStream>, Status> {

@@ -47,6 +47,8 @@ pub struct MatchConfig {
     pub prior: f64,
     /// Candidates read per blocking key (most recent first).
     pub max_candidates_per_key: u32,
+    /// How long a merge can be undone.
+    pub unmerge_window_days: u32,
     pub given_name: Levels,
     pub family_name: Levels,
     pub organization_name: Levels,

@@ -5,6 +5,7 @@
 mod definitions;
 mod duplicates;
 pub mod ingest;
+mod merge;
 
 use std::{
     collections::BTreeMap,

@@ -17,6 +17,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "sealed sensitive fields, blocking keys, external ids, duplicate candidates, field definitions, imports",
         up: v2,
     },
+    Migration {
+        version: 3,
+        name: "merges (undo snapshots)",
+        up: v3,
+    },
 ];
 
 fn v1(d: Dialect) -> Vec<String> {
@@ -81,5 +86,19 @@ fn v2(d: Dialect) -> Vec<String> {
          customer TEXT NOT NULL, errors TEXT NOT NULL, probability DOUBLE PRECISION NOT NULL, PRIMARY KEY (job_id, row_key))"
             .into(),
         "CREATE INDEX import_rows_seq ON import_rows (job_id, seq)".into(),
+    ]
+}
+
+fn v3(d: Dialect) -> Vec<String> {
+    let ts = d.timestamp();
+    let bytes = d.bytes();
+    vec![
+        // One row per MergeCustomers call: the sealed before-images that undo it.
+        format!(
+            "CREATE TABLE merges (id TEXT PRIMARY KEY, survivor_id TEXT NOT NULL, survivor_revision BIGINT NOT NULL, \
+             sealed {bytes} NOT NULL, merge_time {ts} NOT NULL)"
+        ),
+        "CREATE TABLE merge_members (customer_id TEXT PRIMARY KEY, merge_id TEXT NOT NULL)".into(),
+        "CREATE INDEX merge_members_merge ON merge_members (merge_id)".into(),
     ]
 }

@@ -466,3 +466,110 @@ pub async fn list_rows<C: ConnectionTrait>(
         })
         .collect()
 }
+
+// ---- merges -----------------------------------------------------------------
+
+/// A stored merge: who survived at which revision, and the sealed before-images.
+#[derive(Debug, Clone)]
+pub struct MergeRecord {
+    pub id: String,
+    pub survivor: CustomerId,
+    pub survivor_revision: i64,
+    pub sealed: Vec<u8>,
+    pub merge_time: DateTime<Utc>,
+}
+
+pub async fn save_merge<C: ConnectionTrait>(conn: &C, m: &MergeRecord, members: &[CustomerId]) -> Result<()> {
+    exec(
+        conn,
+        "INSERT INTO merges (id, survivor_id, survivor_revision, sealed, merge_time) VALUES (?, ?, ?, ?, ?)",
+        vec![
+            m.id.clone().into(),
+            m.survivor.uuid().to_string().into(),
+            m.survivor_revision.into(),
+            m.sealed.clone().into(),
+            m.merge_time.into(),
+        ],
+    )
+    .await?;
+    for member in members {
+        exec(
+            conn,
+            "INSERT INTO merge_members (customer_id, merge_id) VALUES (?, ?) ON CONFLICT (customer_id) DO UPDATE SET merge_id = excluded.merge_id",
+            vec![member.uuid().to_string().into(), m.id.clone().into()],
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// The merge `member` was merged by, if any.
+pub async fn merge_of<C: ConnectionTrait>(conn: &C, member: CustomerId) -> Result<Option<MergeRecord>> {
+    let rows = query(
+        conn,
+        "SELECT m.id, m.survivor_id, m.survivor_revision, m.sealed, m.merge_time FROM merge_members mm \
+         JOIN merges m ON m.id = mm.merge_id WHERE mm.customer_id = ?",
+        vec![member.uuid().to_string().into()],
+    )
+    .await?;
+    rows.first()
+        .map(|r| {
+            Ok(MergeRecord {
+                id: r.try_get("", "id")?,
+                survivor: customer_id(&r.try_get::<String>("", "survivor_id")?)?,
+                survivor_revision: r.try_get("", "survivor_revision")?,
+                sealed: r.try_get("", "sealed")?,
+                merge_time: r.try_get("", "merge_time")?,
+            })
+        })
+        .transpose()
+}
+
+pub async fn delete_merge<C: ConnectionTrait>(conn: &C, id: &str) -> Result<()> {
+    exec(conn, "DELETE FROM merge_members WHERE merge_id = ?", vec![id.into()]).await?;
+    exec(conn, "DELETE FROM merges WHERE id = ?", vec![id.into()]).await?;
+    Ok(())
+}
+
+/// Points the external ids in `ids` at `to`.
+pub async fn relink_external_ids<C: ConnectionTrait>(
+    conn: &C,
+    ids: &[crate::domain::customer::ExternalId],
+    to: CustomerId,
+) -> Result<()> {
+    for e in ids {
+        exec(
+            conn,
+            "UPDATE customer_external_ids SET customer_id = ? WHERE source = ? AND external_id = ?",
+            vec![
+                to.uuid().to_string().into(),
+                e.source.clone().into(),
+                e.external_id.clone().into(),
+            ],
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// Sets the state of the pair `(a, b)` if it is recorded.
+pub async fn set_pair_state<C: ConnectionTrait>(
+    conn: &C,
+    a: CustomerId,
+    b: CustomerId,
+    state: CandidateState,
+    at: DateTime<Utc>,
+) -> Result<()> {
+    exec(
+        conn,
+        "UPDATE duplicate_candidates SET state = ?, update_time = ? WHERE pair_key = ?",
+        vec![state.as_str().into(), at.into(), pair_key(a, b).into()],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Removes the open pairs of `customer` (it left the active set).
+pub async fn drop_open_candidates<C: ConnectionTrait>(conn: &C, customer: CustomerId) -> Result<()> {
+    drop_open_candidates_except(conn, customer, &[]).await
+}

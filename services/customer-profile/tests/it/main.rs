@@ -13,3 +13,4 @@ mod idempotency;
 mod import;
 mod ingest;
 mod list;
+mod merge;

@@ -1,0 +1,219 @@
+//! Merging duplicates into a survivor, and undoing a merge.
+
+use chrono::Duration;
+use crm_platform::{Error, Result, db::begin_write, feed};
+use serde::{Deserialize, Serialize};
+
+use super::{Customers, cache_key, not_found};
+use crate::{
+    domain::{
+        Customer, CustomerId,
+        combine::{Side, api_origin, combine},
+    },
+    events,
+    store::{
+        self,
+        records::{self, CandidateState, MergeRecord},
+    },
+};
+
+const MAX_MERGED: usize = 10;
+
+/// What undoes a merge: every customer as it was before.
+#[derive(Serialize, Deserialize)]
+struct BeforeImages {
+    survivor: Customer,
+    merged: Vec<Customer>,
+}
+
+impl Customers {
+    pub async fn merge(&self, actor: &str, survivor: CustomerId, etag: &str, merged: &[CustomerId]) -> Result<Customer> {
+        if merged.is_empty() || merged.len() > MAX_MERGED {
+            return Err(Error::invalid("merged", format!("1 to {MAX_MERGED} customers")));
+        }
+        for (i, id) in merged.iter().enumerate() {
+            if *id == survivor || merged[..i].contains(id) {
+                return Err(Error::invalid(
+                    format!("merged[{i}]"),
+                    "each merged customer must be distinct from the survivor and the others",
+                ));
+            }
+        }
+        let defs = self.definitions().await?;
+        let txn = begin_write(&self.db).await?;
+        let base = self.current(&txn, &defs, survivor, etag).await?;
+        let mut losers = Vec::with_capacity(merged.len());
+        for id in merged {
+            losers.push(self.current(&txn, &defs, *id, "").await?);
+        }
+        let mut profile = base.profile.clone();
+        let mut provenance = base.provenance.clone();
+        let mut external_ids = base.external_ids.clone();
+        let survivor_fallback = api_origin(base.source_channel, base.update_time);
+        for loser in &losers {
+            let fallback = api_origin(loser.source_channel, loser.update_time);
+            let c = combine(
+                &Side {
+                    profile: &profile,
+                    provenance: &provenance,
+                    fallback: &survivor_fallback,
+                },
+                &Side {
+                    profile: &loser.profile,
+                    provenance: &loser.provenance,
+                    fallback: &fallback,
+                },
+                &self.settings.priority,
+            );
+            profile = c.profile;
+            provenance = c.provenance;
+            external_ids.extend(loser.external_ids.iter().cloned());
+        }
+        external_ids.sort();
+        external_ids.dedup();
+        let (profile, _) = self.validate(profile, &defs)?;
+        let at = super::now();
+        let mut merged_customers = base.merged_customers.clone();
+        merged_customers.extend(merged.iter().copied());
+        let next = Customer {
+            profile,
+            provenance,
+            external_ids,
+            merged_customers,
+            revision: base.revision + 1,
+            update_time: at,
+            confirm_time: at,
+            ..base.clone()
+        };
+
+        let images = serde_json::to_vec(&BeforeImages {
+            survivor: base.clone(),
+            merged: losers.clone(),
+        })
+        .map_err(Error::internal)?;
+        let merge_id = uuid::Uuid::now_v7().to_string();
+        let record = MergeRecord {
+            sealed: self.keyring.seal(&images, merge_id.as_bytes())?,
+            id: merge_id,
+            survivor,
+            survivor_revision: next.revision,
+            merge_time: at,
+        };
+        records::save_merge(&txn, &record, merged).await?;
+
+        let mut aliases = Vec::with_capacity(losers.len());
+        for loser in &losers {
+            let alias = Customer {
+                merged_into: Some(survivor),
+                revision: loser.revision + 1,
+                update_time: at,
+                ..loser.clone()
+            };
+            if !store::update(&txn, self.sealer(&defs), &alias, loser.revision).await? {
+                return Err(Error::EtagMismatch { name: loser.name() });
+            }
+            records::set_keys(&txn, &self.keyring, loser.id, &[]).await?;
+            records::relink_external_ids(&txn, &loser.external_ids, survivor).await?;
+            records::set_pair_state(&txn, survivor, loser.id, CandidateState::Merged, at).await?;
+            records::drop_open_candidates(&txn, loser.id).await?;
+            aliases.push(alias);
+        }
+        if !store::update(&txn, self.sealer(&defs), &next, base.revision).await? {
+            return Err(Error::EtagMismatch { name: base.name() });
+        }
+        self.index(&txn, &next, &defs).await?;
+        feed::append(&txn, self.seal_event(events::merged(&next, &losers, actor))?).await?;
+        for loser in &losers {
+            self.cache.delete(&cache_key(loser.id)).await;
+        }
+        self.cache.delete(&cache_key(survivor)).await;
+        txn.commit().await?;
+        self.after_commit(&next);
+        for alias in &aliases {
+            self.after_commit(alias);
+        }
+        Ok(Self::present(next, &defs))
+    }
+
+    /// Undoes the merge `member` took part in; returns the restored `member`.
+    pub async fn unmerge(&self, actor: &str, member: CustomerId) -> Result<Customer> {
+        let defs = self.definitions().await?;
+        let txn = begin_write(&self.db).await?;
+        let record = records::merge_of(&txn, member)
+            .await?
+            .ok_or_else(|| Error::FailedPrecondition {
+                reason: "NOT_MERGED",
+                subject: member.name(),
+                message: "this customer is not merged into another".into(),
+            })?;
+        let window = Duration::days(i64::from(self.settings.matching.unmerge_window_days));
+        let at = super::now();
+        if at > record.merge_time + window {
+            return Err(Error::FailedPrecondition {
+                reason: "UNMERGE_WINDOW_CLOSED",
+                subject: member.name(),
+                message: format!("merges can be undone for {} days", self.settings.matching.unmerge_window_days),
+            });
+        }
+        let survivor = store::find_for_update(&txn, self.sealer(&defs), record.survivor)
+            .await?
+            .ok_or_else(|| not_found(record.survivor))?;
+        if survivor.revision != record.survivor_revision {
+            return Err(Error::FailedPrecondition {
+                reason: "SURVIVOR_CHANGED",
+                subject: survivor.name(),
+                message: "the survivor was written after the merge; undoing it would lose that change".into(),
+            });
+        }
+        let images: BeforeImages = serde_json::from_slice(&self.keyring.open(&record.sealed, record.id.as_bytes())?)
+            .map_err(|e| Error::internal(anyhow::anyhow!("merge {}: before-images: {e}", record.id)))?;
+        let restored_survivor = Customer {
+            revision: survivor.revision + 1,
+            update_time: at,
+            ..images.survivor
+        };
+        if !store::update(&txn, self.sealer(&defs), &restored_survivor, survivor.revision).await? {
+            return Err(Error::EtagMismatch { name: survivor.name() });
+        }
+        records::relink_external_ids(&txn, &restored_survivor.external_ids, restored_survivor.id).await?;
+        let mut restored = Vec::with_capacity(images.merged.len());
+        for before in images.merged {
+            let alias = store::find_for_update(&txn, self.sealer(&defs), before.id)
+                .await?
+                .ok_or_else(|| not_found(before.id))?;
+            let back = Customer {
+                revision: alias.revision + 1,
+                update_time: at,
+                merged_into: None,
+                ..before
+            };
+            if !store::update(&txn, self.sealer(&defs), &back, alias.revision).await? {
+                return Err(Error::EtagMismatch { name: back.name() });
+            }
+            records::relink_external_ids(&txn, &back.external_ids, back.id).await?;
+            // A person undid the merge: the pair is declared distinct.
+            records::set_pair_state(&txn, restored_survivor.id, back.id, CandidateState::Dismissed, at).await?;
+            restored.push(back);
+        }
+        self.index(&txn, &restored_survivor, &defs).await?;
+        for back in &restored {
+            self.index(&txn, back, &defs).await?;
+        }
+        records::delete_merge(&txn, &record.id).await?;
+        feed::append(&txn, self.seal_event(events::unmerged(&restored_survivor, &restored, actor))?).await?;
+        self.cache.delete(&cache_key(restored_survivor.id)).await;
+        for back in &restored {
+            self.cache.delete(&cache_key(back.id)).await;
+        }
+        txn.commit().await?;
+        self.after_commit(&restored_survivor);
+        for back in &restored {
+            self.after_commit(back);
+        }
+        let member = restored
+            .into_iter()
+            .find(|c| c.id == member)
+            .ok_or_else(|| Error::internal(anyhow::anyhow!("merge {} does not hold {}", record.id, member.name())))?;
+        Ok(Self::present(member, &defs))
+    }
+}

@@ -1,0 +1,160 @@
+//! MergeCustomers and UnmergeCustomer over gRPC.
+
+use crm_proto::crm::{common::v1 as common, customer::v1 as pb};
+use tonic::Code;
+
+use crate::app::{TestApp, person, reason, violations};
+
+async fn get(app: &TestApp, name: &str) -> pb::Customer {
+    app.client
+        .clone()
+        .get_customer(TestApp::admin(pb::GetCustomerRequest { name: name.into() }))
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+async fn merge(app: &TestApp, survivor: &str, merged: &[&str]) -> Result<pb::Customer, tonic::Status> {
+    app.client
+        .clone()
+        .merge_customers(TestApp::admin(pb::MergeCustomersRequest {
+            survivor: survivor.into(),
+            survivor_etag: String::new(),
+            merged: merged.iter().map(|m| (*m).to_owned()).collect(),
+        }))
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+async fn unmerge(app: &TestApp, name: &str) -> Result<pb::Customer, tonic::Status> {
+    app.client
+        .clone()
+        .unmerge_customer(TestApp::admin(pb::UnmergeCustomerRequest { name: name.into() }))
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+#[tokio::test]
+async fn merge_makes_aliases_and_unmerge_restores_both() {
+    let app = TestApp::spawn().await;
+    let mut a = person("Sam", "Taylor");
+    a.email_addresses = vec![pb::EmailAddress {
+        address: "sam@example.com".into(),
+        ..Default::default()
+    }];
+    let a = app.create(a).await;
+    let mut b = person("Alex", "Taylor");
+    b.email_addresses = a.email_addresses.clone();
+    b.phone_numbers = vec![pb::PhoneNumber {
+        number: "13800138000".into(),
+        ..Default::default()
+    }];
+    b.birth_date = "1990-05-06".into();
+    // b is known to the shop under its own id.
+    let b = app
+        .client
+        .clone()
+        .ingest_customer(TestApp::admin(pb::IngestCustomerRequest {
+            source: Some(pb::Source {
+                system: "shop".into(),
+                channel: common::Channel::Ecommerce as i32,
+            }),
+            external_id: "s-9".into(),
+            customer: Some(b),
+            source_update_time: None,
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .customer
+        .unwrap();
+    assert_ne!(a.name, b.name, "a review-level match is not linked automatically");
+
+    let survivor = merge(&app, &a.name, &[&b.name]).await.unwrap();
+    assert_eq!(survivor.name, a.name);
+    assert_eq!(survivor.merged_customers, vec![b.name.clone()]);
+    assert_eq!(survivor.phone_numbers.len(), 1, "contacts united");
+    assert_eq!(survivor.birth_date, "1990-05-06", "an empty value takes the merged one");
+    assert_eq!(
+        survivor.person_name.as_ref().unwrap().given_name,
+        "Sam",
+        "the API-set name is more trusted than the shop's"
+    );
+    assert_eq!(survivor.external_ids.len(), 1);
+    // The merged id answers with the survivor and leaves lists.
+    assert_eq!(get(&app, &b.name).await.name, a.name);
+    let listed = app
+        .client
+        .clone()
+        .list_customers(TestApp::admin(pb::ListCustomersRequest::default()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.customers.len(), 1);
+    // The shop's external id now updates the survivor.
+    let r = app
+        .client
+        .clone()
+        .ingest_customer(TestApp::admin(pb::IngestCustomerRequest {
+            source: Some(pb::Source {
+                system: "shop".into(),
+                channel: common::Channel::Ecommerce as i32,
+            }),
+            external_id: "s-9".into(),
+            customer: Some(pb::Customer {
+                tags: vec!["vip".into()],
+                ..Default::default()
+            }),
+            source_update_time: None,
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.customer.unwrap().name, a.name);
+
+    // The survivor changed since the merge: undoing would lose that change.
+    let err = unmerge(&app, &b.name).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert_eq!(reason(&err), "SURVIVOR_CHANGED");
+}
+
+#[tokio::test]
+async fn unmerge_restores_every_customer_of_the_merge() {
+    let app = TestApp::spawn().await;
+    let a = app.create(person("Ann", "Lee")).await;
+    let mut b = person("Anne", "Lee");
+    b.phone_numbers = vec![pb::PhoneNumber {
+        number: "13900139000".into(),
+        ..Default::default()
+    }];
+    let b = app.create(b).await;
+    let c = app.create(person("A.", "Lee")).await;
+    let survivor = merge(&app, &a.name, &[&b.name, &c.name]).await.unwrap();
+    assert_eq!(survivor.phone_numbers.len(), 1);
+
+    let restored = unmerge(&app, &c.name).await.unwrap();
+    assert_eq!(restored.name, c.name);
+    assert_eq!(restored.display_name, "A. Lee");
+    assert_eq!(get(&app, &b.name).await.name, b.name, "b comes back too");
+    let a_again = get(&app, &a.name).await;
+    assert!(a_again.phone_numbers.is_empty(), "the survivor is as before the merge");
+    assert!(a_again.merged_customers.is_empty());
+    let err = unmerge(&app, &b.name).await.unwrap_err();
+    assert_eq!(reason(&err), "NOT_MERGED");
+}
+
+#[tokio::test]
+async fn bad_merges_are_refused() {
+    let app = TestApp::spawn().await;
+    let a = app.create(person("Ann", "Lee")).await;
+    let err = merge(&app, &a.name, &[&a.name, "nope"]).await.unwrap_err();
+    assert_eq!(violations(&err), vec!["merged[1]"]);
+    let err = merge(&app, &a.name, &[&a.name]).await.unwrap_err();
+    assert_eq!(violations(&err), vec!["merged[0]"]);
+    let err = merge(&app, &a.name, &[]).await.unwrap_err();
+    assert_eq!(violations(&err), vec!["merged"]);
+    let err = merge(&app, &a.name, &["customers/0192f0c1-0000-7000-8000-000000000000"])
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+}
