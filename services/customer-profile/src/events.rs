@@ -91,3 +91,19 @@ pub fn unmerged(survivor: &Customer, restored: &[Customer], actor: &str) -> NewE
         data,
     }
 }
+
+pub fn stale(id: crate::domain::CustomerId, owner: &str, team: &str, days: i64) -> NewEvent {
+    let data = pb::CustomerStale {
+        customer: id.name(),
+        owner_user_id: owner.to_owned(),
+        team_id: team.to_owned(),
+        days_since_confirmed: days,
+    }
+    .encode_to_vec();
+    NewEvent {
+        event_type: "crm.customer.v1.CustomerStale",
+        subject: id.name(),
+        actor: String::new(),
+        data,
+    }
+}

@@ -34,6 +34,17 @@ pub const DEFAULTS: &str = r#"
 [customer_profile]
 default_region = "CN"
 definitions_refresh_ms = 2000
+reencrypt_interval_secs = 60
+
+[customer_profile.quality]
+completeness_target = 0.95
+duplicate_rate_target = 0.03
+entry_error_rate_target = 0.02
+freshness_target = 0.90
+freshness_days = 365
+entry_window_days = 30
+stale_check_interval_secs = 3600
+stats_flush_secs = 10
 
 [customer_profile.ingest]
 source_priority = ["api", "erp", "store", "service_desk", "ecommerce", "app", "web", "wechat", "phone", "email", "import"]
@@ -71,9 +82,13 @@ pub struct ServiceConfig {
     pub default_region: String,
     /// How long a replica uses its copy of the field definitions before reloading.
     pub definitions_refresh_ms: u64,
+    /// How often rows sealed with a retired key are looked for and re-sealed.
+    pub reencrypt_interval_secs: u64,
     pub ingest: IngestConfig,
     /// Duplicate detection: thresholds and the Fellegi-Sunter m/u tables.
     pub matching: domain::matching::MatchConfig,
+    /// Data-quality targets and the stale-profile job.
+    pub quality: service::quality::QualityConfig,
 }
 
 impl ServiceConfig {
@@ -94,6 +109,9 @@ impl ServiceConfig {
         }
         if let Err((key, message)) = self.matching.validate() {
             return Err(ConfigError::invalid(format!("customer_profile.matching.{key}"), message));
+        }
+        if let Err((key, message)) = self.quality.validate() {
+            return Err(ConfigError::invalid(format!("customer_profile.quality.{key}"), message));
         }
         Ok(())
     }
@@ -133,6 +151,7 @@ pub async fn build(platform: &Platform, cfg: &ServiceConfig) -> anyhow::Result<S
         Feed::new(db.clone(), SERVICE, platform.config.feed.clone(), platform.shutdown.clone()).with_keyring(keyring.clone());
     tokio::spawn(feed.clone().run_retention());
     let customers = Customers::new(db, platform.cache.clone(), feed, keyring, settings(cfg));
+    tokio::spawn(customers.clone().run_jobs(platform.shutdown.clone()));
     let api = Api::new(customers, platform.authorizer.clone(), platform.page_tokens.clone());
     let server = CustomerProfileServiceServer::new(api).max_decoding_message_size(platform.config.server.max_message_bytes);
     Ok(InterceptedService::new(server, platform.authenticator.clone()))
@@ -147,6 +166,8 @@ pub fn settings(cfg: &ServiceConfig) -> Settings {
         matching: cfg.matching.clone(),
         priority: SourcePriority(cfg.ingest.source_priority.clone()),
         definitions_refresh: std::time::Duration::from_millis(cfg.definitions_refresh_ms),
+        quality: cfg.quality.clone(),
+        reencrypt_interval: std::time::Duration::from_secs(cfg.reencrypt_interval_secs.max(1)),
     }
 }
 

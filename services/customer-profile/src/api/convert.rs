@@ -10,7 +10,10 @@ use crate::{
         definitions::{Classification, FieldDefinition, FieldType},
         matching::{Comparison, Outcome},
     },
-    service::ingest::{ImportJob, ImportState, Outcome as IngestOutcome, SourceRef, check_source},
+    service::{
+        ingest::{ImportJob, ImportState, Outcome as IngestOutcome, SourceRef, check_source},
+        quality::{Kpi, QualityReport},
+    },
     store::records::{Candidate, CandidateState, RowResult},
 };
 
@@ -536,5 +539,35 @@ pub fn source_from_proto(s: Option<pb::Source>, field: &str) -> Result<SourceRef
             Err(Error::InvalidArgument(v))
         }
         Err(e) => Err(e),
+    }
+}
+
+fn kpi_to_proto(k: &Kpi) -> pb::Kpi {
+    pb::Kpi {
+        value: k.value,
+        target: k.target,
+        status: if k.ok { pb::KpiStatus::Ok } else { pb::KpiStatus::Alert } as i32,
+        numerator: k.numerator,
+        denominator: k.denominator,
+    }
+}
+
+pub fn quality_to_proto(r: &QualityReport) -> pb::DataQualityReport {
+    pb::DataQualityReport {
+        completeness: Some(kpi_to_proto(&r.completeness)),
+        duplicate_rate: Some(kpi_to_proto(&r.duplicate_rate)),
+        entry_error_rate: Some(kpi_to_proto(&r.entry_error_rate)),
+        freshness: Some(kpi_to_proto(&r.freshness)),
+        fields: r
+            .fields
+            .iter()
+            .map(|(field, filled, applicable)| pb::FieldCompleteness {
+                field: field.clone(),
+                filled: *filled,
+                applicable: *applicable,
+            })
+            .collect(),
+        customers: r.customers,
+        compute_time: Some(timestamp(r.compute_time)),
     }
 }

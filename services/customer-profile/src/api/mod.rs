@@ -570,6 +570,18 @@ impl CustomerProfileService for Api {
         Ok(Response::new(convert::customer_to_proto(&customer)))
     }
 
+    async fn get_data_quality_report(
+        &self,
+        req: Request<pb::GetDataQualityReportRequest>,
+    ) -> Result<Response<pb::DataQualityReport>, Status> {
+        let principal = auth::principal(&req)?;
+        self.authorizer
+            .check(&principal, "customer.read", "dataQualityReport")
+            .await?;
+        let r = self.customers.quality_report().await?;
+        Ok(Response::new(convert::quality_to_proto(&r)))
+    }
+
     type StreamEventsStream = ReceiverStream<Result<StreamEventsResponse, Status>>;
 
     async fn stream_events(&self, req: Request<StreamEventsRequest>) -> Result<Response<Self::StreamEventsStream>, Status> {

@@ -165,9 +165,11 @@ impl Customers {
     /// Checks and normalises a partial record (violations under `customer.`).
     pub async fn validate_partial(&self, profile: Profile) -> Result<Partial> {
         let defs = self.definitions().await?;
-        let (profile, raw) = profile
-            .validated_partial(&self.settings.rules, &defs)
-            .map_err(|e| e.in_field("customer"))?;
+        let validated = profile.validated_partial(&self.settings.rules, &defs);
+        if validated.is_err() {
+            self.count_entry(&validated);
+        }
+        let (profile, raw) = validated.map_err(|e| e.in_field("customer"))?;
         Ok(Partial { profile, raw })
     }
 
@@ -197,8 +199,9 @@ impl Customers {
                 observed.unwrap_or(at),
                 at,
             )
-            .await
-            .map_err(|e| e.in_field("customer"))?;
+            .await;
+        self.count_entry(&done);
+        let done = done.map_err(|e| e.in_field("customer"))?;
         txn.commit().await?;
         if done.outcome != Outcome::Unchanged {
             self.after_commit(&done.customer);
@@ -452,6 +455,7 @@ impl Customers {
             };
             if result.outcome != Outcome::Skipped.as_str() {
                 records::insert_row(&txn, &job.id, seq, &result).await?;
+                self.entry.count(result.outcome != Outcome::Rejected.as_str());
             }
             *next.counts.entry(result.outcome.clone()).or_default() += 1;
             next.rows_processed = seq;

@@ -6,6 +6,7 @@ mod definitions;
 mod duplicates;
 pub mod ingest;
 mod merge;
+pub mod quality;
 
 use std::{
     collections::BTreeMap,
@@ -45,6 +46,8 @@ pub struct Settings {
     pub priority: SourcePriority,
     /// How long a replica trusts its copy of the field definitions.
     pub definitions_refresh: Duration,
+    pub quality: quality::QualityConfig,
+    pub reencrypt_interval: Duration,
 }
 
 #[derive(Clone, Debug)]
@@ -55,6 +58,7 @@ pub struct Customers {
     keyring: Arc<Keyring>,
     settings: Arc<Settings>,
     definitions: Arc<RwLock<Option<Loaded>>>,
+    entry: Arc<quality::EntryCounters>,
 }
 
 /// This replica's copy of the field definitions and when it was loaded.
@@ -79,6 +83,7 @@ impl Customers {
             keyring,
             settings: Arc::new(settings),
             definitions: Arc::new(RwLock::new(None)),
+            entry: Arc::default(),
         }
     }
 
@@ -182,7 +187,9 @@ impl Customers {
         key: Option<idempotency::Key>,
     ) -> Result<Customer> {
         let defs = self.definitions().await?;
-        let (profile, raw_values) = self.validate(profile, &defs)?;
+        let validated = self.validate(profile, &defs);
+        self.count_entry(&validated);
+        let (profile, raw_values) = validated?;
         if let Some(key) = &key
             && let Some(name) = idempotency::lookup(&self.db, key).await?
         {
@@ -316,7 +323,9 @@ impl Customers {
         let defs = self.definitions().await?;
         let txn = begin_write(&self.db).await?;
         let current = self.current(&txn, &defs, id, etag).await?;
-        let (profile, raw) = self.validate(update::apply(&current.profile, patch, paths), &defs)?;
+        let validated = self.validate(update::apply(&current.profile, patch, paths), &defs);
+        self.count_entry(&validated);
+        let (profile, raw) = validated?;
         let changed = update::changed_paths(&current.profile, &profile);
         if changed.is_empty() {
             txn.rollback().await?;

@@ -25,6 +25,7 @@ pub mod customer {
         pub key_id: String,
         pub confirm_time: Option<DateTimeUtc>,
         pub merged_into: Option<String>,
+        pub reminder_time: Option<DateTimeUtc>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -22,6 +22,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "merges (undo snapshots)",
         up: v3,
     },
+    Migration {
+        version: 4,
+        name: "entry statistics, stale-profile reminders",
+        up: v4,
+    },
 ];
 
 fn v1(d: Dialect) -> Vec<String> {
@@ -100,5 +105,16 @@ fn v3(d: Dialect) -> Vec<String> {
         ),
         "CREATE TABLE merge_members (customer_id TEXT PRIMARY KEY, merge_id TEXT NOT NULL)".into(),
         "CREATE INDEX merge_members_merge ON merge_members (merge_id)".into(),
+    ]
+}
+
+fn v4(d: Dialect) -> Vec<String> {
+    let ts = d.timestamp();
+    vec![
+        // Writes accepted and refused by validation, per UTC day (entry error rate).
+        "CREATE TABLE entry_stats (day TEXT PRIMARY KEY, accepted BIGINT NOT NULL, rejected BIGINT NOT NULL)".into(),
+        // When a stale-profile reminder was last sent.
+        format!("ALTER TABLE customers ADD COLUMN reminder_time {ts}"),
+        "CREATE INDEX customers_confirm_time ON customers (confirm_time, id)".into(),
     ]
 }

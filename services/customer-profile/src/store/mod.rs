@@ -153,6 +153,29 @@ pub async fn find_many<C: ConnectionTrait>(conn: &C, sealer: Sealer<'_>, ids: &[
 /// Reads a customer for a write and locks its row until the transaction ends
 /// (PostgreSQL `FOR UPDATE`; on SQLite the write transaction's lock already excludes
 /// other writers).
+/// Active customers (not deleted, not merged) after id `after`, in id order.
+pub async fn scan_active<C: ConnectionTrait>(
+    conn: &C,
+    sealer: Sealer<'_>,
+    after: Option<CustomerId>,
+    limit: u64,
+) -> Result<Vec<Customer>> {
+    let mut select = customer::Entity::find()
+        .filter(customer::Column::DeleteTime.is_null())
+        .filter(customer::Column::MergedInto.is_null());
+    if let Some(after) = after {
+        select = select.filter(customer::Column::Id.gt(after.uuid().to_string()));
+    }
+    select
+        .order_by(customer::Column::Id, Order::Asc)
+        .limit(limit)
+        .all(conn)
+        .await?
+        .into_iter()
+        .map(|m| decode(m, sealer))
+        .collect()
+}
+
 pub async fn find_for_update<C: ConnectionTrait>(conn: &C, sealer: Sealer<'_>, id: CustomerId) -> Result<Option<Customer>> {
     customer::Entity::find_by_id(id.uuid().to_string())
         .lock_exclusive()
@@ -286,6 +309,7 @@ fn encode(c: &Customer, sealer: Sealer<'_>) -> Result<customer::ActiveModel> {
         key_id: Set(sealer.keyring.active_key().to_owned()),
         confirm_time: Set(Some(c.confirm_time)),
         merged_into: Set(c.merged_into.map(|m| m.uuid().to_string())),
+        reminder_time: sea_orm::ActiveValue::NotSet,
         id: Set(c.id.uuid().to_string()),
         kind: Set(label(&c.profile.kind)?),
         display_name: Set(c.profile.display_name.clone()),

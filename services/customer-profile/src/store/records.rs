@@ -573,3 +573,96 @@ pub async fn set_pair_state<C: ConnectionTrait>(
 pub async fn drop_open_candidates<C: ConnectionTrait>(conn: &C, customer: CustomerId) -> Result<()> {
     drop_open_candidates_except(conn, customer, &[]).await
 }
+
+// ---- entry statistics and stale reminders ----------------------------------
+
+/// Adds to the counts of `day` (`YYYY-MM-DD`).
+pub async fn add_entry_stats<C: ConnectionTrait>(conn: &C, day: &str, accepted: i64, rejected: i64) -> Result<()> {
+    exec(
+        conn,
+        "INSERT INTO entry_stats (day, accepted, rejected) VALUES (?, ?, ?) ON CONFLICT (day) DO UPDATE SET \
+         accepted = entry_stats.accepted + excluded.accepted, rejected = entry_stats.rejected + excluded.rejected",
+        vec![day.into(), accepted.into(), rejected.into()],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Accepted and rejected writes on days from `since` on.
+pub async fn entry_stats<C: ConnectionTrait>(conn: &C, since: &str) -> Result<(i64, i64)> {
+    let rows = query(
+        conn,
+        // SUM of BIGINT is NUMERIC on PostgreSQL: cast back.
+        "SELECT CAST(COALESCE(SUM(accepted), 0) AS BIGINT) AS a, CAST(COALESCE(SUM(rejected), 0) AS BIGINT) AS r \
+         FROM entry_stats WHERE day >= ?",
+        vec![since.into()],
+    )
+    .await?;
+    match rows.first() {
+        Some(r) => Ok((r.try_get("", "a")?, r.try_get("", "r")?)),
+        None => Ok((0, 0)),
+    }
+}
+
+/// A customer due a stale-profile reminder.
+#[derive(Debug, Clone)]
+pub struct Stale {
+    pub id: CustomerId,
+    pub owner_user_id: String,
+    pub team_id: String,
+    pub confirm_time: DateTime<Utc>,
+}
+
+/// Active customers last confirmed before `before` and not reminded since, oldest
+/// first; on PostgreSQL locked and skipped by concurrent claimers.
+pub async fn claim_stale<C: ConnectionTrait>(conn: &C, before: DateTime<Utc>, limit: u64) -> Result<Vec<Stale>> {
+    let lock = if conn.get_database_backend() == sea_orm::DbBackend::Postgres {
+        " FOR UPDATE SKIP LOCKED"
+    } else {
+        ""
+    };
+    let rows = query(
+        conn,
+        &format!(
+            "SELECT id, owner_user_id, team_id, COALESCE(confirm_time, update_time) AS confirmed FROM customers \
+             WHERE delete_time IS NULL AND merged_into IS NULL AND COALESCE(confirm_time, update_time) < ? \
+             AND (reminder_time IS NULL OR reminder_time < COALESCE(confirm_time, update_time)) \
+             ORDER BY confirm_time, id LIMIT ?{lock}"
+        ),
+        vec![before.into(), (limit as i64).into()],
+    )
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(Stale {
+                id: customer_id(&r.try_get::<String>("", "id")?)?,
+                owner_user_id: r.try_get("", "owner_user_id")?,
+                team_id: r.try_get("", "team_id")?,
+                confirm_time: r.try_get("", "confirmed")?,
+            })
+        })
+        .collect()
+}
+
+pub async fn set_reminded<C: ConnectionTrait>(conn: &C, id: CustomerId, at: DateTime<Utc>) -> Result<()> {
+    exec(
+        conn,
+        "UPDATE customers SET reminder_time = ? WHERE id = ?",
+        vec![at.into(), id.uuid().to_string().into()],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Ids of customers sealed with another key than `active`.
+pub async fn sealed_with_other_key<C: ConnectionTrait>(conn: &C, active: &str, limit: u64) -> Result<Vec<CustomerId>> {
+    query(
+        conn,
+        "SELECT id FROM customers WHERE key_id <> ? ORDER BY id LIMIT ?",
+        vec![active.into(), (limit as i64).into()],
+    )
+    .await?
+    .iter()
+    .map(|r| customer_id(&r.try_get::<String>("", "id")?))
+    .collect()
+}

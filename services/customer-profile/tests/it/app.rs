@@ -40,6 +40,9 @@ impl TestApp {
         }
         cfg.platform.auth.jwt_secret = SECRET.into();
         cfg.platform.encryption = testing::encryption();
+        cfg.customer_profile.quality.stale_check_interval_secs = 1;
+        cfg.customer_profile.quality.stats_flush_secs = 1;
+        cfg.customer_profile.reencrypt_interval_secs = 1;
         cfg.platform.feed.poll_interval_ms = 50;
         cfg.platform.feed.heartbeat_secs = 1;
         if let Some(url) = testing::redis_url() {

@@ -14,3 +14,4 @@ mod import;
 mod ingest;
 mod list;
 mod merge;
+mod quality;
