@@ -4,6 +4,10 @@
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 mod bench;
+mod embedded;
+mod eval;
+mod import;
+mod seed;
 
 use clap::{Parser, Subcommand};
 use crm_platform::{
@@ -61,8 +65,12 @@ enum Command {
     },
     /// Apply every service's pending database migrations and exit.
     Migrate,
-    /// Load a running suite and print a JSON report (throughput, latency percentiles).
+    /// Load a running suite and print a JSON report (throughput, latency percentiles);
+    /// `crm bench import` measures bulk import with duplicate detection instead.
+    #[command(args_conflicts_with_subcommands = true)]
     Bench {
+        #[command(subcommand)]
+        kind: Option<BenchKind>,
         /// Address of the suite.
         #[arg(long, default_value = "http://127.0.0.1:50051")]
         target: String,
@@ -72,6 +80,55 @@ enum Command {
         /// Seconds per phase (create, get, list).
         #[arg(long, default_value_t = 10)]
         duration_secs: u64,
+    },
+    /// Write synthetic customers (CSV or JSON lines, by the file extension; stdout as
+    /// CSV without --out) with a controlled share of noisy duplicates and missing fields.
+    Seed {
+        /// Number of rows.
+        #[arg(long, default_value_t = 1000)]
+        customers: usize,
+        /// Share of rows that are noisy duplicates of an earlier customer.
+        #[arg(long, default_value_t = 0.05)]
+        duplicates: f64,
+        /// Chance that each optional field is missing.
+        #[arg(long, default_value_t = 0.1)]
+        missing: f64,
+        /// Random seed (same seed, same rows).
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Output file (.csv or .jsonl); also writes FILE.mapping.toml for `crm import`.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Import a CSV or JSON-lines file through ImportCustomers, with a progress bar and
+    /// a summary. Re-running with the same --job resumes it (rows already processed are
+    /// skipped).
+    Import {
+        /// The .csv or .jsonl file.
+        file: PathBuf,
+        /// The mapping file (TOML: source, channel, [[mapping]] column/field).
+        #[arg(long)]
+        mapping: PathBuf,
+        /// Address of the suite.
+        #[arg(long, default_value = "http://127.0.0.1:50051")]
+        target: String,
+        /// Import job id (default: derived from the file name).
+        #[arg(long)]
+        job: Option<String>,
+        /// Rows per message.
+        #[arg(long, default_value_t = 500)]
+        batch: usize,
+    },
+    /// Evaluate duplicate detection on a Febrl dataset (fetch it first with
+    /// `bash .ci/febrl.sh`): imports the records through the real import path into a
+    /// temporary service and prints precision, recall and F1 of the declared pairs.
+    EvalDedup {
+        /// febrl1, febrl2, febrl3 or febrl4.
+        #[arg(long)]
+        dataset: String,
+        /// Where .ci/febrl.sh put the files.
+        #[arg(long, env = "CRM_FEBRL_DIR")]
+        data_dir: Option<PathBuf>,
     },
     /// Print a bearer token signed with the configured HS256 secret (development).
     Token {
@@ -90,6 +147,26 @@ enum Command {
         /// Lifetime in hours.
         #[arg(long, default_value_t = 24)]
         ttl_hours: u64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchKind {
+    /// Import `crm seed` rows into an in-process service (temporary SQLite, or a
+    /// scratch schema of --database-url) and print rows/s as JSON.
+    Import {
+        /// Rows to import.
+        #[arg(long, default_value_t = 100_000)]
+        customers: usize,
+        /// Share of noisy duplicates in the rows.
+        #[arg(long, default_value_t = 0.05)]
+        duplicates: f64,
+        /// PostgreSQL URL; a scratch schema is created and dropped. SQLite when absent.
+        #[arg(long)]
+        database_url: Option<String>,
+        /// Rows per message.
+        #[arg(long, default_value_t = 500)]
+        batch: usize,
     },
 }
 
@@ -131,6 +208,55 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Bench {
+            kind:
+                Some(BenchKind::Import {
+                    customers,
+                    duplicates,
+                    database_url,
+                    batch,
+                }),
+            ..
+        } => bench_import(cfg, customers, duplicates, database_url.as_deref(), batch).await,
+        Command::Seed {
+            customers,
+            duplicates,
+            missing,
+            seed,
+            out,
+        } => write_seed(
+            &seed::Options {
+                customers,
+                duplicates,
+                missing,
+                seed,
+            },
+            out.as_deref(),
+        ),
+        Command::Import {
+            file,
+            mapping,
+            target,
+            job,
+            batch,
+        } => import_file(&cfg, &file, &mapping, &target, job, batch).await,
+        Command::EvalDedup { dataset, data_dir } => {
+            let dir = match data_dir {
+                Some(d) => d,
+                None => eval::default_dir()?,
+            };
+            let report = eval::run(
+                cfg.platform.clone(),
+                &cfg.customer_profile,
+                &dataset,
+                &dir,
+                &cfg.platform.auth.jwt_secret,
+            )
+            .await?;
+            println!("{report}");
+            Ok(())
+        }
+        Command::Bench {
+            kind: None,
             target,
             concurrency,
             duration_secs,
@@ -183,6 +309,150 @@ fn admin_token(secret: &str, user: &str, ttl: Duration) -> crm_platform::Result<
         ..Principal::default()
     };
     mint_hs256(secret, &admin, ttl)
+}
+
+fn write_seed(options: &seed::Options, out: Option<&std::path::Path>) -> anyhow::Result<()> {
+    use std::io::Write;
+    let rows = seed::generate(options);
+    let Some(path) = out else {
+        let mut w = csv::Writer::from_writer(std::io::stdout().lock());
+        w.write_record(seed::COLUMNS)?;
+        for r in &rows {
+            w.write_record(seed::COLUMNS.iter().map(|c| r.get(*c).map_or("", String::as_str)))?;
+        }
+        w.flush()?;
+        return Ok(());
+    };
+    if path.extension().is_some_and(|e| e == "jsonl") {
+        let mut w = std::io::BufWriter::new(std::fs::File::create(path)?);
+        for r in &rows {
+            serde_json::to_writer(&mut w, r)?;
+            w.write_all(b"\n")?;
+        }
+        w.flush()?;
+    } else {
+        let mut w = csv::Writer::from_path(path)?;
+        w.write_record(seed::COLUMNS)?;
+        for r in &rows {
+            w.write_record(seed::COLUMNS.iter().map(|c| r.get(*c).map_or("", String::as_str)))?;
+        }
+        w.flush()?;
+    }
+    let mapping = path.with_extension("mapping.toml");
+    let mut text = String::from("source = \"seed\"\nchannel = \"import\"\nkey_column = \"id\"\n");
+    for (column, field) in seed::MAPPING {
+        text.push_str(&format!("\n[[mapping]]\ncolumn = \"{column}\"\nfield = \"{field}\"\n"));
+    }
+    std::fs::write(&mapping, text)?;
+    eprintln!(
+        "crm seed: wrote {} rows to {} and the mapping to {}",
+        rows.len(),
+        path.display(),
+        mapping.display()
+    );
+    Ok(())
+}
+
+/// `(row key, row)`: the key column's value, or the 1-based line number.
+fn keyed(rows: Vec<import::Row>, key_column: Option<&str>) -> anyhow::Result<Vec<(String, import::Row)>> {
+    rows.into_iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let key = match key_column {
+                Some(c) => r
+                    .get(c)
+                    .cloned()
+                    .ok_or_else(|| anyhow::anyhow!("row {}: no value in key column `{c}`", i + 1))?,
+                None => (i + 1).to_string(),
+            };
+            Ok((key, r))
+        })
+        .collect()
+}
+
+async fn import_file(
+    cfg: &Config,
+    file: &std::path::Path,
+    mapping: &std::path::Path,
+    target: &str,
+    job: Option<String>,
+    batch: usize,
+) -> anyhow::Result<()> {
+    let m = import::MappingFile::load(mapping)?;
+    let rows = keyed(import::read_rows(file)?, m.key_column.as_deref())?;
+    let job_id = job.unwrap_or_else(|| {
+        let stem = file
+            .file_stem()
+            .map(|s| s.to_string_lossy().to_lowercase())
+            .unwrap_or_default();
+        let slug: String = stem
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+            .take(50)
+            .collect();
+        format!("import-{}", slug.trim_matches('-'))
+    });
+    let spec = import::Spec {
+        job_id,
+        source: m.source.clone(),
+        channel: import::channel(&m.channel)?,
+        mapping: m.mapping.iter().map(|c| (c.column.clone(), c.field.clone())).collect(),
+        batch,
+    };
+    let token = admin_token(&cfg.platform.auth.jwt_secret, "import", Duration::from_secs(24 * 3600))?;
+    let channel = tonic::transport::Channel::from_shared(target.to_owned())?.connect().await?;
+    let mut client = crm_proto::crm::customer::v1::customer_profile_service_client::CustomerProfileServiceClient::new(channel)
+        .max_decoding_message_size(64 << 20);
+    let (job, elapsed) = import::run(&mut client, &token, &spec, rows, true).await?;
+    println!("{}", import::summary(&job, elapsed));
+    for e in job.errors.iter().take(20) {
+        let why: Vec<String> = e.errors.iter().map(|f| format!("{}: {}", f.field, f.description)).collect();
+        println!("  row {} rejected: {}", e.row_key, why.join("; "));
+    }
+    Ok(())
+}
+
+async fn bench_import(
+    cfg: Config,
+    customers: usize,
+    duplicates: f64,
+    database_url: Option<&str>,
+    batch: usize,
+) -> anyhow::Result<()> {
+    let rows = seed::generate(&seed::Options {
+        customers,
+        duplicates,
+        missing: 0.1,
+        seed: 42,
+    });
+    let rows = rows.into_iter().map(|r| (r["id"].clone(), r)).collect();
+    let service = embedded::Embedded::start(cfg.platform.clone(), &cfg.customer_profile, database_url).await?;
+    let token = admin_token(&cfg.platform.auth.jwt_secret, "bench", Duration::from_secs(24 * 3600))?;
+    let spec = import::Spec {
+        job_id: "bench-import".into(),
+        source: "seed".into(),
+        channel: crm_proto::crm::common::v1::Channel::Import,
+        mapping: seed::MAPPING
+            .iter()
+            .map(|(c, f)| ((*c).to_owned(), (*f).to_owned()))
+            .collect(),
+        batch,
+    };
+    let mut client = service.client.clone();
+    let (job, elapsed) = import::run(&mut client, &token, &spec, rows, false).await?;
+    let backend = service.backend;
+    service.stop().await?;
+    let secs = elapsed.as_secs_f64();
+    println!(
+        r#"{{"op":"import","backend":"{backend}","rows":{},"seconds":{secs:.2},"rows_per_s":{:.0},"created":{},"merged":{},"updated":{},"rejected":{},"batch":{batch}}}"#,
+        job.rows_processed,
+        job.rows_processed as f64 / secs.max(1e-9),
+        job.created,
+        job.merged,
+        job.updated,
+        job.rejected
+    );
+    Ok(())
 }
 
 async fn serve(cfg: Config) -> anyhow::Result<()> {

@@ -41,7 +41,10 @@ fn migrate_applies_once() {
     let dir = tempfile::tempdir().unwrap();
     let first = crm(dir.path()).arg("migrate").output().unwrap();
     assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
-    let every: Vec<String> = crm_customer_profile::store::MIGRATIONS.iter().map(|m| m.version.to_string()).collect();
+    let every: Vec<String> = crm_customer_profile::store::MIGRATIONS
+        .iter()
+        .map(|m| m.version.to_string())
+        .collect();
     let applied = format!("applied migrations [{}]", every.join(", "));
     assert!(String::from_utf8_lossy(&first.stdout).contains(&applied), "{applied}");
     assert!(dir.path().join("customer-profile.db").exists());

@@ -1,0 +1,83 @@
+//! An in-process customer-profile for one-command tools (`crm bench import`,
+//! `crm eval-dedup`): on a temporary SQLite file, or in a fresh schema of a
+//! PostgreSQL database that is dropped afterwards. Calls go through real gRPC on a
+//! loopback port.
+
+use crm_customer_profile::ServiceConfig;
+use crm_platform::{
+    Platform,
+    config::PlatformConfig,
+    server::{GrpcServer, Shutdown, shutdown_channel},
+};
+use crm_proto::crm::customer::v1::customer_profile_service_client::CustomerProfileServiceClient;
+use sea_orm::ConnectionTrait;
+use tonic::transport::Channel;
+
+pub struct Embedded {
+    pub client: CustomerProfileServiceClient<Channel>,
+    pub backend: &'static str,
+    shutdown: Shutdown,
+    _dir: Option<tempfile::TempDir>,
+    schema: Option<(String, String)>,
+}
+
+impl Embedded {
+    /// Starts the service; `database_url` selects PostgreSQL, else a temporary SQLite.
+    pub async fn start(
+        mut platform: PlatformConfig,
+        service: &ServiceConfig,
+        database_url: Option<&str>,
+    ) -> anyhow::Result<Self> {
+        let mut dir = None;
+        let mut schema = None;
+        match database_url {
+            Some(url) => {
+                let name = format!("tool_{}", uuid::Uuid::new_v4().simple());
+                platform.database.url = url.to_owned();
+                platform.database.schema = name.clone();
+                platform.cache.allow_local_with_postgres = true;
+                schema = Some((url.to_owned(), name));
+            }
+            None => {
+                let d = tempfile::tempdir()?;
+                platform.database.url = String::new();
+                platform.database.data_dir = d.path().display().to_string();
+                dir = Some(d);
+            }
+        }
+        platform.redis.url = String::new();
+        platform.server.listen = "127.0.0.1:0".parse()?;
+        let (shutdown, signal) = shutdown_channel();
+        let platform = Platform::new(platform, signal.clone())?;
+        let mut server = GrpcServer::new(platform.config.server.clone());
+        server
+            .add_service(crm_customer_profile::build(&platform, service).await?)
+            .await
+            .allow_long_running(crm_customer_profile::LONG_RUNNING);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        tokio::spawn(server.serve(listener, signal));
+        let channel = Channel::from_shared(format!("http://{addr}"))?.connect().await?;
+        let client = CustomerProfileServiceClient::new(channel)
+            .max_decoding_message_size(64 << 20)
+            .max_encoding_message_size(platform.config.server.max_message_bytes);
+        Ok(Self {
+            client,
+            backend: if database_url.is_some() { "postgresql" } else { "sqlite" },
+            shutdown,
+            _dir: dir,
+            schema,
+        })
+    }
+
+    /// Stops the service and drops the PostgreSQL schema, if any.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.shutdown.trigger();
+        if let Some((url, schema)) = &self.schema {
+            let db = sea_orm::Database::connect(url.as_str()).await?;
+            db.execute_unprepared(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
+                .await?;
+        }
+        Ok(())
+    }
+}
