@@ -53,7 +53,7 @@ source_priority = ["api", "erp", "store", "service_desk", "ecommerce", "app", "w
 review_threshold = 0.80
 auto_merge_threshold = 0.98
 prior = 0.001
-max_candidates_per_key = 25
+max_candidates_per_key = 10
 unmerge_window_days = 30
 given_name = { m = [0.88, 0.08, 0.04], u = [0.02, 0.05, 0.93] }
 family_name = { m = [0.88, 0.08, 0.04], u = [0.01, 0.04, 0.95] }

@@ -153,14 +153,12 @@ pub struct BlockingKey {
     pub value: String,
 }
 
-fn initial(s: &str) -> Option<char> {
-    s.chars().find(|c| c.is_alphanumeric())
-}
-
-/// The blocking keys of a profile: exact phone, e-mail and national id; full name
-/// key; phonetic family name + given initial and phonetic given name + family
-/// initial (so a typo in one part still blocks); birth date; postal code + given
-/// initial; organisation name key.
+/// The blocking keys of a profile. Exact contacts and ids block alone; names never
+/// do (common names are shared by thousands), only combined with a second
+/// attribute, and in two spellings (the name key, and a phonetic family name plus
+/// given initial) so a typo in one part still blocks:
+/// name + birth date, name + postal code, phonetic family + birth date, phonetic
+/// given + postal code, birth date + postal code; organisations by name key.
 pub fn blocking_keys(p: &Profile) -> Vec<BlockingKey> {
     let mut keys = Vec::new();
     let mut push = |kind: &'static str, value: String| {
@@ -177,31 +175,40 @@ pub fn blocking_keys(p: &Profile) -> Vec<BlockingKey> {
     push("national_id", p.national_id.clone());
     let given = fold_name(&p.person_name.given);
     let family = fold_name(&p.person_name.family);
+    let postcodes: Vec<String> = p
+        .addresses
+        .iter()
+        .filter(|a| !a.postal.postal_code.is_empty())
+        .map(|a| format!("{}|{}", a.postal.region_code, a.postal.postal_code))
+        .collect();
+    let dob = p.birth_date.as_str();
     if p.kind != CustomerKind::Organization && (!given.is_empty() || !family.is_empty()) {
-        push("name", name_key(&given, &family));
-        if has_cjk(&given) || has_cjk(&family) {
-            // Family name and first given character: 王小明 and 王小民 share 王小.
-            if let (Some(f), Some(g)) = (initial(&family), initial(&given)) {
-                push("name_prefix", format!("{f}{g}"));
+        let name = name_key(&given, &family);
+        // Phonetic codes for Latin names; CJK names use their characters.
+        let code = |part: &str| if has_cjk(part) { part.chars().filter(|c| !c.is_whitespace()).collect() } else { soundex(part) };
+        let (family_code, given_code) = (code(&family), code(&given));
+        if !dob.is_empty() {
+            push("name_dob", format!("{name}|{dob}"));
+            if !family_code.is_empty() {
+                push("family_dob", format!("{family_code}|{dob}"));
             }
-        } else {
-            if let Some(g) = initial(&given) {
-                push("family_phonetic", format!("{}{g}", soundex(&family)));
-            }
-            if let Some(f) = initial(&family) {
-                push("given_phonetic", format!("{}{f}", soundex(&given)));
+            if !given_code.is_empty() {
+                push("given_dob", format!("{given_code}|{dob}"));
             }
         }
-        push("birth_date", p.birth_date.clone());
-        for a in &p.addresses {
-            if let Some(g) = initial(&given).or_else(|| initial(&family))
-                && !a.postal.postal_code.is_empty()
-            {
-                push(
-                    "postal_initial",
-                    format!("{}|{}|{g}", a.postal.region_code, a.postal.postal_code),
-                );
+        for zip in &postcodes {
+            push("name_zip", format!("{name}|{zip}"));
+            if !given_code.is_empty() {
+                push("given_zip", format!("{given_code}|{zip}"));
             }
+            if !family_code.is_empty() {
+                push("family_zip", format!("{family_code}|{zip}"));
+            }
+        }
+    }
+    if !dob.is_empty() {
+        for zip in &postcodes {
+            push("dob_zip", format!("{dob}|{zip}"));
         }
     }
     if !p.organization_name.is_empty() {
@@ -495,8 +502,10 @@ mod tests {
 
     #[test]
     fn blocking_keys_survive_a_typo_in_either_name() {
-        let a = with_address(person("Joshua", "Thompson"), "", "2615", "");
-        let b = with_address(person("Joshua", "Tompsen"), "", "2615", "");
+        let mut a = with_address(person("Joshua", "Thompson"), "", "2615", "");
+        a.birth_date = "1980-01-02".into();
+        let mut b = with_address(person("Joshua", "Tompsen"), "", "2615", "");
+        b.birth_date = "1980-01-02".into();
         let c = with_address(person("Joshau", "Thompson"), "", "2615", "");
         let shared = |x: &Profile, y: &Profile| {
             let kx = blocking_keys(x);
@@ -505,7 +514,11 @@ mod tests {
         assert!(shared(&a, &b));
         assert!(shared(&a, &c));
         assert!(!shared(&person("Ann", "Lee"), &person("Bob", "Ray")));
-        let cjk = blocking_keys(&person("小明", "王"));
-        assert!(cjk.iter().any(|k| k.kind == "name" && k.value == "王小明"), "{cjk:?}");
+        // A name alone never blocks: 王伟 is shared by hundreds of thousands.
+        assert!(!shared(&person("伟", "王"), &person("伟", "王")));
+        let mut cjk = person("小明", "王");
+        cjk.birth_date = "1990-01-01".into();
+        let keys = blocking_keys(&cjk);
+        assert!(keys.iter().any(|k| k.kind == "name_dob" && k.value == "王小明|1990-01-01"), "{keys:?}");
     }
 }

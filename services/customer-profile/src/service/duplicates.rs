@@ -52,12 +52,20 @@ impl Customers {
         Ok(out)
     }
 
-    /// Records the review candidates of `c` (inside the write's transaction).
-    pub(super) async fn detect<C: ConnectionTrait>(&self, conn: &C, c: &Customer, defs: &Definitions) -> Result<()> {
-        let found = self.matches(conn, defs, &c.profile, Some(c.id)).await?;
+    /// Records the review candidates of `c` (inside the write's transaction). `known`:
+    /// the matches of a customer just created (it has no earlier candidates).
+    pub(super) async fn detect<C: ConnectionTrait>(&self, conn: &C, c: &Customer, defs: &Definitions, known: Option<Vec<Match>>) -> Result<()> {
+        let new = known.is_some();
+        let found = match known {
+            Some(found) => found,
+            None => self.matches(conn, defs, &c.profile, Some(c.id)).await?,
+        };
         let at = super::now();
         for m in &found {
             records::upsert_candidate(conn, c.id, m.customer.id, m.score.probability, &m.score.comparisons, at).await?;
+        }
+        if new {
+            return Ok(());
         }
         let keep: Vec<CustomerId> = found.iter().map(|m| m.customer.id).collect();
         records::drop_open_candidates_except(conn, c.id, &keep).await

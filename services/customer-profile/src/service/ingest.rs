@@ -251,8 +251,8 @@ impl Customers {
             None => {
                 let (full, mut full_raw) = incoming.clone().validated(&self.settings.rules, defs)?;
                 full_raw.extend(raw.clone());
-                let best = self.matches(txn, defs, &full, None).await?.into_iter().next();
-                match best {
+                let found = self.matches(txn, defs, &full, None).await?;
+                match found.first() {
                     Some(m) if self.settings.matching.decide(m.score.probability) == Decision::Match => {
                         let base = self.survivor_for_update(txn, defs, m.customer.id).await?;
                         (base, Outcome::Merged, m.score.probability)
@@ -276,7 +276,7 @@ impl Customers {
                         };
                         store::insert(txn, self.sealer(defs), &customer).await?;
                         records::link_external_id(txn, &source.system, external_id, customer.id).await?;
-                        self.index(txn, &customer, defs).await?;
+                        self.index_new(txn, &customer, defs, found).await?;
                         feed::append(txn, self.seal_event(events::created(&customer, actor))?).await?;
                         return Ok(Ingested {
                             customer,
@@ -403,10 +403,11 @@ impl Customers {
         let txn = begin_write(&self.db).await?;
         let mut next = job.clone();
         let mut written = Vec::new();
-        let mut seen_in_batch = std::collections::HashSet::new();
+        let keys: Vec<&str> = rows.iter().map(|r| r.key.as_str()).collect();
+        let mut seen = records::rows_seen(&txn, &job.id, &keys).await?;
         for row in rows {
             let seq = next.rows_processed + 1;
-            let result = if records::row_seen(&txn, &job.id, &row.key).await? || !seen_in_batch.insert(row.key.clone()) {
+            let result = if !seen.insert(row.key.clone()) {
                 records::RowResult {
                     row_key: row.key.clone(),
                     outcome: Outcome::Skipped.as_str().into(),

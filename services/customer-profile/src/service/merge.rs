@@ -112,7 +112,7 @@ impl Customers {
             if !store::update(&txn, self.sealer(&defs), &alias, loser.revision).await? {
                 return Err(Error::EtagMismatch { name: loser.name() });
             }
-            records::set_keys(&txn, &self.keyring, loser.id, &[]).await?;
+            records::set_keys(&txn, &self.keyring, loser.id, &[], false).await?;
             records::relink_external_ids(&txn, &loser.external_ids, survivor).await?;
             records::set_pair_state(&txn, survivor, loser.id, CandidateState::Merged, at).await?;
             records::drop_open_candidates(&txn, loser.id).await?;

@@ -174,9 +174,16 @@ impl Customers {
     /// Replaces the blocking keys of `c` and records its duplicate candidates.
     async fn index<C: ConnectionTrait>(&self, conn: &C, c: &Customer, defs: &Definitions) -> Result<()> {
         let keys = crate::domain::matching::blocking_keys(&c.profile);
-        store::records::set_keys(conn, &self.keyring, c.id, &keys).await?;
-        self.detect(conn, c, defs).await?;
+        store::records::set_keys(conn, &self.keyring, c.id, &keys, false).await?;
+        self.detect(conn, c, defs, None).await?;
         Ok(())
+    }
+
+    /// [`Customers::index`] for a customer just inserted, whose matches are known.
+    async fn index_new<C: ConnectionTrait>(&self, conn: &C, c: &Customer, defs: &Definitions, found: Vec<duplicates::Match>) -> Result<()> {
+        let keys = crate::domain::matching::blocking_keys(&c.profile);
+        store::records::set_keys(conn, &self.keyring, c.id, &keys, true).await?;
+        self.detect(conn, c, defs, Some(found)).await
     }
 
     pub async fn create(
@@ -226,7 +233,8 @@ impl Customers {
             return self.get(CustomerId::parse_name(&name, "request_id")?).await;
         }
         store::insert(&txn, self.sealer(&defs), &customer).await?;
-        self.index(&txn, &customer, &defs).await?;
+        let found = self.matches(&txn, &defs, &customer.profile, Some(customer.id)).await?;
+        self.index_new(&txn, &customer, &defs, found).await?;
         feed::append(&txn, self.seal_event(events::created(&customer, actor))?).await?;
         txn.commit().await?;
         self.after_commit(&customer);

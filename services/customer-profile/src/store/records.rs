@@ -45,15 +45,13 @@ fn customer_id(text: &str) -> Result<CustomerId> {
 
 // ---- blocking keys ----------------------------------------------------------
 
-/// Replaces the blocking keys of `id` with the blind indexes of `keys`.
-pub async fn set_keys<C: ConnectionTrait>(conn: &C, keyring: &Keyring, id: CustomerId, keys: &[BlockingKey]) -> Result<()> {
+/// Replaces the blocking keys of `id` with the blind indexes of `keys` (`new`: it
+/// has none yet).
+pub async fn set_keys<C: ConnectionTrait>(conn: &C, keyring: &Keyring, id: CustomerId, keys: &[BlockingKey], new: bool) -> Result<()> {
     let id = id.uuid().to_string();
-    exec(
-        conn,
-        "DELETE FROM customer_keys WHERE customer_id = ?",
-        vec![id.clone().into()],
-    )
-    .await?;
+    if !new {
+        exec(conn, "DELETE FROM customer_keys WHERE customer_id = ?", vec![id.clone().into()]).await?;
+    }
     if keys.is_empty() {
         return Ok(());
     }
@@ -64,12 +62,7 @@ pub async fn set_keys<C: ConnectionTrait>(conn: &C, keyring: &Keyring, id: Custo
         values.push(k.kind.into());
         values.push(keyring.blind_index(k.kind, &k.value).into());
     }
-    exec(
-        conn,
-        &format!("INSERT INTO customer_keys (customer_id, kind, value) VALUES {rows}"),
-        values,
-    )
-    .await?;
+    exec(conn, &format!("INSERT INTO customer_keys (customer_id, kind, value) VALUES {rows}"), values).await?;
     Ok(())
 }
 
@@ -82,25 +75,32 @@ pub async fn candidates<C: ConnectionTrait>(
     per_key: u32,
     exclude: Option<CustomerId>,
 ) -> Result<Vec<CustomerId>> {
+    if keys.is_empty() {
+        return Ok(Vec::new());
+    }
     let exclude = exclude.map(|e| e.uuid().to_string()).unwrap_or_default();
-    let mut out: Vec<CustomerId> = Vec::new();
+    // One round trip: a union of one index range per key, each capped.
+    let sql = (0..keys.len())
+        .map(|i| {
+            format!(
+                "SELECT customer_id FROM (SELECT customer_id FROM customer_keys WHERE kind = ? AND value = ? AND customer_id <> ? \
+                 ORDER BY customer_id DESC LIMIT ?) AS k{i}"
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" UNION ALL ");
+    let mut values = Vec::with_capacity(keys.len() * 4);
     for k in keys {
-        let rows = query(
-            conn,
-            "SELECT customer_id FROM customer_keys WHERE kind = ? AND value = ? AND customer_id <> ? ORDER BY customer_id DESC LIMIT ?",
-            vec![
-                k.kind.into(),
-                keyring.blind_index(k.kind, &k.value).into(),
-                exclude.clone().into(),
-                i64::from(per_key).into(),
-            ],
-        )
-        .await?;
-        for row in rows {
-            let id = customer_id(&row.try_get::<String>("", "customer_id")?)?;
-            if !out.contains(&id) {
-                out.push(id);
-            }
+        values.push(k.kind.into());
+        values.push(keyring.blind_index(k.kind, &k.value).into());
+        values.push(exclude.clone().into());
+        values.push(i64::from(per_key).into());
+    }
+    let mut out: Vec<CustomerId> = Vec::new();
+    for row in query(conn, &sql, values).await? {
+        let id = customer_id(&row.try_get::<String>("", "customer_id")?)?;
+        if !out.contains(&id) {
+            out.push(id);
         }
     }
     Ok(out)
@@ -404,14 +404,19 @@ pub struct RowResult {
     pub probability: f64,
 }
 
-pub async fn row_seen<C: ConnectionTrait>(conn: &C, job: &str, row_key: &str) -> Result<bool> {
-    Ok(!query(
-        conn,
-        "SELECT 1 AS one FROM import_rows WHERE job_id = ? AND row_key = ?",
-        vec![job.into(), row_key.into()],
-    )
-    .await?
-    .is_empty())
+/// The keys among `row_keys` the job already processed.
+pub async fn rows_seen<C: ConnectionTrait>(conn: &C, job: &str, row_keys: &[&str]) -> Result<std::collections::HashSet<String>> {
+    let mut seen = std::collections::HashSet::new();
+    for chunk in row_keys.chunks(500) {
+        let marks = vec!["?"; chunk.len()].join(", ");
+        let mut values: Vec<Value> = vec![job.into()];
+        values.extend(chunk.iter().map(|k| Value::from(*k)));
+        let sql = format!("SELECT row_key FROM import_rows WHERE job_id = ? AND row_key IN ({marks})");
+        for row in query(conn, &sql, values).await? {
+            seen.insert(row.try_get::<String>("", "row_key")?);
+        }
+    }
+    Ok(seen)
 }
 
 pub async fn insert_row<C: ConnectionTrait>(conn: &C, job: &str, seq: i64, r: &RowResult) -> Result<()> {
