@@ -194,3 +194,57 @@ mod tests {
         assert!(dir.path().join("nested/svc.db").exists());
     }
 }
+
+/// Largest statement, in bytes of parameters, that bulk inserts build. sqlx 0.9.0
+/// leaves Nagle's algorithm on (transact-rs/sqlx#4335, fixed upstream by #4336 but not
+/// released): a statement written in several segments can wait ~40 ms for the
+/// server's delayed ACK. Keeping multi-row statements small avoids that stall.
+pub const MAX_STATEMENT_BYTES: usize = 6 * 1024;
+
+/// Splits `items` into runs whose estimated `size` stays under
+/// [`MAX_STATEMENT_BYTES`] and whose length stays under `max_rows` (each run holds at
+/// least one item).
+pub fn chunks_by_size<T>(items: &[T], max_rows: usize, size: impl Fn(&T) -> usize) -> Vec<&[T]> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    let mut bytes = 0;
+    for (i, item) in items.iter().enumerate() {
+        let s = size(item);
+        if i > start && (bytes + s > MAX_STATEMENT_BYTES || i - start >= max_rows) {
+            out.push(&items[start..i]);
+            start = i;
+            bytes = 0;
+        }
+        bytes += s;
+    }
+    if start < items.len() {
+        out.push(&items[start..]);
+    }
+    out
+}
+
+#[cfg(test)]
+mod chunk_tests {
+    use super::*;
+
+    #[test]
+    fn chunks_respect_size_and_rows() {
+        let items = vec![1000usize; 20];
+        let chunks = chunks_by_size(&items, 100, |s| *s);
+        assert!(chunks.iter().all(|c| c.iter().sum::<usize>() <= MAX_STATEMENT_BYTES));
+        assert_eq!(chunks.iter().map(|c| c.len()).sum::<usize>(), 20);
+        assert_eq!(
+            chunks_by_size(&[10usize; 7], 3, |s| *s)
+                .iter()
+                .map(|c| c.len())
+                .collect::<Vec<_>>(),
+            vec![3, 3, 1]
+        );
+        assert_eq!(
+            chunks_by_size(&[100_000usize], 3, |s| *s).len(),
+            1,
+            "an oversized item still goes alone"
+        );
+        assert!(chunks_by_size::<usize>(&[], 3, |s| *s).is_empty());
+    }
+}

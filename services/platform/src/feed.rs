@@ -134,6 +134,34 @@ pub async fn append<C: ConnectionTrait>(txn: &C, event: NewEvent) -> Result<()> 
     Ok(())
 }
 
+/// Writes `events`, in order, inside the caller's transaction, with multi-row
+/// inserts (bulk paths such as imports).
+pub async fn append_many<C: ConnectionTrait>(txn: &C, events: Vec<NewEvent>) -> Result<()> {
+    let backend = txn.get_database_backend();
+    let traceparent = crate::telemetry::current_traceparent().unwrap_or_default();
+    let now = Utc::now();
+    for chunk in crate::db::chunks_by_size(&events, 500, |e| e.data.len() + e.subject.len() + 120) {
+        let rows = vec!["(?, ?, ?, ?, ?, ?, ?)"; chunk.len()].join(", ");
+        let mut values: Vec<Value> = Vec::with_capacity(chunk.len() * 7);
+        for e in chunk {
+            values.extend([
+                uuid::Uuid::now_v7().to_string().into(),
+                e.event_type.into(),
+                e.subject.clone().into(),
+                e.actor.clone().into(),
+                traceparent.clone().into(),
+                now.into(),
+                e.data.clone().into(),
+            ]);
+        }
+        let sql =
+            format!("INSERT INTO outbox (event_id, event_type, subject, actor, traceparent, occur_time, data) VALUES {rows}");
+        txn.execute_raw(Statement::from_sql_and_values(backend, placeholders(backend, &sql), values))
+            .await?;
+    }
+    Ok(())
+}
+
 /// A service's feed: reads, streams and purges its outbox.
 #[derive(Clone, Debug)]
 pub struct Feed {

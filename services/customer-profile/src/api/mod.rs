@@ -345,10 +345,10 @@ impl CustomerProfileService for Api {
             }
             let mut bad = Vec::new();
             for (i, r) in rows.iter().enumerate() {
-                if r.row_key.is_empty() || r.row_key.len() > 128 {
+                if r.row_key.is_empty() || r.row_key.len() > 128 || r.row_key.chars().any(char::is_control) {
                     bad.push(crm_platform::FieldViolation::new(
                         format!("rows.rows[{i}].row_key"),
-                        "1 to 128 characters",
+                        "1 to 128 characters, no control characters",
                     ));
                 }
             }

@@ -185,7 +185,13 @@ pub fn blocking_keys(p: &Profile) -> Vec<BlockingKey> {
     if p.kind != CustomerKind::Organization && (!given.is_empty() || !family.is_empty()) {
         let name = name_key(&given, &family);
         // Phonetic codes for Latin names; CJK names use their characters.
-        let code = |part: &str| if has_cjk(part) { part.chars().filter(|c| !c.is_whitespace()).collect() } else { soundex(part) };
+        let code = |part: &str| {
+            if has_cjk(part) {
+                part.chars().filter(|c| !c.is_whitespace()).collect()
+            } else {
+                soundex(part)
+            }
+        };
         let (family_code, given_code) = (code(&family), code(&given));
         if !dob.is_empty() {
             push("name_dob", format!("{name}|{dob}"));
@@ -519,6 +525,9 @@ mod tests {
         let mut cjk = person("小明", "王");
         cjk.birth_date = "1990-01-01".into();
         let keys = blocking_keys(&cjk);
-        assert!(keys.iter().any(|k| k.kind == "name_dob" && k.value == "王小明|1990-01-01"), "{keys:?}");
+        assert!(
+            keys.iter().any(|k| k.kind == "name_dob" && k.value == "王小明|1990-01-01"),
+            "{keys:?}"
+        );
     }
 }

@@ -28,7 +28,7 @@ pub struct Match {
 impl Customers {
     /// Active customers sharing a blocking key with `profile`, scored, best first;
     /// only those at or above the review threshold.
-    pub(super) async fn matches<C: ConnectionTrait>(
+    pub(crate) async fn matches<C: ConnectionTrait>(
         &self,
         conn: &C,
         defs: &Definitions,
@@ -54,7 +54,13 @@ impl Customers {
 
     /// Records the review candidates of `c` (inside the write's transaction). `known`:
     /// the matches of a customer just created (it has no earlier candidates).
-    pub(super) async fn detect<C: ConnectionTrait>(&self, conn: &C, c: &Customer, defs: &Definitions, known: Option<Vec<Match>>) -> Result<()> {
+    pub(super) async fn detect<C: ConnectionTrait>(
+        &self,
+        conn: &C,
+        c: &Customer,
+        defs: &Definitions,
+        known: Option<Vec<Match>>,
+    ) -> Result<()> {
         let new = known.is_some();
         let found = match known {
             Some(found) => found,

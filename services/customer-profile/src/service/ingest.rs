@@ -1,14 +1,14 @@
 //! Channel ingestion (upsert by external id, source priority, match-and-link) and
 //! bulk import (batches of rows through the same path, with a resumable job).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use crm_platform::{Error, FieldViolation, Result, db::begin_write, feed};
 use sea_orm::DatabaseTransaction;
 use serde::{Deserialize, Serialize};
 
-use super::{Customers, carry_raw, not_found};
+use super::{Customers, carry_raw, duplicates::Match, not_found};
 use crate::{
     domain::{
         Customer, CustomerId, Profile,
@@ -16,7 +16,7 @@ use crate::{
         customer::{Channel, ExternalId, Provenance},
         definitions::Definitions,
         import::{self, Mapping},
-        matching::Decision,
+        matching::{BlockingKey, Comparison, Decision, blocking_keys, score},
         update,
     },
     events,
@@ -65,6 +65,17 @@ impl Outcome {
         .into_iter()
         .find(|o| o.as_str() == s)
     }
+}
+
+/// New customers of an import batch not written yet, and what goes with them.
+#[derive(Default)]
+struct Pending {
+    customers: Vec<Customer>,
+    keys: Vec<(CustomerId, Vec<BlockingKey>)>,
+    by_key: HashMap<BlockingKey, Vec<usize>>,
+    links: Vec<(String, String, CustomerId)>,
+    events: Vec<feed::NewEvent>,
+    candidates: Vec<(CustomerId, CustomerId, f64, Vec<Comparison>)>,
 }
 
 /// A partial record, checked and normalised, with the raw input normalisation changed.
@@ -397,7 +408,9 @@ impl Customers {
 
     /// Processes one batch of rows in one transaction: each row is skipped (key seen),
     /// rejected (with its field errors) or ingested; its result and the job's counts
-    /// commit with the rows' effects.
+    /// commit with the rows' effects. New customers are buffered and written with
+    /// multi-row inserts; rows of the batch still match them through an in-memory
+    /// index, and any row that must change a stored customer first writes the buffer.
     pub async fn import_batch(&self, actor: &str, job: &mut ImportJob, rows: Vec<import::Row>) -> Result<()> {
         let defs = self.definitions().await?;
         let txn = begin_write(&self.db).await?;
@@ -405,58 +418,92 @@ impl Customers {
         let mut written = Vec::new();
         let keys: Vec<&str> = rows.iter().map(|r| r.key.as_str()).collect();
         let mut seen = records::rows_seen(&txn, &job.id, &keys).await?;
-        for row in rows {
+        let mapped: Vec<_> = rows.iter().map(|r| import::map_row(&job.mapping, r)).collect();
+        let ids: Vec<&str> = mapped
+            .iter()
+            .filter_map(|m| m.as_ref().ok().map(|(id, _)| id.as_str()))
+            .collect();
+        let linked = records::external_ids_many(&txn, &job.source.system, &ids).await?;
+        let mut handled: HashSet<String> = HashSet::new();
+        let mut pending = Pending::default();
+        let mut results = Vec::with_capacity(rows.len());
+        for (row, mapped) in rows.iter().zip(mapped) {
             let seq = next.rows_processed + 1;
-            let result = if !seen.insert(row.key.clone()) {
-                records::RowResult {
+            let outcome = if !seen.insert(row.key.clone()) {
+                Ok(None)
+            } else {
+                let at = super::now();
+                match mapped {
+                    Err(violations) => Err(violations),
+                    Ok((external_id, profile)) => match profile.validated_partial(&self.settings.rules, &defs) {
+                        Err(e) => Err(violations_of(e)?),
+                        Ok((incoming, raw)) => {
+                            let known = linked.contains_key(&external_id) || !handled.insert(external_id.clone());
+                            let done = if known {
+                                None
+                            } else {
+                                self.create_buffered(
+                                    &txn,
+                                    &defs,
+                                    actor,
+                                    &job.source,
+                                    &external_id,
+                                    &incoming,
+                                    &raw,
+                                    at,
+                                    &mut pending,
+                                )
+                                .await?
+                            };
+                            match done {
+                                Some(done) => Ok(Some(done)),
+                                None => {
+                                    // Changes a stored customer: the buffer goes first.
+                                    self.flush(&txn, &defs, &mut pending).await?;
+                                    match self
+                                        .ingest_in(&txn, &defs, actor, &job.source, &external_id, incoming, raw, at, at)
+                                        .await
+                                    {
+                                        Ok(done) => Ok(Some(done)),
+                                        Err(e) => Err(violations_of(e)?),
+                                    }
+                                }
+                            }
+                        }
+                    },
+                }
+            };
+            let result = match outcome {
+                Ok(None) => records::RowResult {
                     row_key: row.key.clone(),
                     outcome: Outcome::Skipped.as_str().into(),
                     customer: String::new(),
                     errors: Vec::new(),
                     probability: 0.0,
-                }
-            } else {
-                let at = super::now();
-                let ingested = match import::map_row(&job.mapping, &row) {
-                    Err(violations) => Err(violations),
-                    Ok((external_id, profile)) => match profile.validated_partial(&self.settings.rules, &defs) {
-                        Err(e) => Err(violations_of(e)?),
-                        Ok((incoming, raw)) => {
-                            match self
-                                .ingest_in(&txn, &defs, actor, &job.source, &external_id, incoming, raw, at, at)
-                                .await
-                            {
-                                Ok(done) => Ok(done),
-                                Err(e) => Err(violations_of(e)?),
-                            }
-                        }
-                    },
-                };
-                match ingested {
-                    Ok(done) => {
-                        if done.outcome != Outcome::Unchanged {
-                            written.push(done.customer.clone());
-                        }
-                        records::RowResult {
-                            row_key: row.key.clone(),
-                            outcome: done.outcome.as_str().into(),
-                            customer: done.customer.name(),
-                            errors: Vec::new(),
-                            probability: done.probability,
-                        }
+                },
+                Ok(Some(done)) => {
+                    if !matches!(done.outcome, Outcome::Unchanged | Outcome::Created) {
+                        written.push(done.customer.id);
                     }
-                    Err(violations) => records::RowResult {
+                    records::RowResult {
                         row_key: row.key.clone(),
-                        outcome: Outcome::Rejected.as_str().into(),
-                        customer: String::new(),
-                        errors: violations.into_iter().map(|v| (v.field, v.description)).collect(),
-                        probability: 0.0,
-                    },
+                        outcome: done.outcome.as_str().into(),
+                        customer: done.customer.name(),
+                        errors: Vec::new(),
+                        probability: done.probability,
+                    }
                 }
+                Err(violations) => records::RowResult {
+                    row_key: row.key.clone(),
+                    outcome: Outcome::Rejected.as_str().into(),
+                    customer: String::new(),
+                    errors: violations.into_iter().map(|v| (v.field, v.description)).collect(),
+                    probability: 0.0,
+                },
             };
             if result.outcome != Outcome::Skipped.as_str() {
-                records::insert_row(&txn, &job.id, seq, &result).await?;
                 self.entry.count(result.outcome != Outcome::Rejected.as_str());
+                results.push((seq, result.clone()));
             }
             *next.counts.entry(result.outcome.clone()).or_default() += 1;
             next.rows_processed = seq;
@@ -464,16 +511,139 @@ impl Customers {
                 next.errors.push(result);
             }
         }
+        let created = !pending.customers.is_empty();
+        self.flush(&txn, &defs, &mut pending).await?;
+        records::insert_rows_many(&txn, &job.id, &results).await?;
         next.update_time = super::now();
         records::save_job(&txn, &job.id, &next, next.update_time, false).await?;
         txn.commit().await?;
-        for c in &written {
-            self.cache.delete(&super::cache_key(c.id)).await;
+        for id in &written {
+            self.cache.delete(&super::cache_key(*id)).await;
         }
-        if !written.is_empty() {
+        if created || !written.is_empty() {
             self.feed.committed();
         }
         *job = next;
+        Ok(())
+    }
+
+    /// A row with an external id new to the batch and the database: buffered as a new
+    /// customer unless it matches one (stored or buffered) at the auto-merge threshold,
+    /// in which case `None` sends it down the ingestion path.
+    #[allow(clippy::too_many_arguments)]
+    async fn create_buffered(
+        &self,
+        txn: &DatabaseTransaction,
+        defs: &Definitions,
+        actor: &str,
+        source: &SourceRef,
+        external_id: &str,
+        incoming: &Profile,
+        raw: &BTreeMap<String, String>,
+        at: DateTime<Utc>,
+        pending: &mut Pending,
+    ) -> Result<Option<Ingested>> {
+        let (full, mut full_raw) = incoming.clone().validated(&self.settings.rules, defs)?;
+        full_raw.extend(raw.clone());
+        let found = self.matches_with(txn, defs, &full, pending).await?;
+        if found
+            .first()
+            .is_some_and(|m| self.settings.matching.decide(m.score.probability) == Decision::Match)
+        {
+            return Ok(None);
+        }
+        let origin = Provenance {
+            source: source.system.clone(),
+            channel: source.channel,
+            time: at,
+        };
+        let customer = Customer {
+            id: CustomerId::new(),
+            provenance: stamp_all(&full, &origin),
+            profile: full,
+            source_channel: source.channel,
+            external_ids: vec![ExternalId {
+                source: source.system.clone(),
+                external_id: external_id.to_owned(),
+            }],
+            raw_values: full_raw,
+            confirm_time: at,
+            merged_customers: Vec::new(),
+            merged_into: None,
+            completeness: 0.0,
+            revision: 1,
+            create_time: at,
+            update_time: at,
+            delete_time: None,
+        };
+        pending.events.push(self.seal_event(events::created(&customer, actor))?);
+        for m in &found {
+            pending
+                .candidates
+                .push((customer.id, m.customer.id, m.score.probability, m.score.comparisons.clone()));
+        }
+        let keys = blocking_keys(&customer.profile);
+        for k in &keys {
+            pending.by_key.entry(k.clone()).or_default().push(pending.customers.len());
+        }
+        pending.keys.push((customer.id, keys));
+        pending
+            .links
+            .push((source.system.clone(), external_id.to_owned(), customer.id));
+        pending.customers.push(customer.clone());
+        Ok(Some(Ingested {
+            customer,
+            outcome: Outcome::Created,
+            probability: 0.0,
+        }))
+    }
+
+    /// [`Customers::matches`] over the stored customers and the buffered ones.
+    async fn matches_with(
+        &self,
+        txn: &DatabaseTransaction,
+        defs: &Definitions,
+        profile: &Profile,
+        pending: &Pending,
+    ) -> Result<Vec<Match>> {
+        let mut found = self.matches(txn, defs, profile, None).await?;
+        let mut buffered: Vec<usize> = blocking_keys(profile)
+            .iter()
+            .filter_map(|k| pending.by_key.get(k))
+            .flatten()
+            .copied()
+            .collect();
+        buffered.sort_unstable();
+        buffered.dedup();
+        let cfg = &self.settings.matching;
+        for i in buffered {
+            let c = &pending.customers[i];
+            let score = score(cfg, profile, &c.profile);
+            if score.probability >= cfg.review_threshold {
+                found.push(Match {
+                    customer: c.clone(),
+                    score,
+                });
+            }
+        }
+        found.sort_by(|a, b| b.score.probability.total_cmp(&a.score.probability));
+        Ok(found)
+    }
+
+    /// Writes the buffered new customers, their keys, links, events and candidates.
+    async fn flush(&self, txn: &DatabaseTransaction, defs: &Definitions, pending: &mut Pending) -> Result<()> {
+        if pending.customers.is_empty() {
+            return Ok(());
+        }
+        let p = std::mem::take(pending);
+        store::insert_many(txn, self.sealer(defs), &p.customers).await?;
+        records::insert_keys_many(txn, &self.keyring, &p.keys).await?;
+        records::link_external_ids_many(txn, &p.links).await?;
+        feed::append_many(txn, p.events).await?;
+        let at = super::now();
+        for (a, b, probability, comparisons) in &p.candidates {
+            records::upsert_candidate(txn, *a, *b, *probability, comparisons, at).await?;
+        }
         Ok(())
     }
 

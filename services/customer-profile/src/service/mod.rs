@@ -3,7 +3,7 @@
 //! its idempotency key; the cache is refreshed only after commit.
 
 mod definitions;
-mod duplicates;
+pub mod duplicates;
 pub mod ingest;
 mod merge;
 pub mod quality;
@@ -180,7 +180,13 @@ impl Customers {
     }
 
     /// [`Customers::index`] for a customer just inserted, whose matches are known.
-    async fn index_new<C: ConnectionTrait>(&self, conn: &C, c: &Customer, defs: &Definitions, found: Vec<duplicates::Match>) -> Result<()> {
+    async fn index_new<C: ConnectionTrait>(
+        &self,
+        conn: &C,
+        c: &Customer,
+        defs: &Definitions,
+        found: Vec<duplicates::Match>,
+    ) -> Result<()> {
         let keys = crate::domain::matching::blocking_keys(&c.profile);
         store::records::set_keys(conn, &self.keyring, c.id, &keys, true).await?;
         self.detect(conn, c, defs, Some(found)).await

@@ -192,6 +192,43 @@ pub async fn insert<C: ConnectionTrait>(conn: &C, sealer: Sealer<'_>, c: &Custom
     insert_tags(conn, c).await
 }
 
+/// Inserts new customers with multi-row statements.
+pub async fn insert_many<C: ConnectionTrait>(conn: &C, sealer: Sealer<'_>, customers: &[Customer]) -> Result<()> {
+    let models = customers.iter().map(|c| encode(c, sealer)).collect::<Result<Vec<_>>>()?;
+    let size = |m: &customer::ActiveModel| {
+        let profile = match &m.profile {
+            sea_orm::ActiveValue::Set(p) | sea_orm::ActiveValue::Unchanged(p) => p.len(),
+            sea_orm::ActiveValue::NotSet => 0,
+        };
+        let sealed = match &m.sealed {
+            sea_orm::ActiveValue::Set(Some(b)) | sea_orm::ActiveValue::Unchanged(Some(b)) => b.len(),
+            _ => 0,
+        };
+        profile + sealed + 300
+    };
+    for chunk in crm_platform::db::chunks_by_size(&models, 200, size) {
+        customer::Entity::insert_many(chunk.to_vec())
+            .exec_without_returning(conn)
+            .await?;
+    }
+    let tags: Vec<customer_tag::ActiveModel> = customers
+        .iter()
+        .flat_map(|c| {
+            let id = c.id.uuid().to_string();
+            c.profile.tags.iter().map(move |tag| customer_tag::ActiveModel {
+                customer_id: Set(id.clone()),
+                tag: Set(tag.clone()),
+            })
+        })
+        .collect();
+    for chunk in crm_platform::db::chunks_by_size(&tags, 1000, |_| 100) {
+        customer_tag::Entity::insert_many(chunk.to_vec())
+            .exec_without_returning(conn)
+            .await?;
+    }
+    Ok(())
+}
+
 /// Writes `c` if the stored revision is still `expected_revision`; false when another
 /// writer got there first.
 pub async fn update<C: ConnectionTrait>(conn: &C, sealer: Sealer<'_>, c: &Customer, expected_revision: i64) -> Result<bool> {

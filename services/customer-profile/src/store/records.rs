@@ -47,10 +47,21 @@ fn customer_id(text: &str) -> Result<CustomerId> {
 
 /// Replaces the blocking keys of `id` with the blind indexes of `keys` (`new`: it
 /// has none yet).
-pub async fn set_keys<C: ConnectionTrait>(conn: &C, keyring: &Keyring, id: CustomerId, keys: &[BlockingKey], new: bool) -> Result<()> {
+pub async fn set_keys<C: ConnectionTrait>(
+    conn: &C,
+    keyring: &Keyring,
+    id: CustomerId,
+    keys: &[BlockingKey],
+    new: bool,
+) -> Result<()> {
     let id = id.uuid().to_string();
     if !new {
-        exec(conn, "DELETE FROM customer_keys WHERE customer_id = ?", vec![id.clone().into()]).await?;
+        exec(
+            conn,
+            "DELETE FROM customer_keys WHERE customer_id = ?",
+            vec![id.clone().into()],
+        )
+        .await?;
     }
     if keys.is_empty() {
         return Ok(());
@@ -62,7 +73,41 @@ pub async fn set_keys<C: ConnectionTrait>(conn: &C, keyring: &Keyring, id: Custo
         values.push(k.kind.into());
         values.push(keyring.blind_index(k.kind, &k.value).into());
     }
-    exec(conn, &format!("INSERT INTO customer_keys (customer_id, kind, value) VALUES {rows}"), values).await?;
+    exec(
+        conn,
+        &format!("INSERT INTO customer_keys (customer_id, kind, value) VALUES {rows}"),
+        values,
+    )
+    .await?;
+    Ok(())
+}
+
+/// Inserts the blocking keys of new customers with multi-row statements.
+pub async fn insert_keys_many<C: ConnectionTrait>(
+    conn: &C,
+    keyring: &Keyring,
+    items: &[(CustomerId, Vec<BlockingKey>)],
+) -> Result<()> {
+    let all: Vec<(String, &BlockingKey)> = items
+        .iter()
+        .flat_map(|(id, keys)| {
+            let id = id.uuid().to_string();
+            keys.iter().map(move |k| (id.clone(), k))
+        })
+        .collect();
+    for chunk in crm_platform::db::chunks_by_size(&all, 1000, |(id, k)| id.len() + k.kind.len() + 40) {
+        let rows = vec!["(?, ?, ?)"; chunk.len()].join(", ");
+        let mut values: Vec<Value> = Vec::with_capacity(chunk.len() * 3);
+        for (id, k) in chunk {
+            values.extend([id.clone().into(), k.kind.into(), keyring.blind_index(k.kind, &k.value).into()]);
+        }
+        exec(
+            conn,
+            &format!("INSERT INTO customer_keys (customer_id, kind, value) VALUES {rows}"),
+            values,
+        )
+        .await?;
+    }
     Ok(())
 }
 
@@ -118,6 +163,45 @@ pub async fn external_id<C: ConnectionTrait>(conn: &C, source: &str, external_id
     rows.first()
         .map(|r| customer_id(&r.try_get::<String>("", "customer_id")?))
         .transpose()
+}
+
+/// The customers linked to `external_ids` of `source`.
+pub async fn external_ids_many<C: ConnectionTrait>(
+    conn: &C,
+    source: &str,
+    external_ids: &[&str],
+) -> Result<std::collections::HashMap<String, CustomerId>> {
+    let mut out = std::collections::HashMap::new();
+    let prefix = "SELECT external_id, customer_id FROM customer_external_ids WHERE source = ? AND external_id";
+    for row in in_list(conn, prefix, source, external_ids).await? {
+        out.insert(
+            row.try_get("", "external_id")?,
+            customer_id(&row.try_get::<String>("", "customer_id")?)?,
+        );
+    }
+    Ok(out)
+}
+
+/// Links new `(source, external_id, customer)` triples with multi-row statements.
+pub async fn link_external_ids_many<C: ConnectionTrait>(conn: &C, links: &[(String, String, CustomerId)]) -> Result<()> {
+    for chunk in crm_platform::db::chunks_by_size(links, 500, |(s, e, _)| s.len() + e.len() + 40) {
+        let rows = vec!["(?, ?, ?)"; chunk.len()].join(", ");
+        let mut values: Vec<Value> = Vec::with_capacity(chunk.len() * 3);
+        for (source, external_id, id) in chunk {
+            values.extend([
+                source.clone().into(),
+                external_id.clone().into(),
+                id.uuid().to_string().into(),
+            ]);
+        }
+        exec(
+            conn,
+            &format!("INSERT INTO customer_external_ids (source, external_id, customer_id) VALUES {rows}"),
+            values,
+        )
+        .await?;
+    }
+    Ok(())
 }
 
 /// Links `(source, external_id)` to `id`; false when it already links elsewhere.
@@ -407,16 +491,74 @@ pub struct RowResult {
 /// The keys among `row_keys` the job already processed.
 pub async fn rows_seen<C: ConnectionTrait>(conn: &C, job: &str, row_keys: &[&str]) -> Result<std::collections::HashSet<String>> {
     let mut seen = std::collections::HashSet::new();
-    for chunk in row_keys.chunks(500) {
-        let marks = vec!["?"; chunk.len()].join(", ");
-        let mut values: Vec<Value> = vec![job.into()];
-        values.extend(chunk.iter().map(|k| Value::from(*k)));
-        let sql = format!("SELECT row_key FROM import_rows WHERE job_id = ? AND row_key IN ({marks})");
-        for row in query(conn, &sql, values).await? {
-            seen.insert(row.try_get::<String>("", "row_key")?);
-        }
+    for row in in_list(
+        conn,
+        "SELECT row_key FROM import_rows WHERE job_id = ? AND row_key",
+        job,
+        row_keys,
+    )
+    .await?
+    {
+        seen.insert(row.try_get::<String>("", "row_key")?);
     }
     Ok(seen)
+}
+
+/// Separates the values of a list passed as one parameter (never in a key: keys
+/// have no control characters).
+const LIST_SEPARATOR: char = '\u{1f}';
+
+/// Runs `{prefix} IN (values)` with `first` as the first parameter. On PostgreSQL the
+/// list is one parameter (`= ANY(string_to_array(...))`), so the prepared statement's
+/// cached generic plan stays an index lookup whatever the list; an `IN` list of
+/// hundreds of parameters gets a generic plan that scans the table.
+async fn in_list<C: ConnectionTrait>(conn: &C, prefix: &str, first: &str, values: &[&str]) -> Result<Vec<QueryResult>> {
+    let mut out = Vec::new();
+    if values.is_empty() {
+        return Ok(out);
+    }
+    if conn.get_database_backend() == sea_orm::DbBackend::Postgres {
+        let joined = values.join(&LIST_SEPARATOR.to_string());
+        let sql = format!("{prefix} = ANY(string_to_array(?, chr(31)))");
+        out.extend(query(conn, &sql, vec![first.into(), joined.into()]).await?);
+    } else {
+        for chunk in values.chunks(500) {
+            let marks = vec!["?"; chunk.len()].join(", ");
+            let mut params: Vec<Value> = vec![first.into()];
+            params.extend(chunk.iter().map(|k| Value::from(*k)));
+            out.extend(query(conn, &format!("{prefix} IN ({marks})"), params).await?);
+        }
+    }
+    Ok(out)
+}
+
+/// Inserts row results with multi-row statements.
+pub async fn insert_rows_many<C: ConnectionTrait>(conn: &C, job: &str, rows: &[(i64, RowResult)]) -> Result<()> {
+    let size = |(_, r): &(i64, RowResult)| {
+        r.row_key.len() + r.customer.len() + r.errors.iter().map(|(f, d)| f.len() + d.len() + 8).sum::<usize>() + 80
+    };
+    for chunk in crm_platform::db::chunks_by_size(rows, 500, size) {
+        let marks = vec!["(?, ?, ?, ?, ?, ?, ?)"; chunk.len()].join(", ");
+        let mut values: Vec<Value> = Vec::with_capacity(chunk.len() * 7);
+        for (seq, r) in chunk {
+            values.extend([
+                job.into(),
+                r.row_key.clone().into(),
+                (*seq).into(),
+                r.outcome.clone().into(),
+                r.customer.clone().into(),
+                json(&r.errors)?.into(),
+                r.probability.into(),
+            ]);
+        }
+        exec(
+            conn,
+            &format!("INSERT INTO import_rows (job_id, row_key, seq, outcome, customer, errors, probability) VALUES {marks}"),
+            values,
+        )
+        .await?;
+    }
+    Ok(())
 }
 
 pub async fn insert_row<C: ConnectionTrait>(conn: &C, job: &str, seq: i64, r: &RowResult) -> Result<()> {

@@ -299,3 +299,38 @@ async fn bad_specs_and_batches_are_refused() {
         .unwrap_err();
     assert_eq!(violations(&err), vec!["rows.rows[0].row_key"]);
 }
+
+/// Duplicates and repeated external ids inside one message (one transaction, where
+/// new customers are buffered) come out as across messages.
+#[tokio::test]
+async fn one_batch_matches_its_own_rows() {
+    let app = TestApp::spawn().await;
+    let job = import(&app, vec![spec("one-batch"), rows(sample()), complete()])
+        .await
+        .unwrap();
+    assert_eq!(
+        (job.rows_processed, job.created, job.merged, job.updated, job.rejected),
+        (6, 2, 1, 1, 2)
+    );
+    let all = results(&app, &job.name, pb::IngestOutcome::Unspecified).await;
+    assert_eq!(all[3].customer, all[0].customer, "row 4 merged into row 1's customer");
+    assert_eq!(all[5].customer, all[1].customer, "row 6 updated row 2's customer");
+    let customer = app
+        .client
+        .clone()
+        .get_customer(TestApp::admin(pb::GetCustomerRequest {
+            name: all[1].customer.clone(),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(customer.phone_numbers[0].number, "+8613900139002");
+    let listed = app
+        .client
+        .clone()
+        .list_customers(TestApp::admin(pb::ListCustomersRequest::default()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.customers.len(), 2);
+}
