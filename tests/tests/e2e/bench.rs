@@ -1,30 +1,13 @@
-use std::time::Duration;
-
-use crm_e2e::{Running, binary, free_port};
+use crm_e2e::{binary, serve_crm};
 
 /// `crm bench` against `crm serve`: a JSON report whose phases all ran without errors.
 #[test]
 fn bench_reports_every_phase_without_errors() {
     let data = tempfile::tempdir().unwrap();
-    let listen = format!("127.0.0.1:{}", free_port());
-    let mut serve = std::process::Command::new(binary("crm"));
-    serve
-        .args(["serve", "--listen", &listen])
-        .env("CRM__DATABASE__DATA_DIR", data.path())
-        .env_remove("CRM__DATABASE__URL");
-    let server = Running::start(serve);
-    server.wait_for_line("serving", Duration::from_secs(60));
+    let (_server, target) = serve_crm(data.path());
 
     let out = std::process::Command::new(binary("crm"))
-        .args([
-            "bench",
-            "--target",
-            &format!("http://{listen}"),
-            "--concurrency",
-            "4",
-            "--duration-secs",
-            "1",
-        ])
+        .args(["bench", "--target", &target, "--concurrency", "4", "--duration-secs", "1"])
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

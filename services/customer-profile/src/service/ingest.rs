@@ -440,7 +440,7 @@ impl Customers {
                         Ok((incoming, raw)) => {
                             let known = linked.contains_key(&external_id) || !handled.insert(external_id.clone());
                             let done = if known {
-                                None
+                                Ok(None)
                             } else {
                                 self.create_buffered(
                                     &txn,
@@ -453,11 +453,13 @@ impl Customers {
                                     at,
                                     &mut pending,
                                 )
-                                .await?
+                                .await
                             };
                             match done {
-                                Some(done) => Ok(Some(done)),
-                                None => {
+                                // An invalid new customer is this row's rejection, not the batch's.
+                                Err(e) => Err(violations_of(e)?),
+                                Ok(Some(done)) => Ok(Some(done)),
+                                Ok(None) => {
                                     // Changes a stored customer: the buffer goes first.
                                     self.flush(&txn, &defs, &mut pending).await?;
                                     match self

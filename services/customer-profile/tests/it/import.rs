@@ -334,3 +334,17 @@ async fn one_batch_matches_its_own_rows() {
         .into_inner();
     assert_eq!(listed.customers.len(), 2);
 }
+
+/// A row that is valid on its own terms but not a complete new customer (no name)
+/// is rejected; the rows after it in the same message still go in.
+#[tokio::test]
+async fn an_incomplete_new_customer_is_rejected_not_fatal() {
+    let app = TestApp::spawn().await;
+    let batch = vec![
+        row("1", &[("id", "N1"), ("mail", "nameless@example.com")]),
+        row("2", &[("id", "N2"), ("first", "Has"), ("last", "Name")]),
+    ];
+    let job = import(&app, vec![spec("incomplete"), rows(batch), complete()]).await.unwrap();
+    assert_eq!((job.rows_processed, job.created, job.rejected), (2, 1, 1));
+    assert_eq!(job.errors[0].errors[0].field, "display_name");
+}
