@@ -99,10 +99,15 @@ pub fn email(raw: &str) -> Result<String, String> {
     Ok(normalised)
 }
 
-/// An ISO 3166-1 alpha-2 region code, upper-cased.
+/// ISO 3166-1 alpha-2 codes without a telephone numbering plan of their own (the
+/// phone-number metadata knows every other assigned code).
+const REGIONS_WITHOUT_PHONES: &[&str] = &["AQ", "BV", "GS", "HM", "PN", "TF", "UM"];
+
+/// An ISO 3166-1 alpha-2 region code, upper-cased; it must be an assigned code.
 pub fn region_code(raw: &str) -> Result<String, String> {
     let code = raw.trim().to_ascii_uppercase();
-    if code.len() == 2 && code.bytes().all(|b| b.is_ascii_uppercase()) {
+    let assigned = || REGIONS_WITHOUT_PHONES.contains(&code.as_str()) || phonenumber::country::Id::from_str(&code).is_ok();
+    if code.len() == 2 && code.bytes().all(|b| b.is_ascii_uppercase()) && assigned() {
         Ok(code)
     } else if code.is_empty() {
         Err("required: an ISO 3166-1 alpha-2 code such as CN or US".into())
@@ -474,7 +479,7 @@ mod tests {
             ("k1a0b1", "CA", "K1A 0B1"),
             ("1234ab", "NL", "1234 AB"),
             ("2600", "AU", "2600"),
-            ("ab-12", "ZZ", "AB-12"),
+            ("ab-12", "IE", "AB-12"),
         ] {
             assert_eq!(postal_code(raw, region).as_deref(), Ok(want), "{raw} {region}");
         }
@@ -523,7 +528,10 @@ mod tests {
     #[test]
     fn regions_tags_keys() {
         assert_eq!(region_code(" cn").as_deref(), Ok("CN"));
+        assert_eq!(region_code("aq").as_deref(), Ok("AQ"));
         assert!(region_code("CHN").is_err());
+        assert!(region_code("ZZ").is_err(), "not an assigned code");
+        assert!(region_code("XY").is_err());
         assert!(region_code("").is_err());
         assert_eq!(tag(" VIP ").as_deref(), Ok("vip"));
         assert_eq!(tag("渠道:门店").as_deref(), Ok("渠道:门店"));
