@@ -16,7 +16,7 @@ use opentelemetry::{
     propagation::{Extractor, Injector, TextMapPropagator},
     trace::{TraceContextExt, TracerProvider as _},
 };
-use opentelemetry_sdk::{Resource, propagation::TraceContextPropagator, trace::SdkTracerProvider};
+use opentelemetry_sdk::{Resource, metrics::SdkMeterProvider, propagation::TraceContextPropagator, trace::SdkTracerProvider};
 use serde::Deserialize;
 use tracing::{Instrument, Span, field::Empty};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
@@ -43,6 +43,7 @@ pub struct LogConfig {
 #[must_use = "dropping the guard stops span export"]
 pub struct TelemetryGuard {
     provider: Option<SdkTracerProvider>,
+    meters: Option<SdkMeterProvider>,
 }
 
 impl Drop for TelemetryGuard {
@@ -52,7 +53,24 @@ impl Drop for TelemetryGuard {
         {
             eprintln!("telemetry: span export shutdown failed: {err}");
         }
+        if let Some(meters) = self.meters.take()
+            && let Err(err) = meters.shutdown()
+        {
+            eprintln!("telemetry: metric export shutdown failed: {err}");
+        }
     }
+}
+
+static METRICS_EXPORTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Are metrics exported (OTLP configured)? Services skip computing expensive gauges
+/// nobody reads.
+pub fn metrics_exported() -> bool {
+    METRICS_EXPORTED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+fn env_set(vars: &[&str]) -> bool {
+    vars.iter().any(|v| std::env::var_os(v).is_some_and(|s| !s.is_empty()))
 }
 
 /// Installs the global subscriber. Spans always get OpenTelemetry ids (so logs carry
@@ -71,10 +89,9 @@ pub fn init(service_name: &str, log: &LogConfig) -> anyhow::Result<TelemetryGuar
     if std::env::var_os("OTEL_SERVICE_NAME").is_none() {
         resource = resource.with_service_name(service_name.to_owned());
     }
-    let mut provider = SdkTracerProvider::builder().with_resource(resource.build());
-    let export = ["OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"]
-        .iter()
-        .any(|v| std::env::var_os(v).is_some_and(|s| !s.is_empty()));
+    let resource = resource.build();
+    let mut provider = SdkTracerProvider::builder().with_resource(resource.clone());
+    let export = env_set(&["OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"]);
     if export {
         let exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_tonic()
@@ -100,11 +117,32 @@ pub fn init(service_name: &str, log: &LogConfig) -> anyhow::Result<TelemetryGuar
     if installed.is_err() {
         // Already initialised in this process: keep the first one.
         let _ = provider.shutdown();
-        return Ok(TelemetryGuard { provider: None });
+        return Ok(TelemetryGuard {
+            provider: None,
+            meters: None,
+        });
     }
     global::set_tracer_provider(provider.clone());
+    // Metrics (per-service gauges such as the data-quality KPIs) go out over OTLP too,
+    // every OTEL_METRIC_EXPORT_INTERVAL (default 60 s), when an endpoint is set.
+    let meters = if env_set(&["OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT"]) {
+        let exporter = opentelemetry_otlp::MetricExporter::builder()
+            .with_tonic()
+            .build()
+            .map_err(|e| anyhow::anyhow!("OTLP metric exporter (OTEL_EXPORTER_OTLP_ENDPOINT): {e}"))?;
+        let meters = SdkMeterProvider::builder()
+            .with_resource(resource)
+            .with_periodic_exporter(exporter)
+            .build();
+        global::set_meter_provider(meters.clone());
+        METRICS_EXPORTED.store(true, std::sync::atomic::Ordering::Relaxed);
+        Some(meters)
+    } else {
+        None
+    };
     Ok(TelemetryGuard {
         provider: Some(provider),
+        meters,
     })
 }
 

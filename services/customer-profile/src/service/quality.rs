@@ -33,6 +33,9 @@ pub struct QualityConfig {
     pub stale_check_interval_secs: u64,
     /// How often this replica writes its entry counts to the database.
     pub stats_flush_secs: u64,
+    /// How often the KPIs are measured for the exported gauges (only while metrics
+    /// are exported over OTLP: a measurement reads every customer).
+    pub metrics_interval_secs: u64,
 }
 
 impl QualityConfig {
@@ -51,10 +54,12 @@ impl QualityConfig {
             || self.entry_window_days == 0
             || self.stale_check_interval_secs == 0
             || self.stats_flush_secs == 0
+            || self.metrics_interval_secs == 0
         {
             return Err((
                 "freshness_days".into(),
-                "freshness_days, entry_window_days, stale_check_interval_secs and stats_flush_secs must be at least 1".into(),
+                "freshness_days, entry_window_days, stale_check_interval_secs, stats_flush_secs and metrics_interval_secs must be at least 1"
+                    .into(),
             ));
         }
         Ok(())
@@ -129,6 +134,79 @@ pub struct QualityReport {
 }
 
 const SCAN_BATCH: u64 = 1000;
+
+impl QualityReport {
+    /// The KPIs by their metric label.
+    pub fn kpis(&self) -> [(&'static str, &Kpi); 4] {
+        [
+            ("completeness", &self.completeness),
+            ("duplicate_rate", &self.duplicate_rate),
+            ("entry_error_rate", &self.entry_error_rate),
+            ("freshness", &self.freshness),
+        ]
+    }
+}
+
+/// Observable gauges over the latest measurement: `crm.data_quality.kpi` (label `kpi`,
+/// value 0 to 1), `crm.data_quality.alert` (1 when the KPI misses its target) and
+/// `crm.customers.active`. Kept alive while registered.
+struct Gauges {
+    _kpi: opentelemetry::metrics::ObservableGauge<f64>,
+    _alert: opentelemetry::metrics::ObservableGauge<u64>,
+    _customers: opentelemetry::metrics::ObservableGauge<u64>,
+}
+
+type Latest = std::sync::Arc<std::sync::RwLock<Option<QualityReport>>>;
+
+fn register_gauges(latest: &Latest) -> Gauges {
+    use opentelemetry::KeyValue;
+    let meter = opentelemetry::global::meter("customer-profile");
+    let l = latest.clone();
+    let kpi = meter
+        .f64_observable_gauge("crm.data_quality.kpi")
+        .with_description("Data-quality KPI of the customer base, 0 to 1")
+        .with_callback(move |o| {
+            if let Ok(guard) = l.read()
+                && let Some(r) = guard.as_ref()
+            {
+                for (name, k) in r.kpis() {
+                    o.observe(k.value, &[KeyValue::new("kpi", name)]);
+                }
+            }
+        })
+        .build();
+    let l = latest.clone();
+    let alert = meter
+        .u64_observable_gauge("crm.data_quality.alert")
+        .with_description("1 when the KPI misses its configured target")
+        .with_callback(move |o| {
+            if let Ok(guard) = l.read()
+                && let Some(r) = guard.as_ref()
+            {
+                for (name, k) in r.kpis() {
+                    o.observe(u64::from(!k.ok), &[KeyValue::new("kpi", name)]);
+                }
+            }
+        })
+        .build();
+    let l = latest.clone();
+    let customers = meter
+        .u64_observable_gauge("crm.customers.active")
+        .with_description("Customers neither deleted nor merged")
+        .with_callback(move |o| {
+            if let Ok(guard) = l.read()
+                && let Some(r) = guard.as_ref()
+            {
+                o.observe(u64::try_from(r.customers).unwrap_or(0), &[]);
+            }
+        })
+        .build();
+    Gauges {
+        _kpi: kpi,
+        _alert: alert,
+        _customers: customers,
+    }
+}
 
 impl Customers {
     pub(super) fn count_entry<T>(&self, result: &Result<T>) {
@@ -264,6 +342,10 @@ impl Customers {
         let mut flush = tokio::time::interval(std::time::Duration::from_secs(q.stats_flush_secs));
         let mut stale = tokio::time::interval(std::time::Duration::from_secs(q.stale_check_interval_secs));
         let mut rekey = tokio::time::interval(self.settings.reencrypt_interval);
+        let mut measure = tokio::time::interval(std::time::Duration::from_secs(q.metrics_interval_secs));
+        let exported = crm_platform::telemetry::metrics_exported();
+        let latest: Latest = Latest::default();
+        let _gauges = exported.then(|| register_gauges(&latest));
         loop {
             tokio::select! {
                 _ = shutdown.wait() => {
@@ -282,6 +364,14 @@ impl Customers {
                     Ok(n) => tracing::info!(reminded = n, "stale-profile reminders sent"),
                     Err(err) => tracing::warn!(%err, "stale-profile reminders failed; retrying later"),
                 },
+                                _ = measure.tick(), if exported => match self.quality_report().await {
+                    Ok(report) => {
+                        if let Ok(mut guard) = latest.write() {
+                            *guard = Some(report);
+                        }
+                    }
+                    Err(err) => tracing::warn!(%err, "data-quality measurement for the metrics failed; retrying later"),
+                },
                 _ = rekey.tick() => loop {
                     match self.reencrypt(200).await {
                         Ok(0) => break,
@@ -294,5 +384,23 @@ impl Customers {
                 },
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kpis_compare_with_their_targets() {
+        let at_least = Kpi::at_least(19.0, 20, 0.95);
+        assert!(at_least.ok && (at_least.value - 0.95).abs() < 1e-9);
+        assert!(!Kpi::at_least(18.0, 20, 0.95).ok);
+        let at_most = Kpi::at_most(1, 20, 0.03);
+        assert!(!at_most.ok, "5 % duplicates misses a 3 % target");
+        assert!(
+            Kpi::at_most(0, 0, 0.03).ok && Kpi::at_least(0.0, 0, 0.95).ok,
+            "nothing measured is no alert"
+        );
     }
 }
