@@ -112,7 +112,8 @@ enum Command {
         /// Address of the suite.
         #[arg(long, default_value = "http://127.0.0.1:50051")]
         target: String,
-        /// Import job id (default: derived from the file name).
+        /// Import job id (default: from the file name and a digest of its content, so running
+        /// the same file again resumes its job and a changed file starts a new one).
         #[arg(long)]
         job: Option<String>,
         /// Rows per message.
@@ -370,6 +371,29 @@ fn keyed(rows: Vec<import::Row>, key_column: Option<&str>) -> anyhow::Result<Vec
         .collect()
 }
 
+/// `import-<file stem>-<first 12 hex digits of the content's SHA-256>`.
+fn default_job_id(file: &std::path::Path) -> anyhow::Result<String> {
+    use sha2::Digest;
+    let bytes = std::fs::read(file).map_err(|e| anyhow::anyhow!("reading {}: {e}", file.display()))?;
+    let digest = sha2::Sha256::digest(&bytes);
+    let hex: String = digest.iter().take(6).map(|b| format!("{b:02x}")).collect();
+    let stem = file
+        .file_stem()
+        .map(|s| s.to_string_lossy().to_lowercase())
+        .unwrap_or_default();
+    let slug: String = stem
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .take(40)
+        .collect();
+    let slug = slug.trim_matches('-');
+    Ok(if slug.starts_with(|c: char| c.is_ascii_lowercase()) {
+        format!("import-{slug}-{hex}")
+    } else {
+        format!("import-{hex}")
+    })
+}
+
 async fn import_file(
     cfg: &Config,
     file: &std::path::Path,
@@ -380,18 +404,10 @@ async fn import_file(
 ) -> anyhow::Result<()> {
     let m = import::MappingFile::load(mapping)?;
     let rows = keyed(import::read_rows(file)?, m.key_column.as_deref())?;
-    let job_id = job.unwrap_or_else(|| {
-        let stem = file
-            .file_stem()
-            .map(|s| s.to_string_lossy().to_lowercase())
-            .unwrap_or_default();
-        let slug: String = stem
-            .chars()
-            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
-            .take(50)
-            .collect();
-        format!("import-{}", slug.trim_matches('-'))
-    });
+    let job_id = match job {
+        Some(id) => id,
+        None => default_job_id(file)?,
+    };
     let spec = import::Spec {
         job_id,
         source: m.source.clone(),

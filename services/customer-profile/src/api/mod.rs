@@ -438,7 +438,9 @@ impl CustomerProfileService for Api {
         let found = match req.probe {
             Some(Probe::Name(name)) => {
                 let id = CustomerId::parse_name(&name, "name")?;
+                // The answer names other customers and compares their fields.
                 self.authorizer.check(&principal, "customer.read", &name).await?;
+                self.authorizer.check(&principal, "customer.read", COLLECTION).await?;
                 self.customers.find_duplicates_of(id, max).await?
             }
             Some(Probe::Customer(c)) => {
@@ -566,6 +568,9 @@ impl CustomerProfileService for Api {
         let req = req.into_inner();
         let id = CustomerId::parse_name(&req.name, "name")?;
         self.authorizer.check(&principal, "customer.merge", &req.name).await?;
+        // Undoing a merge rewrites the survivor too (Get of a merged id answers with it).
+        let survivor = self.customers.get(id).await?;
+        self.authorizer.check(&principal, "customer.merge", &survivor.name()).await?;
         let customer = self.customers.unmerge(&principal.user_id, id).await?;
         Ok(Response::new(convert::customer_to_proto(&customer)))
     }

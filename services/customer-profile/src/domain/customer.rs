@@ -353,7 +353,7 @@ impl Check {
         for (i, item) in items.iter_mut().enumerate() {
             let slot = value(item);
             match normalize(slot) {
-                Ok(v) if seen.contains(&key(&v)) => self.fail(format!("{field}[{i}].{leaf}"), format!("{v} is listed twice")),
+                Ok(v) if seen.contains(&key(&v)) => self.fail(format!("{field}[{i}].{leaf}"), "listed twice"),
                 Ok(v) => {
                     seen.push(key(&v));
                     let raw = std::mem::replace(slot, v);

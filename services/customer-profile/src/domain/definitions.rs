@@ -180,7 +180,7 @@ impl FieldDefinition {
                     .iter()
                     .find(|a| a.eq_ignore_ascii_case(&value))
                     .cloned()
-                    .ok_or_else(|| format!("`{value}` is not one of: {}", self.allowed_values.join(", ")))
+                    .ok_or_else(|| format!("not one of: {}", self.allowed_values.join(", ")))
             }
         }
     }

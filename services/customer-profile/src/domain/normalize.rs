@@ -1,6 +1,7 @@
 //! Normalisation of single values on entry: text, names, phone numbers, e-mail
 //! addresses, region codes. Each function returns the normalised value or a
-//! description of what is wrong, for a field violation.
+//! description of what is wrong, for a field violation. Descriptions of personal
+//! values never repeat the value: they are stored with import results and logged.
 
 use std::str::FromStr;
 
@@ -69,9 +70,9 @@ pub fn phone(raw: &str, default_region: &str) -> Result<String, String> {
     } else {
         phonenumber::country::Id::from_str(default_region).ok()
     };
-    let parsed = phonenumber::parse(region, &raw).map_err(|_| format!("`{raw}` is not a telephone number"))?;
+    let parsed = phonenumber::parse(region, &raw).map_err(|_| "not a telephone number".to_owned())?;
     if !phonenumber::is_valid(&parsed) {
-        return Err(format!("`{raw}` is not a valid telephone number for its region"));
+        return Err("not a valid telephone number for its region".into());
     }
     Ok(parsed.format().mode(phonenumber::Mode::E164).to_string())
 }
@@ -90,11 +91,11 @@ pub fn email(raw: &str) -> Result<String, String> {
     }
     let (local, domain) = raw
         .rsplit_once('@')
-        .ok_or_else(|| format!("`{raw}` is not an e-mail address: no `@`"))?;
-    let domain = idna::domain_to_ascii(domain).map_err(|_| format!("`{raw}` is not an e-mail address: bad domain"))?;
+        .ok_or_else(|| "not an e-mail address: no `@`".to_owned())?;
+    let domain = idna::domain_to_ascii(domain).map_err(|_| "not an e-mail address: bad domain".to_owned())?;
     let normalised = format!("{local}@{domain}");
     if !email_address::EmailAddress::is_valid(&normalised) || !domain.contains('.') {
-        return Err(format!("`{raw}` is not an e-mail address"));
+        return Err("not an e-mail address".into());
     }
     Ok(normalised)
 }
@@ -148,9 +149,9 @@ pub fn date(raw: &str) -> Result<String, String> {
     };
     let date = parts
         .and_then(|(y, m, d)| chrono::NaiveDate::from_ymd_opt(y, m, d))
-        .ok_or_else(|| format!("`{t}` is not a date: use YYYY-MM-DD"))?;
+        .ok_or_else(|| "not a date: use YYYY-MM-DD".to_owned())?;
     if !(1850..=2200).contains(&chrono::Datelike::year(&date)) {
-        return Err(format!("`{t}` is out of range (1850 to 2200)"));
+        return Err("out of range (1850 to 2200)".into());
     }
     Ok(date.format("%Y-%m-%d").to_string())
 }
@@ -194,7 +195,7 @@ pub fn postal_code(raw: &str, region: &str) -> Result<String, String> {
     let code = text(raw).to_uppercase();
     let compact: String = code.chars().filter(|c| !c.is_whitespace() && *c != '-').collect();
     let digits = |n: usize| compact.len() == n && compact.bytes().all(|b| b.is_ascii_digit());
-    let fail = |format: &str| Err(format!("`{code}` is not a postal code of {region}: {format}"));
+    let fail = |format: &str| Err(format!("not a postal code of {region}: {format}"));
     match region {
         "CN" | "IN" | "SG" | "RU" => {
             if digits(6) {
@@ -284,9 +285,9 @@ pub fn postal_code(raw: &str, region: &str) -> Result<String, String> {
 /// A decimal number in canonical form (`1200`, `-3.5`; no exponent, no grouping).
 pub fn number(raw: &str) -> Result<String, String> {
     let t: String = text(raw).chars().filter(|c| *c != ',' && *c != '_').collect();
-    let value: f64 = t.parse().map_err(|_| format!("`{t}` is not a number"))?;
+    let value: f64 = t.parse().map_err(|_| "not a number".to_owned())?;
     if !value.is_finite() || t.contains(['e', 'E']) || t.eq_ignore_ascii_case("nan") || t.to_lowercase().contains("inf") {
-        return Err(format!("`{t}` is not a plain decimal number"));
+        return Err("not a plain decimal number".into());
     }
     Ok(format!("{value}"))
 }
@@ -296,7 +297,7 @@ pub fn boolean(raw: &str) -> Result<String, String> {
     match text(raw).to_lowercase().as_str() {
         "true" | "1" | "yes" | "y" | "是" => Ok("true".into()),
         "false" | "0" | "no" | "n" | "否" => Ok("false".into()),
-        other => Err(format!("`{other}` is not true or false")),
+        _ => Err("not true or false".into()),
     }
 }
 

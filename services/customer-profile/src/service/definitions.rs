@@ -112,6 +112,14 @@ impl Customers {
                 },
             });
         }
+        if let Some(c) = &current
+            && c.classification.is_protected() != next.classification.is_protected()
+            && next.custom_key().is_some()
+        {
+            // Values already stored sit on the wrong side of the seal: the
+            // re-encryption job re-seals every row under the new split.
+            records::mark_all_for_reseal(&txn).await?;
+        }
         feed::append(&txn, events::field_definition_changed(&next, actor)).await?;
         txn.commit().await?;
         self.feed.committed();

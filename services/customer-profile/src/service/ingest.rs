@@ -149,6 +149,15 @@ impl<'de> serde::Deserialize<'de> for records::RowResult {
     }
 }
 
+/// Another transaction linked the same external id first: nothing of this one may
+/// commit (the caller rolls back); a retry takes the linked path.
+fn concurrent_link(source: &SourceRef, external_id: &str) -> Error {
+    Error::Unavailable(format!(
+        "external id `{}` of `{}` was linked by a concurrent write; retry",
+        external_id, source.system
+    ))
+}
+
 /// A source id: 1 to 64 of `[a-z0-9_.-]`.
 pub fn check_source(system: &str) -> std::result::Result<(), String> {
     let ok = !system.is_empty()
@@ -286,7 +295,9 @@ impl Customers {
                             delete_time: None,
                         };
                         store::insert(txn, self.sealer(defs), &customer).await?;
-                        records::link_external_id(txn, &source.system, external_id, customer.id).await?;
+                        if !records::link_external_id(txn, &source.system, external_id, customer.id).await? {
+                            return Err(concurrent_link(source, external_id));
+                        }
                         self.index_new(txn, &customer, defs, found).await?;
                         feed::append(txn, self.seal_event(events::created(&customer, actor))?).await?;
                         return Ok(Ingested {
@@ -316,8 +327,8 @@ impl Customers {
         );
         let (profile, _) = combined.profile.validated(&self.settings.rules, defs)?;
         let new_link = !base.external_ids.contains(&link);
-        if new_link {
-            records::link_external_id(txn, &source.system, external_id, base.id).await?;
+        if new_link && !records::link_external_id(txn, &source.system, external_id, base.id).await? {
+            return Err(concurrent_link(source, external_id));
         }
         let changed = update::changed_paths(&base.profile, &profile);
         if changed.is_empty() && !new_link {
@@ -414,7 +425,11 @@ impl Customers {
     pub async fn import_batch(&self, actor: &str, job: &mut ImportJob, rows: Vec<import::Row>) -> Result<()> {
         let defs = self.definitions().await?;
         let txn = begin_write(&self.db).await?;
-        let mut next = job.clone();
+        // The stored job, locked: another stream on the same job (a client retrying while
+        // its old stream lives) must not overwrite these counts or reuse these numbers.
+        let mut next: ImportJob = records::load_job_for_update(&txn, &job.id)
+            .await?
+            .ok_or_else(|| Error::internal(anyhow::anyhow!("import job {} vanished", job.id)))?;
         let mut written = Vec::new();
         let keys: Vec<&str> = rows.iter().map(|r| r.key.as_str()).collect();
         let mut seen = records::rows_seen(&txn, &job.id, &keys).await?;
@@ -651,15 +666,19 @@ impl Customers {
 
     /// Marks the end of a stream: succeeded, or interrupted (resumable).
     pub async fn close_import(&self, job: &mut ImportJob, completed: bool) -> Result<()> {
-        job.state = if completed {
+        let txn = begin_write(&self.db).await?;
+        let mut stored: ImportJob = records::load_job_for_update(&txn, &job.id)
+            .await?
+            .ok_or_else(|| Error::internal(anyhow::anyhow!("import job {} vanished", job.id)))?;
+        stored.state = if completed {
             ImportState::Succeeded
         } else {
             ImportState::Interrupted
         };
-        job.update_time = super::now();
-        let txn = begin_write(&self.db).await?;
-        records::save_job(&txn, &job.id, job, job.update_time, false).await?;
+        stored.update_time = super::now();
+        records::save_job(&txn, &stored.id, &stored, stored.update_time, false).await?;
         txn.commit().await?;
+        *job = stored;
         Ok(())
     }
 

@@ -8,7 +8,7 @@ use super::{Customers, cache_key, not_found};
 use crate::{
     domain::{
         Customer, CustomerId,
-        combine::{Side, api_origin, combine},
+        combine::{MAX_CONTACTS, Side, api_origin, combine},
     },
     events,
     store::{
@@ -46,6 +46,7 @@ impl Customers {
         for id in merged {
             losers.push(self.current(&txn, &defs, *id, "").await?);
         }
+        too_many_contacts(&base, &losers)?;
         let mut profile = base.profile.clone();
         let mut provenance = base.provenance.clone();
         let mut external_ids = base.external_ids.clone();
@@ -191,13 +192,14 @@ impl Customers {
                 return Err(Error::EtagMismatch { name: back.name() });
             }
             records::relink_external_ids(&txn, &back.external_ids, back.id).await?;
-            // A person undid the merge: the pair is declared distinct.
-            records::set_pair_state(&txn, restored_survivor.id, back.id, CandidateState::Dismissed, at).await?;
             restored.push(back);
         }
         self.index(&txn, &restored_survivor, &defs).await?;
         for back in &restored {
             self.index(&txn, back, &defs).await?;
+            // A person undid the merge: the pair is declared distinct (after indexing,
+            // which may have recorded it as open).
+            records::set_pair_state(&txn, restored_survivor.id, back.id, CandidateState::Dismissed, at).await?;
         }
         records::delete_merge(&txn, &record.id).await?;
         feed::append(&txn, self.seal_event(events::unmerged(&restored_survivor, &restored, actor))?).await?;
@@ -216,4 +218,43 @@ impl Customers {
             .ok_or_else(|| Error::internal(anyhow::anyhow!("merge {} does not hold {}", record.id, member.name())))?;
         Ok(Self::present(member, &defs))
     }
+}
+
+/// Merging unites contacts; rather than drop any beyond the limits, refuse.
+fn too_many_contacts(base: &Customer, losers: &[Customer]) -> Result<()> {
+    use std::collections::HashSet;
+    let all = || std::iter::once(base).chain(losers.iter());
+    let phones: HashSet<_> = all()
+        .flat_map(|c| c.profile.phones.iter().map(|p| p.number.clone()))
+        .collect();
+    let emails: HashSet<_> = all()
+        .flat_map(|c| c.profile.emails.iter().map(|e| e.address.to_lowercase()))
+        .collect();
+    let addresses = {
+        let mut seen: Vec<&crate::domain::customer::PostalAddress> = Vec::new();
+        for a in all().flat_map(|c| c.profile.addresses.iter()) {
+            if !seen.contains(&&a.postal) {
+                seen.push(&a.postal);
+            }
+        }
+        seen.len()
+    };
+    let tags: HashSet<_> = all().flat_map(|c| c.profile.tags.iter().cloned()).collect();
+    for (what, n, max) in [
+        ("phone numbers", phones.len(), MAX_CONTACTS),
+        ("e-mail addresses", emails.len(), MAX_CONTACTS),
+        ("addresses", addresses, MAX_CONTACTS),
+        ("tags", tags.len(), 50),
+    ] {
+        if n > max {
+            return Err(Error::FailedPrecondition {
+                reason: "MERGE_TOO_MANY_VALUES",
+                subject: base.name(),
+                message: format!(
+                    "together the customers have {n} {what}, more than the {max} a customer holds: remove some first"
+                ),
+            });
+        }
+    }
+    Ok(())
 }

@@ -384,6 +384,9 @@ impl Customers {
             delete_time: Some(at),
             ..current.clone()
         };
+        // A deleted customer leaves duplicate detection and the review queue.
+        store::records::set_keys(&txn, &self.keyring, id, &[], false).await?;
+        store::records::drop_open_candidates(&txn, id).await?;
         self.write(txn, &defs, &current, &next, events::deleted(&next, actor)).await?;
         Ok(Self::present(next, &defs))
     }

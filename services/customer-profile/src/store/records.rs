@@ -444,6 +444,25 @@ pub async fn save_definition<C: ConnectionTrait>(conn: &C, def: &FieldDefinition
 
 // ---- imports ----------------------------------------------------------------
 
+/// [`load_job`] inside a write transaction, locking the row on PostgreSQL (SQLite's
+/// write transaction already excludes other writers).
+pub async fn load_job_for_update<C: ConnectionTrait, T: DeserializeOwned>(conn: &C, id: &str) -> Result<Option<T>> {
+    let lock = if conn.get_database_backend() == sea_orm::DbBackend::Postgres {
+        " FOR UPDATE"
+    } else {
+        ""
+    };
+    let rows = query(
+        conn,
+        &format!("SELECT body FROM import_jobs WHERE id = ?{lock}"),
+        vec![id.into()],
+    )
+    .await?;
+    rows.first()
+        .map(|r| from_json(&r.try_get::<String>("", "body")?, "import job"))
+        .transpose()
+}
+
 pub async fn load_job<C: ConnectionTrait, T: DeserializeOwned>(conn: &C, id: &str) -> Result<Option<T>> {
     let rows = query(conn, "SELECT body FROM import_jobs WHERE id = ?", vec![id.into()]).await?;
     rows.first()
@@ -812,4 +831,11 @@ pub async fn sealed_with_other_key<C: ConnectionTrait>(conn: &C, active: &str, l
     .iter()
     .map(|r| customer_id(&r.try_get::<String>("", "id")?))
     .collect()
+}
+
+/// Makes the re-encryption job re-seal every customer (after a custom attribute's
+/// classification changed which side of the seal its values belong on).
+pub async fn mark_all_for_reseal<C: ConnectionTrait>(conn: &C) -> Result<()> {
+    exec(conn, "UPDATE customers SET key_id = ''", vec![]).await?;
+    Ok(())
 }

@@ -152,3 +152,30 @@ async fn dismissed_pairs_stay_dismissed() {
         .unwrap_err();
     assert_eq!(reason(&err), "INVALID_ARGUMENT");
 }
+
+#[tokio::test]
+async fn a_deleted_customer_leaves_the_queue() {
+    let app = TestApp::spawn().await;
+    app.create(with_contacts(person("Sam", "Taylor"), "", "sam@example.com"))
+        .await;
+    let b = app
+        .create(with_contacts(person("Alex", "Taylor"), "", "sam@example.com"))
+        .await;
+    assert_eq!(queue(&app, pb::DuplicateState::Open, "").await.len(), 1);
+    app.client
+        .clone()
+        .delete_customer(TestApp::admin(pb::DeleteCustomerRequest {
+            name: b.name.clone(),
+            etag: String::new(),
+        }))
+        .await
+        .unwrap();
+    assert!(queue(&app, pb::DuplicateState::Open, "").await.is_empty());
+    // And it is no longer a candidate for new writes.
+    app.create(with_contacts(person("Jo", "Taylor"), "", "sam@example.com")).await;
+    let open = queue(&app, pb::DuplicateState::Open, "").await;
+    assert!(
+        open.iter().all(|c| c.customer != b.name && c.other_customer != b.name),
+        "{open:#?}"
+    );
+}

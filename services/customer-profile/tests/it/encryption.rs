@@ -94,3 +94,40 @@ async fn raw_tables_hold_no_plaintext() {
         assert!(!everything.contains(secret), "plaintext `{secret}` found at rest");
     }
 }
+
+/// A custom attribute reclassified as sensitive moves under the seal in rows already
+/// stored.
+#[tokio::test]
+async fn reclassified_attributes_are_resealed() {
+    let app = TestApp::spawn().await;
+    app.define_text("vip_code").await;
+    let mut c = person("Re", "Classified");
+    c.custom_attributes.insert("vip_code".into(), "zebra-7731-omega".into());
+    app.create(c).await;
+    let db = connect(&app.db.target, 1).await.unwrap();
+    assert!(
+        dump(&db, "customers").await.contains("zebra-7731-omega"),
+        "internal values are plain"
+    );
+    app.client
+        .clone()
+        .update_field_definition(TestApp::admin(pb::UpdateFieldDefinitionRequest {
+            field_definition: Some(pb::FieldDefinition {
+                name: "fieldDefinitions/custom_attributes.vip_code".into(),
+                r#type: pb::FieldType::String as i32,
+                classification: crm_proto::crm::common::v1::Classification::Sensitive as i32,
+                ..Default::default()
+            }),
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec!["classification".into()],
+            }),
+            allow_missing: false,
+        }))
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(15);
+    while dump(&db, "customers").await.contains("zebra-7731-omega") {
+        assert!(tokio::time::Instant::now() < deadline, "never re-sealed");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}

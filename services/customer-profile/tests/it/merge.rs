@@ -141,6 +141,48 @@ async fn unmerge_restores_every_customer_of_the_merge() {
     assert!(a_again.merged_customers.is_empty());
     let err = unmerge(&app, &b.name).await.unwrap_err();
     assert_eq!(reason(&err), "NOT_MERGED");
+    // The undone pairs are declared distinct, not proposed again.
+    let open = app
+        .client
+        .clone()
+        .list_duplicate_candidates(TestApp::admin(pb::ListDuplicateCandidatesRequest::default()))
+        .await
+        .unwrap()
+        .into_inner()
+        .duplicate_candidates;
+    assert!(
+        open.iter().all(|c| c.customer != a.name && c.other_customer != a.name),
+        "{open:#?}"
+    );
+}
+
+#[tokio::test]
+async fn merging_never_drops_contacts() {
+    let app = TestApp::spawn().await;
+    let phones = |base: u64| {
+        (0..6)
+            .map(|i| pb::PhoneNumber {
+                number: format!("1380013{:04}", base + i),
+                ..Default::default()
+            })
+            .collect::<Vec<_>>()
+    };
+    let a = app
+        .create(pb::Customer {
+            phone_numbers: phones(0),
+            ..person("Ann", "Lee")
+        })
+        .await;
+    let b = app
+        .create(pb::Customer {
+            phone_numbers: phones(100),
+            ..person("Anne", "Lee")
+        })
+        .await;
+    let err = merge(&app, &a.name, &[&b.name]).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert_eq!(reason(&err), "MERGE_TOO_MANY_VALUES");
+    assert_eq!(get(&app, &b.name).await.name, b.name, "nothing changed");
 }
 
 #[tokio::test]
