@@ -223,7 +223,9 @@ impl Customers {
         self.count_entry(&done);
         let done = done.map_err(|e| e.in_field("customer"))?;
         txn.commit().await?;
-        if done.outcome != Outcome::Unchanged {
+        if done.outcome == Outcome::Unchanged {
+            self.cache.delete(&super::cache_key(done.customer.id)).await;
+        } else {
             self.after_commit(&done.customer);
         }
         Ok(Ingested {
@@ -332,8 +334,14 @@ impl Customers {
         }
         let changed = update::changed_paths(&base.profile, &profile);
         if changed.is_empty() && !new_link {
+            // The source confirmed what is stored: fresh again, with no new revision
+            // and no event (nothing changed). The cached copy is dropped after commit.
+            records::confirm(txn, base.id, at).await?;
             return Ok(Ingested {
-                customer: base,
+                customer: Customer {
+                    confirm_time: at,
+                    ..base
+                },
                 outcome: Outcome::Unchanged,
                 probability,
             });
@@ -499,7 +507,7 @@ impl Customers {
                     probability: 0.0,
                 },
                 Ok(Some(done)) => {
-                    if !matches!(done.outcome, Outcome::Unchanged | Outcome::Created) {
+                    if done.outcome != Outcome::Created {
                         written.push(done.customer.id);
                     }
                     records::RowResult {

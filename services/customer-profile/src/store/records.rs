@@ -839,3 +839,14 @@ pub async fn mark_all_for_reseal<C: ConnectionTrait>(conn: &C) -> Result<()> {
     exec(conn, "UPDATE customers SET key_id = ''", vec![]).await?;
     Ok(())
 }
+
+/// Records that a source confirmed the stored data of `id` at `at`.
+pub async fn confirm<C: ConnectionTrait>(conn: &C, id: CustomerId, at: DateTime<Utc>) -> Result<()> {
+    exec(
+        conn,
+        "UPDATE customers SET confirm_time = ? WHERE id = ?",
+        vec![at.into(), id.uuid().to_string().into()],
+    )
+    .await?;
+    Ok(())
+}

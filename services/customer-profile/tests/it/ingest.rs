@@ -83,7 +83,24 @@ async fn upserts_by_external_id_and_records_provenance() {
     // The same record again changes nothing.
     let again = ingest(&app, "erp", common::Channel::Erp, "C-1", c, Some(1_700_000_000)).await;
     assert_eq!(outcome(&again), pb::IngestOutcome::Unchanged);
-    assert_eq!(again.customer.unwrap().etag, customer.etag);
+    let again = again.customer.unwrap();
+    assert_eq!(again.etag, customer.etag);
+    // ... but it confirms the data: fresh again, also when read back.
+    let secs = |c: &pb::Customer| {
+        let t = c.confirm_time.unwrap();
+        (t.seconds, t.nanos)
+    };
+    assert!(secs(&again) > secs(&customer));
+    let read = app
+        .client
+        .clone()
+        .get_customer(TestApp::admin(pb::GetCustomerRequest {
+            name: customer.name.clone(),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(read.confirm_time, again.confirm_time);
 
     // A partial update from the same source: only the given fields move.
     let patch = pb::Customer {
