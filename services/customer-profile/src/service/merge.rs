@@ -116,6 +116,7 @@ impl Customers {
             records::set_keys(&txn, &self.keyring, loser.id, &[], false).await?;
             records::relink_external_ids(&txn, &loser.external_ids, survivor).await?;
             records::set_pair_state(&txn, survivor, loser.id, CandidateState::Merged, at).await?;
+            records::carry_dismissed(&txn, loser.id, survivor, at).await?;
             records::drop_open_candidates(&txn, loser.id).await?;
             aliases.push(alias);
         }

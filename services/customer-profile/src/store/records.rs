@@ -850,3 +850,41 @@ pub async fn confirm<C: ConnectionTrait>(conn: &C, id: CustomerId, at: DateTime<
     .await?;
     Ok(())
 }
+
+/// Carries the pairs of `from` that a reviewer dismissed over to `to` (a merge
+/// survivor), so the same decision is not asked again.
+pub async fn carry_dismissed<C: ConnectionTrait>(conn: &C, from: CustomerId, to: CustomerId, at: DateTime<Utc>) -> Result<()> {
+    let id = from.uuid().to_string();
+    let rows = query(
+        conn,
+        "SELECT customer_id, other_customer_id, probability, comparisons FROM duplicate_candidates \
+         WHERE state = 'dismissed' AND (customer_id = ? OR other_customer_id = ?)",
+        vec![id.clone().into(), id.into()],
+    )
+    .await?;
+    for row in rows {
+        let a = customer_id(&row.try_get::<String>("", "customer_id")?)?;
+        let b = customer_id(&row.try_get::<String>("", "other_customer_id")?)?;
+        let other = if a == from { b } else { a };
+        if other == to {
+            continue;
+        }
+        exec(
+            conn,
+            "INSERT INTO duplicate_candidates (id, pair_key, customer_id, other_customer_id, probability, comparisons, state, create_time, update_time) \
+             VALUES (?, ?, ?, ?, ?, ?, 'dismissed', ?, ?) ON CONFLICT (pair_key) DO UPDATE SET state = 'dismissed', update_time = excluded.update_time",
+            vec![
+                uuid::Uuid::now_v7().to_string().into(),
+                pair_key(to, other).into(),
+                to.uuid().to_string().into(),
+                other.uuid().to_string().into(),
+                row.try_get::<f64>("", "probability")?.into(),
+                row.try_get::<String>("", "comparisons")?.into(),
+                at.into(),
+                at.into(),
+            ],
+        )
+        .await?;
+    }
+    Ok(())
+}

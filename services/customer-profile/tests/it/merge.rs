@@ -200,3 +200,56 @@ async fn bad_merges_are_refused() {
         .unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
 }
+
+/// A pair a reviewer dismissed stays dismissed when one side is merged into another
+/// customer: the survivor inherits the decision.
+#[tokio::test]
+async fn dismissed_pairs_follow_the_survivor() {
+    let app = TestApp::spawn().await;
+    let email = |c: pb::Customer| pb::Customer {
+        email_addresses: vec![pb::EmailAddress {
+            address: "sam@example.com".into(),
+            ..Default::default()
+        }],
+        ..c
+    };
+    let x = app.create(email(person("Sam", "Taylor"))).await;
+    let b = app.create(email(person("Alex", "Taylor"))).await;
+    let mut client = app.client.clone();
+    let open = client
+        .list_duplicate_candidates(TestApp::admin(pb::ListDuplicateCandidatesRequest::default()))
+        .await
+        .unwrap()
+        .into_inner()
+        .duplicate_candidates;
+    assert_eq!(open.len(), 1);
+    client
+        .dismiss_duplicate_candidate(TestApp::admin(pb::DismissDuplicateCandidateRequest {
+            name: open[0].name.clone(),
+        }))
+        .await
+        .unwrap();
+    // No contacts: names alone never block, so `a` has no pair with `x` yet.
+    let a = app.create(person("Alex", "Taylor")).await;
+    let survivor = merge(&app, &a.name, &[&b.name]).await.unwrap();
+    assert_eq!(survivor.email_addresses.len(), 1, "the survivor now shares x's e-mail");
+    let open = client
+        .list_duplicate_candidates(TestApp::admin(pb::ListDuplicateCandidatesRequest::default()))
+        .await
+        .unwrap()
+        .into_inner()
+        .duplicate_candidates;
+    assert!(open.is_empty(), "{open:#?}");
+    let dismissed = client
+        .list_duplicate_candidates(TestApp::admin(pb::ListDuplicateCandidatesRequest {
+            state: pb::DuplicateState::Dismissed as i32,
+            customer: a.name.clone(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .duplicate_candidates;
+    assert_eq!(dismissed.len(), 1);
+    assert!(dismissed[0].customer == x.name || dismissed[0].other_customer == x.name);
+}
