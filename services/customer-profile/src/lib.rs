@@ -46,6 +46,7 @@ entry_window_days = 30
 stale_check_interval_secs = 3600
 stats_flush_secs = 10
 metrics_interval_secs = 900
+report_cache_secs = 60
 
 [customer_profile.ingest]
 source_priority = ["api", "erp", "store", "service_desk", "ecommerce", "app", "web", "wechat", "phone", "email", "import"]

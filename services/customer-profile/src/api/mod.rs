@@ -583,7 +583,7 @@ impl CustomerProfileService for Api {
         self.authorizer
             .check(&principal, "customer.read", "dataQualityReport")
             .await?;
-        let r = self.customers.quality_report().await?;
+        let r = self.customers.cached_quality_report().await?;
         Ok(Response::new(convert::quality_to_proto(&r)))
     }
 

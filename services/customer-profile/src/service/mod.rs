@@ -59,6 +59,7 @@ pub struct Customers {
     settings: Arc<Settings>,
     definitions: Arc<RwLock<Option<Loaded>>>,
     entry: Arc<quality::EntryCounters>,
+    last_report: Arc<tokio::sync::Mutex<Option<(Instant, quality::QualityReport)>>>,
 }
 
 /// This replica's copy of the field definitions and when it was loaded.
@@ -84,6 +85,7 @@ impl Customers {
             settings: Arc::new(settings),
             definitions: Arc::new(RwLock::new(None)),
             entry: Arc::default(),
+            last_report: Arc::default(),
         }
     }
 

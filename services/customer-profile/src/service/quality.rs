@@ -36,6 +36,9 @@ pub struct QualityConfig {
     /// How often the KPIs are measured for the exported gauges (only while metrics
     /// are exported over OTLP: a measurement reads every customer).
     pub metrics_interval_secs: u64,
+    /// `GetDataQualityReport` answers with a measurement at most this old; 0 measures
+    /// every time. Either way one measurement runs at a time.
+    pub report_cache_secs: u64,
 }
 
 impl QualityConfig {
@@ -237,6 +240,21 @@ impl Customers {
             self.entry.rejected.fetch_add(rejected, Ordering::Relaxed);
         }
         result
+    }
+
+    /// The report for callers: a measurement at most `report_cache_secs` old. One
+    /// measurement runs at a time; callers arriving meanwhile wait for it and share it.
+    pub async fn cached_quality_report(&self) -> Result<QualityReport> {
+        let mut last = self.last_report.lock().await;
+        let max_age = std::time::Duration::from_secs(self.settings.quality.report_cache_secs);
+        if let Some((at, report)) = last.as_ref()
+            && at.elapsed() < max_age
+        {
+            return Ok(report.clone());
+        }
+        let report = self.quality_report().await?;
+        *last = Some((std::time::Instant::now(), report.clone()));
+        Ok(report)
     }
 
     /// Scans every active customer once (decrypting it) and measures the KPIs.

@@ -25,6 +25,11 @@ pub struct TestApp {
 
 impl TestApp {
     pub async fn spawn() -> Self {
+        Self::spawn_with(|_| {}).await
+    }
+
+    /// A server whose configuration `adjust` changes after the test defaults.
+    pub async fn spawn_with(adjust: impl FnOnce(&mut Config)) -> Self {
         let db = TestDatabase::new("customer-profile").unwrap();
         let value = crm_platform::config::load(&[PLATFORM_DEFAULTS, DEFAULTS], None).unwrap();
         let mut cfg = Config {
@@ -42,6 +47,8 @@ impl TestApp {
         cfg.platform.encryption = testing::encryption();
         cfg.customer_profile.quality.stale_check_interval_secs = 1;
         cfg.customer_profile.quality.stats_flush_secs = 1;
+        // Tests read the report right after writing.
+        cfg.customer_profile.quality.report_cache_secs = 0;
         cfg.customer_profile.reencrypt_interval_secs = 1;
         cfg.platform.feed.poll_interval_ms = 50;
         cfg.platform.feed.heartbeat_secs = 1;
@@ -53,6 +60,7 @@ impl TestApp {
                 panic!("{} is set but Redis cannot be reached: {e}", testing::REDIS_URL_VAR);
             }
         }
+        adjust(&mut cfg);
         let (shutdown, signal) = shutdown_channel();
         let platform = Platform::new(cfg.platform, signal.clone()).unwrap();
         let service = crm_customer_profile::build(&platform, &cfg.customer_profile)

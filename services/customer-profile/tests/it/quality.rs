@@ -191,3 +191,14 @@ async fn rows_sealed_with_a_retired_key_are_resealed() {
     assert_eq!(got.etag, created.etag, "re-sealing changes no data");
     assert_eq!(got.national_id, created.national_id);
 }
+
+/// Reports are measured once per `report_cache_secs`, whatever the number of callers.
+#[tokio::test]
+async fn reports_are_shared_within_their_cache_period() {
+    let app = TestApp::spawn_with(|cfg| cfg.customer_profile.quality.report_cache_secs = 3600).await;
+    assert_eq!(report(&app).await.customers, 0);
+    app.create(person("Cached", "Report")).await;
+    for _ in 0..3 {
+        assert_eq!(report(&app).await.customers, 0, "served from the first measurement");
+    }
+}
