@@ -58,6 +58,9 @@ pub struct Customers {
     keyring: Arc<Keyring>,
     settings: Arc<Settings>,
     definitions: Arc<RwLock<Option<Loaded>>>,
+    /// Bumped whenever this replica changes a definition: a load that started before
+    /// the change must not install what it read.
+    definitions_generation: Arc<std::sync::atomic::AtomicU64>,
     entry: Arc<quality::EntryCounters>,
     last_report: Arc<tokio::sync::Mutex<Option<(Instant, quality::QualityReport)>>>,
 }
@@ -84,6 +87,7 @@ impl Customers {
             keyring,
             settings: Arc::new(settings),
             definitions: Arc::new(RwLock::new(None)),
+            definitions_generation: Arc::default(),
             entry: Arc::default(),
             last_report: Arc::default(),
         }
@@ -106,8 +110,12 @@ impl Customers {
         {
             return Ok(defs.clone());
         }
+        use std::sync::atomic::Ordering;
+        let generation = self.definitions_generation.load(Ordering::SeqCst);
         let defs = Arc::new(Definitions::new(store::records::load_definitions(&self.db).await?));
-        if let Ok(mut guard) = self.definitions.write() {
+        if let Ok(mut guard) = self.definitions.write()
+            && self.definitions_generation.load(Ordering::SeqCst) == generation
+        {
             *guard = Some((Instant::now(), defs.clone()));
         }
         Ok(defs)
@@ -115,6 +123,7 @@ impl Customers {
 
     fn forget_definitions(&self) {
         if let Ok(mut guard) = self.definitions.write() {
+            self.definitions_generation.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             *guard = None;
         }
     }
