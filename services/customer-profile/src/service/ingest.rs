@@ -222,11 +222,10 @@ impl Customers {
             .await;
         self.count_entry(&done);
         let done = done.map_err(|e| e.in_field("customer"))?;
-        txn.commit().await?;
         if done.outcome == Outcome::Unchanged {
-            self.cache.delete(&super::cache_key(done.customer.id)).await;
+            self.commit_and_refresh(txn, Vec::new(), vec![done.customer.id]).await?;
         } else {
-            self.after_commit(&done.customer);
+            self.commit_and_refresh(txn, vec![done.customer.clone()], Vec::new()).await?;
         }
         Ok(Ingested {
             customer: Self::present(done.customer, &defs),
@@ -536,18 +535,13 @@ impl Customers {
                 next.errors.push(result);
             }
         }
-        let created = !pending.customers.is_empty();
+
         self.flush(&txn, &defs, &mut pending).await?;
         records::insert_rows_many(&txn, &job.id, &results).await?;
         next.update_time = super::now();
         records::save_job(&txn, &job.id, &next, next.update_time, false).await?;
-        txn.commit().await?;
-        for id in &written {
-            self.cache.delete(&super::cache_key(*id)).await;
-        }
-        if created || !written.is_empty() {
-            self.feed.committed();
-        }
+
+        self.commit_and_refresh(txn, Vec::new(), written).await?;
         *job = next;
         Ok(())
     }

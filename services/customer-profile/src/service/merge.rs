@@ -129,11 +129,9 @@ impl Customers {
             self.cache.delete(&cache_key(loser.id)).await;
         }
         self.cache.delete(&cache_key(survivor)).await;
-        txn.commit().await?;
-        self.after_commit(&next);
-        for alias in &aliases {
-            self.after_commit(alias);
-        }
+        let mut changed = aliases;
+        changed.push(next.clone());
+        self.commit_and_refresh(txn, changed, Vec::new()).await?;
         Ok(Self::present(next, &defs))
     }
 
@@ -208,11 +206,9 @@ impl Customers {
         for back in &restored {
             self.cache.delete(&cache_key(back.id)).await;
         }
-        txn.commit().await?;
-        self.after_commit(&restored_survivor);
-        for back in &restored {
-            self.after_commit(back);
-        }
+        let mut changed = restored.clone();
+        changed.push(restored_survivor.clone());
+        self.commit_and_refresh(txn, changed, Vec::new()).await?;
         let member = restored
             .into_iter()
             .find(|c| c.id == member)

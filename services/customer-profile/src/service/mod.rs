@@ -171,6 +171,27 @@ impl Customers {
         });
     }
 
+    /// Commits `txn`, then refreshes the cache for `changed` and drops the entries of
+    /// `dropped`, on a task of its own: a caller cancelled once the commit is under
+    /// way (a deadline, a client gone) cannot skip the refresh, which would leave a
+    /// copy cached by a concurrent reader stale until the TTL.
+    async fn commit_and_refresh(&self, txn: DatabaseTransaction, changed: Vec<Customer>, dropped: Vec<CustomerId>) -> Result<()> {
+        let this = self.clone();
+        tokio::spawn(async move {
+            txn.commit().await?;
+            for id in &dropped {
+                this.cache.delete(&cache_key(*id)).await;
+            }
+            this.feed.committed();
+            for c in &changed {
+                this.after_commit(c);
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| Error::internal(anyhow::anyhow!("commit task failed: {e}")))?
+    }
+
     /// Cached values hold personal data: sealed like the rows (Redis may persist).
     fn cache_value(&self, key: &str, customer: &Customer) -> Result<Vec<u8>> {
         let json = serde_json::to_vec(customer).map_err(Error::internal)?;
@@ -253,8 +274,7 @@ impl Customers {
         let found = self.matches(&txn, &defs, &customer.profile, Some(customer.id)).await?;
         self.index_new(&txn, &customer, &defs, found).await?;
         feed::append(&txn, self.seal_event(events::created(&customer, actor))?).await?;
-        txn.commit().await?;
-        self.after_commit(&customer);
+        self.commit_and_refresh(txn, vec![customer.clone()], Vec::new()).await?;
         Ok(Self::present(customer, &defs))
     }
 
@@ -315,9 +335,7 @@ impl Customers {
         event: feed::NewEvent,
     ) -> Result<()> {
         self.write_in(&txn, defs, current, next, event).await?;
-        txn.commit().await?;
-        self.after_commit(next);
-        Ok(())
+        self.commit_and_refresh(txn, vec![next.clone()], Vec::new()).await
     }
 
     /// The write of [`Customers::write`] without the commit.
