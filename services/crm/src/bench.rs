@@ -13,7 +13,9 @@ use std::{
 
 use crm_proto::crm::customer::v1::{self as pb, customer_profile_service_client::CustomerProfileServiceClient};
 use tokio::sync::Mutex;
-use tonic::{Request, metadata::MetadataValue, transport::Channel};
+
+use crate::{authorized, bearer, seed::Rng};
+use tonic::transport::Channel;
 
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -60,28 +62,10 @@ impl Phase {
     }
 }
 
-fn authorized<T>(msg: T, token: &MetadataValue<tonic::metadata::Ascii>) -> Request<T> {
-    let mut req = Request::new(msg);
-    req.metadata_mut().insert("authorization", token.clone());
-    req
-}
-
-/// A small deterministic generator for synthetic data (no cryptographic use).
-struct XorShift(u64);
-
-impl XorShift {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
-
-fn synthetic_customer(rng: &mut XorShift) -> pb::Customer {
+fn synthetic_customer(rng: &mut Rng) -> pb::Customer {
     const GIVEN: [&str; 8] = ["Wei", "Li", "Ada", "Grace", "小明", "Mei", "Jun", "Olga"];
     const FAMILY: [&str; 8] = ["Wang", "Zhang", "Lovelace", "Hopper", "王", "Chen", "Liu", "Novak"];
-    let n = rng.next();
+    let n = rng.next_u64();
     pb::Customer {
         person_name: Some(pb::PersonName {
             given_name: GIVEN[(n % 8) as usize].into(),
@@ -151,7 +135,7 @@ pub async fn run(opts: Options) -> anyhow::Result<String> {
     anyhow::ensure!(opts.concurrency > 0, "--concurrency must be at least 1");
     let channel = Channel::from_shared(opts.target.clone())?.connect().await?;
     let client = CustomerProfileServiceClient::new(channel);
-    let token: MetadataValue<_> = format!("Bearer {}", opts.token).parse()?;
+    let token = bearer(&opts.token)?;
     let created = Arc::new(Mutex::new(Vec::new()));
 
     let create = {
@@ -159,7 +143,7 @@ pub async fn run(opts: Options) -> anyhow::Result<String> {
         phase("CreateCustomer", &opts, move |n| {
             let (mut client, token, created) = (client.clone(), token.clone(), created.clone());
             async move {
-                let customer = synthetic_customer(&mut XorShift(n.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1));
+                let customer = synthetic_customer(&mut Rng::new(n));
                 let req = pb::CreateCustomerRequest {
                     customer: Some(customer),
                     request_id: String::new(),
@@ -187,7 +171,7 @@ pub async fn run(opts: Options) -> anyhow::Result<String> {
         phase("GetCustomer", &opts, move |n| {
             let (mut client, token, names) = (client.clone(), token.clone(), names.clone());
             async move {
-                let name = names[(XorShift(n | 1).next() % names.len() as u64) as usize].clone();
+                let name = names[(Rng::new(n).next_u64() % names.len() as u64) as usize].clone();
                 client
                     .get_customer(authorized(pb::GetCustomerRequest { name }, &token))
                     .await
@@ -244,7 +228,7 @@ mod tests {
 
     #[test]
     fn synthetic_customers_are_valid_input_shapes() {
-        let mut rng = XorShift(42);
+        let mut rng = Rng::new(42);
         let c = synthetic_customer(&mut rng);
         assert!(c.person_name.is_some());
         assert!(c.phone_numbers[0].number.starts_with("+86 139"));

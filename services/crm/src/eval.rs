@@ -19,9 +19,8 @@ use anyhow::Context;
 use crm_customer_profile::ServiceConfig;
 use crm_platform::config::PlatformConfig;
 use crm_proto::crm::{common::v1 as common, customer::v1 as pb};
-use tonic::Request;
 
-use crate::{embedded::Embedded, import};
+use crate::{authorized, bearer, embedded::Embedded, import};
 
 /// Where `.ci/febrl.sh` puts the files by default.
 pub fn default_dir() -> anyhow::Result<PathBuf> {
@@ -127,12 +126,6 @@ impl Scores {
     }
 }
 
-fn authorized<T>(msg: T, token: &str) -> anyhow::Result<Request<T>> {
-    let mut r = Request::new(msg);
-    r.metadata_mut().insert("authorization", format!("Bearer {token}").parse()?);
-    Ok(r)
-}
-
 pub async fn run(
     platform: PlatformConfig,
     service: &ServiceConfig,
@@ -167,6 +160,7 @@ pub async fn run(
 
     let embedded = Embedded::start(platform, service, None).await?;
     let token = crate::admin_token(secret, "eval", Duration::from_secs(24 * 3600))?;
+    let auth = bearer(&token)?;
     let spec = import::Spec {
         job_id: format!("eval-{dataset}"),
         source: "febrl".into(),
@@ -189,8 +183,8 @@ pub async fn run(
                     page_token: token_page.clone(),
                     outcome: 0,
                 },
-                &token,
-            )?)
+                &auth,
+            ))
             .await?
             .into_inner();
         for r in page.results {
@@ -216,8 +210,8 @@ pub async fn run(
                     state: pb::DuplicateState::Open as i32,
                     customer: String::new(),
                 },
-                &token,
-            )?)
+                &auth,
+            ))
             .await?
             .into_inner();
         for c in page.duplicate_candidates {

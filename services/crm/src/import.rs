@@ -16,7 +16,7 @@ use crm_proto::crm::{
     },
 };
 use serde::Deserialize;
-use tonic::{Request, transport::Channel};
+use tonic::transport::Channel;
 
 pub type Row = BTreeMap<String, String>;
 
@@ -186,11 +186,7 @@ pub async fn run(
             .await;
     });
     let started = Instant::now();
-    let mut request = Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
-    request.metadata_mut().insert(
-        "authorization",
-        format!("Bearer {token}").parse().context("token is not a header value")?,
-    );
+    let request = crate::authorized(tokio_stream::wrappers::ReceiverStream::new(rx), &crate::bearer(token)?);
     let job = client.import_customers(request).await;
     sender.abort();
     bar.finish_and_clear();

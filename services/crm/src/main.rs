@@ -303,6 +303,20 @@ async fn main() -> anyhow::Result<()> {
 }
 
 /// A token with the admin role, signed with the HS256 `secret`.
+/// The `authorization` metadata value for a bearer token.
+fn bearer(token: &str) -> anyhow::Result<tonic::metadata::MetadataValue<tonic::metadata::Ascii>> {
+    format!("Bearer {token}")
+        .parse()
+        .map_err(|_| anyhow::anyhow!("the token is not a valid header value"))
+}
+
+/// `msg` as a request carrying `token` (see [`bearer`]).
+fn authorized<T>(msg: T, token: &tonic::metadata::MetadataValue<tonic::metadata::Ascii>) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(msg);
+    req.metadata_mut().insert("authorization", token.clone());
+    req
+}
+
 fn admin_token(secret: &str, user: &str, ttl: Duration) -> crm_platform::Result<String> {
     let admin = Principal {
         user_id: user.into(),
@@ -312,17 +326,21 @@ fn admin_token(secret: &str, user: &str, ttl: Duration) -> crm_platform::Result<
     mint_hs256(secret, &admin, ttl)
 }
 
+/// The seed rows as CSV, a header first, every column of [`seed::COLUMNS`].
+fn write_seed_csv<W: std::io::Write>(mut w: csv::Writer<W>, rows: &[seed::Row]) -> anyhow::Result<()> {
+    w.write_record(seed::COLUMNS)?;
+    for r in rows {
+        w.write_record(seed::COLUMNS.iter().map(|c| r.get(*c).map_or("", String::as_str)))?;
+    }
+    w.flush()?;
+    Ok(())
+}
+
 fn write_seed(options: &seed::Options, out: Option<&std::path::Path>) -> anyhow::Result<()> {
     use std::io::Write;
     let rows = seed::generate(options);
     let Some(path) = out else {
-        let mut w = csv::Writer::from_writer(std::io::stdout().lock());
-        w.write_record(seed::COLUMNS)?;
-        for r in &rows {
-            w.write_record(seed::COLUMNS.iter().map(|c| r.get(*c).map_or("", String::as_str)))?;
-        }
-        w.flush()?;
-        return Ok(());
+        return write_seed_csv(csv::Writer::from_writer(std::io::stdout().lock()), &rows);
     };
     if path.extension().is_some_and(|e| e == "jsonl") {
         let mut w = std::io::BufWriter::new(std::fs::File::create(path)?);
@@ -332,12 +350,7 @@ fn write_seed(options: &seed::Options, out: Option<&std::path::Path>) -> anyhow:
         }
         w.flush()?;
     } else {
-        let mut w = csv::Writer::from_path(path)?;
-        w.write_record(seed::COLUMNS)?;
-        for r in &rows {
-            w.write_record(seed::COLUMNS.iter().map(|c| r.get(*c).map_or("", String::as_str)))?;
-        }
-        w.flush()?;
+        write_seed_csv(csv::Writer::from_path(path)?, &rows)?;
     }
     let mapping = path.with_extension("mapping.toml");
     let mut text = String::from("source = \"seed\"\nchannel = \"import\"\nkey_column = \"id\"\n");

@@ -31,11 +31,7 @@ fn enum_value<E: TryFrom<i32>>(value: i32, field: &str, violations: &mut Vec<Fie
 /// The caller-settable fields of `customer`, unvalidated (see `Profile::validated`).
 pub fn profile_from_proto(c: pb::Customer) -> Result<Profile, Error> {
     let mut v = Vec::new();
-    let kind = match enum_value(c.r#type, "type", &mut v) {
-        Some(pb::CustomerType::Person) => CustomerKind::Person,
-        Some(pb::CustomerType::Organization) => CustomerKind::Organization,
-        Some(pb::CustomerType::Unspecified) | None => CustomerKind::Unspecified,
-    };
+    let kind = kind_from_proto(c.r#type, "type", &mut v);
     let lifecycle_stage = match enum_value(c.lifecycle_stage, "lifecycle_stage", &mut v) {
         Some(pb::LifecycleStage::Lead) => LifecycleStage::Lead,
         Some(pb::LifecycleStage::Prospect) => LifecycleStage::Prospect,

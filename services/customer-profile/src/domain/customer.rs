@@ -258,6 +258,33 @@ pub struct Customer {
 }
 
 impl Customer {
+    /// A customer created at `at` from a validated profile, its first revision.
+    pub fn new(
+        profile: Profile,
+        source_channel: Channel,
+        provenance: BTreeMap<String, Provenance>,
+        external_ids: Vec<ExternalId>,
+        raw_values: BTreeMap<String, String>,
+        at: DateTime<Utc>,
+    ) -> Self {
+        Self {
+            id: CustomerId::new(),
+            profile,
+            source_channel,
+            external_ids,
+            provenance,
+            raw_values,
+            confirm_time: at,
+            merged_customers: Vec::new(),
+            merged_into: None,
+            completeness: 0.0,
+            revision: 1,
+            create_time: at,
+            update_time: at,
+            delete_time: None,
+        }
+    }
+
     pub fn name(&self) -> String {
         self.id.name()
     }

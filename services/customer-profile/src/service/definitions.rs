@@ -4,7 +4,7 @@ use crm_platform::{Error, Result, db::begin_write, feed};
 
 use super::Customers;
 use crate::{
-    domain::definitions::{FieldDefinition, RESOURCE_TYPE},
+    domain::definitions::{Definitions, FieldDefinition, RESOURCE_TYPE},
     events,
     store::records,
 };
@@ -21,17 +21,24 @@ pub const MUTABLE: &[&str] = &[
 ];
 
 impl Customers {
+    /// The definitions as stored now (not this replica's cached copy, which writes use).
+    async fn stored_definitions(&self) -> Result<Definitions> {
+        Ok(Definitions::new(records::load_definitions(&self.db).await?))
+    }
+
     pub async fn list_definitions(&self) -> Result<Vec<FieldDefinition>> {
-        self.forget_definitions();
-        Ok(self.definitions().await?.iter().cloned().collect())
+        Ok(self.stored_definitions().await?.iter().cloned().collect())
     }
 
     pub async fn get_definition(&self, path: &str) -> Result<FieldDefinition> {
-        self.forget_definitions();
-        self.definitions().await?.get(path).cloned().ok_or_else(|| Error::NotFound {
-            resource_type: RESOURCE_TYPE,
-            name: format!("fieldDefinitions/{path}"),
-        })
+        self.stored_definitions()
+            .await?
+            .get(path)
+            .cloned()
+            .ok_or_else(|| Error::NotFound {
+                resource_type: RESOURCE_TYPE,
+                name: format!("fieldDefinitions/{path}"),
+            })
     }
 
     /// Applies `mask` (empty: every mutable field) of `patch` to the stored
@@ -44,8 +51,7 @@ impl Customers {
         etag: &str,
         allow_missing: bool,
     ) -> Result<FieldDefinition> {
-        self.forget_definitions();
-        let current = self.definitions().await?.get(&patch.path).cloned();
+        let current = self.stored_definitions().await?.get(&patch.path).cloned();
         let at = super::now();
         let next = match &current {
             None if !allow_missing => {

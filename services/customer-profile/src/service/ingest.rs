@@ -279,22 +279,8 @@ impl Customers {
                         (base, Outcome::Merged, m.score.probability)
                     }
                     _ => {
-                        let customer = Customer {
-                            id: CustomerId::new(),
-                            provenance: stamp_all(&full, &origin),
-                            profile: full,
-                            source_channel: source.channel,
-                            external_ids: vec![link.clone()],
-                            raw_values: full_raw,
-                            confirm_time: at,
-                            merged_customers: Vec::new(),
-                            merged_into: None,
-                            completeness: 0.0,
-                            revision: 1,
-                            create_time: at,
-                            update_time: at,
-                            delete_time: None,
-                        };
+                        let provenance = stamp_all(&full, &origin);
+                        let customer = Customer::new(full, source.channel, provenance, vec![link.clone()], full_raw, at);
                         store::insert(txn, self.sealer(defs), &customer).await?;
                         if !records::link_external_id(txn, &source.system, external_id, customer.id).await? {
                             return Err(concurrent_link(source, external_id));
@@ -576,25 +562,12 @@ impl Customers {
             channel: source.channel,
             time: at,
         };
-        let customer = Customer {
-            id: CustomerId::new(),
-            provenance: stamp_all(&full, &origin),
-            profile: full,
-            source_channel: source.channel,
-            external_ids: vec![ExternalId {
-                source: source.system.clone(),
-                external_id: external_id.to_owned(),
-            }],
-            raw_values: full_raw,
-            confirm_time: at,
-            merged_customers: Vec::new(),
-            merged_into: None,
-            completeness: 0.0,
-            revision: 1,
-            create_time: at,
-            update_time: at,
-            delete_time: None,
+        let link = ExternalId {
+            source: source.system.clone(),
+            external_id: external_id.to_owned(),
         };
+        let provenance = stamp_all(&full, &origin);
+        let customer = Customer::new(full, source.channel, provenance, vec![link], full_raw, at);
         pending.events.push(self.seal_event(events::created(&customer, actor))?);
         for m in &found {
             pending

@@ -244,22 +244,8 @@ impl Customers {
         // Stamped once the write transaction has begun (on SQLite: holds the write lock),
         // not while waiting for it.
         let at = now();
-        let customer = Customer {
-            id: CustomerId::new(),
-            provenance: stamp_all(&profile, &api_origin(source_channel, at)),
-            profile,
-            source_channel,
-            external_ids: Vec::new(),
-            raw_values,
-            confirm_time: at,
-            merged_customers: Vec::new(),
-            merged_into: None,
-            completeness: 0.0,
-            revision: 1,
-            create_time: at,
-            update_time: at,
-            delete_time: None,
-        };
+        let provenance = stamp_all(&profile, &api_origin(source_channel, at));
+        let customer = Customer::new(profile, source_channel, provenance, Vec::new(), raw_values, at);
         if let Some(key) = &key
             && idempotency::record(&txn, key, &customer.name()).await? == Recorded::Duplicate
         {

@@ -54,32 +54,15 @@ pub async fn set_keys<C: ConnectionTrait>(
     keys: &[BlockingKey],
     new: bool,
 ) -> Result<()> {
-    let id = id.uuid().to_string();
     if !new {
         exec(
             conn,
             "DELETE FROM customer_keys WHERE customer_id = ?",
-            vec![id.clone().into()],
+            vec![id.uuid().to_string().into()],
         )
         .await?;
     }
-    if keys.is_empty() {
-        return Ok(());
-    }
-    let rows = vec!["(?, ?, ?)"; keys.len()].join(", ");
-    let mut values = Vec::with_capacity(keys.len() * 3);
-    for k in keys {
-        values.push(id.clone().into());
-        values.push(k.kind.into());
-        values.push(keyring.blind_index(k.kind, &k.value).into());
-    }
-    exec(
-        conn,
-        &format!("INSERT INTO customer_keys (customer_id, kind, value) VALUES {rows}"),
-        values,
-    )
-    .await?;
-    Ok(())
+    insert_keys_many(conn, keyring, &[(id, keys.to_vec())]).await
 }
 
 /// Inserts the blocking keys of new customers with multi-row statements.
@@ -444,6 +427,11 @@ pub async fn save_definition<C: ConnectionTrait>(conn: &C, def: &FieldDefinition
 
 // ---- imports ----------------------------------------------------------------
 
+/// An import job's stored body.
+pub async fn load_job<C: ConnectionTrait, T: DeserializeOwned>(conn: &C, id: &str) -> Result<Option<T>> {
+    read_job(conn, id, "").await
+}
+
 /// [`load_job`] inside a write transaction, locking the row on PostgreSQL (SQLite's
 /// write transaction already excludes other writers).
 pub async fn load_job_for_update<C: ConnectionTrait, T: DeserializeOwned>(conn: &C, id: &str) -> Result<Option<T>> {
@@ -452,19 +440,16 @@ pub async fn load_job_for_update<C: ConnectionTrait, T: DeserializeOwned>(conn: 
     } else {
         ""
     };
+    read_job(conn, id, lock).await
+}
+
+async fn read_job<C: ConnectionTrait, T: DeserializeOwned>(conn: &C, id: &str, lock: &str) -> Result<Option<T>> {
     let rows = query(
         conn,
         &format!("SELECT body FROM import_jobs WHERE id = ?{lock}"),
         vec![id.into()],
     )
     .await?;
-    rows.first()
-        .map(|r| from_json(&r.try_get::<String>("", "body")?, "import job"))
-        .transpose()
-}
-
-pub async fn load_job<C: ConnectionTrait, T: DeserializeOwned>(conn: &C, id: &str) -> Result<Option<T>> {
-    let rows = query(conn, "SELECT body FROM import_jobs WHERE id = ?", vec![id.into()]).await?;
     rows.first()
         .map(|r| from_json(&r.try_get::<String>("", "body")?, "import job"))
         .transpose()
@@ -577,24 +562,6 @@ pub async fn insert_rows_many<C: ConnectionTrait>(conn: &C, job: &str, rows: &[(
         )
         .await?;
     }
-    Ok(())
-}
-
-pub async fn insert_row<C: ConnectionTrait>(conn: &C, job: &str, seq: i64, r: &RowResult) -> Result<()> {
-    exec(
-        conn,
-        "INSERT INTO import_rows (job_id, row_key, seq, outcome, customer, errors, probability) VALUES (?, ?, ?, ?, ?, ?, ?)",
-        vec![
-            job.into(),
-            r.row_key.clone().into(),
-            seq.into(),
-            r.outcome.clone().into(),
-            r.customer.clone().into(),
-            json(&r.errors)?.into(),
-            r.probability.into(),
-        ],
-    )
-    .await?;
     Ok(())
 }
 
@@ -811,9 +778,14 @@ pub async fn claim_stale<C: ConnectionTrait>(conn: &C, before: DateTime<Utc>, li
 }
 
 pub async fn set_reminded<C: ConnectionTrait>(conn: &C, id: CustomerId, at: DateTime<Utc>) -> Result<()> {
+    set_time(conn, "reminder_time", id, at).await
+}
+
+/// Sets a timestamp column of one customer row (no revision: not a data change).
+async fn set_time<C: ConnectionTrait>(conn: &C, column: &'static str, id: CustomerId, at: DateTime<Utc>) -> Result<()> {
     exec(
         conn,
-        "UPDATE customers SET reminder_time = ? WHERE id = ?",
+        &format!("UPDATE customers SET {column} = ? WHERE id = ?"),
         vec![at.into(), id.uuid().to_string().into()],
     )
     .await?;
@@ -842,13 +814,7 @@ pub async fn mark_all_for_reseal<C: ConnectionTrait>(conn: &C) -> Result<()> {
 
 /// Records that a source confirmed the stored data of `id` at `at`.
 pub async fn confirm<C: ConnectionTrait>(conn: &C, id: CustomerId, at: DateTime<Utc>) -> Result<()> {
-    exec(
-        conn,
-        "UPDATE customers SET confirm_time = ? WHERE id = ?",
-        vec![at.into(), id.uuid().to_string().into()],
-    )
-    .await?;
-    Ok(())
+    set_time(conn, "confirm_time", id, at).await
 }
 
 /// Carries the pairs of `from` that a reviewer dismissed over to `to` (a merge
