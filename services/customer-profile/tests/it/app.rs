@@ -126,6 +126,40 @@ impl TestApp {
         self.try_create(customer).await.unwrap()
     }
 
+    /// Gets a customer as an admin.
+    pub async fn get(&self, name: &str) -> pb::Customer {
+        self.client
+            .clone()
+            .get_customer(Self::admin(pb::GetCustomerRequest { name: name.into() }))
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
+    /// Ingests `customer` from `system` (on `channel`) as an admin.
+    pub async fn try_ingest(
+        &self,
+        system: &str,
+        channel: crm_proto::crm::common::v1::Channel,
+        external_id: &str,
+        customer: pb::Customer,
+        source_update_secs: Option<i64>,
+    ) -> Result<pb::IngestCustomerResponse, tonic::Status> {
+        self.client
+            .clone()
+            .ingest_customer(Self::admin(pb::IngestCustomerRequest {
+                source: Some(pb::Source {
+                    system: system.into(),
+                    channel: channel as i32,
+                }),
+                external_id: external_id.into(),
+                customer: Some(customer),
+                source_update_time: source_update_secs.map(|seconds| prost_types::Timestamp { seconds, nanos: 0 }),
+            }))
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
     /// Defines (or redefines) the custom attribute `key`.
     pub async fn define(&self, key: &str, def: pb::FieldDefinition) -> Result<pb::FieldDefinition, tonic::Status> {
         self.client

@@ -38,15 +38,7 @@ async fn create_normalises_and_get_returns_the_same() {
     assert!(!created.etag.is_empty());
     assert!(created.create_time.is_some() && created.delete_time.is_none());
 
-    let got = app
-        .client
-        .clone()
-        .get_customer(TestApp::admin(pb::GetCustomerRequest {
-            name: created.name.clone(),
-        }))
-        .await
-        .unwrap()
-        .into_inner();
+    let got = app.get(&created.name).await;
     assert_eq!(got, created);
 }
 
@@ -278,13 +270,7 @@ async fn concurrent_masked_updates_lose_nothing() {
     for call in calls {
         call.await.unwrap().unwrap();
     }
-    let got = app
-        .client
-        .clone()
-        .get_customer(TestApp::admin(pb::GetCustomerRequest { name: created.name }))
-        .await
-        .unwrap()
-        .into_inner();
+    let got = app.get(&created.name).await;
     assert_eq!(got.custom_attributes.len(), WRITERS, "{:?}", got.custom_attributes);
     assert_eq!(got.etag, format!("\"{}\"", WRITERS + 1));
 }

@@ -59,15 +59,7 @@ async fn raw_tables_hold_no_plaintext() {
     let created = app.create(c).await;
     assert_eq!(created.phone_numbers[0].number, "+8613812345678");
     // Read back through the API: decrypted.
-    let got = app
-        .client
-        .clone()
-        .get_customer(TestApp::admin(pb::GetCustomerRequest {
-            name: created.name.clone(),
-        }))
-        .await
-        .unwrap()
-        .into_inner();
+    let got = app.get(&created.name).await;
     assert_eq!(got.national_id, "11010519491231002X");
     assert_eq!(
         got.addresses[0].postal_address.as_ref().unwrap().address_lines,

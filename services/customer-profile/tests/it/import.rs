@@ -184,15 +184,7 @@ async fn rows_are_created_merged_updated_or_rejected() {
     );
     assert_eq!(all[3].customer, all[0].customer, "row 4 merged into row 1's customer");
     assert!(all[3].match_probability >= 0.98);
-    let merged = app
-        .client
-        .clone()
-        .get_customer(TestApp::admin(pb::GetCustomerRequest {
-            name: all[0].customer.clone(),
-        }))
-        .await
-        .unwrap()
-        .into_inner();
+    let merged = app.get(&all[0].customer).await;
     assert_eq!(merged.external_ids.len(), 2);
     let only_rejected = results(&app, &job.name, pb::IngestOutcome::Rejected).await;
     assert_eq!(only_rejected.len(), 2);
@@ -315,15 +307,7 @@ async fn one_batch_matches_its_own_rows() {
     let all = results(&app, &job.name, pb::IngestOutcome::Unspecified).await;
     assert_eq!(all[3].customer, all[0].customer, "row 4 merged into row 1's customer");
     assert_eq!(all[5].customer, all[1].customer, "row 6 updated row 2's customer");
-    let customer = app
-        .client
-        .clone()
-        .get_customer(TestApp::admin(pb::GetCustomerRequest {
-            name: all[1].customer.clone(),
-        }))
-        .await
-        .unwrap()
-        .into_inner();
+    let customer = app.get(&all[1].customer).await;
     assert_eq!(customer.phone_numbers[0].number, "+8613900139002");
     let listed = app
         .client

@@ -6,13 +6,6 @@ use tonic::Code;
 
 use crate::app::{TestApp, person, violations};
 
-fn source(system: &str, channel: common::Channel) -> Option<pb::Source> {
-    Some(pb::Source {
-        system: system.into(),
-        channel: channel as i32,
-    })
-}
-
 fn phone(n: &str) -> pb::PhoneNumber {
     pb::PhoneNumber {
         number: n.into(),
@@ -28,27 +21,7 @@ async fn ingest(
     c: pb::Customer,
     at: Option<i64>,
 ) -> pb::IngestCustomerResponse {
-    try_ingest(app, system, channel, id, c, at).await.unwrap()
-}
-
-async fn try_ingest(
-    app: &TestApp,
-    system: &str,
-    channel: common::Channel,
-    id: &str,
-    c: pb::Customer,
-    at: Option<i64>,
-) -> Result<pb::IngestCustomerResponse, tonic::Status> {
-    app.client
-        .clone()
-        .ingest_customer(TestApp::admin(pb::IngestCustomerRequest {
-            source: source(system, channel),
-            external_id: id.into(),
-            customer: Some(c),
-            source_update_time: at.map(|s| prost_types::Timestamp { seconds: s, nanos: 0 }),
-        }))
-        .await
-        .map(tonic::Response::into_inner)
+    app.try_ingest(system, channel, id, c, at).await.unwrap()
 }
 
 fn outcome(r: &pb::IngestCustomerResponse) -> pb::IngestOutcome {
@@ -91,15 +64,7 @@ async fn upserts_by_external_id_and_records_provenance() {
         (t.seconds, t.nanos)
     };
     assert!(secs(&again) > secs(&customer));
-    let read = app
-        .client
-        .clone()
-        .get_customer(TestApp::admin(pb::GetCustomerRequest {
-            name: customer.name.clone(),
-        }))
-        .await
-        .unwrap()
-        .into_inner();
+    let read = app.get(&customer.name).await;
     assert_eq!(read.confirm_time, again.confirm_time);
 
     // A partial update from the same source: only the given fields move.
@@ -167,17 +132,7 @@ async fn bad_ingest_requests_name_every_field() {
     let mut bad = person("X", "Y");
     bad.phone_numbers = vec![phone("12")];
     let err = app
-        .client
-        .clone()
-        .ingest_customer(TestApp::admin(pb::IngestCustomerRequest {
-            source: Some(pb::Source {
-                system: "Bad System".into(),
-                channel: 0,
-            }),
-            external_id: String::new(),
-            customer: Some(bad),
-            source_update_time: None,
-        }))
+        .try_ingest("Bad System", common::Channel::Unspecified, "", bad, None)
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
@@ -200,7 +155,8 @@ async fn bad_ingest_requests_name_every_field() {
         }],
         ..Default::default()
     };
-    let err = try_ingest(&app, "web", common::Channel::Web, "w1", nameless, None)
+    let err = app
+        .try_ingest("web", common::Channel::Web, "w1", nameless, None)
         .await
         .unwrap_err();
     assert_eq!(violations(&err), vec!["customer.display_name"]);

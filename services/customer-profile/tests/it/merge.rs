@@ -5,15 +5,6 @@ use tonic::Code;
 
 use crate::app::{TestApp, person, reason, violations};
 
-async fn get(app: &TestApp, name: &str) -> pb::Customer {
-    app.client
-        .clone()
-        .get_customer(TestApp::admin(pb::GetCustomerRequest { name: name.into() }))
-        .await
-        .unwrap()
-        .into_inner()
-}
-
 async fn merge(app: &TestApp, survivor: &str, merged: &[&str]) -> Result<pb::Customer, tonic::Status> {
     app.client
         .clone()
@@ -52,20 +43,9 @@ async fn merge_makes_aliases_and_unmerge_restores_both() {
     b.birth_date = "1990-05-06".into();
     // b is known to the shop under its own id.
     let b = app
-        .client
-        .clone()
-        .ingest_customer(TestApp::admin(pb::IngestCustomerRequest {
-            source: Some(pb::Source {
-                system: "shop".into(),
-                channel: common::Channel::Ecommerce as i32,
-            }),
-            external_id: "s-9".into(),
-            customer: Some(b),
-            source_update_time: None,
-        }))
+        .try_ingest("shop", common::Channel::Ecommerce, "s-9", b, None)
         .await
         .unwrap()
-        .into_inner()
         .customer
         .unwrap();
     assert_ne!(a.name, b.name, "a review-level match is not linked automatically");
@@ -82,7 +62,7 @@ async fn merge_makes_aliases_and_unmerge_restores_both() {
     );
     assert_eq!(survivor.external_ids.len(), 1);
     // The merged id answers with the survivor and leaves lists.
-    assert_eq!(get(&app, &b.name).await.name, a.name);
+    assert_eq!(app.get(&b.name).await.name, a.name);
     let listed = app
         .client
         .clone()
@@ -92,24 +72,14 @@ async fn merge_makes_aliases_and_unmerge_restores_both() {
         .into_inner();
     assert_eq!(listed.customers.len(), 1);
     // The shop's external id now updates the survivor.
+    let vip = pb::Customer {
+        tags: vec!["vip".into()],
+        ..Default::default()
+    };
     let r = app
-        .client
-        .clone()
-        .ingest_customer(TestApp::admin(pb::IngestCustomerRequest {
-            source: Some(pb::Source {
-                system: "shop".into(),
-                channel: common::Channel::Ecommerce as i32,
-            }),
-            external_id: "s-9".into(),
-            customer: Some(pb::Customer {
-                tags: vec!["vip".into()],
-                ..Default::default()
-            }),
-            source_update_time: None,
-        }))
+        .try_ingest("shop", common::Channel::Ecommerce, "s-9", vip, None)
         .await
-        .unwrap()
-        .into_inner();
+        .unwrap();
     assert_eq!(r.customer.unwrap().name, a.name);
 
     // The survivor changed since the merge: undoing would lose that change.
@@ -135,8 +105,8 @@ async fn unmerge_restores_every_customer_of_the_merge() {
     let restored = unmerge(&app, &c.name).await.unwrap();
     assert_eq!(restored.name, c.name);
     assert_eq!(restored.display_name, "A. Lee");
-    assert_eq!(get(&app, &b.name).await.name, b.name, "b comes back too");
-    let a_again = get(&app, &a.name).await;
+    assert_eq!(app.get(&b.name).await.name, b.name, "b comes back too");
+    let a_again = app.get(&a.name).await;
     assert!(a_again.phone_numbers.is_empty(), "the survivor is as before the merge");
     assert!(a_again.merged_customers.is_empty());
     let err = unmerge(&app, &b.name).await.unwrap_err();
@@ -182,7 +152,7 @@ async fn merging_never_drops_contacts() {
     let err = merge(&app, &a.name, &[&b.name]).await.unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition);
     assert_eq!(reason(&err), "MERGE_TOO_MANY_VALUES");
-    assert_eq!(get(&app, &b.name).await.name, b.name, "nothing changed");
+    assert_eq!(app.get(&b.name).await.name, b.name, "nothing changed");
 }
 
 #[tokio::test]
