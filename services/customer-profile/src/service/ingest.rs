@@ -158,6 +158,25 @@ fn concurrent_link(source: &SourceRef, external_id: &str) -> Error {
     ))
 }
 
+impl SourceRef {
+    /// The provenance of a value this source observed at `time`.
+    fn origin(&self, time: DateTime<Utc>) -> Provenance {
+        Provenance {
+            source: self.system.clone(),
+            channel: self.channel,
+            time,
+        }
+    }
+
+    /// The link of `external_id` in this source.
+    fn link(&self, external_id: &str) -> ExternalId {
+        ExternalId {
+            source: self.system.clone(),
+            external_id: external_id.to_owned(),
+        }
+    }
+}
+
 /// A source id: 1 to 64 of `[a-z0-9_.-]`.
 pub fn check_source(system: &str) -> std::result::Result<(), String> {
     let ok = !system.is_empty()
@@ -248,15 +267,8 @@ impl Customers {
         observed: DateTime<Utc>,
         at: DateTime<Utc>,
     ) -> Result<Ingested> {
-        let origin = Provenance {
-            source: source.system.clone(),
-            channel: source.channel,
-            time: observed,
-        };
-        let link = ExternalId {
-            source: source.system.clone(),
-            external_id: external_id.to_owned(),
-        };
+        let origin = source.origin(observed);
+        let link = source.link(external_id);
         let linked = records::external_id(txn, &source.system, external_id).await?;
         let (base, outcome, probability) = match linked {
             Some(id) => {
@@ -557,17 +569,8 @@ impl Customers {
         {
             return Ok(None);
         }
-        let origin = Provenance {
-            source: source.system.clone(),
-            channel: source.channel,
-            time: at,
-        };
-        let link = ExternalId {
-            source: source.system.clone(),
-            external_id: external_id.to_owned(),
-        };
-        let provenance = stamp_all(&full, &origin);
-        let customer = Customer::new(full, source.channel, provenance, vec![link], full_raw, at);
+        let provenance = stamp_all(&full, &source.origin(at));
+        let customer = Customer::new(full, source.channel, provenance, vec![source.link(external_id)], full_raw, at);
         pending.events.push(self.seal_event(events::created(&customer, actor))?);
         for m in &found {
             pending

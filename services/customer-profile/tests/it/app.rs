@@ -136,6 +136,17 @@ impl TestApp {
             .into_inner()
     }
 
+    /// The first page of customers in the default order, as an admin.
+    pub async fn list_first_page(&self) -> Vec<pb::Customer> {
+        self.client
+            .clone()
+            .list_customers(Self::admin(pb::ListCustomersRequest::default()))
+            .await
+            .unwrap()
+            .into_inner()
+            .customers
+    }
+
     /// Ingests `customer` from `system` (on `channel`) as an admin.
     pub async fn try_ingest(
         &self,
