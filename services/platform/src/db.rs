@@ -5,12 +5,12 @@
 use std::{path::PathBuf, time::Duration};
 
 use sea_orm::{
-    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction, DbBackend, SqliteTransactionMode,
-    TransactionOptions, TransactionTrait,
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction, DbBackend, QueryResult,
+    SqliteTransactionMode, Statement, TransactionOptions, TransactionTrait, Value,
     sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous},
 };
 
-use crate::{config::DatabaseConfig, error::Result};
+use crate::{config::DatabaseConfig, error::Result, migrate::placeholders};
 
 /// Where a service's data lives, resolved from configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -221,6 +221,42 @@ pub fn chunks_by_size<T>(items: &[T], max_rows: usize, size: impl Fn(&T) -> usiz
         out.push(&items[start..]);
     }
     out
+}
+
+/// Runs `{prefix} IN (values)` with `first` bound as the prefix's one parameter
+/// (`?` placeholders), and returns every row. On PostgreSQL the list travels as one
+/// parameter (`= ANY(string_to_array(...))`): prepared statements are cached, and after
+/// a few runs PostgreSQL may plan `IN ($2, …, $501)` generically, as a scan of the
+/// whole table. A list holding the separator (U+001F) takes the plain path instead.
+pub async fn in_list<C: ConnectionTrait>(conn: &C, prefix: &str, first: &str, values: &[&str]) -> Result<Vec<QueryResult>> {
+    const SEPARATOR: char = '\u{1f}';
+    let backend = conn.get_database_backend();
+    let run = |sql: String, params: Vec<Value>| async move {
+        conn.query_all_raw(Statement::from_sql_and_values(backend, placeholders(backend, &sql), params))
+            .await
+    };
+    let mut out = Vec::new();
+    if values.is_empty() {
+        return Ok(out);
+    }
+    if backend == DbBackend::Postgres && !values.iter().any(|v| v.contains(SEPARATOR)) {
+        let joined = values.join(&SEPARATOR.to_string());
+        out.extend(
+            run(
+                format!("{prefix} = ANY(string_to_array(?, chr(31)))"),
+                vec![first.into(), joined.into()],
+            )
+            .await?,
+        );
+    } else {
+        for chunk in values.chunks(500) {
+            let marks = vec!["?"; chunk.len()].join(", ");
+            let mut params: Vec<Value> = vec![first.into()];
+            params.extend(chunk.iter().map(|k| Value::from(*k)));
+            out.extend(run(format!("{prefix} IN ({marks})"), params).await?);
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -156,7 +156,7 @@ pub async fn external_ids_many<C: ConnectionTrait>(
 ) -> Result<std::collections::HashMap<String, CustomerId>> {
     let mut out = std::collections::HashMap::new();
     let prefix = "SELECT external_id, customer_id FROM customer_external_ids WHERE source = ? AND external_id";
-    for row in in_list(conn, prefix, source, external_ids).await? {
+    for row in crm_platform::db::in_list(conn, prefix, source, external_ids).await? {
         out.insert(
             row.try_get("", "external_id")?,
             customer_id(&row.try_get::<String>("", "customer_id")?)?,
@@ -495,7 +495,7 @@ pub struct RowResult {
 /// The keys among `row_keys` the job already processed.
 pub async fn rows_seen<C: ConnectionTrait>(conn: &C, job: &str, row_keys: &[&str]) -> Result<std::collections::HashSet<String>> {
     let mut seen = std::collections::HashSet::new();
-    for row in in_list(
+    for row in crm_platform::db::in_list(
         conn,
         "SELECT row_key FROM import_rows WHERE job_id = ? AND row_key",
         job,
@@ -506,34 +506,6 @@ pub async fn rows_seen<C: ConnectionTrait>(conn: &C, job: &str, row_keys: &[&str
         seen.insert(row.try_get::<String>("", "row_key")?);
     }
     Ok(seen)
-}
-
-/// Separates the values of a list passed as one parameter (never in a key: keys
-/// have no control characters).
-const LIST_SEPARATOR: char = '\u{1f}';
-
-/// Runs `{prefix} IN (values)` with `first` as the first parameter. On PostgreSQL the
-/// list is one parameter (`= ANY(string_to_array(...))`), so the prepared statement's
-/// cached generic plan stays an index lookup whatever the list; an `IN` list of
-/// hundreds of parameters gets a generic plan that scans the table.
-async fn in_list<C: ConnectionTrait>(conn: &C, prefix: &str, first: &str, values: &[&str]) -> Result<Vec<QueryResult>> {
-    let mut out = Vec::new();
-    if values.is_empty() {
-        return Ok(out);
-    }
-    if conn.get_database_backend() == sea_orm::DbBackend::Postgres {
-        let joined = values.join(&LIST_SEPARATOR.to_string());
-        let sql = format!("{prefix} = ANY(string_to_array(?, chr(31)))");
-        out.extend(query(conn, &sql, vec![first.into(), joined.into()]).await?);
-    } else {
-        for chunk in values.chunks(500) {
-            let marks = vec!["?"; chunk.len()].join(", ");
-            let mut params: Vec<Value> = vec![first.into()];
-            params.extend(chunk.iter().map(|k| Value::from(*k)));
-            out.extend(query(conn, &format!("{prefix} IN ({marks})"), params).await?);
-        }
-    }
-    Ok(out)
 }
 
 /// Inserts row results with multi-row statements.
