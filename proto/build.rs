@@ -11,6 +11,9 @@ const FILES: &[&str] = &[
     "crm/customer/v1/customer.proto",
     "crm/customer/v1/customer_service.proto",
     "crm/customer/v1/customer_events.proto",
+    "crm/permissions/v1/permissions.proto",
+    "crm/permissions/v1/permissions_service.proto",
+    "crm/permissions/v1/permissions_events.proto",
 ];
 
 /// Not imported by our contracts: served by reflection only, so clients can decode

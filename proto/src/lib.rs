@@ -19,6 +19,11 @@ pub mod crm {
             tonic::include_proto!("crm.customer.v1");
         }
     }
+    pub mod permissions {
+        pub mod v1 {
+            tonic::include_proto!("crm.permissions.v1");
+        }
+    }
 }
 
 /// Every CRM contract (and the well-known types they import) as an encoded

@@ -1,10 +1,8 @@
-//! Authentication (bearer JWT -> [`Principal`]) and the authorization seam every
-//! handler calls ([`Authorizer`]). The role table here is the interim policy; the
-//! permissions service replaces it behind the same trait.
+//! Authentication: a bearer JWT becomes a [`Principal`]. What the principal may do
+//! is the permissions service's decision (see [`crate::authz`]).
 
-use std::{collections::BTreeMap, sync::Arc};
+use std::sync::Arc;
 
-use async_trait::async_trait;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, errors::ErrorKind};
 use serde::{Deserialize, Serialize};
 use tonic::{Request, Status};
@@ -75,16 +73,6 @@ pub fn validate_config(cfg: &AuthConfig) -> Result<(), ConfigError> {
         )),
         _ => Ok(()),
     }?;
-    for (role, permissions) in &cfg.roles {
-        for p in permissions {
-            if !valid_permission_pattern(p) {
-                return Err(ConfigError::invalid(
-                    format!("auth.roles.{role}"),
-                    format!("`{p}` is not a permission such as `customer.read`, `customer.*` or `*`"),
-                ));
-            }
-        }
-    }
     Ok(())
 }
 
@@ -98,13 +86,6 @@ fn parse_algorithm(name: &str) -> Result<Algorithm, ConfigError> {
             format!("`{other}` is not one of HS256, RS256, ES256"),
         )),
     }
-}
-
-fn valid_permission_pattern(p: &str) -> bool {
-    p == "*"
-        || p.split('.').enumerate().all(|(i, part)| {
-            (i > 0 && part == "*") || (!part.is_empty() && part.chars().all(|c| c.is_ascii_lowercase() || c == '_'))
-        })
 }
 
 /// Verifies bearer tokens.
@@ -266,58 +247,6 @@ pub fn principal<T>(req: &Request<T>) -> Result<Principal> {
         })
 }
 
-/// May `principal` do `permission` (e.g. `customer.update`) on `resource` (a resource
-/// name such as `customers/123`, or a collection such as `customers`)?
-#[async_trait]
-pub trait Authorizer: Send + Sync + std::fmt::Debug {
-    async fn check(&self, principal: &Principal, permission: &str, resource: &str) -> Result<()>;
-}
-
-/// Authorization by a static role table from configuration: a principal holds a
-/// permission when one of its roles lists it, its `<domain>.*`, or `*`. A customer
-/// self-service principal is further confined to its own customer resource.
-#[derive(Debug, Clone)]
-pub struct RoleTable {
-    roles: BTreeMap<String, Vec<String>>,
-}
-
-impl RoleTable {
-    pub fn new(roles: BTreeMap<String, Vec<String>>) -> Self {
-        Self { roles }
-    }
-
-    fn grants(&self, principal: &Principal, permission: &str) -> bool {
-        let domain_wildcard = permission.split_once('.').map(|(domain, _)| format!("{domain}.*"));
-        principal
-            .roles
-            .iter()
-            .filter_map(|role| self.roles.get(role))
-            .flatten()
-            .any(|p| p == "*" || p == permission || Some(p) == domain_wildcard.as_ref())
-    }
-}
-
-#[async_trait]
-impl Authorizer for RoleTable {
-    async fn check(&self, principal: &Principal, permission: &str, resource: &str) -> Result<()> {
-        let own_resource = match &principal.customer_id {
-            None => true,
-            Some(id) => {
-                let own = format!("customers/{id}");
-                resource == own || resource.starts_with(&format!("{own}/"))
-            }
-        };
-        if own_resource && self.grants(principal, permission) {
-            Ok(())
-        } else {
-            Err(Error::PermissionDenied {
-                permission: permission.into(),
-                resource: resource.into(),
-            })
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -331,11 +260,6 @@ mod tests {
             algorithm: "HS256".into(),
             issuer: String::new(),
             audience: String::new(),
-            roles: BTreeMap::from([
-                ("admin".into(), vec!["*".into()]),
-                ("agent".into(), vec!["customer.read".into()]),
-                ("sales".into(), vec!["customer.*".into()]),
-            ]),
         }
     }
 
@@ -423,52 +347,7 @@ mod tests {
         c.jwt_secret.clear();
         assert!(validate_config(&c).is_err());
         let mut c = cfg();
-        c.roles.insert("bad".into(), vec!["Customer Read".into()]);
-        assert!(validate_config(&c).unwrap_err().to_string().contains("auth.roles.bad"));
-        let mut c = cfg();
         c.algorithm = "none".into();
         assert!(validate_config(&c).is_err());
-    }
-
-    #[tokio::test]
-    async fn role_table_decisions() {
-        let table = RoleTable::new(cfg().roles);
-        assert!(table.check(&user(&["admin"]), "customer.delete", "customers/1").await.is_ok());
-        assert!(table.check(&user(&["agent"]), "customer.read", "customers/1").await.is_ok());
-        assert!(
-            table
-                .check(&user(&["agent"]), "customer.update", "customers/1")
-                .await
-                .is_err()
-        );
-        assert!(table.check(&user(&["sales"]), "customer.update", "customers/1").await.is_ok());
-        assert!(table.check(&user(&["sales"]), "ticket.read", "tickets/1").await.is_err());
-        assert!(
-            table
-                .check(&user(&["unknown-role"]), "customer.read", "customers/1")
-                .await
-                .is_err()
-        );
-        assert!(table.check(&user(&[]), "customer.read", "customers/1").await.is_err());
-    }
-
-    #[tokio::test]
-    async fn self_service_principal_is_confined_to_its_own_record() {
-        let table = RoleTable::new(cfg().roles);
-        let mut me = user(&["sales"]);
-        me.customer_id = Some("c1".into());
-        assert!(table.check(&me, "customer.read", "customers/c1").await.is_ok());
-        assert!(table.check(&me, "customer.read", "customers/c2").await.is_err());
-        assert!(table.check(&me, "customer.read", "customers").await.is_err());
-    }
-
-    #[test]
-    fn permission_patterns() {
-        for ok in ["*", "customer.read", "customer.*", "customer_profile.read_all"] {
-            assert!(valid_permission_pattern(ok), "{ok}");
-        }
-        for bad in ["", "Customer.read", "*.read", "customer.", "customer read"] {
-            assert!(!valid_permission_pattern(bad), "{bad}");
-        }
     }
 }

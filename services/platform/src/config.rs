@@ -47,11 +47,14 @@ algorithm = "HS256"
 issuer = ""
 audience = ""
 
-[auth.roles]
-admin = ["*"]
-sales = ["customer.read", "customer.create", "customer.update", "customer.events"]
-agent = ["customer.read"]
-integrator = ["customer.read", "customer.create", "customer.update", "customer.events"]
+[permissions]
+url = ""
+ca_path = ""
+token_file = ""
+service_account = ""
+decision_cache_secs = 10
+decision_cache_entries = 100000
+timeout_ms = 2000
 
 [encryption]
 active_key = ""
@@ -85,6 +88,7 @@ pub struct PlatformConfig {
     pub paging: PagingConfig,
     pub log: LogConfig,
     pub encryption: crate::crypto::EncryptionConfig,
+    pub permissions: crate::authz::PermissionsClientConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -164,8 +168,6 @@ pub struct AuthConfig {
     pub issuer: String,
     /// Required `aud` claim, when set.
     pub audience: String,
-    /// Role name -> permissions (`customer.read`, `customer.*`, `*`).
-    pub roles: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -315,6 +317,7 @@ impl PlatformConfig {
         if self.cache.max_entries == 0 {
             return Err(ConfigError::invalid("cache.max_entries", "must be at least 1"));
         }
+        self.permissions.validate()?;
         crate::auth::validate_config(&self.auth)
     }
 }
@@ -335,7 +338,7 @@ mod tests {
         let cfg = platform(Some(&file)).unwrap();
         assert_eq!(cfg.server.listen.port(), 6000);
         assert_eq!(cfg.server.request_timeout_secs, 30);
-        assert!(cfg.auth.roles.contains_key("admin"));
+        assert_eq!(cfg.permissions.decision_cache_secs, 10);
     }
 
     #[test]

@@ -6,7 +6,9 @@ use std::sync::Arc;
 use sea_orm::DatabaseConnection;
 
 use crate::{
-    auth::{Authenticator, Authorizer, RoleTable, TokenVerifier},
+    audit::AuditSpool,
+    auth::{Authenticator, TokenVerifier},
+    authz::{Authz, PolicyDecisionPoint, RemotePdp},
     cache::{self, Cache},
     config::{ConfigError, PlatformConfig},
     db::{self, Target},
@@ -19,7 +21,9 @@ use crate::{
 pub struct Platform {
     pub config: PlatformConfig,
     pub cache: Arc<dyn Cache>,
-    pub authorizer: Arc<dyn Authorizer>,
+    /// The permissions service when it runs in this process (`crm serve`); other
+    /// processes reach it at `permissions.url`.
+    pub policy: Option<Arc<dyn PolicyDecisionPoint>>,
     pub authenticator: Authenticator,
     pub page_tokens: PageTokens,
     pub shutdown: ShutdownSignal,
@@ -44,12 +48,50 @@ impl Platform {
             .map_err(|e| ConfigError::invalid("redis.url", e.to_string()))?;
         Ok(Self {
             cache,
-            authorizer: Arc::new(RoleTable::new(config.auth.roles.clone())),
+            policy: None,
             authenticator: Authenticator::new(verifier),
             page_tokens: PageTokens::new(page_secret.as_bytes()),
             shutdown,
             config,
         })
+    }
+
+    /// Uses an in-process permissions service instead of `permissions.url`.
+    pub fn with_policy(mut self, policy: Arc<dyn PolicyDecisionPoint>) -> Self {
+        self.policy = Some(policy);
+        self
+    }
+
+    /// The permissions service: in-process, or over gRPC at `permissions.url`.
+    pub fn policy_for(&self, service: &str) -> anyhow::Result<Arc<dyn PolicyDecisionPoint>> {
+        if let Some(p) = &self.policy {
+            return Ok(p.clone());
+        }
+        anyhow::ensure!(
+            !self.config.permissions.url.is_empty(),
+            "configuration key `permissions.url`: required: {service} asks the permissions service for every decision"
+        );
+        Ok(Arc::new(RemotePdp::connect(&self.config, service, self.shutdown.clone())?))
+    }
+
+    /// The authorization client of `service`, whose audit spool lives in `db`;
+    /// starts the forwarder that ships its audit trail (its feed's changes and the
+    /// spooled reads and denials) to the permissions service.
+    pub fn authz(
+        &self,
+        service: &'static str,
+        db: &DatabaseConnection,
+        feed: &crate::feed::Feed,
+        fields: fn(&crm_proto::crm::events::v1::Event) -> Vec<String>,
+    ) -> anyhow::Result<Authz> {
+        let policy = self.policy_for(service)?;
+        let spool = AuditSpool::new(db.clone(), service);
+        tokio::spawn(
+            spool
+                .clone()
+                .run_forwarder(policy.clone(), feed.clone(), fields, self.shutdown.clone()),
+        );
+        Ok(Authz::new(policy, &self.config, spool)?)
     }
 
     /// Where `service` keeps its data.

@@ -4,7 +4,9 @@
 //! configuration, telemetry, database and migrations, cache, authentication and
 //! authorization, errors, paging, encryption at rest, the outbox change feed and the gRPC server bootstrap.
 
+pub mod audit;
 pub mod auth;
+pub mod authz;
 pub mod cache;
 pub mod cli;
 pub mod config;

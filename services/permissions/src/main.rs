@@ -1,0 +1,21 @@
+//! `permissions`: the permissions service alone, for containers.
+
+use clap::Parser;
+use crm_platform::cli::{Command, ServiceCli};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = ServiceCli::parse();
+    let cfg = crm_permissions::Config::load(cli.config.as_deref())?;
+    let _telemetry = crm_platform::telemetry::init(crm_permissions::SERVICE, &cfg.platform.log)?;
+    match cli.command.unwrap_or_default() {
+        Command::Serve => crm_permissions::run(cfg).await,
+        Command::Migrate => {
+            let (_shutdown, signal) = crm_platform::server::shutdown_channel();
+            let platform = crm_platform::Platform::new(cfg.platform, signal)?;
+            let applied = crm_permissions::migrate(&platform).await?;
+            println!("{}: applied migrations {applied:?}", crm_permissions::SERVICE);
+            Ok(())
+        }
+    }
+}

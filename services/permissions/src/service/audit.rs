@@ -1,0 +1,178 @@
+//! The tamper-evident audit log: appends (from this service and from others),
+//! listing, and verification of the whole chain.
+
+use crm_platform::{Error, FieldViolation, Result, db::begin_write};
+use crm_proto::crm::permissions::v1::{self as pb, audit_entry::Outcome};
+
+use super::{Caller, Permissions, Page};
+use crate::{
+    domain::chain,
+    store::{
+        self,
+        audit::{self as log, AuditQuery},
+    },
+};
+
+/// Links read per verification query.
+const VERIFY_BATCH: u64 = 5000;
+
+/// Submitted entries at most per call.
+pub const MAX_BATCH: usize = 1000;
+
+/// Result of walking the chain.
+#[derive(Debug, Clone)]
+pub struct Verification {
+    pub intact: bool,
+    pub checked: i64,
+    pub first_broken: Option<i64>,
+    pub problem: String,
+    pub head_sequence: i64,
+    pub head_hash: String,
+}
+
+fn validate(entries: &[pb::AuditEntry]) -> Result<()> {
+    let mut v = Vec::new();
+    if entries.is_empty() || entries.len() > MAX_BATCH {
+        v.push(FieldViolation::new("entries", format!("between 1 and {MAX_BATCH} entries")));
+    }
+    for (i, e) in entries.iter().enumerate() {
+        let f = |name: &str| format!("entries[{i}].{name}");
+        if e.id.is_empty() || e.id.len() > 200 {
+            v.push(FieldViolation::new(f("id"), "required, at most 200 characters"));
+        }
+        if e.time.is_none() {
+            v.push(FieldViolation::new(f("time"), "required"));
+        }
+        if e.source.is_empty() || e.source.len() > 64 {
+            v.push(FieldViolation::new(f("source"), "required, at most 64 characters"));
+        }
+        if e.action.is_empty() || e.action.len() > 200 {
+            v.push(FieldViolation::new(f("action"), "required, at most 200 characters"));
+        }
+        if e.resource.len() > 500 || e.related_resources.len() > 1000 || e.fields.len() > 200 {
+            v.push(FieldViolation::new(
+                f("resource"),
+                "at most 500 characters, 1000 related resources, 200 fields",
+            ));
+        }
+        if !matches!(
+            Outcome::try_from(e.outcome),
+            Ok(Outcome::Success | Outcome::Denied | Outcome::Failed)
+        ) {
+            v.push(FieldViolation::new(f("outcome"), "required: SUCCESS, DENIED or FAILED"));
+        }
+        if e.reason.chars().count() > 1000 {
+            v.push(FieldViolation::new(f("reason"), "at most 1000 characters"));
+        }
+    }
+    if v.is_empty() { Ok(()) } else { Err(Error::InvalidArgument(v)) }
+}
+
+impl Permissions {
+    /// Appends entries not already in the log (by id); returns (appended, duplicates).
+    pub async fn append_audit(&self, entries: Vec<pb::AuditEntry>) -> Result<(usize, usize)> {
+        validate(&entries)?;
+        let txn = begin_write(self.db()).await?;
+        store::lock_chain(&txn).await?;
+        let ids: Vec<&str> = entries.iter().map(|e| e.id.as_str()).collect();
+        let mut seen: std::collections::HashSet<String> = log::existing_ids(&txn, &ids).await?.into_iter().collect();
+        let total = entries.len();
+        let mut fresh = Vec::with_capacity(total);
+        for mut e in entries {
+            if !seen.insert(e.id.clone()) {
+                continue;
+            }
+            e.name.clear();
+            e.hash.clear();
+            e.previous_hash.clear();
+            // A change without its "before" continues from the resource's last state.
+            if !e.after_digest.is_empty() && e.before_digest.is_empty() && !e.resource.is_empty() {
+                let earlier = fresh
+                    .iter()
+                    .rev()
+                    .find(|p: &&pb::AuditEntry| p.resource == e.resource && !p.after_digest.is_empty())
+                    .map(|p| p.after_digest.clone());
+                e.before_digest = match earlier {
+                    Some(d) => d,
+                    None => log::last_digest(&txn, &e.resource).await?.unwrap_or_default(),
+                };
+            }
+            fresh.push(e);
+        }
+        let appended = fresh.len();
+        if appended > 0 {
+            log::append(&txn, fresh).await?;
+        }
+        txn.commit().await?;
+        Ok((appended, total - appended))
+    }
+
+    pub async fn write_audit_entries(&self, caller: &Caller, entries: Vec<pb::AuditEntry>) -> Result<(usize, usize)> {
+        self.require(caller, "audit.write", "auditEntries").await?;
+        self.append_audit(entries).await
+    }
+
+    pub async fn list_audit(&self, caller: &Caller, mut q: AuditQuery) -> Result<Page<pb::AuditEntry>> {
+        self.require(caller, "audit.read", "auditEntries").await?;
+        let size = q.limit;
+        q.limit = size + 1;
+        let mut items = log::list(self.db(), &q).await?;
+        let next = if items.len() as u64 > size {
+            items.truncate(size as usize);
+            items
+                .last()
+                .and_then(|e| e.name.strip_prefix("auditEntries/").map(str::to_owned))
+        } else {
+            None
+        };
+        Ok(Page { items, next })
+    }
+
+    pub async fn verify_audit(&self, caller: &Caller) -> Result<Verification> {
+        self.require(caller, "audit.read", "auditEntries").await?;
+        self.verify_chain().await
+    }
+
+    /// Walks the chain from the start in batches.
+    pub async fn verify_chain(&self) -> Result<Verification> {
+        let (mut seq, mut hash) = (0i64, String::new());
+        let mut checked = 0i64;
+        loop {
+            let batch = log::links(self.db(), seq, VERIFY_BATCH).await?;
+            if batch.is_empty() {
+                return Ok(Verification {
+                    intact: true,
+                    checked,
+                    first_broken: None,
+                    problem: String::new(),
+                    head_sequence: seq,
+                    head_hash: hash,
+                });
+            }
+            for (link, copies_match) in &batch {
+                match chain::verify(seq, &hash, std::iter::once(link)) {
+                    Ok((s, h)) if *copies_match => {
+                        seq = s;
+                        hash = h;
+                        checked += 1;
+                    }
+                    Ok(_) => {
+                        return Ok(broken(checked, link.sequence, "search columns edited: they differ from the hashed entry"));
+                    }
+                    Err(b) => return Ok(broken(checked, b.sequence, &b.problem)),
+                }
+            }
+        }
+    }
+}
+
+fn broken(checked: i64, sequence: i64, problem: &str) -> Verification {
+    Verification {
+        intact: false,
+        checked,
+        first_broken: Some(sequence),
+        problem: problem.to_owned(),
+        head_sequence: 0,
+        head_hash: String::new(),
+    }
+}
