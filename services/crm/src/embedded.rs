@@ -3,10 +3,8 @@
 //! PostgreSQL database that is dropped afterwards. Calls go through real gRPC on a
 //! loopback port.
 
-use crm_customer_profile::ServiceConfig;
 use crm_platform::{
     Platform,
-    config::PlatformConfig,
     server::{GrpcServer, Shutdown, shutdown_channel},
 };
 use crm_proto::crm::customer::v1::customer_profile_service_client::CustomerProfileServiceClient;
@@ -23,11 +21,8 @@ pub struct Embedded {
 
 impl Embedded {
     /// Starts the service; `database_url` selects PostgreSQL, else a temporary SQLite.
-    pub async fn start(
-        mut platform: PlatformConfig,
-        service: &ServiceConfig,
-        database_url: Option<&str>,
-    ) -> anyhow::Result<Self> {
+    pub async fn start(cfg: &crate::Config, database_url: Option<&str>) -> anyhow::Result<Self> {
+        let mut platform = cfg.platform.clone();
         let mut dir = None;
         let mut schema = None;
         match database_url {
@@ -50,10 +45,7 @@ impl Embedded {
         let (shutdown, signal) = shutdown_channel();
         let platform = Platform::new(platform, signal.clone())?;
         let mut server = GrpcServer::new(platform.config.server.clone());
-        server
-            .add_service(crm_customer_profile::build(&platform, service).await?)
-            .await
-            .allow_long_running(crm_customer_profile::LONG_RUNNING);
+        let platform = crate::host_suite(platform, cfg, &mut server).await?;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         tokio::spawn(server.serve(listener, signal));

@@ -16,8 +16,6 @@ use std::{
 };
 
 use anyhow::Context;
-use crm_customer_profile::ServiceConfig;
-use crm_platform::config::PlatformConfig;
 use crm_proto::crm::{common::v1 as common, customer::v1 as pb};
 
 use crate::{authorized, bearer, embedded::Embedded, import};
@@ -126,13 +124,7 @@ impl Scores {
     }
 }
 
-pub async fn run(
-    platform: PlatformConfig,
-    service: &ServiceConfig,
-    dataset: &str,
-    dir: &Path,
-    secret: &str,
-) -> anyhow::Result<String> {
+pub async fn run(cfg: &crate::Config, dataset: &str, dir: &Path, secret: &str) -> anyhow::Result<String> {
     let mut rows = Vec::new();
     for file in files(dataset)? {
         let path = dir.join(file);
@@ -158,7 +150,7 @@ pub async fn run(
     }
     let truth = pairs_within(by_entity.values());
 
-    let embedded = Embedded::start(platform, service, None).await?;
+    let embedded = Embedded::start(cfg, None).await?;
     let token = crate::admin_token(secret, "eval", Duration::from_secs(24 * 3600))?;
     let auth = bearer(&token)?;
     let spec = import::Spec {

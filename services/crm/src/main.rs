@@ -26,6 +26,11 @@ const DEV_DEFAULTS: &str = r#"
 [auth]
 jwt_secret = "crm-dev-secret-not-for-production-use"
 
+[permissions_service]
+# The users `crm serve` prints a token for and the operator commands (bench,
+# import, eval-dedup) act as.
+bootstrap_admins = ["dev", "bench", "import", "eval"]
+
 [encryption]
 active_key = "dev"
 blind_index_key = "Y3JtLWRldi1ibGluZC1pbmRleC1rZXktcHVibGljISE="
@@ -136,12 +141,6 @@ enum Command {
         /// User id (`sub` claim).
         #[arg(long, default_value = "dev")]
         user: String,
-        /// Comma-separated roles, e.g. admin or sales,agent.
-        #[arg(long, value_delimiter = ',', default_value = "admin")]
-        roles: Vec<String>,
-        /// Comma-separated team ids.
-        #[arg(long, value_delimiter = ',')]
-        teams: Vec<String>,
         /// Customer id for a self-service token (confined to that customer).
         #[arg(long)]
         customer: Option<String>,
@@ -175,14 +174,37 @@ enum BenchKind {
 struct Config {
     platform: PlatformConfig,
     customer_profile: crm_customer_profile::ServiceConfig,
+    permissions_service: crm_permissions::ServiceConfig,
 }
 
 fn load(file: Option<&std::path::Path>) -> Result<Config, ConfigError> {
-    let doc = crm_platform::config::load(&[PLATFORM_DEFAULTS, DEV_DEFAULTS, crm_customer_profile::DEFAULTS], file)?;
+    let doc = crm_platform::config::load(
+        &[
+            PLATFORM_DEFAULTS,
+            crm_permissions::DEFAULTS,
+            DEV_DEFAULTS,
+            crm_customer_profile::DEFAULTS,
+        ],
+        file,
+    )?;
     Ok(Config {
         platform: PlatformConfig::from_document(&doc)?,
         customer_profile: crm_customer_profile::ServiceConfig::from_document(&doc)?,
+        permissions_service: crm_permissions::ServiceConfig::from_document(&doc)?,
     })
+}
+
+/// Every service of the suite on one server, the permissions service answering
+/// the others in-process.
+async fn host_suite(platform: Platform, cfg: &Config, server: &mut GrpcServer) -> anyhow::Result<Platform> {
+    let (permissions, decisions) = crm_permissions::build(&platform, &cfg.permissions_service).await?;
+    let platform = platform.with_policy(crm_permissions::decision_point(&decisions));
+    server.add_service(permissions).await;
+    server
+        .add_service(crm_customer_profile::build(&platform, &cfg.customer_profile).await?)
+        .await
+        .allow_long_running(crm_customer_profile::LONG_RUNNING);
+    Ok(platform)
 }
 
 #[tokio::main]
@@ -204,6 +226,8 @@ async fn main() -> anyhow::Result<()> {
             let _telemetry = crm_platform::telemetry::init("crm", &cfg.platform.log)?;
             let (_shutdown, signal) = shutdown_channel();
             let platform = Platform::new(cfg.platform, signal)?;
+            let applied = crm_permissions::migrate(&platform).await?;
+            println!("{}: applied migrations {applied:?}", crm_permissions::SERVICE);
             let applied = crm_customer_profile::migrate(&platform).await?;
             println!("{}: applied migrations {applied:?}", crm_customer_profile::SERVICE);
             Ok(())
@@ -245,14 +269,7 @@ async fn main() -> anyhow::Result<()> {
                 Some(d) => d,
                 None => eval::default_dir()?,
             };
-            let report = eval::run(
-                cfg.platform.clone(),
-                &cfg.customer_profile,
-                &dataset,
-                &dir,
-                &cfg.platform.auth.jwt_secret,
-            )
-            .await?;
+            let report = eval::run(&cfg, &dataset, &dir, &cfg.platform.auth.jwt_secret).await?;
             println!("{report}");
             Ok(())
         }
@@ -275,8 +292,6 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Token {
             user,
-            roles,
-            teams,
             customer,
             ttl_hours,
         } => {
@@ -286,8 +301,6 @@ async fn main() -> anyhow::Result<()> {
             );
             let principal = Principal {
                 user_id: user,
-                roles,
-                team_ids: teams,
                 customer_id: customer,
                 expires_at: 0,
             };
@@ -302,7 +315,6 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
-/// A token with the admin role, signed with the HS256 `secret`.
 /// The `authorization` metadata value for a bearer token.
 fn bearer(token: &str) -> anyhow::Result<tonic::metadata::MetadataValue<tonic::metadata::Ascii>> {
     format!("Bearer {token}")
@@ -317,10 +329,11 @@ fn authorized<T>(msg: T, token: &tonic::metadata::MetadataValue<tonic::metadata:
     req
 }
 
+/// A token for `user`, signed with the HS256 `secret`; `crm serve` binds the
+/// tools' users (dev, bench, import, eval) to the admin role at start.
 fn admin_token(secret: &str, user: &str, ttl: Duration) -> crm_platform::Result<String> {
     let admin = Principal {
         user_id: user.into(),
-        roles: vec!["admin".into()],
         ..Principal::default()
     };
     mint_hs256(secret, &admin, ttl)
@@ -455,7 +468,7 @@ async fn bench_import(
         seed: 42,
     });
     let rows = rows.into_iter().map(|r| (r["id"].clone(), r)).collect();
-    let service = embedded::Embedded::start(cfg.platform.clone(), &cfg.customer_profile, database_url).await?;
+    let service = embedded::Embedded::start(&cfg, database_url).await?;
     let token = admin_token(&cfg.platform.auth.jwt_secret, "bench", Duration::from_secs(24 * 3600))?;
     let spec = import::Spec {
         job_id: "bench-import".into(),
@@ -502,15 +515,12 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         );
     }
     let (shutdown, signal) = shutdown_channel();
-    let platform = Platform::new(cfg.platform, signal.clone())?;
+    let platform = Platform::new(cfg.platform.clone(), signal.clone())?;
     let mut server = GrpcServer::new(platform.config.server.clone());
-    server
-        .add_service(crm_customer_profile::build(&platform, &cfg.customer_profile).await?)
-        .await
-        .allow_long_running(crm_customer_profile::LONG_RUNNING);
+    let platform = host_suite(platform, &cfg, &mut server).await?;
     let listener = bind(platform.config.server.listen).await?;
     let addr = listener.local_addr()?;
-    println!("crm: serving customer-profile on {addr}");
+    println!("crm: serving permissions and customer-profile on {addr}");
     // The built-in secret is public: print a ready token for it (local development),
     // never for a secret the operator chose, whose tokens must not land in logs.
     if platform.config.auth.jwt_secret == DEV_SECRET {

@@ -107,3 +107,14 @@ pub fn stale(id: crate::domain::CustomerId, owner: &str, team: &str, days: i64) 
         data,
     }
 }
+
+/// The fields a change event touched, for the audit trail (the forwarder records
+/// every event; updates name their changed paths).
+pub fn audited_fields(event: &crm_proto::crm::events::v1::Event) -> Vec<String> {
+    match (event.r#type.as_str(), &event.data) {
+        ("crm.customer.v1.CustomerUpdated", Some(data)) => pb::CustomerUpdated::decode(data.value.as_slice())
+            .map(|u| u.changed_paths)
+            .unwrap_or_default(),
+        _ => Vec::new(),
+    }
+}

@@ -152,9 +152,10 @@ pub async fn build(platform: &Platform, cfg: &ServiceConfig) -> anyhow::Result<S
     let feed =
         Feed::new(db.clone(), SERVICE, platform.config.feed.clone(), platform.shutdown.clone()).with_keyring(keyring.clone());
     tokio::spawn(feed.clone().run_retention());
+    let authz = platform.authz(SERVICE, &db, &feed, events::audited_fields)?;
     let customers = Customers::new(db, platform.cache.clone(), feed, keyring, settings(cfg));
     tokio::spawn(customers.clone().run_jobs(platform.shutdown.clone()));
-    let api = Api::new(customers, platform.authorizer.clone(), platform.page_tokens.clone());
+    let api = Api::new(customers, authz, platform.page_tokens.clone());
     let server = CustomerProfileServiceServer::new(api).max_decoding_message_size(platform.config.server.max_message_bytes);
     Ok(InterceptedService::new(server, platform.authenticator.clone()))
 }

@@ -158,7 +158,10 @@ impl ServiceConfig {
             ("usage_flush_secs", self.usage_flush_secs),
         ] {
             if v == 0 {
-                return Err(ConfigError::invalid(format!("permissions_service.{key}"), "must be at least 1"));
+                return Err(ConfigError::invalid(
+                    format!("permissions_service.{key}"),
+                    "must be at least 1",
+                ));
             }
         }
         for p in &self.self_service_permissions {

@@ -200,11 +200,7 @@ impl AuditSpool {
             action: e.r#type.clone(),
             resource: e.subject.clone(),
             fields,
-            after_digest: e
-                .data
-                .as_ref()
-                .map(|d| hex(&Sha256::digest(&d.value)))
-                .unwrap_or_default(),
+            after_digest: e.data.as_ref().map(|d| hex(&Sha256::digest(&d.value))).unwrap_or_default(),
             trace_id: e.traceparent.split('-').nth(1).unwrap_or_default().to_owned(),
             outcome: Outcome::Success as i32,
             ..AuditEntry::default()

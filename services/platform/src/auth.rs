@@ -16,8 +16,6 @@ use crate::{
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Principal {
     pub user_id: String,
-    pub roles: Vec<String>,
-    pub team_ids: Vec<String>,
     /// Set for customer self-service tokens: the caller is this customer and may only
     /// touch `customers/{customer_id}`.
     pub customer_id: Option<String>,
@@ -30,10 +28,6 @@ pub struct Principal {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Claims {
     pub sub: String,
-    #[serde(default)]
-    pub roles: Vec<String>,
-    #[serde(default)]
-    pub teams: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub customer_id: Option<String>,
     pub exp: u64,
@@ -168,8 +162,6 @@ impl TokenVerifier {
         }
         Ok(Principal {
             user_id: claims.sub,
-            roles: claims.roles,
-            team_ids: claims.teams,
             customer_id: claims.customer_id,
             expires_at: claims.exp,
         })
@@ -182,8 +174,6 @@ pub fn mint_hs256(secret: &str, principal: &Principal, ttl: std::time::Duration)
     let now = u64::try_from(chrono::Utc::now().timestamp()).unwrap_or_default();
     let claims = Claims {
         sub: principal.user_id.clone(),
-        roles: principal.roles.clone(),
-        teams: principal.team_ids.clone(),
         customer_id: principal.customer_id.clone(),
         exp: now + ttl.as_secs(),
         iat: now,
@@ -263,11 +253,9 @@ mod tests {
         }
     }
 
-    fn user(roles: &[&str]) -> Principal {
+    fn user() -> Principal {
         Principal {
             user_id: "u1".into(),
-            roles: roles.iter().map(|r| (*r).to_owned()).collect(),
-            team_ids: vec!["t1".into()],
             customer_id: None,
             expires_at: 0,
         }
@@ -276,7 +264,7 @@ mod tests {
     #[test]
     fn token_round_trip() {
         let verifier = TokenVerifier::from_config(&cfg()).unwrap();
-        let token = mint_hs256(SECRET, &user(&["agent"]), std::time::Duration::from_secs(60)).unwrap();
+        let token = mint_hs256(SECRET, &user(), std::time::Duration::from_secs(60)).unwrap();
         let verified = verifier.verify(&token).unwrap();
         let now = u64::try_from(chrono::Utc::now().timestamp()).unwrap();
         assert!(
@@ -289,7 +277,7 @@ mod tests {
                 expires_at: 0,
                 ..verified
             },
-            user(&["agent"])
+            user()
         );
     }
 
@@ -298,7 +286,7 @@ mod tests {
         let verifier = TokenVerifier::from_config(&cfg()).unwrap();
         let other = mint_hs256(
             "another-secret-another-secret-12345",
-            &user(&[]),
+            &user(),
             std::time::Duration::from_secs(60),
         )
         .unwrap();
@@ -311,8 +299,6 @@ mod tests {
         ));
         let claims = Claims {
             sub: "u".into(),
-            roles: vec![],
-            teams: vec![],
             customer_id: None,
             exp: 1_000,
             iat: 0,
@@ -335,7 +321,7 @@ mod tests {
         let mut c = cfg();
         c.issuer = "https://idp.example".into();
         let verifier = TokenVerifier::from_config(&c).unwrap();
-        let token = mint_hs256(SECRET, &user(&[]), std::time::Duration::from_secs(60)).unwrap();
+        let token = mint_hs256(SECRET, &user(), std::time::Duration::from_secs(60)).unwrap();
         assert!(verifier.verify(&token).is_err());
     }
 

@@ -166,13 +166,15 @@ impl FieldPolicy {
             .unwrap_or(Visibility::Hidden)
     }
 
+    /// Sets one field's visibility.
+    pub fn set(&mut self, path: &str, v: Visibility) {
+        self.fields.insert(path.to_owned(), v as i32);
+    }
+
     /// Everything visible (tests and system callers).
     pub fn all_visible(paths: &[&str]) -> Self {
         Self {
-            fields: paths
-                .iter()
-                .map(|p| ((*p).to_owned(), Visibility::Visible as i32))
-                .collect(),
+            fields: paths.iter().map(|p| ((*p).to_owned(), Visibility::Visible as i32)).collect(),
         }
     }
 }
@@ -291,7 +293,15 @@ impl Authz {
             return None;
         }
         let until = Instant::now() + Duration::from_millis(left as u64).min(self.ttl);
-        self.local.insert(key.to_owned(), Entry { value: value.clone(), until }).await;
+        self.local
+            .insert(
+                key.to_owned(),
+                Entry {
+                    value: value.clone(),
+                    until,
+                },
+            )
+            .await;
         Some(value)
     }
 
@@ -471,7 +481,10 @@ impl std::fmt::Debug for Credentials {
 impl Credentials {
     /// The bearer value, re-read (or re-minted) every ten minutes.
     fn bearer(&self) -> Result<String> {
-        let mut slot = self.token.lock().map_err(|_| Error::internal(anyhow::anyhow!("credential lock poisoned")))?;
+        let mut slot = self
+            .token
+            .lock()
+            .map_err(|_| Error::internal(anyhow::anyhow!("credential lock poisoned")))?;
         if slot.0.is_empty() || slot.1.elapsed() > Duration::from_secs(600) {
             *slot = ((self.source)()?, Instant::now());
         }
@@ -604,17 +617,36 @@ async fn follow_policy(
 impl PolicyDecisionPoint for RemotePdp {
     async fn batch_check(&self, checks: Vec<CheckRequest>) -> Result<Vec<pb::CheckResponse>> {
         let req = self.request(BatchCheckRequest { checks })?;
-        Ok(self.client.clone().batch_check(req).await.map_err(from_status)?.into_inner().results)
+        Ok(self
+            .client
+            .clone()
+            .batch_check(req)
+            .await
+            .map_err(from_status)?
+            .into_inner()
+            .results)
     }
 
     async fn read_scope(&self, req: GetReadScopeRequest) -> Result<pb::ReadScope> {
         let req = self.request(req)?;
-        Ok(self.client.clone().get_read_scope(req).await.map_err(from_status)?.into_inner())
+        Ok(self
+            .client
+            .clone()
+            .get_read_scope(req)
+            .await
+            .map_err(from_status)?
+            .into_inner())
     }
 
     async fn field_policy(&self, req: GetFieldPolicyRequest) -> Result<pb::FieldPolicy> {
         let req = self.request(req)?;
-        Ok(self.client.clone().get_field_policy(req).await.map_err(from_status)?.into_inner())
+        Ok(self
+            .client
+            .clone()
+            .get_field_policy(req)
+            .await
+            .map_err(from_status)?
+            .into_inner())
     }
 
     async fn write_audit(&self, entries: Vec<AuditEntry>) -> Result<()> {

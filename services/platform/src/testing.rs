@@ -37,6 +37,17 @@ impl TestDatabase {
         }
     }
 
+    /// Points `cfg` at this database.
+    pub fn configure(&self, cfg: &mut crate::config::DatabaseConfig) {
+        match &self.target {
+            Target::Sqlite { url } => cfg.url = url.clone(),
+            Target::Postgres { url, schema } => {
+                cfg.url = url.clone();
+                cfg.schema = schema.clone();
+            }
+        }
+    }
+
     pub fn is_postgres(&self) -> bool {
         matches!(self.target, Target::Postgres { .. })
     }

@@ -15,7 +15,7 @@ fn crm(data_dir: &std::path::Path) -> Command {
 fn token_prints_a_verifiable_token_on_its_last_line() {
     let dir = tempfile::tempdir().unwrap();
     let out = crm(dir.path())
-        .args(["token", "--user", "u-42", "--roles", "sales,agent", "--teams", "emea"])
+        .args(["token", "--user", "u-42", "--customer", "c-9"])
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -27,13 +27,11 @@ fn token_prints_a_verifiable_token_on_its_last_line() {
         algorithm: "HS256".into(),
         issuer: String::new(),
         audience: String::new(),
-        roles: Default::default(),
     })
     .unwrap();
     let principal = verifier.verify(token).unwrap();
     assert_eq!(principal.user_id, "u-42");
-    assert_eq!(principal.roles, vec!["sales", "agent"]);
-    assert_eq!(principal.team_ids, vec!["emea"]);
+    assert_eq!(principal.customer_id.as_deref(), Some("c-9"));
 }
 
 #[test]

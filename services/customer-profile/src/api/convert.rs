@@ -293,6 +293,7 @@ pub fn customer_to_proto(c: &Customer) -> pb::Customer {
         completeness: c.completeness,
         confirm_time: Some(timestamp(c.confirm_time)),
         merged_customers: c.merged_customers.iter().map(|m| m.name()).collect(),
+        redacted_fields: Vec::new(),
     }
 }
 

@@ -1,12 +1,12 @@
 //! gRPC handlers: decode the request, authorize, call the use case, encode the answer.
 
 pub mod convert;
-
-use std::sync::Arc;
+pub mod redact;
 
 use crm_platform::{
     Error,
-    auth::{self, Authorizer},
+    auth::{self, Principal},
+    authz::{Authz, Resource},
     error::Validation,
     feed::Feed,
     idempotency,
@@ -26,8 +26,9 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::{
     domain::{
-        CustomerId,
+        Customer, CustomerId,
         customer::COLLECTION,
+        definitions::Definitions,
         filter::{Filter, OrderBy},
         import::{Mapping, Row},
         update,
@@ -51,21 +52,136 @@ const MAX_PAGE_SIZE: u32 = 1000;
 #[derive(Debug, Clone)]
 pub struct Api {
     customers: Customers,
-    authorizer: Arc<dyn Authorizer>,
+    authz: Authz,
     page_tokens: PageTokens,
 }
 
+/// How a response came about, for the read audit.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Purpose {
+    /// The caller reads customers: sensitive fields shown in clear are audited.
+    Read,
+    /// The response echoes the caller's own write (already audited as a change).
+    Write,
+}
+
 impl Api {
-    pub fn new(customers: Customers, authorizer: Arc<dyn Authorizer>, page_tokens: PageTokens) -> Self {
+    pub fn new(customers: Customers, authz: Authz, page_tokens: PageTokens) -> Self {
         Self {
             customers,
-            authorizer,
+            authz,
             page_tokens,
         }
     }
 
     fn feed(&self) -> &Feed {
         self.customers.feed()
+    }
+
+    /// `permission` on a collection or an unowned resource.
+    async fn check(&self, p: &Principal, permission: &str, name: &str) -> Result<(), Error> {
+        self.authz.check(p, permission, Resource::named(name)).await
+    }
+
+    /// `permission` on a stored customer, whose owner and team decide the scope.
+    async fn check_customer(&self, p: &Principal, permission: &str, c: &Customer) -> Result<(), Error> {
+        let name = c.name();
+        self.authz
+            .check(
+                p,
+                permission,
+                Resource::record(&name, &c.profile.owner_user_id, &c.profile.team_id),
+            )
+            .await
+    }
+
+    /// Loads a customer the caller may act on: a caller without `permission` on
+    /// any customer learns nothing (not even whether it exists).
+    async fn load_for(&self, p: &Principal, permission: &str, id: CustomerId) -> Result<Customer, Error> {
+        self.check(p, permission, COLLECTION).await?;
+        let c = self.customers.get(id).await?;
+        self.check_customer(p, permission, &c).await?;
+        Ok(c)
+    }
+
+    async fn field_policy(
+        &self,
+        p: &Principal,
+    ) -> Result<(crm_platform::authz::FieldPolicy, std::sync::Arc<Definitions>), Error> {
+        let defs = self.customers.definitions().await?;
+        let fields: Vec<_> = defs
+            .iter()
+            .map(|d| (d.path.clone(), redact::level(d.classification)))
+            .collect();
+        Ok((self.authz.field_policy(p, "customer.read", &fields).await?, defs))
+    }
+
+    /// Customers as this caller may see them; a read that shows sensitive fields in
+    /// clear is audited.
+    async fn present(&self, p: &Principal, customers: &[Customer], purpose: Purpose) -> Result<Vec<pb::Customer>, Error> {
+        let (policy, defs) = self.field_policy(p).await?;
+        let mut out = Vec::with_capacity(customers.len());
+        let mut fields = std::collections::BTreeSet::new();
+        let mut exposed = Vec::new();
+        for c in customers {
+            let mut shown = convert::customer_to_proto(c);
+            let s = redact::apply(&mut shown, &policy, &defs);
+            if !s.sensitive.is_empty() {
+                exposed.push(shown.name.clone());
+                fields.extend(s.sensitive);
+            }
+            out.push(shown);
+        }
+        if purpose == Purpose::Read && !exposed.is_empty() {
+            let resource = if exposed.len() == 1 {
+                exposed[0].clone()
+            } else {
+                COLLECTION.to_owned()
+            };
+            let mut entry = self.authz.audit().entry(
+                p,
+                "customer.read",
+                &resource,
+                crm_proto::crm::permissions::v1::audit_entry::Outcome::Success,
+            );
+            entry.fields = fields.into_iter().collect();
+            if exposed.len() > 1 {
+                entry.related_resources = exposed;
+            }
+            self.authz.audit().record_now(vec![entry]).await?;
+        }
+        Ok(out)
+    }
+
+    async fn present_one(&self, p: &Principal, c: &Customer, purpose: Purpose) -> Result<pb::Customer, Error> {
+        Ok(self.present(p, std::slice::from_ref(c), purpose).await?.remove(0))
+    }
+
+    /// Writing a field means seeing it: a masked value sent back would overwrite
+    /// the real one.
+    async fn check_writable(&self, p: &Principal, paths: &[update::Path]) -> Result<(), Error> {
+        let (policy, defs) = self.field_policy(p).await?;
+        for path in paths {
+            for field in update::definition_paths(path) {
+                let covered: Vec<&str> = if field == "custom_attributes" {
+                    defs.iter()
+                        .filter(|d| d.custom_key().is_some())
+                        .map(|d| d.path.as_str())
+                        .collect()
+                } else {
+                    vec![field.as_str()]
+                };
+                for f in covered {
+                    if policy.visibility(f) != crm_platform::authz::Visibility::Visible {
+                        return Err(Error::PermissionDenied {
+                            permission: format!("customer.update ({f}: classified above your clearance)"),
+                            resource: COLLECTION.into(),
+                        });
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -78,22 +194,21 @@ impl CustomerProfileService for Api {
     async fn create_customer(&self, req: Request<CreateCustomerRequest>) -> Result<Response<pb::Customer>, Status> {
         let principal = auth::principal(&req)?;
         let req = req.into_inner();
-        self.authorizer.check(&principal, "customer.create", COLLECTION).await?;
+        self.check(&principal, "customer.create", COLLECTION).await?;
         let key = idempotency::Key::new("CreateCustomer", &principal.user_id, &req.request_id, &req.encode_to_vec())?;
         let customer = required(req.customer, "customer")?;
         let channel = convert::channel_from_proto(customer.source_channel).map_err(|e| e.in_field("customer"))?;
         let profile = convert::profile_from_proto(customer).map_err(|e| e.in_field("customer"))?;
         let created = self.customers.create(&principal.user_id, profile, channel, key).await?;
-        Ok(Response::new(convert::customer_to_proto(&created)))
+        Ok(Response::new(self.present_one(&principal, &created, Purpose::Write).await?))
     }
 
     async fn get_customer(&self, req: Request<GetCustomerRequest>) -> Result<Response<pb::Customer>, Status> {
         let principal = auth::principal(&req)?;
         let req = req.into_inner();
         let id = CustomerId::parse_name(&req.name, "name")?;
-        self.authorizer.check(&principal, "customer.read", &req.name).await?;
-        let customer = self.customers.get(id).await?;
-        Ok(Response::new(convert::customer_to_proto(&customer)))
+        let customer = self.load_for(&principal, "customer.read", id).await?;
+        Ok(Response::new(self.present_one(&principal, &customer, Purpose::Read).await?))
     }
 
     async fn update_customer(&self, req: Request<UpdateCustomerRequest>) -> Result<Response<pb::Customer>, Status> {
@@ -101,7 +216,7 @@ impl CustomerProfileService for Api {
         let req = req.into_inner();
         let patch = required(req.customer, "customer")?;
         let id = CustomerId::parse_name(&patch.name, "customer.name")?;
-        self.authorizer.check(&principal, "customer.update", &patch.name).await?;
+        let current = self.load_for(&principal, "customer.update", id).await?;
         let etag = patch.etag.clone();
         let mask = req.update_mask.map(|m| m.paths).unwrap_or_default();
         let mut v = Validation::default();
@@ -113,23 +228,31 @@ impl CustomerProfileService for Api {
         });
         let (patch, paths) = v.finish(patch.zip(paths))?;
         let paths = paths.unwrap_or_else(|| update::populated_paths(&patch));
+        if paths
+            .iter()
+            .any(|p| matches!(p, update::Path::OwnerUserId | update::Path::TeamId))
+        {
+            self.check_customer(&principal, "customer.assign", &current).await?;
+        }
+        self.check_writable(&principal, &paths).await?;
         let updated = self.customers.update(&principal.user_id, id, &patch, &paths, &etag).await?;
-        Ok(Response::new(convert::customer_to_proto(&updated)))
+        Ok(Response::new(self.present_one(&principal, &updated, Purpose::Write).await?))
     }
 
     async fn delete_customer(&self, req: Request<DeleteCustomerRequest>) -> Result<Response<pb::Customer>, Status> {
         let principal = auth::principal(&req)?;
         let req = req.into_inner();
         let id = CustomerId::parse_name(&req.name, "name")?;
-        self.authorizer.check(&principal, "customer.delete", &req.name).await?;
+        self.load_for(&principal, "customer.delete", id).await?;
         let deleted = self.customers.delete(&principal.user_id, id, &req.etag).await?;
-        Ok(Response::new(convert::customer_to_proto(&deleted)))
+        Ok(Response::new(self.present_one(&principal, &deleted, Purpose::Write).await?))
     }
 
     async fn list_customers(&self, req: Request<ListCustomersRequest>) -> Result<Response<ListCustomersResponse>, Status> {
         let principal = auth::principal(&req)?;
         let req = req.into_inner();
-        self.authorizer.check(&principal, "customer.read", COLLECTION).await?;
+        self.check(&principal, "customer.read", COLLECTION).await?;
+        let scope = self.authz.read_scope(&principal, "customer.read").await?;
         let fingerprint = paging::fingerprint(&[&req.filter, &req.order_by, if req.show_deleted { "deleted" } else { "" }]);
         let mut v = Validation::default();
         let page_size = v.check(paging::page_size(req.page_size, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE));
@@ -147,8 +270,13 @@ impl CustomerProfileService for Api {
             show_deleted: req.show_deleted,
             after,
             limit: u64::from(page_size) + 1,
+            scope,
         };
-        let mut customers = self.customers.list(&query).await?;
+        let mut customers = if query.scope.is_empty() {
+            Vec::new()
+        } else {
+            self.customers.list(&query).await?
+        };
         let next_page_token = if customers.len() > page_size as usize {
             customers.truncate(page_size as usize);
             match customers.last() {
@@ -159,7 +287,7 @@ impl CustomerProfileService for Api {
             String::new()
         };
         Ok(Response::new(ListCustomersResponse {
-            customers: customers.iter().map(convert::customer_to_proto).collect(),
+            customers: self.present(&principal, &customers, Purpose::Read).await?,
             next_page_token,
         }))
     }
@@ -170,7 +298,7 @@ impl CustomerProfileService for Api {
     ) -> Result<Response<pb::ListFieldDefinitionsResponse>, Status> {
         let principal = auth::principal(&req)?;
         let req = req.into_inner();
-        self.authorizer.check(&principal, "customer.read", "fieldDefinitions").await?;
+        self.check(&principal, "customer.read", "fieldDefinitions").await?;
         let mut v = Validation::default();
         let page_size = v.check(paging::page_size(req.page_size, 100, MAX_PAGE_SIZE));
         let after = v.check(if req.page_token.is_empty() {
@@ -206,7 +334,7 @@ impl CustomerProfileService for Api {
     ) -> Result<Response<pb::FieldDefinition>, Status> {
         let principal = auth::principal(&req)?;
         let req = req.into_inner();
-        self.authorizer.check(&principal, "customer.read", &req.name).await?;
+        self.check(&principal, "customer.read", &req.name).await?;
         let path = req
             .name
             .strip_prefix("fieldDefinitions/")
@@ -222,7 +350,7 @@ impl CustomerProfileService for Api {
         let principal = auth::principal(&req)?;
         let req = req.into_inner();
         let def = required(req.field_definition, "field_definition")?;
-        self.authorizer.check(&principal, "customer.define_fields", &def.name).await?;
+        self.check(&principal, "customer.define_fields", &def.name).await?;
         let etag = def.etag.clone();
         let patch = convert::definition_from_proto(def).map_err(|e| e.in_field("field_definition"))?;
         let mask = req.update_mask.map(|m| m.paths).unwrap_or_default();
@@ -240,7 +368,7 @@ impl CustomerProfileService for Api {
     ) -> Result<Response<pb::IngestCustomerResponse>, Status> {
         let principal = auth::principal(&req)?;
         let req = req.into_inner();
-        self.authorizer.check(&principal, "customer.ingest", COLLECTION).await?;
+        self.check(&principal, "customer.ingest", COLLECTION).await?;
         let mut v = Validation::default();
         let source = v.check(convert::source_from_proto(req.source, "source"));
         let external_id = v.check(check_external_id(&req.external_id).map_err(|why| Error::invalid("external_id", why)));
@@ -262,7 +390,7 @@ impl CustomerProfileService for Api {
             .ingest(&principal.user_id, &source, &req.external_id, profile, observed)
             .await?;
         Ok(Response::new(pb::IngestCustomerResponse {
-            customer: Some(convert::customer_to_proto(&done.customer)),
+            customer: Some(self.present_one(&principal, &done.customer, Purpose::Write).await?),
             outcome: convert::outcome_to_proto(done.outcome) as i32,
             match_probability: done.probability,
         }))
@@ -273,7 +401,7 @@ impl CustomerProfileService for Api {
         req: Request<Streaming<pb::ImportCustomersRequest>>,
     ) -> Result<Response<pb::ImportJob>, Status> {
         let principal = auth::principal(&req)?;
-        self.authorizer.check(&principal, "customer.import", COLLECTION).await?;
+        self.check(&principal, "customer.import", COLLECTION).await?;
         let mut stream = req.into_inner();
         let spec = match stream.message().await? {
             Some(pb::ImportCustomersRequest {
@@ -376,7 +504,7 @@ impl CustomerProfileService for Api {
     async fn get_import_job(&self, req: Request<pb::GetImportJobRequest>) -> Result<Response<pb::ImportJob>, Status> {
         let principal = auth::principal(&req)?;
         let req = req.into_inner();
-        self.authorizer.check(&principal, "customer.import", &req.name).await?;
+        self.check(&principal, "customer.import", &req.name).await?;
         let id = import_job_id(&req.name, "name")?;
         Ok(Response::new(convert::job_to_proto(&self.customers.get_import(id).await?)))
     }
@@ -387,7 +515,7 @@ impl CustomerProfileService for Api {
     ) -> Result<Response<pb::ListImportRowResultsResponse>, Status> {
         let principal = auth::principal(&req)?;
         let req = req.into_inner();
-        self.authorizer.check(&principal, "customer.import", &req.parent).await?;
+        self.check(&principal, "customer.import", &req.parent).await?;
         let fingerprint = paging::fingerprint(&[&req.parent, &req.outcome.to_string()]);
         let mut v = Validation::default();
         let id = v.check(import_job_id(&req.parent, "parent"));
@@ -438,18 +566,26 @@ impl CustomerProfileService for Api {
         let found = match req.probe {
             Some(Probe::Name(name)) => {
                 let id = CustomerId::parse_name(&name, "name")?;
-                // The answer names other customers and compares their fields.
-                self.authorizer.check(&principal, "customer.read", &name).await?;
-                self.authorizer.check(&principal, "customer.read", COLLECTION).await?;
+                self.load_for(&principal, "customer.read", id).await?;
                 self.customers.find_duplicates_of(id, max).await?
             }
             Some(Probe::Customer(c)) => {
-                self.authorizer.check(&principal, "customer.read", COLLECTION).await?;
+                self.check(&principal, "customer.read", COLLECTION).await?;
                 let profile = convert::profile_from_proto(c).map_err(|e| e.in_field("customer"))?;
                 self.customers.find_duplicates_of_probe(profile, max).await?
             }
             None => return Err(Error::invalid("probe", "set `name` or `customer`").into()),
         };
+        // The answer names other customers and compares their fields: only those
+        // the caller may read.
+        let scope = self.authz.read_scope(&principal, "customer.read").await?;
+        let found: Vec<_> = found
+            .into_iter()
+            .filter(|m| {
+                let c = &m.customer;
+                scope.allows(&c.name(), &c.profile.owner_user_id, &c.profile.team_id)
+            })
+            .collect();
         let cfg = &self.customers.settings().matching;
         Ok(Response::new(pb::FindDuplicatesResponse {
             matches: found
@@ -474,9 +610,15 @@ impl CustomerProfileService for Api {
     ) -> Result<Response<pb::ListDuplicateCandidatesResponse>, Status> {
         let principal = auth::principal(&req)?;
         let req = req.into_inner();
-        self.authorizer
-            .check(&principal, "customer.read", "duplicateCandidates")
-            .await?;
+        self.check(&principal, "customer.read", "duplicateCandidates").await?;
+        // The queue spans every customer: stewards read it with scope ALL.
+        if !self.authz.read_scope(&principal, "customer.read").await?.all {
+            return Err(Error::PermissionDenied {
+                permission: "customer.read (scope ALL)".into(),
+                resource: "duplicateCandidates".into(),
+            }
+            .into());
+        }
         let fingerprint = paging::fingerprint(&[&req.state.to_string(), &req.customer]);
         let mut v = Validation::default();
         let page_size = v.check(paging::page_size(req.page_size, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE));
@@ -530,7 +672,7 @@ impl CustomerProfileService for Api {
     ) -> Result<Response<pb::DuplicateCandidate>, Status> {
         let principal = auth::principal(&req)?;
         let req = req.into_inner();
-        self.authorizer.check(&principal, "customer.merge", &req.name).await?;
+        self.check(&principal, "customer.merge", &req.name).await?;
         let id = req
             .name
             .strip_prefix("duplicateCandidates/")
@@ -552,27 +694,25 @@ impl CustomerProfileService for Api {
             }
         }
         let survivor = v.finish(survivor)?;
-        self.authorizer.check(&principal, "customer.merge", &req.survivor).await?;
-        for name in &req.merged {
-            self.authorizer.check(&principal, "customer.merge", name).await?;
+        self.load_for(&principal, "customer.merge", survivor).await?;
+        for id in &merged {
+            self.load_for(&principal, "customer.merge", *id).await?;
         }
         let customer = self
             .customers
             .merge(&principal.user_id, survivor, &req.survivor_etag, &merged)
             .await?;
-        Ok(Response::new(convert::customer_to_proto(&customer)))
+        Ok(Response::new(self.present_one(&principal, &customer, Purpose::Write).await?))
     }
 
     async fn unmerge_customer(&self, req: Request<pb::UnmergeCustomerRequest>) -> Result<Response<pb::Customer>, Status> {
         let principal = auth::principal(&req)?;
         let req = req.into_inner();
         let id = CustomerId::parse_name(&req.name, "name")?;
-        self.authorizer.check(&principal, "customer.merge", &req.name).await?;
         // Undoing a merge rewrites the survivor too (Get of a merged id answers with it).
-        let survivor = self.customers.get(id).await?;
-        self.authorizer.check(&principal, "customer.merge", &survivor.name()).await?;
+        self.load_for(&principal, "customer.merge", id).await?;
         let customer = self.customers.unmerge(&principal.user_id, id).await?;
-        Ok(Response::new(convert::customer_to_proto(&customer)))
+        Ok(Response::new(self.present_one(&principal, &customer, Purpose::Write).await?))
     }
 
     async fn get_data_quality_report(
@@ -580,9 +720,7 @@ impl CustomerProfileService for Api {
         req: Request<pb::GetDataQualityReportRequest>,
     ) -> Result<Response<pb::DataQualityReport>, Status> {
         let principal = auth::principal(&req)?;
-        self.authorizer
-            .check(&principal, "customer.read", "dataQualityReport")
-            .await?;
+        self.check(&principal, "customer.read", "dataQualityReport").await?;
         let r = self.customers.cached_quality_report().await?;
         Ok(Response::new(convert::quality_to_proto(&r)))
     }
@@ -591,7 +729,7 @@ impl CustomerProfileService for Api {
 
     async fn stream_events(&self, req: Request<StreamEventsRequest>) -> Result<Response<Self::StreamEventsStream>, Status> {
         let principal = auth::principal(&req)?;
-        self.authorizer.check(&principal, "customer.events", COLLECTION).await?;
+        self.check(&principal, "customer.events", COLLECTION).await?;
         let stream = self.feed().stream(&req.get_ref().after_cursor, principal.expires_at).await?;
         Ok(Response::new(stream))
     }

@@ -27,6 +27,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "entry statistics, stale-profile reminders",
         up: v4,
     },
+    Migration {
+        version: 5,
+        name: "audit spool (reads and denials waiting for the permissions service)",
+        up: crm_platform::audit::migration_sql,
+    },
 ];
 
 fn v1(d: Dialect) -> Vec<String> {

@@ -58,6 +58,8 @@ pub struct ListQuery {
     pub show_deleted: bool,
     pub after: Option<Position>,
     pub limit: u64,
+    /// Only the records the caller may read (in the query, so pages stay full).
+    pub scope: crm_platform::authz::ReadScope,
 }
 
 /// Seals the sensitive part of a customer on write and opens it on read. Which
@@ -270,6 +272,16 @@ pub async fn list(db: &DatabaseConnection, sealer: Sealer<'_>, q: &ListQuery) ->
     let mut select = customer::Entity::find().filter(customer::Column::MergedInto.is_null());
     if !q.show_deleted {
         select = select.filter(customer::Column::DeleteTime.is_null());
+    }
+    if !q.scope.all {
+        let s = &q.scope;
+        let ids: Vec<&str> = s.resources.iter().filter_map(|r| r.strip_prefix("customers/")).collect();
+        select = select.filter(
+            Condition::any()
+                .add(customer::Column::OwnerUserId.is_in(s.owner_user_ids.iter().map(String::as_str)))
+                .add(customer::Column::TeamId.is_in(s.team_ids.iter().map(String::as_str)))
+                .add(customer::Column::Id.is_in(ids)),
+        );
     }
     let f = &q.filter;
     if let Some(stage) = f.lifecycle_stage {

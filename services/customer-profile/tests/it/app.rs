@@ -11,7 +11,10 @@ use crm_platform::{
     server::{GrpcServer, Shutdown, shutdown_channel},
     testing::{self, TestDatabase},
 };
-use crm_proto::crm::customer::v1::{self as pb, customer_profile_service_client::CustomerProfileServiceClient};
+use crm_proto::crm::{
+    customer::v1::{self as pb, customer_profile_service_client::CustomerProfileServiceClient},
+    permissions::v1::permissions_service_client::PermissionsServiceClient,
+};
 use tonic::{Request, transport::Channel};
 
 pub const SECRET: &str = "integration-test-secret-0123456789abcdef";
@@ -19,8 +22,11 @@ pub const SECRET: &str = "integration-test-secret-0123456789abcdef";
 pub struct TestApp {
     pub addr: std::net::SocketAddr,
     pub client: CustomerProfileServiceClient<Channel>,
+    /// The permissions service, hosted in the same server (as `crm serve` does).
+    pub permissions: PermissionsServiceClient<Channel>,
     shutdown: Shutdown,
     pub db: TestDatabase,
+    _permissions_db: TestDatabase,
 }
 
 impl TestApp {
@@ -31,18 +37,15 @@ impl TestApp {
     /// A server whose configuration `adjust` changes after the test defaults.
     pub async fn spawn_with(adjust: impl FnOnce(&mut Config)) -> Self {
         let db = TestDatabase::new("customer-profile").unwrap();
-        let value = crm_platform::config::load(&[PLATFORM_DEFAULTS, DEFAULTS], None).unwrap();
+        let value = crm_platform::config::load(&[PLATFORM_DEFAULTS, DEFAULTS, crm_permissions::DEFAULTS], None).unwrap();
+        let mut permissions: crm_permissions::ServiceConfig = section(&value, Some("permissions_service")).unwrap();
+        permissions.bootstrap_admins = vec!["admin-1".into()];
+        permissions.version_poll_ms = 100;
         let mut cfg = Config {
             platform: section(&value, None).unwrap(),
             customer_profile: section(&value, Some("customer_profile")).unwrap(),
         };
-        match &db.target {
-            crm_platform::db::Target::Sqlite { url } => cfg.platform.database.url = url.clone(),
-            crm_platform::db::Target::Postgres { url, schema } => {
-                cfg.platform.database.url = url.clone();
-                cfg.platform.database.schema = schema.clone();
-            }
-        }
+        db.configure(&mut cfg.platform.database);
         cfg.platform.auth.jwt_secret = SECRET.into();
         cfg.platform.encryption = testing::encryption();
         cfg.customer_profile.quality.stale_check_interval_secs = 1;
@@ -62,11 +65,20 @@ impl TestApp {
         }
         adjust(&mut cfg);
         let (shutdown, signal) = shutdown_channel();
+        let permissions_db = TestDatabase::new("permissions").unwrap();
+        let mut permissions_platform = cfg.platform.clone();
+        permissions_db.configure(&mut permissions_platform.database);
+        let permissions_platform = Platform::new(permissions_platform, signal.clone()).unwrap();
         let platform = Platform::new(cfg.platform, signal.clone()).unwrap();
+        let (perms, decisions) = crm_permissions::build(&permissions_platform, &permissions)
+            .await
+            .expect("permissions must start (is the test database reachable?)");
+        let platform = platform.with_policy(crm_permissions::decision_point(&decisions));
         let service = crm_customer_profile::build(&platform, &cfg.customer_profile)
             .await
             .expect("service must start (is the test database reachable?)");
         let mut server = GrpcServer::new(platform.config.server.clone());
+        server.add_service(perms).await;
         server
             .add_service(service)
             .await
@@ -81,17 +93,18 @@ impl TestApp {
             .unwrap();
         Self {
             addr,
+            permissions: PermissionsServiceClient::new(channel.clone()),
             client: CustomerProfileServiceClient::new(channel),
             shutdown,
             db,
+            _permissions_db: permissions_db,
         }
     }
 
-    pub fn token(user: &str, roles: &[&str]) -> String {
+    /// A token for `user`; what it may do is the permissions service's business.
+    pub fn token(user: &str) -> String {
         let principal = Principal {
             user_id: user.into(),
-            roles: roles.iter().map(|r| (*r).to_owned()).collect(),
-            team_ids: vec![],
             customer_id: None,
             expires_at: 0,
         };
@@ -100,7 +113,7 @@ impl TestApp {
 
     /// A request carrying an admin token.
     pub fn admin<T>(msg: T) -> Request<T> {
-        Self::as_user(msg, &Self::token("admin-1", &["admin"]))
+        Self::as_user(msg, &Self::token("admin-1"))
     }
 
     pub fn as_user<T>(msg: T, token: &str) -> Request<T> {
@@ -236,4 +249,55 @@ pub fn reason(status: &tonic::Status) -> String {
         .error_info()
         .map(|i| i.reason.clone())
         .unwrap_or_default()
+}
+
+/// Policy set-up through the permissions API, as an administrator would.
+impl TestApp {
+    pub async fn team(&self, id: &str, parent: &str) {
+        use crm_proto::crm::permissions::v1 as perm;
+        self.permissions
+            .clone()
+            .create_team(Self::admin(perm::CreateTeamRequest {
+                team: Some(perm::Team {
+                    name: format!("teams/{id}"),
+                    parent: if parent.is_empty() {
+                        String::new()
+                    } else {
+                        format!("teams/{parent}")
+                    },
+                    ..Default::default()
+                }),
+            }))
+            .await
+            .unwrap();
+    }
+
+    /// Creates user `id` in `teams`, binds `role` with `scope`, returns a token.
+    pub async fn user(&self, id: &str, teams: &[&str], role: &str, scope: crm_proto::crm::permissions::v1::Scope) -> String {
+        use crm_proto::crm::permissions::v1 as perm;
+        let mut client = self.permissions.clone();
+        client
+            .create_user(Self::admin(perm::CreateUserRequest {
+                user: Some(perm::User {
+                    name: format!("users/{id}"),
+                    teams: teams.iter().map(|t| format!("teams/{t}")).collect(),
+                    ..Default::default()
+                }),
+            }))
+            .await
+            .unwrap();
+        client
+            .create_role_binding(Self::admin(perm::CreateRoleBindingRequest {
+                role_binding: Some(perm::RoleBinding {
+                    user: format!("users/{id}"),
+                    role: format!("roles/{role}"),
+                    scope: scope as i32,
+                    ..Default::default()
+                }),
+                request_id: String::new(),
+            }))
+            .await
+            .unwrap();
+        Self::token(id)
+    }
 }

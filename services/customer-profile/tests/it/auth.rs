@@ -31,7 +31,9 @@ async fn roles_decide_what_a_caller_may_do() {
     let app = TestApp::spawn().await;
     let mut client = app.client.clone();
     let created = app.create(person("Ada", "Lovelace")).await;
-    let agent = TestApp::token("agent-7", &["agent"]);
+    let agent = app
+        .user("agent-7", &[], "service_agent", crm_proto::crm::permissions::v1::Scope::All)
+        .await;
     let got = client
         .get_customer(TestApp::as_user(
             pb::GetCustomerRequest {
@@ -40,7 +42,7 @@ async fn roles_decide_what_a_caller_may_do() {
             &agent,
         ))
         .await;
-    assert_eq!(got.unwrap().into_inner().display_name, "Ada Lovelace");
+    assert_eq!(got.unwrap().into_inner().person_name.unwrap().family_name, "Lovelace");
     let err = client
         .create_customer(TestApp::as_user(
             pb::CreateCustomerRequest {
@@ -63,7 +65,7 @@ async fn roles_decide_what_a_caller_may_do() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied);
-    let nobody = TestApp::token("nobody", &[]);
+    let nobody = TestApp::token("nobody");
     let err = client
         .get_customer(TestApp::as_user(pb::GetCustomerRequest { name: created.name }, &nobody))
         .await

@@ -75,9 +75,8 @@ fn mask(m: Option<prost_types::FieldMask>) -> Vec<String> {
 
 /// Decision calls about someone else need `permissions.check`.
 async fn may_ask_about(p: &Permissions, caller: &Principal, about: Option<&pb::Principal>) -> Result<(), Status> {
-    let own = about.is_some_and(|a| {
-        a.user_id == caller.user_id && a.customer_id == caller.customer_id.clone().unwrap_or_default()
-    });
+    let own =
+        about.is_some_and(|a| a.user_id == caller.user_id && a.customer_id == caller.customer_id.clone().unwrap_or_default());
     if !own {
         p.require(caller, "permissions.check", "decisions").await?;
     }
@@ -140,7 +139,9 @@ impl PermissionsService for Api {
 
     async fn get_user(&self, req: Request<pb::GetUserRequest>) -> Result<Response<pb::User>, Status> {
         let caller = caller(&req)?;
-        Ok(Response::new(self.permissions.get_user(&caller, &req.into_inner().name).await?))
+        Ok(Response::new(
+            self.permissions.get_user(&caller, &req.into_inner().name).await?,
+        ))
     }
 
     async fn list_users(&self, req: Request<pb::ListUsersRequest>) -> Result<Response<pb::ListUsersResponse>, Status> {
@@ -158,7 +159,9 @@ impl PermissionsService for Api {
         let caller = caller(&req)?;
         let req = req.into_inner();
         let user = required(req.user, "user")?;
-        Ok(Response::new(self.permissions.update_user(&caller, user, &mask(req.update_mask)).await?))
+        Ok(Response::new(
+            self.permissions.update_user(&caller, user, &mask(req.update_mask)).await?,
+        ))
     }
 
     async fn delete_user(&self, req: Request<pb::DeleteUserRequest>) -> Result<Response<pb::DeleteUserResponse>, Status> {
@@ -176,7 +179,9 @@ impl PermissionsService for Api {
 
     async fn get_team(&self, req: Request<pb::GetTeamRequest>) -> Result<Response<pb::Team>, Status> {
         let caller = caller(&req)?;
-        Ok(Response::new(self.permissions.get_team(&caller, &req.into_inner().name).await?))
+        Ok(Response::new(
+            self.permissions.get_team(&caller, &req.into_inner().name).await?,
+        ))
     }
 
     async fn list_teams(&self, req: Request<pb::ListTeamsRequest>) -> Result<Response<pb::ListTeamsResponse>, Status> {
@@ -194,7 +199,9 @@ impl PermissionsService for Api {
         let caller = caller(&req)?;
         let req = req.into_inner();
         let team = required(req.team, "team")?;
-        Ok(Response::new(self.permissions.update_team(&caller, team, &mask(req.update_mask)).await?))
+        Ok(Response::new(
+            self.permissions.update_team(&caller, team, &mask(req.update_mask)).await?,
+        ))
     }
 
     async fn delete_team(&self, req: Request<pb::DeleteTeamRequest>) -> Result<Response<pb::DeleteTeamResponse>, Status> {
@@ -212,7 +219,9 @@ impl PermissionsService for Api {
 
     async fn get_role(&self, req: Request<pb::GetRoleRequest>) -> Result<Response<pb::Role>, Status> {
         let caller = caller(&req)?;
-        Ok(Response::new(self.permissions.get_role(&caller, &req.into_inner().name).await?))
+        Ok(Response::new(
+            self.permissions.get_role(&caller, &req.into_inner().name).await?,
+        ))
     }
 
     async fn list_roles(&self, req: Request<pb::ListRolesRequest>) -> Result<Response<pb::ListRolesResponse>, Status> {
@@ -230,7 +239,9 @@ impl PermissionsService for Api {
         let caller = caller(&req)?;
         let req = req.into_inner();
         let role = required(req.role, "role")?;
-        Ok(Response::new(self.permissions.update_role(&caller, role, &mask(req.update_mask)).await?))
+        Ok(Response::new(
+            self.permissions.update_role(&caller, role, &mask(req.update_mask)).await?,
+        ))
     }
 
     async fn delete_role(&self, req: Request<pb::DeleteRoleRequest>) -> Result<Response<pb::DeleteRoleResponse>, Status> {
@@ -250,7 +261,9 @@ impl PermissionsService for Api {
 
     async fn get_role_binding(&self, req: Request<pb::GetRoleBindingRequest>) -> Result<Response<pb::RoleBinding>, Status> {
         let caller = caller(&req)?;
-        Ok(Response::new(self.permissions.get_binding(&caller, &req.into_inner().name).await?))
+        Ok(Response::new(
+            self.permissions.get_binding(&caller, &req.into_inner().name).await?,
+        ))
     }
 
     async fn list_role_bindings(
@@ -259,9 +272,17 @@ impl PermissionsService for Api {
     ) -> Result<Response<pb::ListRoleBindingsResponse>, Status> {
         let caller = caller(&req)?;
         let req = req.into_inner();
-        let (size, after, fp) =
-            self.paging("roleBindings", &[&req.user, &req.role], req.page_size, &req.page_token, DEFAULT_PAGE_SIZE)?;
-        let page = self.permissions.list_bindings(&caller, &req.user, &req.role, &after, size).await?;
+        let (size, after, fp) = self.paging(
+            "roleBindings",
+            &[&req.user, &req.role],
+            req.page_size,
+            &req.page_token,
+            DEFAULT_PAGE_SIZE,
+        )?;
+        let page = self
+            .permissions
+            .list_bindings(&caller, &req.user, &req.role, &after, size)
+            .await?;
         Ok(Response::new(pb::ListRoleBindingsResponse {
             next_page_token: self.next_token(&fp, &page)?,
             role_bindings: page.items,
@@ -277,9 +298,14 @@ impl PermissionsService for Api {
         Ok(Response::new(pb::DeleteRoleBindingResponse {}))
     }
 
-    async fn confirm_role_binding(&self, req: Request<pb::ConfirmRoleBindingRequest>) -> Result<Response<pb::RoleBinding>, Status> {
+    async fn confirm_role_binding(
+        &self,
+        req: Request<pb::ConfirmRoleBindingRequest>,
+    ) -> Result<Response<pb::RoleBinding>, Status> {
         let caller = caller(&req)?;
-        Ok(Response::new(self.permissions.confirm_binding(&caller, &req.into_inner().name).await?))
+        Ok(Response::new(
+            self.permissions.confirm_binding(&caller, &req.into_inner().name).await?,
+        ))
     }
 
     async fn create_grant(&self, req: Request<pb::CreateGrantRequest>) -> Result<Response<pb::Grant>, Status> {
@@ -292,16 +318,26 @@ impl PermissionsService for Api {
 
     async fn get_grant(&self, req: Request<pb::GetGrantRequest>) -> Result<Response<pb::Grant>, Status> {
         let caller = caller(&req)?;
-        Ok(Response::new(self.permissions.get_grant(&caller, &req.into_inner().name).await?))
+        Ok(Response::new(
+            self.permissions.get_grant(&caller, &req.into_inner().name).await?,
+        ))
     }
 
     async fn list_grants(&self, req: Request<pb::ListGrantsRequest>) -> Result<Response<pb::ListGrantsResponse>, Status> {
         let caller = caller(&req)?;
         let req = req.into_inner();
         let state = req.state.to_string();
-        let (size, after, fp) =
-            self.paging("grants", &[&req.user, &state], req.page_size, &req.page_token, DEFAULT_PAGE_SIZE)?;
-        let page = self.permissions.list_grants(&caller, &req.user, req.state, &after, size).await?;
+        let (size, after, fp) = self.paging(
+            "grants",
+            &[&req.user, &state],
+            req.page_size,
+            &req.page_token,
+            DEFAULT_PAGE_SIZE,
+        )?;
+        let page = self
+            .permissions
+            .list_grants(&caller, &req.user, req.state, &after, size)
+            .await?;
         Ok(Response::new(pb::ListGrantsResponse {
             next_page_token: self.next_token(&fp, &page)?,
             grants: page.items,
@@ -311,19 +347,25 @@ impl PermissionsService for Api {
     async fn approve_grant(&self, req: Request<pb::ApproveGrantRequest>) -> Result<Response<pb::Grant>, Status> {
         let caller = caller(&req)?;
         let r = req.into_inner();
-        Ok(Response::new(self.permissions.approve_grant(&caller, &r.name, &r.etag, &r.comment).await?))
+        Ok(Response::new(
+            self.permissions.approve_grant(&caller, &r.name, &r.etag, &r.comment).await?,
+        ))
     }
 
     async fn reject_grant(&self, req: Request<pb::RejectGrantRequest>) -> Result<Response<pb::Grant>, Status> {
         let caller = caller(&req)?;
         let r = req.into_inner();
-        Ok(Response::new(self.permissions.reject_grant(&caller, &r.name, &r.etag, &r.comment).await?))
+        Ok(Response::new(
+            self.permissions.reject_grant(&caller, &r.name, &r.etag, &r.comment).await?,
+        ))
     }
 
     async fn revoke_grant(&self, req: Request<pb::RevokeGrantRequest>) -> Result<Response<pb::Grant>, Status> {
         let caller = caller(&req)?;
         let r = req.into_inner();
-        Ok(Response::new(self.permissions.revoke_grant(&caller, &r.name, &r.etag, &r.comment).await?))
+        Ok(Response::new(
+            self.permissions.revoke_grant(&caller, &r.name, &r.etag, &r.comment).await?,
+        ))
     }
 
     async fn get_access_review(&self, req: Request<pb::GetAccessReviewRequest>) -> Result<Response<pb::AccessReview>, Status> {

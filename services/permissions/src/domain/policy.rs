@@ -491,7 +491,18 @@ mod tests {
     fn disabled_and_unknown_users_are_denied() {
         let mut s = user("sales_manager", Scope::All, &[]);
         s.active = false;
-        assert!(!check(&dir(), &s, None, &SS, "customer.read", &rec("customers/1", "", ""), Utc::now()).allowed);
+        assert!(
+            !check(
+                &dir(),
+                &s,
+                None,
+                &SS,
+                "customer.read",
+                &rec("customers/1", "", ""),
+                Utc::now()
+            )
+            .allowed
+        );
     }
 
     #[test]
@@ -521,7 +532,14 @@ mod tests {
     fn read_scope_terms() {
         let d = dir();
         let now = Utc::now();
-        let s = read_scope(&d, &user("agent", Scope::TeamSubtree, &["shanghai"]), None, &SS, "customer.read", now);
+        let s = read_scope(
+            &d,
+            &user("agent", Scope::TeamSubtree, &["shanghai"]),
+            None,
+            &SS,
+            "customer.read",
+            now,
+        );
         assert!(!s.all);
         assert_eq!(s.owner_user_ids, BTreeSet::from(["u1".to_owned()]));
         assert_eq!(s.team_ids, BTreeSet::from(["shanghai".to_owned(), "pudong".to_owned()]));
@@ -547,7 +565,18 @@ mod tests {
         let now = Utc::now();
         let s = Subject::default();
         assert!(check(&d, &s, Some("c1"), &ss, "customer.read", &rec("customers/c1", "", ""), now).allowed);
-        assert!(check(&d, &s, Some("c1"), &ss, "customer.read", &rec("customers/c1/orders/o", "", ""), now).allowed);
+        assert!(
+            check(
+                &d,
+                &s,
+                Some("c1"),
+                &ss,
+                "customer.read",
+                &rec("customers/c1/orders/o", "", ""),
+                now
+            )
+            .allowed
+        );
         assert!(!check(&d, &s, Some("c1"), &ss, "customer.read", &rec("customers/c10", "", ""), now).allowed);
         assert!(!check(&d, &s, Some("c1"), &ss, "customer.read", &rec("customers", "", ""), now).allowed);
         assert!(!check(&d, &s, Some("c1"), &ss, "customer.update", &rec("customers/c1", "", ""), now).allowed);

@@ -40,7 +40,11 @@ fn check_len(v: &mut Vec<FieldViolation>, field: &str, value: &str, max: usize) 
 }
 
 fn finish(v: Vec<FieldViolation>) -> Result<()> {
-    if v.is_empty() { Ok(()) } else { Err(Error::InvalidArgument(v)) }
+    if v.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::InvalidArgument(v))
+    }
 }
 
 pub fn scope_from_proto(v: i32) -> Option<Scope> {
@@ -81,10 +85,16 @@ pub fn validate_team(t: &pb::Team, prefix: &str) -> Result<()> {
     }
     check_len(&mut v, &format!("{prefix}.display_name"), &t.display_name, 200);
     if !t.parent.is_empty() && parse_name(&t.parent, "teams", "").is_err() {
-        v.push(FieldViolation::new(format!("{prefix}.parent"), "must be `teams/{team}` or empty"));
+        v.push(FieldViolation::new(
+            format!("{prefix}.parent"),
+            "must be `teams/{team}` or empty",
+        ));
     }
     if !t.parent.is_empty() && t.parent == t.name {
-        v.push(FieldViolation::new(format!("{prefix}.parent"), "a team cannot be its own parent"));
+        v.push(FieldViolation::new(
+            format!("{prefix}.parent"),
+            "a team cannot be its own parent",
+        ));
     }
     finish(v)
 }
@@ -100,7 +110,10 @@ pub fn validate_role(r: &pb::Role, prefix: &str) -> Result<()> {
     check_len(&mut v, &format!("{prefix}.display_name"), &r.display_name, 200);
     check_len(&mut v, &format!("{prefix}.description"), &r.description, 1000);
     if r.permissions.is_empty() || r.permissions.len() > 200 {
-        v.push(FieldViolation::new(format!("{prefix}.permissions"), "between 1 and 200 permissions"));
+        v.push(FieldViolation::new(
+            format!("{prefix}.permissions"),
+            "between 1 and 200 permissions",
+        ));
     }
     for (i, p) in r.permissions.iter().enumerate() {
         if !valid_permission(p, true) {
@@ -111,7 +124,10 @@ pub fn validate_role(r: &pb::Role, prefix: &str) -> Result<()> {
         }
     }
     if r.clearance != 0 && Level::from_i32(r.clearance).is_none() {
-        v.push(FieldViolation::new(format!("{prefix}.clearance"), "not a known classification"));
+        v.push(FieldViolation::new(
+            format!("{prefix}.clearance"),
+            "not a known classification",
+        ));
     }
     finish(v)
 }
@@ -125,7 +141,10 @@ pub fn validate_binding(b: &pb::RoleBinding) -> Result<()> {
         v.push(FieldViolation::new("role_binding.role", "required: `roles/{role}`"));
     }
     if scope_from_proto(b.scope).is_none() {
-        v.push(FieldViolation::new("role_binding.scope", "required: OWN, TEAM, TEAM_SUBTREE or ALL"));
+        v.push(FieldViolation::new(
+            "role_binding.scope",
+            "required: OWN, TEAM, TEAM_SUBTREE or ALL",
+        ));
     }
     finish(v)
 }
@@ -134,7 +153,10 @@ pub fn validate_binding(b: &pb::RoleBinding) -> Result<()> {
 pub fn validate_grant(g: &pb::Grant, max_secs: i64) -> Result<()> {
     let mut v = Vec::new();
     if !g.user.is_empty() && parse_name(&g.user, "users", "").is_err() {
-        v.push(FieldViolation::new("grant.user", "must be `users/{user}` or empty (the requester)"));
+        v.push(FieldViolation::new(
+            "grant.user",
+            "must be `users/{user}` or empty (the requester)",
+        ));
     }
     if g.permissions.is_empty() || g.permissions.len() > 20 {
         v.push(FieldViolation::new("grant.permissions", "between 1 and 20 permissions"));
@@ -199,7 +221,13 @@ mod tests {
             panic!("must fail")
         };
         let fields: Vec<_> = v.iter().map(|f| f.field.as_str()).collect();
-        for f in ["grant.permissions[0]", "grant.permissions[1]", "grant.resource", "grant.reason", "grant.duration"] {
+        for f in [
+            "grant.permissions[0]",
+            "grant.permissions[1]",
+            "grant.resource",
+            "grant.reason",
+            "grant.duration",
+        ] {
             assert!(fields.contains(&f), "{f} in {fields:?}");
         }
     }

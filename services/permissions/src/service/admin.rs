@@ -96,10 +96,17 @@ impl Permissions {
         for (i, t) in teams.iter().enumerate() {
             let id = parse_name(t, "teams", field)?;
             if store::get(self.db(), Kind::Team, id).await?.is_none() {
-                bad.push(crm_platform::FieldViolation::new(format!("{field}[{i}]"), format!("team `{t}` does not exist")));
+                bad.push(crm_platform::FieldViolation::new(
+                    format!("{field}[{i}]"),
+                    format!("team `{t}` does not exist"),
+                ));
             }
         }
-        if bad.is_empty() { Ok(()) } else { Err(Error::InvalidArgument(bad)) }
+        if bad.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::InvalidArgument(bad))
+        }
     }
 
     // ---- users ----------------------------------------------------------------
@@ -208,14 +215,29 @@ impl Permissions {
         expect_revision(etag_in, row.revision, name)?;
         let user: pb::User = decode(&row.data)?;
         let mut changes = Vec::new();
-        for b in store::list(&txn, Kind::Binding, &[("user_id", Value::from(id.as_str()))], "", u64::MAX >> 1).await? {
+        for b in store::list(
+            &txn,
+            Kind::Binding,
+            &[("user_id", Value::from(id.as_str()))],
+            "",
+            u64::MAX >> 1,
+        )
+        .await?
+        {
             let binding = self.binding_from(&b)?;
             store::delete(&txn, Kind::Binding, &b.id).await?;
             changes.push(binding_change(&binding, true, "permissions.role_bindings.delete"));
         }
         changes.extend(self.revoke_all_grants(&txn, &id, caller).await?);
         store::delete(&txn, Kind::User, &id).await?;
-        changes.push(user_change(&user, true, "permissions.users.delete", vec![], Some(row.data), None));
+        changes.push(user_change(
+            &user,
+            true,
+            "permissions.users.delete",
+            vec![],
+            Some(row.data),
+            None,
+        ));
         self.commit(txn, caller, changes).await
     }
 
@@ -281,7 +303,10 @@ impl Permissions {
             self.teams_exist(std::slice::from_ref(&team.parent), "team.parent").await?;
             let parent_id = parse_name(&team.parent, "teams", "team.parent")?.to_owned();
             if self.directory().await?.subtree([&id]).contains(&parent_id) {
-                return Err(Error::invalid("team.parent", "a team cannot move below one of its own sub-teams"));
+                return Err(Error::invalid(
+                    "team.parent",
+                    "a team cannot move below one of its own sub-teams",
+                ));
             }
         }
         if team == before {
@@ -430,7 +455,10 @@ impl Permissions {
         let txn = begin_write(self.db()).await?;
         let row = store::require(&txn, Kind::Role, &id, name).await?;
         expect_revision(etag_in, row.revision, name)?;
-        if !store::list(&txn, Kind::Binding, &[("role_id", Value::from(id.as_str()))], "", 1).await?.is_empty() {
+        if !store::list(&txn, Kind::Binding, &[("role_id", Value::from(id.as_str()))], "", 1)
+            .await?
+            .is_empty()
+        {
             return Err(Error::FailedPrecondition {
                 reason: "ROLE_IN_USE",
                 subject: name.into(),
@@ -606,7 +634,10 @@ pub(super) async fn bootstrap(p: &Permissions, defaults: &[pb::Role], admins: &[
     let seeded = store::meta(&txn, "roles_seeded").await? != 0;
     if !seeded {
         for role in defaults {
-            if store::get(&txn, Kind::Role, role.name.trim_start_matches("roles/")).await?.is_none() {
+            if store::get(&txn, Kind::Role, role.name.trim_start_matches("roles/"))
+                .await?
+                .is_none()
+            {
                 let (_, change) = p.insert_role(&txn, role.clone()).await?;
                 changes.push(change);
             }
@@ -628,7 +659,14 @@ pub(super) async fn bootstrap(p: &Permissions, defaults: &[pb::Role], admins: &[
                 resources::validate_user(&record, "permissions_service.bootstrap")?;
                 let data = encode(&record);
                 store::insert(&txn, Kind::User, user, &name, data.clone(), &[]).await?;
-                changes.push(user_change(&record, false, "permissions.users.create", vec![], None, Some(data)));
+                changes.push(user_change(
+                    &record,
+                    false,
+                    "permissions.users.create",
+                    vec![],
+                    None,
+                    Some(data),
+                ));
             }
             let id = format!("bootstrap-{role}-{user}");
             if store::get(&txn, Kind::Binding, &id).await?.is_none() && store::get(&txn, Kind::Role, role).await?.is_some() {

@@ -4,7 +4,7 @@
 use crm_platform::{Error, FieldViolation, Result, db::begin_write};
 use crm_proto::crm::permissions::v1::{self as pb, audit_entry::Outcome};
 
-use super::{Caller, Permissions, Page};
+use super::{Caller, Page, Permissions};
 use crate::{
     domain::chain,
     store::{
@@ -65,7 +65,11 @@ fn validate(entries: &[pb::AuditEntry]) -> Result<()> {
             v.push(FieldViolation::new(f("reason"), "at most 1000 characters"));
         }
     }
-    if v.is_empty() { Ok(()) } else { Err(Error::InvalidArgument(v)) }
+    if v.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::InvalidArgument(v))
+    }
 }
 
 impl Permissions {
@@ -157,7 +161,11 @@ impl Permissions {
                         checked += 1;
                     }
                     Ok(_) => {
-                        return Ok(broken(checked, link.sequence, "search columns edited: they differ from the hashed entry"));
+                        return Ok(broken(
+                            checked,
+                            link.sequence,
+                            "search columns edited: they differ from the hashed entry",
+                        ));
                     }
                     Err(b) => return Ok(broken(checked, b.sequence, &b.problem)),
                 }

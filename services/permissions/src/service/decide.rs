@@ -10,9 +10,7 @@ use sea_orm::Value;
 
 use super::{Permissions, decode, from_timestamp, level_or, now, timestamp};
 use crate::{
-    domain::policy::{
-        self, Binding, Directory, GrantInForce, Level, Record, Role, Subject, Target, Visibility, visibility,
-    },
+    domain::policy::{self, Binding, Directory, GrantInForce, Level, Record, Role, Subject, Target, Visibility, visibility},
     domain::resources::scope_from_proto,
     store::{self, Kind},
 };
@@ -78,7 +76,15 @@ impl Permissions {
         };
         let user: pb::User = decode(&row.data)?;
         let mut bindings = Vec::new();
-        for row in store::list(self.db(), Kind::Binding, &[("user_id", Value::from(user_id))], "", u64::MAX >> 1).await? {
+        for row in store::list(
+            self.db(),
+            Kind::Binding,
+            &[("user_id", Value::from(user_id))],
+            "",
+            u64::MAX >> 1,
+        )
+        .await?
+        {
             let b: pb::RoleBinding = decode(&row.data)?;
             let Some(scope) = scope_from_proto(b.scope) else { continue };
             bindings.push(Binding {
@@ -88,11 +94,13 @@ impl Permissions {
             });
         }
         let mut grants = Vec::new();
-        let filter = [("user_id", Value::from(user_id)), ("state", Value::from(State::Approved as i32))];
+        let filter = [
+            ("user_id", Value::from(user_id)),
+            ("state", Value::from(State::Approved as i32)),
+        ];
         for row in store::list(self.db(), Kind::Grant, &filter, "", u64::MAX >> 1).await? {
             let g: pb::Grant = decode(&row.data)?;
-            let (Some(target), Some(expire_time)) =
-                (Target::parse(&g.resource), g.expire_time.as_ref().and_then(from_timestamp))
+            let (Some(target), Some(expire_time)) = (Target::parse(&g.resource), g.expire_time.as_ref().and_then(from_timestamp))
             else {
                 continue;
             };
@@ -171,7 +179,10 @@ impl Permissions {
                 ));
             }
             if c.resource.as_ref().is_none_or(|r| r.name.is_empty()) {
-                violations.push(crm_platform::FieldViolation::new(format!("checks[{i}].resource.name"), "required"));
+                violations.push(crm_platform::FieldViolation::new(
+                    format!("checks[{i}].resource.name"),
+                    "required",
+                ));
             }
         }
         if !violations.is_empty() {
@@ -192,7 +203,14 @@ impl Permissions {
         let dir = self.directory().await?;
         let subject = self.subject(&principal.user_id).await?;
         let customer = (!principal.customer_id.is_empty()).then_some(principal.customer_id.as_str());
-        let s = policy::read_scope(&dir, &subject, customer, &self.settings().self_service, permission, Utc::now());
+        let s = policy::read_scope(
+            &dir,
+            &subject,
+            customer,
+            &self.settings().self_service,
+            permission,
+            Utc::now(),
+        );
         Ok(pb::ReadScope {
             all: s.all,
             owner_user_ids: s.owner_user_ids.into_iter().collect(),
@@ -289,5 +307,9 @@ fn check_subject(principal: &pb::Principal, permission: &str) -> Result<()> {
             "a permission such as `customer.read`",
         ));
     }
-    if v.is_empty() { Ok(()) } else { Err(Error::InvalidArgument(v)) }
+    if v.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::InvalidArgument(v))
+    }
 }

@@ -10,9 +10,7 @@ use crm_platform::{
 use crm_proto::crm::permissions::v1::{self as pb, grant::State};
 use sea_orm::{DatabaseTransaction, Value};
 
-use super::{
-    Caller, Change, Permissions, Page, decode, encode, etag, expect_revision, micros, now, timestamp,
-};
+use super::{Caller, Change, Page, Permissions, decode, encode, etag, expect_revision, micros, now, timestamp};
 use crate::{
     domain::{policy::Target, resources},
     store::{self, Kind, Row},
@@ -122,10 +120,14 @@ impl Permissions {
         if user != format!("users/{}", caller.user_id) {
             // Approvers need to see what waits for them.
             if !self
-                .holds(caller, "permissions.approve", &pb::ResourceRef {
-                    name: "grants".into(),
-                    ..Default::default()
-                })
+                .holds(
+                    caller,
+                    "permissions.approve",
+                    &pb::ResourceRef {
+                        name: "grants".into(),
+                        ..Default::default()
+                    },
+                )
                 .await?
             {
                 self.require(caller, "permissions.read", "grants").await?;
@@ -174,14 +176,7 @@ impl Permissions {
         Ok(true)
     }
 
-    async fn decide_grant(
-        &self,
-        caller: &Caller,
-        name: &str,
-        etag_in: &str,
-        comment: &str,
-        to: State,
-    ) -> Result<pb::Grant> {
+    async fn decide_grant(&self, caller: &Caller, name: &str, etag_in: &str, comment: &str, to: State) -> Result<pb::Grant> {
         let id = resources::parse_name(name, "grants", "name")?.to_owned();
         if comment.chars().count() > 1000 {
             return Err(Error::invalid("comment", "at most 1000 characters"));
@@ -198,10 +193,14 @@ impl Permissions {
                 grant.user == me
                     || self.may_approve(caller, &grant).await?
                     || self
-                        .holds(caller, "permissions.admin", &pb::ResourceRef {
-                            name: name.into(),
-                            ..Default::default()
-                        })
+                        .holds(
+                            caller,
+                            "permissions.admin",
+                            &pb::ResourceRef {
+                                name: name.into(),
+                                ..Default::default()
+                            },
+                        )
                         .await?
             }
         };
@@ -227,7 +226,10 @@ impl Permissions {
             return Err(Error::FailedPrecondition {
                 reason: "GRANT_STATE",
                 subject: name.into(),
-                message: format!("the grant is {}", from.as_str_name().trim_start_matches("STATE_").to_lowercase()),
+                message: format!(
+                    "the grant is {}",
+                    from.as_str_name().trim_start_matches("STATE_").to_lowercase()
+                ),
             });
         }
         let txn = begin_write(self.db()).await?;
@@ -283,7 +285,12 @@ impl Permissions {
     }
 
     /// Revokes a deleted user's open grants inside the caller's transaction.
-    pub(super) async fn revoke_all_grants(&self, txn: &DatabaseTransaction, user_id: &str, caller: &Caller) -> Result<Vec<Change>> {
+    pub(super) async fn revoke_all_grants(
+        &self,
+        txn: &DatabaseTransaction,
+        user_id: &str,
+        caller: &Caller,
+    ) -> Result<Vec<Change>> {
         let mut changes = Vec::new();
         for row in store::list(txn, Kind::Grant, &[("user_id", Value::from(user_id))], "", u64::MAX >> 1).await? {
             let mut g = self.grant_from(&row)?;
@@ -309,7 +316,9 @@ impl Permissions {
         let mut done = 0;
         for id in ids {
             let txn = begin_write(self.db()).await?;
-            let Some(row) = store::get(&txn, Kind::Grant, &id).await? else { continue };
+            let Some(row) = store::get(&txn, Kind::Grant, &id).await? else {
+                continue;
+            };
             let mut g = self.grant_from(&row)?;
             if g.state != State::Approved as i32 {
                 continue;

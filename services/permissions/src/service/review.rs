@@ -5,7 +5,7 @@ use crm_platform::Result;
 use crm_proto::crm::permissions::v1::{self as pb, Finding, access_review_item::Access, grant::State};
 use sea_orm::Value;
 
-use super::{Caller, Permissions, Page, decode, from_timestamp};
+use super::{Caller, Page, Permissions, decode, from_timestamp};
 use crate::{
     domain::{policy::Level, resources},
     store::{self, Kind},
@@ -41,7 +41,15 @@ impl Permissions {
             for row in &users {
                 let u: pb::User = decode(&row.data)?;
                 let mut mine = Vec::new();
-                for b in store::list(self.db(), Kind::Binding, &[("user_id", Value::from(row.id.as_str()))], "", u64::MAX >> 1).await? {
+                for b in store::list(
+                    self.db(),
+                    Kind::Binding,
+                    &[("user_id", Value::from(row.id.as_str()))],
+                    "",
+                    u64::MAX >> 1,
+                )
+                .await?
+                {
                     let binding = self.binding_from(&b)?;
                     let mut findings = Vec::new();
                     let used = binding.last_used_time.as_ref().and_then(from_timestamp);
@@ -49,7 +57,12 @@ impl Permissions {
                     if used.or(created).is_none_or(|t| t < unused_before) {
                         findings.push(Finding::Unused);
                     }
-                    if binding.review_due_time.as_ref().and_then(from_timestamp).is_some_and(|t| t <= now) {
+                    if binding
+                        .review_due_time
+                        .as_ref()
+                        .and_then(from_timestamp)
+                        .is_some_and(|t| t <= now)
+                    {
                         findings.push(Finding::ReviewOverdue);
                     }
                     let role = dir.roles.get(binding.role.trim_start_matches("roles/"));
@@ -58,10 +71,16 @@ impl Permissions {
                     }
                     mine.push((Access::RoleBinding(binding), findings));
                 }
-                let approved = [("user_id", Value::from(row.id.as_str())), ("state", Value::from(State::Approved as i32))];
+                let approved = [
+                    ("user_id", Value::from(row.id.as_str())),
+                    ("state", Value::from(State::Approved as i32)),
+                ];
                 for g in store::list(self.db(), Kind::Grant, &approved, "", u64::MAX >> 1).await? {
                     let mut grant: pb::Grant = decode(&g.data)?;
-                    grant.last_used_time = g.last_used_us.and_then(chrono::DateTime::from_timestamp_micros).map(super::timestamp);
+                    grant.last_used_time = g
+                        .last_used_us
+                        .and_then(chrono::DateTime::from_timestamp_micros)
+                        .map(super::timestamp);
                     let mut findings = Vec::new();
                     if grant.last_used_time.is_none() {
                         findings.push(Finding::Unused);

@@ -6,10 +6,7 @@
 pub mod audit;
 mod migrations;
 
-use crm_platform::{
-    Error, Result,
-    migrate::placeholders,
-};
+use crm_platform::{Error, Result, migrate::placeholders};
 pub use migrations::MIGRATIONS;
 use sea_orm::{ConnectionTrait, DbBackend, QueryResult, Statement, Value};
 
@@ -83,20 +80,28 @@ fn columns(kind: Kind) -> &'static str {
 
 async fn query<C: ConnectionTrait>(c: &C, sql: &str, values: Vec<Value>) -> Result<Vec<QueryResult>> {
     let backend = c.get_database_backend();
-    Ok(c.query_all_raw(Statement::from_sql_and_values(backend, placeholders(backend, sql), values))
-        .await?)
+    Ok(
+        c.query_all_raw(Statement::from_sql_and_values(backend, placeholders(backend, sql), values))
+            .await?,
+    )
 }
 
 async fn execute<C: ConnectionTrait>(c: &C, sql: &str, values: Vec<Value>) -> Result<u64> {
     let backend = c.get_database_backend();
-    Ok(c.execute_raw(Statement::from_sql_and_values(backend, placeholders(backend, sql), values))
-        .await?
-        .rows_affected())
+    Ok(
+        c.execute_raw(Statement::from_sql_and_values(backend, placeholders(backend, sql), values))
+            .await?
+            .rows_affected(),
+    )
 }
 
 pub async fn get<C: ConnectionTrait>(c: &C, kind: Kind, id: &str) -> Result<Option<Row>> {
     let sql = format!("SELECT {} FROM {} WHERE id = ?", columns(kind), kind.table());
-    query(c, &sql, vec![id.into()]).await?.first().map(|r| row(kind, r)).transpose()
+    query(c, &sql, vec![id.into()])
+        .await?
+        .first()
+        .map(|r| row(kind, r))
+        .transpose()
 }
 
 /// Like [`get`], NOT_FOUND when absent.
@@ -108,13 +113,7 @@ pub async fn require<C: ConnectionTrait>(c: &C, kind: Kind, id: &str, name: &str
 }
 
 /// Rows in id order after `after`, optionally where `column = value`.
-pub async fn list<C: ConnectionTrait>(
-    c: &C,
-    kind: Kind,
-    filter: &[(&str, Value)],
-    after: &str,
-    limit: u64,
-) -> Result<Vec<Row>> {
+pub async fn list<C: ConnectionTrait>(c: &C, kind: Kind, filter: &[(&str, Value)], after: &str, limit: u64) -> Result<Vec<Row>> {
     let mut sql = format!("SELECT {} FROM {} WHERE id > ?", columns(kind), kind.table());
     let mut values: Vec<Value> = vec![after.into()];
     for (column, value) in filter {
@@ -154,12 +153,10 @@ pub async fn insert<C: ConnectionTrait>(
         .await
     {
         Ok(_) => Ok(()),
-        Err(e) if matches!(e.sql_err(), Some(sea_orm::SqlErr::UniqueConstraintViolation(_))) => {
-            Err(Error::AlreadyExists {
-                resource_type: kind.resource_type(),
-                name: name.to_owned(),
-            })
-        }
+        Err(e) if matches!(e.sql_err(), Some(sea_orm::SqlErr::UniqueConstraintViolation(_))) => Err(Error::AlreadyExists {
+            resource_type: kind.resource_type(),
+            name: name.to_owned(),
+        }),
         Err(e) => Err(e.into()),
     }
 }
@@ -219,7 +216,12 @@ pub async fn expired_grants<C: ConnectionTrait>(c: &C, now_us: i64, state: i32, 
 /// Moves the policy version on: every policy write does, in its transaction, so
 /// other replicas notice the change and caches keyed by version fall away.
 pub async fn bump_version<C: ConnectionTrait>(c: &C) -> Result<i64> {
-    execute(c, "UPDATE permissions_meta SET value = value + 1 WHERE name = 'policy_version'", vec![]).await?;
+    execute(
+        c,
+        "UPDATE permissions_meta SET value = value + 1 WHERE name = 'policy_version'",
+        vec![],
+    )
+    .await?;
     version(c).await
 }
 
@@ -245,6 +247,11 @@ pub async fn meta<C: ConnectionTrait>(c: &C, name: &str) -> Result<i64> {
 }
 
 pub async fn set_meta<C: ConnectionTrait>(c: &C, name: &str, value: i64) -> Result<()> {
-    execute(c, "UPDATE permissions_meta SET value = ? WHERE name = ?", vec![value.into(), name.into()]).await?;
+    execute(
+        c,
+        "UPDATE permissions_meta SET value = ? WHERE name = ?",
+        vec![value.into(), name.into()],
+    )
+    .await?;
     Ok(())
 }
