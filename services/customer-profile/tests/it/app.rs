@@ -41,6 +41,7 @@ impl TestApp {
         let mut permissions: crm_permissions::ServiceConfig = section(&value, Some("permissions_service")).unwrap();
         permissions.bootstrap_admins = vec!["admin-1".into()];
         permissions.version_poll_ms = 100;
+        permissions.expiry_interval_secs = 1;
         let mut cfg = Config {
             platform: section(&value, None).unwrap(),
             customer_profile: section(&value, Some("customer_profile")).unwrap(),

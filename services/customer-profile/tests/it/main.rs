@@ -2,6 +2,7 @@
 //! or (with CRM_TEST_DATABASE_URL / CRM_TEST_REDIS_URL) PostgreSQL and Redis.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod access;
 mod app;
 mod auth;
 mod crud;

@@ -20,7 +20,7 @@ pub async fn head<C: ConnectionTrait>(c: &C) -> Result<(i64, String)> {
 
 /// Which of `ids` are already in the log.
 pub async fn existing_ids<C: ConnectionTrait>(c: &C, ids: &[&str]) -> Result<Vec<String>> {
-    let rows = crm_platform::db::in_list(c, "SELECT entry_id FROM audit_log WHERE 1 = ? AND entry_id", "1", ids).await?;
+    let rows = crm_platform::db::in_list(c, "SELECT entry_id FROM audit_log WHERE entry_id <> ? AND entry_id", "", ids).await?;
     rows.iter().map(|r| Ok(r.try_get("", "entry_id")?)).collect()
 }
 
