@@ -588,10 +588,20 @@ async fn follow_policy(
                     .map_err(|_| tonic::Status::unauthenticated("bad token"))?,
             );
             let mut stream = client.stream_events(req).await?.into_inner();
+            // The epoch moves once per delivered batch (the feed sends a heartbeat
+            // after each), not once per replayed event.
+            let mut moved = false;
             while let Some(msg) = stream.message().await? {
-                if let Some(Kind::Event(e)) = msg.kind {
-                    cursor = e.cursor.clone();
-                    epoch.send_replace(e.cursor);
+                match msg.kind {
+                    Some(Kind::Event(e)) => {
+                        cursor = e.cursor;
+                        moved = true;
+                    }
+                    Some(Kind::Heartbeat(_)) if moved => {
+                        epoch.send_replace(cursor.clone());
+                        moved = false;
+                    }
+                    _ => {}
                 }
             }
             Ok::<(), tonic::Status>(())
