@@ -144,7 +144,7 @@ impl AuditSpool {
         let events = feed.read(Cursor::parse(&position)?, BATCH as u32).await?;
         let mut shipped = 0;
         if let Some(last) = events.last().map(|e| e.cursor.clone()) {
-            let entries: Vec<AuditEntry> = events.iter().map(|e| self.from_event(e, fields(e))).collect();
+            let entries: Vec<AuditEntry> = events.iter().map(|e| self.entry_of_event(e, fields(e))).collect();
             shipped += entries.len();
             pdp.write_audit(entries).await?;
             let sql = if backend == sea_orm::DbBackend::Postgres {
@@ -190,7 +190,7 @@ impl AuditSpool {
 
     /// The audit entry of a change event: who, what (the event type), which
     /// resource, which fields, and a digest of the state after the change.
-    fn from_event(&self, e: &Event, fields: Vec<String>) -> AuditEntry {
+    fn entry_of_event(&self, e: &Event, fields: Vec<String>) -> AuditEntry {
         AuditEntry {
             // Deterministic, so a re-shipped event is recognised as a duplicate.
             id: format!("{}:{}", self.source, e.id),

@@ -280,10 +280,10 @@ impl Authz {
         if self.ttl.is_zero() {
             return None;
         }
-        if let Some(e) = self.local.get(key).await {
-            if e.until > Instant::now() {
-                return Some(e.value);
-            }
+        if let Some(e) = self.local.get(key).await
+            && e.until > Instant::now()
+        {
+            return Some(e.value);
         }
         let shared = self.shared.as_ref()?;
         let bytes = shared.get(key).await?;
@@ -318,10 +318,10 @@ impl Authz {
             return;
         }
         let until = Instant::now() + Duration::from_millis(left_ms as u64);
-        if let Some(shared) = &self.shared {
-            if let Ok(bytes) = serde_json::to_vec(&(now_ms + left_ms, &value)) {
-                shared.put_newer(&key, 0, bytes).await;
-            }
+        if let Some(shared) = &self.shared
+            && let Ok(bytes) = serde_json::to_vec(&(now_ms + left_ms, &value))
+        {
+            shared.put_newer(&key, 0, bytes).await;
         }
         self.local.insert(key, Entry { value, until }).await;
     }

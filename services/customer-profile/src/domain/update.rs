@@ -199,6 +199,38 @@ pub fn changed_paths(old: &Profile, new: &Profile) -> Vec<String> {
         .collect()
 }
 
+/// The field-definition paths an update of `path` writes, for field-level write
+/// checks; `custom_attributes` as a whole stands for every custom attribute.
+pub fn definition_paths(path: &Path) -> Vec<String> {
+    let one = |p: &str| vec![p.to_owned()];
+    match path {
+        Path::Kind => Vec::new(),
+        Path::DisplayName => one("display_name"),
+        Path::PersonName => vec![
+            "person_name.given_name".into(),
+            "person_name.middle_name".into(),
+            "person_name.family_name".into(),
+        ],
+        Path::PersonNamePart(NamePart::Given) => one("person_name.given_name"),
+        Path::PersonNamePart(NamePart::Middle) => one("person_name.middle_name"),
+        Path::PersonNamePart(NamePart::Family) => one("person_name.family_name"),
+        Path::PersonNamePart(NamePart::Prefix | NamePart::Suffix) => Vec::new(),
+        Path::OrganizationName => one("organization_name"),
+        Path::PhoneNumbers => one("phone_numbers"),
+        Path::EmailAddresses => one("email_addresses"),
+        Path::Addresses => one("addresses"),
+        Path::LifecycleStage => one("lifecycle_stage"),
+        Path::OwnerUserId => one("owner_user_id"),
+        Path::TeamId => one("team_id"),
+        Path::Tags => one("tags"),
+        Path::CustomAttributes => one("custom_attributes"),
+        Path::CustomAttribute(key) => vec![format!("custom_attributes.{key}")],
+        Path::BirthDate => one("birth_date"),
+        Path::NationalId => one("national_id"),
+    }
+}
+
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
@@ -280,36 +312,5 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(populated_paths(&patch), vec![Path::LifecycleStage, Path::TeamId]);
-    }
-}
-
-/// The field-definition paths an update of `path` writes, for field-level write
-/// checks; `custom_attributes` as a whole stands for every custom attribute.
-pub fn definition_paths(path: &Path) -> Vec<String> {
-    let one = |p: &str| vec![p.to_owned()];
-    match path {
-        Path::Kind => Vec::new(),
-        Path::DisplayName => one("display_name"),
-        Path::PersonName => vec![
-            "person_name.given_name".into(),
-            "person_name.middle_name".into(),
-            "person_name.family_name".into(),
-        ],
-        Path::PersonNamePart(NamePart::Given) => one("person_name.given_name"),
-        Path::PersonNamePart(NamePart::Middle) => one("person_name.middle_name"),
-        Path::PersonNamePart(NamePart::Family) => one("person_name.family_name"),
-        Path::PersonNamePart(NamePart::Prefix | NamePart::Suffix) => Vec::new(),
-        Path::OrganizationName => one("organization_name"),
-        Path::PhoneNumbers => one("phone_numbers"),
-        Path::EmailAddresses => one("email_addresses"),
-        Path::Addresses => one("addresses"),
-        Path::LifecycleStage => one("lifecycle_stage"),
-        Path::OwnerUserId => one("owner_user_id"),
-        Path::TeamId => one("team_id"),
-        Path::Tags => one("tags"),
-        Path::CustomAttributes => one("custom_attributes"),
-        Path::CustomAttribute(key) => vec![format!("custom_attributes.{key}")],
-        Path::BirthDate => one("birth_date"),
-        Path::NationalId => one("national_id"),
     }
 }

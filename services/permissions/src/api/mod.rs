@@ -89,7 +89,7 @@ impl PermissionsService for Api {
         let caller = caller(&req)?;
         let req = req.into_inner();
         may_ask_about(&self.permissions, &caller, req.principal.as_ref()).await?;
-        let mut answers = self.permissions.batch_check(vec![req]).await.map_err(|e| strip_index(e))?;
+        let mut answers = self.permissions.batch_check(vec![req]).await.map_err(strip_index)?;
         Ok(Response::new(answers.pop().unwrap_or_default()))
     }
 
