@@ -27,13 +27,13 @@ pub struct Options {
 
 /// One phase's figures.
 #[derive(Debug)]
-struct Phase {
-    op: &'static str,
-    requests: u64,
-    errors: u64,
-    elapsed: Duration,
+pub struct Phase {
+    pub op: &'static str,
+    pub requests: u64,
+    pub errors: u64,
+    pub elapsed: Duration,
     /// Sorted latencies of the successful calls, in microseconds.
-    latencies_us: Vec<u64>,
+    pub latencies_us: Vec<u64>,
 }
 
 impl Phase {
@@ -45,7 +45,7 @@ impl Phase {
         self.latencies_us[rank.min(self.latencies_us.len() - 1)]
     }
 
-    fn json(&self) -> String {
+    pub fn json(&self) -> String {
         let secs = self.elapsed.as_secs_f64().max(f64::EPSILON);
         format!(
             r#"{{"op":"{}","requests":{},"errors":{},"seconds":{:.3},"throughput_rps":{:.1},"latency_us":{{"p50":{},"p90":{},"p99":{},"max":{}}}}}"#,
@@ -87,7 +87,7 @@ fn synthetic_customer(rng: &mut Rng) -> pb::Customer {
 }
 
 /// Runs `call` from `concurrency` clients for `duration`.
-async fn phase<F, Fut>(op: &'static str, opts: &Options, call: F) -> Phase
+pub async fn phase<F, Fut>(op: &'static str, opts: &Options, call: F) -> Phase
 where
     F: Fn(u64) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = bool> + Send,

@@ -13,6 +13,8 @@ use tonic::transport::Channel;
 
 pub struct Embedded {
     pub client: CustomerProfileServiceClient<Channel>,
+    /// The connection, for the other services hosted alongside.
+    pub channel: Channel,
     pub backend: &'static str,
     shutdown: Shutdown,
     _dir: Option<tempfile::TempDir>,
@@ -50,11 +52,12 @@ impl Embedded {
         let addr = listener.local_addr()?;
         tokio::spawn(server.serve(listener, signal));
         let channel = Channel::from_shared(format!("http://{addr}"))?.connect().await?;
-        let client = CustomerProfileServiceClient::new(channel)
+        let client = CustomerProfileServiceClient::new(channel.clone())
             .max_decoding_message_size(64 << 20)
             .max_encoding_message_size(platform.config.server.max_message_bytes);
         Ok(Self {
             client,
+            channel,
             backend: if database_url.is_some() { "postgresql" } else { "sqlite" },
             shutdown,
             _dir: dir,

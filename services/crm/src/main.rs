@@ -4,6 +4,7 @@
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 mod bench;
+mod bench_permissions;
 mod embedded;
 mod eval;
 mod import;
@@ -168,6 +169,28 @@ enum BenchKind {
         #[arg(long, default_value_t = 500)]
         batch: usize,
     },
+    /// Check and BatchCheck(100) latency, cold and warm, against an in-process
+    /// permissions service seeded with users, teams and role bindings; prints JSON.
+    Permissions {
+        /// Users, each in one team with one role binding.
+        #[arg(long, default_value_t = 10_000)]
+        users: usize,
+        /// Teams, in a tree of fan-out 10.
+        #[arg(long, default_value_t = 1_000)]
+        teams: usize,
+        /// Customer records (owner and team) the checks are drawn from.
+        #[arg(long, default_value_t = 1_000_000)]
+        customers: usize,
+        /// PostgreSQL URL; a scratch schema is created and dropped. SQLite when absent.
+        #[arg(long)]
+        database_url: Option<String>,
+        /// Concurrent closed-loop clients.
+        #[arg(long, default_value_t = 8)]
+        concurrency: usize,
+        /// Seconds per warm phase.
+        #[arg(long, default_value_t = 5)]
+        duration_secs: u64,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -242,6 +265,32 @@ async fn main() -> anyhow::Result<()> {
                 }),
             ..
         } => bench_import(cfg, customers, duplicates, database_url.as_deref(), batch).await,
+        Command::Bench {
+            kind:
+                Some(BenchKind::Permissions {
+                    users,
+                    teams,
+                    customers,
+                    database_url,
+                    concurrency,
+                    duration_secs,
+                }),
+            ..
+        } => {
+            let service = embedded::Embedded::start(&cfg, database_url.as_deref()).await?;
+            let token = admin_token(&cfg.platform.auth.jwt_secret, "bench", Duration::from_secs(24 * 3600))?;
+            let shape = bench_permissions::Shape {
+                users,
+                teams,
+                customers,
+                concurrency,
+                duration: Duration::from_secs(duration_secs),
+            };
+            let report = bench_permissions::run(service.channel.clone(), &token, service.backend, shape).await;
+            service.stop().await?;
+            println!("{}", report?);
+            Ok(())
+        }
         Command::Seed {
             customers,
             duplicates,

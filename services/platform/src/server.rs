@@ -15,7 +15,6 @@ use std::{
 };
 
 use tokio::{net::TcpListener, sync::watch};
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::Status;
 use tonic::{
     body::Body,
@@ -188,7 +187,13 @@ impl GrpcServer {
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
             .layer(layers)
             .add_routes(routes.routes())
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), graceful);
+            // `tcp_nodelay` above applies only to listeners tonic binds itself; ours
+            // must set it per accepted socket, or small responses wait ~40 ms for
+            // the peer's delayed ACK (Nagle).
+            .serve_with_incoming_shutdown(
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+                graceful,
+            );
         // hyper's graceful shutdown also waits for idle client connections to close
         // (hyperium/hyper#4170), which well-behaved gRPC clients keep open: finish as soon
         // as the calls in flight are done, or when the grace period is over.

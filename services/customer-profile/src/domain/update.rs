@@ -230,7 +230,6 @@ pub fn definition_paths(path: &Path) -> Vec<String> {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
