@@ -70,8 +70,12 @@ impl Embedded {
         self.shutdown.trigger();
         if let Some((url, schema)) = &self.schema {
             let db = sea_orm::Database::connect(url.as_str()).await?;
-            db.execute_unprepared(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
-                .await?;
+            // Each hosted service has its own schema under the scratch name.
+            for service in [crm_permissions::SERVICE, crm_customer_profile::SERVICE] {
+                let own = format!("{schema}_{}", service.replace('-', "_"));
+                db.execute_unprepared(&format!("DROP SCHEMA IF EXISTS \"{own}\" CASCADE"))
+                    .await?;
+            }
         }
         Ok(())
     }

@@ -220,6 +220,7 @@ fn load(file: Option<&std::path::Path>) -> Result<Config, ConfigError> {
 /// Every service of the suite on one server, the permissions service answering
 /// the others in-process.
 async fn host_suite(platform: Platform, cfg: &Config, server: &mut GrpcServer) -> anyhow::Result<Platform> {
+    let platform = platform.hosting_several();
     let (permissions, decisions) = crm_permissions::build(&platform, &cfg.permissions_service).await?;
     let platform = platform.with_policy(crm_permissions::decision_point(&decisions));
     server.add_service(permissions).await;
@@ -248,7 +249,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Migrate => {
             let _telemetry = crm_platform::telemetry::init("crm", &cfg.platform.log)?;
             let (_shutdown, signal) = shutdown_channel();
-            let platform = Platform::new(cfg.platform, signal)?;
+            let platform = Platform::new(cfg.platform, signal)?.hosting_several();
             let applied = crm_permissions::migrate(&platform).await?;
             println!("{}: applied migrations {applied:?}", crm_permissions::SERVICE);
             let applied = crm_customer_profile::migrate(&platform).await?;

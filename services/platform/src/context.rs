@@ -24,6 +24,8 @@ pub struct Platform {
     /// The permissions service when it runs in this process (`crm serve`); other
     /// processes reach it at `permissions.url`.
     pub policy: Option<Arc<dyn PolicyDecisionPoint>>,
+    /// Several services share this process and its database configuration.
+    pub hosts_several: bool,
     pub authenticator: Authenticator,
     pub page_tokens: PageTokens,
     pub shutdown: ShutdownSignal,
@@ -49,11 +51,19 @@ impl Platform {
         Ok(Self {
             cache,
             policy: None,
+            hosts_several: false,
             authenticator: Authenticator::new(verifier),
             page_tokens: PageTokens::new(page_secret.as_bytes()),
             shutdown,
             config,
         })
+    }
+
+    /// Marks this process as hosting several services (`crm serve`): each gets
+    /// its own schema or SQLite file even when one is configured explicitly.
+    pub fn hosting_several(mut self) -> Self {
+        self.hosts_several = true;
+        self
     }
 
     /// Uses an in-process permissions service instead of `permissions.url`.
@@ -96,7 +106,7 @@ impl Platform {
 
     /// Where `service` keeps its data.
     pub fn database_target(&self, service: &str) -> Target {
-        Target::resolve(&self.config.database, service)
+        Target::resolve_hosted(&self.config.database, service, self.hosts_several)
     }
 
     /// Opens `service`'s database and, when `database.migrate_on_start` is set,

@@ -23,6 +23,31 @@ impl Target {
     /// Resolves the configured URL for `service` (e.g. `customer-profile`): an empty URL
     /// means `<data_dir>/<service>.db`; on PostgreSQL the service gets its own schema.
     pub fn resolve(cfg: &DatabaseConfig, service: &str) -> Self {
+        Self::resolve_hosted(cfg, service, false)
+    }
+
+    /// As [`Target::resolve`]; with `several` services in one process (`crm serve`)
+    /// an explicit schema or SQLite file is suffixed with the service, so their
+    /// tables (each has its own `outbox` and `schema_migrations`) never mix.
+    pub fn resolve_hosted(cfg: &DatabaseConfig, service: &str, several: bool) -> Self {
+        let suffix = service.replace('-', "_");
+        if several && cfg.url.starts_with("postgres") && !cfg.schema.is_empty() {
+            let mut own = cfg.clone();
+            own.schema = format!("{}_{suffix}", cfg.schema);
+            return Self::resolve_hosted(&own, service, false);
+        }
+        if several && cfg.url.starts_with("sqlite:") {
+            let (path, query) = cfg.url.split_once('?').unwrap_or((cfg.url.as_str(), ""));
+            let base = path.strip_suffix(".db").unwrap_or(path);
+            let query = if query.is_empty() {
+                String::new()
+            } else {
+                format!("?{query}")
+            };
+            return Target::Sqlite {
+                url: format!("{base}_{suffix}.db{query}"),
+            };
+        }
         if cfg.url.starts_with("postgres") {
             let schema = if cfg.schema.is_empty() {
                 service.replace('-', "_")
@@ -166,6 +191,34 @@ mod tests {
                 url: "postgres://h/db".into(),
                 schema: "custom".into()
             }
+        );
+    }
+
+    #[test]
+    fn services_sharing_a_process_never_share_an_explicit_schema_or_file() {
+        assert_eq!(
+            Target::resolve_hosted(&cfg("postgres://h/db", "crm"), "customer-profile", true),
+            Target::Postgres {
+                url: "postgres://h/db".into(),
+                schema: "crm_customer_profile".into()
+            }
+        );
+        assert_eq!(
+            Target::resolve_hosted(&cfg("postgres://h/db", ""), "permissions", true),
+            Target::Postgres {
+                url: "postgres://h/db".into(),
+                schema: "permissions".into()
+            }
+        );
+        assert_eq!(
+            Target::resolve_hosted(&cfg("sqlite:///d/crm.db?mode=rwc", ""), "permissions", true),
+            Target::Sqlite {
+                url: "sqlite:///d/crm_permissions.db?mode=rwc".into()
+            }
+        );
+        assert_eq!(
+            Target::resolve_hosted(&cfg("", ""), "permissions", true),
+            Target::resolve(&cfg("", ""), "permissions")
         );
     }
 
