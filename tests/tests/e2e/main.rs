@@ -4,3 +4,4 @@
 mod bench;
 mod import;
 mod serve;
+mod services;

@@ -1,0 +1,223 @@
+//! The production topology: `permissions` and `customer-profile` as separate
+//! processes, customer-profile asking permissions over gRPC with its own service
+//! token. A principal without clearance sees masked fields; customer-profile's
+//! audit trail reaches the permissions service's log; with permissions down,
+//! undecided calls fail closed.
+
+use std::{
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use crm_e2e::{Running, binary, free_port};
+use crm_proto::crm::{
+    customer::v1::{self as pb, customer_profile_service_client::CustomerProfileServiceClient},
+    permissions::v1::{self as perm, permissions_service_client::PermissionsServiceClient},
+};
+use tonic::{Code, Request, transport::Channel};
+
+const SECRET: &str = "e2e-secret-e2e-secret-e2e-secret-0123";
+const KEY: &str = "MDEyMzQ1Njc4OTAxMjM0NTY3ODkwMTIzNDU2Nzg5MDE=";
+
+fn start(bin: &str, config: &str, dir: &std::path::Path) -> Running {
+    let path = dir.join(format!("{bin}.toml"));
+    std::fs::write(&path, config).unwrap();
+    let mut cmd = Command::new(binary(bin));
+    cmd.args(["--config", path.to_str().unwrap()])
+        .env_remove("CRM__DATABASE__URL")
+        .env_remove("CRM__REDIS__URL");
+    Running::start(cmd)
+}
+
+/// Connects once the server answers health checks.
+async fn connect(addr: &str) -> Channel {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(channel) = Channel::from_shared(addr.to_owned()).unwrap().connect().await {
+            let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+            if health
+                .check(tonic_health::pb::HealthCheckRequest::default())
+                .await
+                .is_ok_and(|r| r.into_inner().status == 1)
+            {
+                return channel;
+            }
+        }
+        assert!(Instant::now() < deadline, "{addr} never became healthy");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn token(user: &str) -> String {
+    let out = Command::new(binary("crm"))
+        .args(["token", "--user", user])
+        .env("CRM__AUTH__JWT_SECRET", SECRET)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .last()
+        .unwrap()
+        .trim()
+        .to_owned()
+}
+
+fn as_user<T>(msg: T, token: &str) -> Request<T> {
+    let mut req = Request::new(msg);
+    req.metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    req
+}
+
+#[tokio::test]
+async fn separate_services_enforce_mask_audit_and_fail_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().display().to_string();
+    let (p_port, c_port) = (free_port(), free_port());
+    let permissions = start(
+        "permissions",
+        &format!(
+            r#"
+[server]
+listen = "127.0.0.1:{p_port}"
+[auth]
+jwt_secret = "{SECRET}"
+[database]
+data_dir = "{data}"
+[feed]
+poll_interval_ms = 100
+[permissions_service]
+bootstrap_admins = ["root"]
+service_accounts = ["customer-profile"]
+"#
+        ),
+        dir.path(),
+    );
+    let customers = start(
+        "customer-profile",
+        &format!(
+            r#"
+[server]
+listen = "127.0.0.1:{c_port}"
+[auth]
+jwt_secret = "{SECRET}"
+[database]
+data_dir = "{data}"
+[encryption]
+active_key = "k1"
+blind_index_key = "{KEY}"
+[encryption.keys]
+k1 = "{KEY}"
+[permissions]
+url = "http://127.0.0.1:{p_port}"
+"#
+        ),
+        dir.path(),
+    );
+    let mut perms = PermissionsServiceClient::new(connect(&format!("http://127.0.0.1:{p_port}")).await);
+    let mut client = CustomerProfileServiceClient::new(connect(&format!("http://127.0.0.1:{c_port}")).await);
+    let root = token("root");
+    let agent = token("agent");
+
+    perms
+        .create_user(as_user(
+            perm::CreateUserRequest {
+                user: Some(perm::User {
+                    name: "users/agent".into(),
+                    ..Default::default()
+                }),
+            },
+            &root,
+        ))
+        .await
+        .unwrap();
+    perms
+        .create_role_binding(as_user(
+            perm::CreateRoleBindingRequest {
+                role_binding: Some(perm::RoleBinding {
+                    user: "users/agent".into(),
+                    role: "roles/service_agent".into(),
+                    scope: perm::Scope::All as i32,
+                    ..Default::default()
+                }),
+                request_id: String::new(),
+            },
+            &root,
+        ))
+        .await
+        .unwrap();
+
+    let create = |given: &str| pb::CreateCustomerRequest {
+        customer: Some(pb::Customer {
+            person_name: Some(pb::PersonName {
+                given_name: given.into(),
+                family_name: "Zhang".into(),
+                ..Default::default()
+            }),
+            phone_numbers: vec![pb::PhoneNumber {
+                number: "+86 138 0013 5678".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }),
+        request_id: String::new(),
+    };
+    let created = client
+        .create_customer(as_user(create("Wei"), &root))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(created.phone_numbers[0].number, "+8613800135678");
+    let seen = client
+        .get_customer(as_user(
+            pb::GetCustomerRequest {
+                name: created.name.clone(),
+            },
+            &agent,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(seen.phone_numbers[0].number, "+86138****5678");
+    assert_eq!(seen.redacted_fields, vec!["phone_numbers"]);
+
+    // customer-profile's changes arrive in the permissions service's log.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let entries = perms
+            .list_audit_entries(as_user(
+                perm::ListAuditEntriesRequest {
+                    resource: created.name.clone(),
+                    ..Default::default()
+                },
+                &root,
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .audit_entries;
+        if entries
+            .iter()
+            .any(|e| e.action == "crm.customer.v1.CustomerCreated" && e.source == "customer-profile" && e.actor == "root")
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the creation never reached the audit log");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    let other = client
+        .create_customer(as_user(create("Li"), &root))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(permissions.terminate().success());
+    let err = client
+        .get_customer(as_user(pb::GetCustomerRequest { name: other.name }, &agent))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert!(customers.terminate().success());
+}
