@@ -86,31 +86,48 @@ fn synthetic_customer(rng: &mut Rng) -> pb::Customer {
     }
 }
 
-/// Runs `call` from `concurrency` clients for `duration`.
+/// Runs `call` from `opts.concurrency` clients for `opts.duration`.
 pub async fn phase<F, Fut>(op: &'static str, opts: &Options, call: F) -> Phase
 where
     F: Fn(u64) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = bool> + Send,
 {
-    let call = Arc::new(call);
+    let deadline = Instant::now() + opts.duration;
+    measure(
+        op,
+        opts.concurrency,
+        move |worker, i| (Instant::now() < deadline).then(|| worker as u64 + i * 1_000_003),
+        call,
+    )
+    .await
+}
+
+/// Runs `call(n)` from `concurrency` closed-loop clients; each client's `i`-th
+/// call gets `n = next(client, i)`, and the client stops at `None`.
+pub async fn measure<N, F, Fut>(op: &'static str, concurrency: usize, next: N, call: F) -> Phase
+where
+    N: Fn(usize, u64) -> Option<u64> + Send + Sync + 'static,
+    F: Fn(u64) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = bool> + Send,
+{
+    let (next, call) = (Arc::new(next), Arc::new(call));
     let errors = Arc::new(AtomicU64::new(0));
     let latencies = Arc::new(Mutex::new(Vec::new()));
     let started = Instant::now();
-    let deadline = started + opts.duration;
     let mut workers = Vec::new();
-    for worker in 0..opts.concurrency {
-        let (call, errors, latencies) = (call.clone(), errors.clone(), latencies.clone());
+    for worker in 0..concurrency {
+        let (next, call, errors, latencies) = (next.clone(), call.clone(), errors.clone(), latencies.clone());
         workers.push(tokio::spawn(async move {
             let mut mine = Vec::new();
-            let mut n = worker as u64;
-            while Instant::now() < deadline {
+            let mut i = 0;
+            while let Some(n) = next(worker, i) {
+                i += 1;
                 let at = Instant::now();
                 if call(n).await {
                     mine.push(u64::try_from(at.elapsed().as_micros()).unwrap_or(u64::MAX));
                 } else {
                     errors.fetch_add(1, Ordering::Relaxed);
                 }
-                n += 1_000_003;
             }
             latencies.lock().await.extend(mine);
         }));

@@ -18,12 +18,11 @@ use std::{
 };
 
 use crm_proto::crm::permissions::v1::{self as pb, permissions_service_client::PermissionsServiceClient};
-use tokio::sync::Mutex;
 use tonic::transport::Channel;
 
 use crate::{
     authorized, bearer,
-    bench::{Options, Phase, phase},
+    bench::{Options, Phase, measure, phase},
     seed::Rng,
 };
 
@@ -78,52 +77,21 @@ fn check_request(u: usize, r: &Record, i: u64, rng: &mut Rng) -> pb::CheckReques
     }
 }
 
-/// Runs a bounded amount of work items `0..items` from `concurrency` clients,
-/// each item once (the cold phases: every item is a first decision).
+/// Runs `call` once for each item `0..items` from `concurrency` clients (the cold
+/// phases: every item is a first decision).
 async fn each_once<F, Fut>(op: &'static str, items: u64, concurrency: usize, call: F) -> Phase
 where
     F: Fn(u64) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = bool> + Send,
 {
-    let call = Arc::new(call);
-    let next = Arc::new(AtomicU64::new(0));
-    let errors = Arc::new(AtomicU64::new(0));
-    let latencies = Arc::new(Mutex::new(Vec::new()));
-    let started = Instant::now();
-    let mut workers = Vec::new();
-    for _ in 0..concurrency {
-        let (call, next, errors, latencies) = (call.clone(), next.clone(), errors.clone(), latencies.clone());
-        workers.push(tokio::spawn(async move {
-            let mut mine = Vec::new();
-            loop {
-                let n = next.fetch_add(1, Ordering::Relaxed);
-                if n >= items {
-                    break;
-                }
-                let at = Instant::now();
-                if call(n).await {
-                    mine.push(u64::try_from(at.elapsed().as_micros()).unwrap_or(u64::MAX));
-                } else {
-                    errors.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-            latencies.lock().await.extend(mine);
-        }));
-    }
-    for w in workers {
-        let _ = w.await;
-    }
-    let elapsed = started.elapsed();
-    let mut latencies_us = std::mem::take(&mut *latencies.lock().await);
-    latencies_us.sort_unstable();
-    let errors = errors.load(Ordering::Relaxed);
-    Phase {
+    let next = AtomicU64::new(0);
+    measure(
         op,
-        requests: latencies_us.len() as u64 + errors,
-        errors,
-        elapsed,
-        latencies_us,
-    }
+        concurrency,
+        move |_, _| Some(next.fetch_add(1, Ordering::Relaxed)).filter(|n| *n < items),
+        call,
+    )
+    .await
 }
 
 /// Creates the teams, users and bindings through the API.

@@ -71,3 +71,75 @@ pub fn encryption() -> crate::crypto::EncryptionConfig {
         blind_index_key: "dGVzdC1ibGluZC1pbmRleC1rZXktMzItYnl0ZXMtbG9uZw==".into(),
     }
 }
+
+/// Policy set-up through the permissions API, as an administrator would (tests of
+/// every service need users, teams and role bindings).
+pub mod policy {
+    use crm_proto::crm::permissions::v1::{self as pb, permissions_service_client::PermissionsServiceClient};
+    use tonic::{Request, transport::Channel};
+
+    fn as_admin<T>(msg: T, admin_token: &str) -> Request<T> {
+        let mut req = Request::new(msg);
+        if let Ok(v) = format!("Bearer {admin_token}").parse() {
+            req.metadata_mut().insert("authorization", v);
+        }
+        req
+    }
+
+    /// Creates team `id` below `parent` (empty: top level).
+    pub async fn team(
+        client: &PermissionsServiceClient<Channel>,
+        admin_token: &str,
+        id: &str,
+        parent: &str,
+    ) -> anyhow::Result<pb::Team> {
+        let team = pb::Team {
+            name: format!("teams/{id}"),
+            parent: if parent.is_empty() {
+                String::new()
+            } else {
+                format!("teams/{parent}")
+            },
+            ..Default::default()
+        };
+        Ok(client
+            .clone()
+            .create_team(as_admin(pb::CreateTeamRequest { team: Some(team) }, admin_token))
+            .await?
+            .into_inner())
+    }
+
+    /// Creates user `id` in `teams` and binds `role` with `scope`; returns the binding.
+    pub async fn user(
+        client: &PermissionsServiceClient<Channel>,
+        admin_token: &str,
+        id: &str,
+        teams: &[&str],
+        role: &str,
+        scope: pb::Scope,
+    ) -> anyhow::Result<pb::RoleBinding> {
+        let mut c = client.clone();
+        let user = pb::User {
+            name: format!("users/{id}"),
+            teams: teams.iter().map(|t| format!("teams/{t}")).collect(),
+            ..Default::default()
+        };
+        c.create_user(as_admin(pb::CreateUserRequest { user: Some(user) }, admin_token))
+            .await?;
+        let binding = pb::RoleBinding {
+            user: format!("users/{id}"),
+            role: format!("roles/{role}"),
+            scope: scope as i32,
+            ..Default::default()
+        };
+        Ok(c.create_role_binding(as_admin(
+            pb::CreateRoleBindingRequest {
+                role_binding: Some(binding),
+                request_id: String::new(),
+            },
+            admin_token,
+        ))
+        .await?
+        .into_inner())
+    }
+}

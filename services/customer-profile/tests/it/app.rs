@@ -255,48 +255,14 @@ pub fn reason(status: &tonic::Status) -> String {
 /// Policy set-up through the permissions API, as an administrator would.
 impl TestApp {
     pub async fn team(&self, id: &str, parent: &str) {
-        use crm_proto::crm::permissions::v1 as perm;
-        self.permissions
-            .clone()
-            .create_team(Self::admin(perm::CreateTeamRequest {
-                team: Some(perm::Team {
-                    name: format!("teams/{id}"),
-                    parent: if parent.is_empty() {
-                        String::new()
-                    } else {
-                        format!("teams/{parent}")
-                    },
-                    ..Default::default()
-                }),
-            }))
+        testing::policy::team(&self.permissions, &Self::token("admin-1"), id, parent)
             .await
             .unwrap();
     }
 
     /// Creates user `id` in `teams`, binds `role` with `scope`, returns a token.
     pub async fn user(&self, id: &str, teams: &[&str], role: &str, scope: crm_proto::crm::permissions::v1::Scope) -> String {
-        use crm_proto::crm::permissions::v1 as perm;
-        let mut client = self.permissions.clone();
-        client
-            .create_user(Self::admin(perm::CreateUserRequest {
-                user: Some(perm::User {
-                    name: format!("users/{id}"),
-                    teams: teams.iter().map(|t| format!("teams/{t}")).collect(),
-                    ..Default::default()
-                }),
-            }))
-            .await
-            .unwrap();
-        client
-            .create_role_binding(Self::admin(perm::CreateRoleBindingRequest {
-                role_binding: Some(perm::RoleBinding {
-                    user: format!("users/{id}"),
-                    role: format!("roles/{role}"),
-                    scope: scope as i32,
-                    ..Default::default()
-                }),
-                request_id: String::new(),
-            }))
+        testing::policy::user(&self.permissions, &Self::token("admin-1"), id, teams, role, scope)
             .await
             .unwrap();
         Self::token(id)

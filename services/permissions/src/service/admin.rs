@@ -42,7 +42,135 @@ fn mask<'a>(requested: &'a [String], allowed: &[&'a str], prefix: &str) -> Resul
     }
 }
 
+/// Users, teams and roles: stored whole, updated the same way.
+trait Versioned: prost::Message + Default + Clone + PartialEq {
+    const KIND: Kind;
+    const UPDATE: &'static str;
+    fn name(&self) -> &str;
+    fn stamp(&mut self, t: prost_types::Timestamp);
+    fn set_etag(&mut self, etag: String);
+    fn change(
+        &self,
+        deleted: bool,
+        action: &'static str,
+        fields: Vec<String>,
+        before: Option<Vec<u8>>,
+        after: Option<Vec<u8>>,
+    ) -> Change;
+}
+
+impl Versioned for pb::User {
+    const KIND: Kind = Kind::User;
+    const UPDATE: &'static str = "permissions.users.update";
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn stamp(&mut self, t: prost_types::Timestamp) {
+        self.update_time = Some(t);
+    }
+    fn set_etag(&mut self, etag: String) {
+        self.etag = etag;
+    }
+    fn change(
+        &self,
+        deleted: bool,
+        action: &'static str,
+        fields: Vec<String>,
+        before: Option<Vec<u8>>,
+        after: Option<Vec<u8>>,
+    ) -> Change {
+        user_change(self, deleted, action, fields, before, after)
+    }
+}
+
+impl Versioned for pb::Team {
+    const KIND: Kind = Kind::Team;
+    const UPDATE: &'static str = "permissions.teams.update";
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn stamp(&mut self, t: prost_types::Timestamp) {
+        self.update_time = Some(t);
+    }
+    fn set_etag(&mut self, etag: String) {
+        self.etag = etag;
+    }
+    fn change(
+        &self,
+        deleted: bool,
+        action: &'static str,
+        fields: Vec<String>,
+        before: Option<Vec<u8>>,
+        after: Option<Vec<u8>>,
+    ) -> Change {
+        team_change(self, deleted, action, fields, before, after)
+    }
+}
+
+impl Versioned for pb::Role {
+    const KIND: Kind = Kind::Role;
+    const UPDATE: &'static str = "permissions.roles.update";
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn stamp(&mut self, t: prost_types::Timestamp) {
+        self.update_time = Some(t);
+    }
+    fn set_etag(&mut self, etag: String) {
+        self.etag = etag;
+    }
+    fn change(
+        &self,
+        deleted: bool,
+        action: &'static str,
+        fields: Vec<String>,
+        before: Option<Vec<u8>>,
+        after: Option<Vec<u8>>,
+    ) -> Change {
+        role_change(self, deleted, action, fields, before, after)
+    }
+}
+
+/// An object read for update inside its write transaction.
+struct Editing<M> {
+    txn: DatabaseTransaction,
+    id: String,
+    row: Row,
+    before: M,
+}
+
 impl Permissions {
+    /// Reads `id` for update and checks the caller's etag.
+    async fn edit<M: Versioned>(&self, id: &str, name: &str, etag_in: &str) -> Result<Editing<M>> {
+        let txn = begin_write(self.db()).await?;
+        let row = store::require(&txn, M::KIND, id, name).await?;
+        expect_revision(etag_in, row.revision, name)?;
+        let before = decode(&row.data)?;
+        Ok(Editing {
+            txn,
+            id: id.to_owned(),
+            row,
+            before,
+        })
+    }
+
+    /// Stores `after` (unless nothing changed) with its event and audit entry.
+    async fn save<M: Versioned>(&self, caller: &Caller, e: Editing<M>, mut after: M, paths: &[&str]) -> Result<M> {
+        if after == e.before {
+            e.txn.commit().await?;
+            after.set_etag(etag(e.row.revision));
+            return Ok(after);
+        }
+        after.stamp(timestamp(now()));
+        let data = encode(&after);
+        let revision = store::update(&e.txn, M::KIND, &e.id, after.name(), e.row.revision, data.clone(), &[]).await?;
+        let fields = paths.iter().map(|p| (*p).to_owned()).collect();
+        let change = after.change(false, M::UPDATE, fields, Some(e.row.data), Some(data));
+        self.commit(e.txn, caller, vec![change]).await?;
+        after.set_etag(etag(revision));
+        Ok(after)
+    }
+
     fn user_from(&self, row: &Row) -> Result<pb::User> {
         let mut u: pb::User = decode(&row.data)?;
         u.etag = etag(row.revision);
@@ -172,11 +300,8 @@ impl Permissions {
         let id = parse_name(&patch.name, "users", "user.name")?.to_owned();
         self.require(caller, ADMIN, &patch.name).await?;
         let paths = mask(paths, &["display_name", "teams", "disabled"], "user")?;
-        let txn = begin_write(self.db()).await?;
-        let row = store::require(&txn, Kind::User, &id, &patch.name).await?;
-        let revision = expect_revision(&patch.etag, row.revision, &patch.name)?;
-        let before: pb::User = decode(&row.data)?;
-        let mut user = before.clone();
+        let e = self.edit::<pb::User>(&id, &patch.name, &patch.etag).await?;
+        let mut user = e.before.clone();
         for p in &paths {
             match *p {
                 "display_name" => user.display_name = patch.display_name.clone(),
@@ -186,24 +311,7 @@ impl Permissions {
         }
         resources::validate_user(&user, "user")?;
         self.teams_exist(&user.teams, "user.teams").await?;
-        if user == before {
-            txn.commit().await?;
-            return self.user_from(&row);
-        }
-        user.update_time = Some(timestamp(now()));
-        let data = encode(&user);
-        let revision = store::update(&txn, Kind::User, &id, &user.name, revision, data.clone(), &[]).await?;
-        let change = user_change(
-            &user,
-            false,
-            "permissions.users.update",
-            paths.iter().map(|p| (*p).to_owned()).collect(),
-            Some(row.data),
-            Some(data),
-        );
-        self.commit(txn, caller, vec![change]).await?;
-        user.etag = etag(revision);
-        Ok(user)
+        self.save(caller, e, user, &paths).await
     }
 
     /// Deletes a user with its bindings; its grants are revoked.
@@ -287,11 +395,8 @@ impl Permissions {
         let id = parse_name(&patch.name, "teams", "team.name")?.to_owned();
         self.require(caller, ADMIN, &patch.name).await?;
         let paths = mask(paths, &["display_name", "parent"], "team")?;
-        let txn = begin_write(self.db()).await?;
-        let row = store::require(&txn, Kind::Team, &id, &patch.name).await?;
-        let revision = expect_revision(&patch.etag, row.revision, &patch.name)?;
-        let before: pb::Team = decode(&row.data)?;
-        let mut team = before.clone();
+        let e = self.edit::<pb::Team>(&id, &patch.name, &patch.etag).await?;
+        let mut team = e.before.clone();
         for p in &paths {
             match *p {
                 "display_name" => team.display_name = patch.display_name.clone(),
@@ -299,7 +404,7 @@ impl Permissions {
             }
         }
         resources::validate_team(&team, "team")?;
-        if team.parent != before.parent && !team.parent.is_empty() {
+        if team.parent != e.before.parent && !team.parent.is_empty() {
             self.teams_exist(std::slice::from_ref(&team.parent), "team.parent").await?;
             let parent_id = parse_name(&team.parent, "teams", "team.parent")?.to_owned();
             if self.directory().await?.subtree([&id]).contains(&parent_id) {
@@ -309,24 +414,7 @@ impl Permissions {
                 ));
             }
         }
-        if team == before {
-            txn.commit().await?;
-            return self.team_from(&row);
-        }
-        team.update_time = Some(timestamp(now()));
-        let data = encode(&team);
-        let revision = store::update(&txn, Kind::Team, &id, &team.name, revision, data.clone(), &[]).await?;
-        let change = team_change(
-            &team,
-            false,
-            "permissions.teams.update",
-            paths.iter().map(|p| (*p).to_owned()).collect(),
-            Some(row.data),
-            Some(data),
-        );
-        self.commit(txn, caller, vec![change]).await?;
-        team.etag = etag(revision);
-        Ok(team)
+        self.save(caller, e, team, &paths).await
     }
 
     pub async fn delete_team(&self, caller: &Caller, name: &str, etag_in: &str) -> Result<()> {
@@ -411,11 +499,8 @@ impl Permissions {
             .ok_or_else(|| Error::invalid("role.name", "must be `roles/{role}`"))?
             .to_owned();
         let paths = mask(paths, &["display_name", "description", "permissions", "clearance"], "role")?;
-        let txn = begin_write(self.db()).await?;
-        let row = store::require(&txn, Kind::Role, &id, &patch.name).await?;
-        let revision = expect_revision(&patch.etag, row.revision, &patch.name)?;
-        let before: pb::Role = decode(&row.data)?;
-        let mut role = before.clone();
+        let e = self.edit::<pb::Role>(&id, &patch.name, &patch.etag).await?;
+        let mut role = e.before.clone();
         for p in &paths {
             match *p {
                 "display_name" => role.display_name = patch.display_name.clone(),
@@ -425,24 +510,7 @@ impl Permissions {
             }
         }
         resources::validate_role(&role, "role")?;
-        if role == before {
-            txn.commit().await?;
-            return self.role_from(&row);
-        }
-        role.update_time = Some(timestamp(now()));
-        let data = encode(&role);
-        let revision = store::update(&txn, Kind::Role, &id, &role.name, revision, data.clone(), &[]).await?;
-        let change = role_change(
-            &role,
-            false,
-            "permissions.roles.update",
-            paths.iter().map(|p| (*p).to_owned()).collect(),
-            Some(row.data),
-            Some(data),
-        );
-        self.commit(txn, caller, vec![change]).await?;
-        role.etag = etag(revision);
-        Ok(role)
+        self.save(caller, e, role, &paths).await
     }
 
     pub async fn delete_role(&self, caller: &Caller, name: &str, etag_in: &str) -> Result<()> {

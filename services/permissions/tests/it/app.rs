@@ -94,48 +94,16 @@ impl TestApp {
     }
 
     pub async fn team(&self, id: &str, parent: &str) -> pb::Team {
-        self.client
-            .clone()
-            .create_team(Self::root(pb::CreateTeamRequest {
-                team: Some(pb::Team {
-                    name: format!("teams/{id}"),
-                    parent: if parent.is_empty() {
-                        String::new()
-                    } else {
-                        format!("teams/{parent}")
-                    },
-                    ..Default::default()
-                }),
-            }))
+        testing::policy::team(&self.client, &Self::token("root"), id, parent)
             .await
             .unwrap()
-            .into_inner()
     }
 
     /// Creates user `id` in `teams` with `role` bound at `scope`; returns the binding.
     pub async fn user(&self, id: &str, teams: &[&str], role: &str, scope: pb::Scope) -> pb::RoleBinding {
-        let mut c = self.client.clone();
-        c.create_user(Self::root(pb::CreateUserRequest {
-            user: Some(pb::User {
-                name: format!("users/{id}"),
-                teams: teams.iter().map(|t| format!("teams/{t}")).collect(),
-                ..Default::default()
-            }),
-        }))
-        .await
-        .unwrap();
-        c.create_role_binding(Self::root(pb::CreateRoleBindingRequest {
-            role_binding: Some(pb::RoleBinding {
-                user: format!("users/{id}"),
-                role: format!("roles/{role}"),
-                scope: scope as i32,
-                ..Default::default()
-            }),
-            request_id: String::new(),
-        }))
-        .await
-        .unwrap()
-        .into_inner()
+        testing::policy::user(&self.client, &Self::token("root"), id, teams, role, scope)
+            .await
+            .unwrap()
     }
 
     /// May `user` do `permission` on the record? Asked by the service account.
