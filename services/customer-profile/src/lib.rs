@@ -149,8 +149,9 @@ pub type Service = InterceptedService<CustomerProfileServiceServer<Api>, Authent
 pub async fn build(platform: &Platform, cfg: &ServiceConfig) -> anyhow::Result<Service> {
     let keyring = std::sync::Arc::new(Keyring::from_config(&platform.config.encryption)?);
     let db = platform.database(SERVICE, store::MIGRATIONS).await?;
-    let feed =
-        Feed::new(db.clone(), SERVICE, platform.config.feed.clone(), platform.shutdown.clone()).with_keyring(keyring.clone());
+    let feed = Feed::new(db.clone(), SERVICE, platform.config.feed.clone(), platform.shutdown.clone())
+        .with_keyring(keyring.clone())
+        .with_audit_hold();
     tokio::spawn(feed.clone().run_retention());
     let authz = platform.authz(SERVICE, &db, &feed, events::audited_fields)?;
     let customers = Customers::new(db, platform.cache.clone(), feed, keyring, settings(cfg));

@@ -171,6 +171,7 @@ pub struct Feed {
     commits: Arc<watch::Sender<u64>>,
     shutdown: ShutdownSignal,
     keyring: Option<Arc<Keyring>>,
+    audit_hold: bool,
 }
 
 impl Feed {
@@ -182,12 +183,20 @@ impl Feed {
             commits: Arc::new(watch::channel(0).0),
             shutdown,
             keyring: None,
+            audit_hold: false,
         }
     }
 
     /// Opens event payloads sealed with [`NewEvent::sealed`] before they are served.
     pub fn with_keyring(mut self, keyring: Arc<Keyring>) -> Self {
         self.keyring = Some(keyring);
+        self
+    }
+
+    /// Retention never purges events the audit forwarder has not shipped yet
+    /// (see [`crate::audit`]): the audit trail of a change is its event.
+    pub fn with_audit_hold(mut self) -> Self {
+        self.audit_hold = true;
         self
     }
 
@@ -464,10 +473,26 @@ impl Feed {
             txn.rollback().await?;
             return Ok(0);
         };
-        let through = Cursor {
+        let mut through = Cursor {
             tx_id: row.try_get("", "tx_id")?,
             id: row.try_get("", "id")?,
         };
+        if self.audit_hold {
+            let shipped = txn
+                .query_one_raw(Statement::from_string(
+                    backend,
+                    "SELECT cursor FROM audit_feed_position WHERE id = 1",
+                ))
+                .await?
+                .map(|r| r.try_get::<String>("", "cursor"))
+                .transpose()?
+                .unwrap_or_default();
+            through = through.min(Cursor::parse(&shipped)?);
+            if through == Cursor::default() {
+                txn.rollback().await?;
+                return Ok(0);
+            }
+        }
         let values = || -> [Value; 2] { [through.tx_id.into(), through.id.into()] };
         let deleted = txn
             .execute_raw(Statement::from_sql_and_values(

@@ -198,6 +198,32 @@ async fn purged_cursor_fails_with_failed_precondition() {
     assert_eq!(read_n(&feed, Cursor::default(), 1).await, vec!["new"]);
 }
 
+#[tokio::test]
+async fn retention_keeps_what_the_audit_forwarder_has_not_shipped() {
+    let (_tdb, db, feed, _shutdown) = setup().await;
+    let hold = Migration {
+        version: 2,
+        name: "audit spool",
+        up: crm_platform::audit::migration_sql,
+    };
+    migrate::run(&db, &[FEED_ONLY[0], hold]).await.unwrap();
+    let feed = feed.with_audit_hold();
+    commit_events(&db, &["a", "b", "c"]).await;
+    assert_eq!(read_n(&feed, Cursor::default(), 3).await.len(), 3);
+    let events = feed.read(Cursor::default(), 10).await.unwrap();
+    let later = chrono::Utc::now() + chrono::Duration::days(31);
+    assert_eq!(feed.purge(later).await.unwrap(), 0, "nothing shipped yet: nothing purged");
+    use sea_orm::ConnectionTrait;
+    db.execute_unprepared(&format!(
+        "INSERT INTO audit_feed_position (id, cursor) VALUES (1, '{}')",
+        events[1].cursor
+    ))
+    .await
+    .unwrap();
+    assert_eq!(feed.purge(later).await.unwrap(), 2, "only what was shipped");
+    assert_eq!(read_n(&feed, Cursor::parse(&events[1].cursor).unwrap(), 1).await, vec!["c"]);
+}
+
 /// Skips the stream's messages until it ends with an error status, and returns that.
 async fn final_status<S>(stream: &mut S) -> tonic::Status
 where
