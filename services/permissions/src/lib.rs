@@ -88,7 +88,7 @@ clearance = "internal"
 name = "integrator"
 display_name = "Integration (ERP, e-commerce)"
 permissions = ["customer.read", "customer.create", "customer.update", "customer.ingest", "customer.import", "customer.events"]
-clearance = "sensitive"
+clearance = "confidential"
 
 [[permissions_service.default_roles]]
 name = "auditor"
@@ -266,12 +266,12 @@ impl PolicyDecisionPoint for Permissions {
 
     async fn field_policy(&self, req: pb::GetFieldPolicyRequest) -> crm_platform::Result<pb::FieldPolicy> {
         let principal = req.principal.unwrap_or_default();
-        Permissions::field_policy(self, &principal, &req.permission, &req.fields).await
+        Permissions::field_policy(self, &principal, &req.permission, &req.fields, req.resource.as_ref()).await
     }
 
     async fn write_audit(&self, entries: Vec<pb::AuditEntry>) -> crm_platform::Result<()> {
         for chunk in entries.chunks(service::audit::MAX_BATCH) {
-            self.append_audit(chunk.to_vec()).await?;
+            self.append_audit(chunk.to_vec(), None).await?;
         }
         Ok(())
     }

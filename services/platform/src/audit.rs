@@ -21,7 +21,7 @@ use tokio::sync::Notify;
 use crate::{
     auth::Principal,
     authz::{PolicyDecisionPoint, hex},
-    db::{begin_write, chunks_by_size},
+    db::{begin_write, chunks_by_size, in_list},
     error::{Error, Result},
     feed::{Cursor, Feed, timestamp},
     migrate::{Dialect, placeholders},
@@ -40,8 +40,35 @@ pub fn migration_sql(d: Dialect) -> Vec<String> {
     ]
 }
 
-/// Entries shipped per call.
+/// Entries read per round.
 const BATCH: usize = 500;
+
+/// Bytes per `WriteAuditEntries` call at most (the server takes 1 MiB messages).
+const CALL_BYTES: usize = 256 * 1024;
+
+/// Keeps an entry within what the audit log accepts, so one oversized entry can
+/// never block the entries behind it: long texts are cut (marked with `…`), long
+/// lists are cut and their length noted in `reason`.
+pub fn clamp(mut e: AuditEntry) -> AuditEntry {
+    fn cut(s: &mut String, max: usize) {
+        if s.chars().count() > max {
+            *s = s.chars().take(max.saturating_sub(1)).collect::<String>() + "…";
+        }
+    }
+    cut(&mut e.resource, 500);
+    cut(&mut e.action, 200);
+    cut(&mut e.source, 64);
+    if e.related_resources.len() > 1000 {
+        e.reason = format!("{} (related_resources cut from {})", e.reason, e.related_resources.len());
+        e.related_resources.truncate(1000);
+    }
+    for r in &mut e.related_resources {
+        cut(r, 500);
+    }
+    e.fields.truncate(200);
+    cut(&mut e.reason, 1000);
+    e
+}
 
 /// A service's audit spool and forwarder.
 #[derive(Clone, Debug)]
@@ -144,9 +171,9 @@ impl AuditSpool {
         let events = feed.read(Cursor::parse(&position)?, BATCH as u32).await?;
         let mut shipped = 0;
         if let Some(last) = events.last().map(|e| e.cursor.clone()) {
-            let entries: Vec<AuditEntry> = events.iter().map(|e| self.entry_of_event(e, fields(e))).collect();
+            let entries: Vec<AuditEntry> = events.iter().map(|e| clamp(self.entry_of_event(e, fields(e)))).collect();
             shipped += entries.len();
-            pdp.write_audit(entries).await?;
+            ship(pdp, entries).await?;
             let sql = if backend == sea_orm::DbBackend::Postgres {
                 "INSERT INTO audit_feed_position (id, cursor) VALUES (1, ?) ON CONFLICT (id) DO UPDATE SET cursor = EXCLUDED.cursor"
             } else {
@@ -168,22 +195,25 @@ impl AuditSpool {
                 [Value::from(BATCH as i64)],
             ))
             .await?;
-        if let Some(last) = rows.last() {
-            let through: i64 = last.try_get("", "seq")?;
+        if !rows.is_empty() {
+            let mut seqs = Vec::with_capacity(rows.len());
             let mut entries = Vec::with_capacity(rows.len());
             for row in &rows {
+                seqs.push(row.try_get::<i64>("", "seq")?.to_string());
                 let bytes: Vec<u8> = row.try_get("", "entry")?;
-                entries.push(prost::Message::decode(bytes.as_slice()).map_err(Error::internal)?);
+                entries.push(clamp(prost::Message::decode(bytes.as_slice()).map_err(Error::internal)?));
             }
             shipped += entries.len();
-            pdp.write_audit(entries).await?;
-            self.db
-                .execute_raw(Statement::from_sql_and_values(
-                    backend,
-                    placeholders(backend, "DELETE FROM audit_spool WHERE seq <= ?"),
-                    [Value::from(through)],
-                ))
-                .await?;
+            ship(pdp, entries).await?;
+            // Exactly the rows shipped: on PostgreSQL a lower `seq` may commit later.
+            let seqs: Vec<&str> = seqs.iter().map(String::as_str).collect();
+            in_list(
+                &self.db,
+                "DELETE FROM audit_spool WHERE CAST(seq AS TEXT) <> ? AND CAST(seq AS TEXT)",
+                "",
+                &seqs,
+            )
+            .await?;
         }
         Ok(shipped)
     }
@@ -208,10 +238,21 @@ impl AuditSpool {
     }
 }
 
+/// Sends entries in calls of at most [`CALL_BYTES`].
+async fn ship(pdp: &dyn PolicyDecisionPoint, entries: Vec<AuditEntry>) -> Result<()> {
+    for chunk in crate::db::chunks_by_size_limit(&entries, 1000, CALL_BYTES, prost::Message::encoded_len) {
+        pdp.write_audit(chunk.to_vec()).await?;
+    }
+    Ok(())
+}
+
 /// Writes entries to the spool inside the caller's transaction.
 pub async fn record<C: ConnectionTrait>(conn: &C, entries: &[AuditEntry]) -> Result<()> {
     let backend = conn.get_database_backend();
-    let encoded: Vec<Vec<u8>> = entries.iter().map(prost::Message::encode_to_vec).collect();
+    let encoded: Vec<Vec<u8>> = entries
+        .iter()
+        .map(|e| prost::Message::encode_to_vec(&clamp(e.clone())))
+        .collect();
     for chunk in chunks_by_size(&encoded, 200, Vec::len) {
         let marks = vec!["(?)"; chunk.len()].join(", ");
         let values: Vec<Value> = chunk.iter().map(|b| Value::from(b.clone())).collect();

@@ -149,32 +149,63 @@ impl ReadScope {
     }
 }
 
-/// Per-field visibility for one principal.
+/// Field visibility for one principal: each field's classification and the
+/// clearance rules (one per role binding or grant), so every record is decided
+/// locally with the clearance that reaches it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FieldPolicy {
-    fields: BTreeMap<String, i32>,
+    levels: BTreeMap<String, i32>,
+    rules: Vec<(i32, ReadScope)>,
 }
 
 impl FieldPolicy {
-    /// A field the policy does not name is hidden: an unknown field is never
-    /// returned by accident.
-    pub fn visibility(&self, path: &str) -> Visibility {
-        self.fields
-            .get(path)
-            .and_then(|v| Visibility::try_from(*v).ok())
-            .filter(|v| *v != Visibility::Unspecified)
-            .unwrap_or(Visibility::Hidden)
+    /// The fields as one record shows them.
+    pub fn for_record(&self, r: Resource<'_>) -> RecordFields<'_> {
+        RecordFields {
+            levels: &self.levels,
+            clearance: self
+                .rules
+                .iter()
+                .filter(|(_, reach)| reach.allows(r.name, r.owner_user_id, r.team_id))
+                .map(|(c, _)| *c)
+                .max(),
+        }
     }
 
-    /// Sets one field's visibility.
-    pub fn set(&mut self, path: &str, v: Visibility) {
-        self.fields.insert(path.to_owned(), v as i32);
-    }
-
-    /// Everything visible (tests and system callers).
-    pub fn all_visible(paths: &[&str]) -> Self {
+    /// Everything at `clearance` everywhere (tests, and callers with one rule).
+    pub fn uniform(fields: &[(String, Classification)], clearance: Classification) -> Self {
         Self {
-            fields: paths.iter().map(|p| ((*p).to_owned(), Visibility::Visible as i32)).collect(),
+            levels: fields.iter().map(|(p, c)| (p.clone(), *c as i32)).collect(),
+            rules: vec![(
+                clearance as i32,
+                ReadScope {
+                    all: true,
+                    ..ReadScope::default()
+                },
+            )],
+        }
+    }
+}
+
+/// Visibility of one record's fields.
+#[derive(Debug, Clone, Copy)]
+pub struct RecordFields<'a> {
+    levels: &'a BTreeMap<String, i32>,
+    clearance: Option<i32>,
+}
+
+impl RecordFields<'_> {
+    /// Up to the clearance visible, one level above masked, further above hidden;
+    /// a field the policy does not know is hidden (never returned by accident).
+    pub fn visibility(&self, path: &str) -> Visibility {
+        let level = match self.levels.get(path) {
+            Some(l) if (1..=4).contains(l) => *l,
+            _ => return Visibility::Hidden,
+        };
+        match self.clearance {
+            Some(c) if level <= c => Visibility::Visible,
+            Some(c) if level == c + 1 => Visibility::Masked,
+            _ => Visibility::Hidden,
         }
     }
 }
@@ -233,8 +264,15 @@ pub struct Authz {
     shared: Option<Arc<RedisCache>>,
     ttl: Duration,
     epoch: watch::Receiver<String>,
+    /// The epoch last seen and when it was first seen.
+    seen: Arc<std::sync::Mutex<(String, Instant)>>,
     spool: AuditSpool,
 }
+
+/// Right after a policy change, another replica of the permissions service may not
+/// have noticed it yet (it polls the policy version): answers are cached this long
+/// at most until the change has settled.
+const SETTLE: Duration = Duration::from_secs(1);
 
 impl Authz {
     pub fn new(pdp: Arc<dyn PolicyDecisionPoint>, config: &PlatformConfig, spool: AuditSpool) -> Result<Self> {
@@ -254,6 +292,7 @@ impl Authz {
                 .build(),
             shared,
             ttl,
+            seen: Arc::new(std::sync::Mutex::new((String::new(), Instant::now()))),
             spool,
         })
     }
@@ -264,8 +303,14 @@ impl Authz {
     }
 
     fn key(&self, kind: &str, principal: &Principal, parts: &[&str]) -> String {
+        let epoch = self.epoch.borrow().clone();
+        if let Ok(mut seen) = self.seen.lock()
+            && seen.0 != epoch
+        {
+            *seen = (epoch.clone(), Instant::now());
+        }
         let mut h = Sha256::new();
-        for p in [self.epoch.borrow().as_str(), kind, &principal.user_id]
+        for p in [epoch.as_str(), kind, &principal.user_id]
             .into_iter()
             .chain(principal.customer_id.as_deref())
             .chain(parts.iter().copied())
@@ -311,6 +356,10 @@ impl Authz {
         }
         let now_ms = chrono::Utc::now().timestamp_millis();
         let mut left_ms = self.ttl.as_millis() as i64;
+        let settling = self.seen.lock().map(|s| s.1.elapsed() < SETTLE).unwrap_or(true);
+        if settling {
+            left_ms = left_ms.min(SETTLE.as_millis() as i64);
+        }
         if let Some(t) = valid_until {
             left_ms = left_ms.min(t.seconds * 1000 + i64::from(t.nanos) / 1_000_000 - now_ms);
         }
@@ -396,7 +445,7 @@ impl Authz {
         Ok(scope)
     }
 
-    /// Visibility of `fields` (path, classification) to `principal`.
+    /// Visibility of `fields` (path, classification) to `principal`, per record.
     pub async fn field_policy(
         &self,
         principal: &Principal,
@@ -425,11 +474,17 @@ impl Authz {
                         classification: *c as i32,
                     })
                     .collect(),
+                resource: None,
             })
             .await
             .map_err(unavailable)?;
         let policy = FieldPolicy {
-            fields: answer.fields.into_iter().collect(),
+            levels: fields.iter().map(|(p, c)| (p.clone(), *c as i32)).collect(),
+            rules: answer
+                .rules
+                .into_iter()
+                .map(|r| (r.clearance, ReadScope::from_proto(r.reach.unwrap_or_default())))
+                .collect(),
         };
         self.remember(key, Cached::Fields(policy.clone()), answer.valid_until.as_ref())
             .await;
@@ -439,7 +494,7 @@ impl Authz {
 
 fn unavailable(err: Error) -> Error {
     match err {
-        Error::Unavailable(_) => err,
+        Error::Unavailable(_) | Error::InvalidArgument(_) => err,
         other => {
             tracing::warn!(error = %other, "permissions service failed: denying (fail closed)");
             Error::Unavailable(format!("the permissions service cannot decide: {other}"))
@@ -561,6 +616,12 @@ impl RemotePdp {
 }
 
 fn from_status(s: tonic::Status) -> Error {
+    if s.code() == tonic::Code::InvalidArgument {
+        return Error::invalid(
+            "resource",
+            format!("the permissions service refused the question: {}", s.message()),
+        );
+    }
     Error::Unavailable(format!("permissions service: {} {}", s.code(), s.message()))
 }
 
@@ -700,9 +761,32 @@ mod tests {
     }
 
     #[test]
-    fn unknown_fields_are_hidden() {
-        let p = FieldPolicy::all_visible(&["a"]);
-        assert_eq!(p.visibility("a"), Visibility::Visible);
-        assert_eq!(p.visibility("b"), Visibility::Hidden);
+    fn visibility_per_record_follows_the_rules_that_reach_it() {
+        let fields = [
+            ("name".to_owned(), Classification::Internal),
+            ("phone".to_owned(), Classification::Sensitive),
+            ("id".to_owned(), Classification::Confidential),
+        ];
+        let mut p = FieldPolicy::uniform(&fields, Classification::Internal);
+        p.rules.push((
+            Classification::Sensitive as i32,
+            ReadScope {
+                team_ids: vec!["east".into()],
+                ..ReadScope::default()
+            },
+        ));
+        let anywhere = p.for_record(Resource::record("customers/1", "", "west"));
+        assert_eq!(anywhere.visibility("name"), Visibility::Visible);
+        assert_eq!(anywhere.visibility("phone"), Visibility::Masked);
+        assert_eq!(anywhere.visibility("id"), Visibility::Hidden);
+        assert_eq!(anywhere.visibility("unknown"), Visibility::Hidden);
+        let east = p.for_record(Resource::record("customers/2", "", "east"));
+        assert_eq!(east.visibility("phone"), Visibility::Visible);
+        assert_eq!(east.visibility("id"), Visibility::Masked);
+        let nothing = FieldPolicy::default();
+        assert_eq!(
+            nothing.for_record(Resource::named("customers/3")).visibility("name"),
+            Visibility::Hidden
+        );
     }
 }

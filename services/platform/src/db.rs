@@ -258,12 +258,17 @@ pub const MAX_STATEMENT_BYTES: usize = 6 * 1024;
 /// [`MAX_STATEMENT_BYTES`] and whose length stays under `max_rows` (each run holds at
 /// least one item).
 pub fn chunks_by_size<T>(items: &[T], max_rows: usize, size: impl Fn(&T) -> usize) -> Vec<&[T]> {
+    chunks_by_size_limit(items, max_rows, MAX_STATEMENT_BYTES, size)
+}
+
+/// As [`chunks_by_size`] with another byte limit (e.g. a message size).
+pub fn chunks_by_size_limit<T>(items: &[T], max_rows: usize, max_bytes: usize, size: impl Fn(&T) -> usize) -> Vec<&[T]> {
     let mut out = Vec::new();
     let mut start = 0;
     let mut bytes = 0;
     for (i, item) in items.iter().enumerate() {
         let s = size(item);
-        if i > start && (bytes + s > MAX_STATEMENT_BYTES || i - start >= max_rows) {
+        if i > start && (bytes + s > max_bytes || i - start >= max_rows) {
             out.push(&items[start..i]);
             start = i;
             bytes = 0;

@@ -126,6 +126,18 @@ pub mod policy {
         };
         c.create_user(as_admin(pb::CreateUserRequest { user: Some(user) }, admin_token))
             .await?;
+        bind(client, admin_token, id, role, scope).await
+    }
+
+    /// Binds `role` with `scope` to the existing user `id`.
+    pub async fn bind(
+        client: &PermissionsServiceClient<Channel>,
+        admin_token: &str,
+        id: &str,
+        role: &str,
+        scope: pb::Scope,
+    ) -> anyhow::Result<pb::RoleBinding> {
+        let mut c = client.clone();
         let binding = pb::RoleBinding {
             user: format!("users/{id}"),
             role: format!("roles/{role}"),

@@ -95,10 +95,13 @@ impl Api {
             .await
     }
 
-    /// Loads a customer the caller may act on: a caller without `permission` on
-    /// any customer learns nothing (not even whether it exists).
+    /// Loads a customer the caller may act on: a caller who may read no customer
+    /// at all learns nothing (not even whether it exists).
     async fn load_for(&self, p: &Principal, permission: &str, id: CustomerId) -> Result<Customer, Error> {
-        self.check(p, permission, COLLECTION).await?;
+        // A self-service token reaches its own record only, never the collection.
+        if p.customer_id.is_none() {
+            self.check(p, "customer.read", COLLECTION).await?;
+        }
         let c = self.customers.get(id).await?;
         self.check_customer(p, permission, &c).await?;
         Ok(c)
@@ -125,7 +128,8 @@ impl Api {
         let mut exposed = Vec::new();
         for c in customers {
             let mut shown = convert::customer_to_proto(c);
-            let s = redact::apply(&mut shown, &policy, &defs);
+            let record = policy.for_record(Resource::record(&shown.name, &c.profile.owner_user_id, &c.profile.team_id));
+            let s = redact::apply(&mut shown, &|path| record.visibility(path), &defs);
             if !s.sensitive.is_empty() {
                 exposed.push(shown.name.clone());
                 fields.extend(s.sensitive);
@@ -157,10 +161,23 @@ impl Api {
         Ok(self.present(p, std::slice::from_ref(c), purpose).await?.remove(0))
     }
 
-    /// Writing a field means seeing it: a masked value sent back would overwrite
-    /// the real one.
-    async fn check_writable(&self, p: &Principal, paths: &[update::Path]) -> Result<(), Error> {
+    /// Writing a field means seeing it on that record: a masked value sent back
+    /// would overwrite the real one.
+    async fn check_writable(&self, p: &Principal, paths: &[update::Path], record: Resource<'_>) -> Result<(), Error> {
+        self.check_fields_visible(p, "customer.update", paths, record).await
+    }
+
+    /// Every field under `paths` is visible to the caller on `record`, or
+    /// PERMISSION_DENIED naming `action` and the field.
+    async fn check_fields_visible(
+        &self,
+        p: &Principal,
+        action: &str,
+        paths: &[update::Path],
+        record: Resource<'_>,
+    ) -> Result<(), Error> {
         let (policy, defs) = self.field_policy(p).await?;
+        let policy = policy.for_record(record);
         for path in paths {
             for field in update::definition_paths(path) {
                 let covered: Vec<&str> = if field == "custom_attributes" {
@@ -174,7 +191,7 @@ impl Api {
                 for f in covered {
                     if policy.visibility(f) != crm_platform::authz::Visibility::Visible {
                         return Err(Error::PermissionDenied {
-                            permission: format!("customer.update ({f}: classified above your clearance)"),
+                            permission: format!("{action} ({f}: classified above your clearance)"),
                             resource: COLLECTION.into(),
                         });
                     }
@@ -234,7 +251,9 @@ impl CustomerProfileService for Api {
         {
             self.check_customer(&principal, "customer.assign", &current).await?;
         }
-        self.check_writable(&principal, &paths).await?;
+        let name = current.name();
+        let record = Resource::record(&name, &current.profile.owner_user_id, &current.profile.team_id);
+        self.check_writable(&principal, &paths, record).await?;
         let updated = self.customers.update(&principal.user_id, id, &patch, &paths, &etag).await?;
         Ok(Response::new(self.present_one(&principal, &updated, Purpose::Write).await?))
     }
@@ -334,7 +353,7 @@ impl CustomerProfileService for Api {
     ) -> Result<Response<pb::FieldDefinition>, Status> {
         let principal = auth::principal(&req)?;
         let req = req.into_inner();
-        self.check(&principal, "customer.read", &req.name).await?;
+        self.check(&principal, "customer.read", "fieldDefinitions").await?;
         let path = req
             .name
             .strip_prefix("fieldDefinitions/")
@@ -350,7 +369,7 @@ impl CustomerProfileService for Api {
         let principal = auth::principal(&req)?;
         let req = req.into_inner();
         let def = required(req.field_definition, "field_definition")?;
-        self.check(&principal, "customer.define_fields", &def.name).await?;
+        self.check(&principal, "customer.define_fields", "fieldDefinitions").await?;
         let etag = def.etag.clone();
         let patch = convert::definition_from_proto(def).map_err(|e| e.in_field("field_definition"))?;
         let mask = req.update_mask.map(|m| m.paths).unwrap_or_default();
@@ -385,6 +404,13 @@ impl CustomerProfileService for Api {
                 .ok_or_else(|| Error::invalid("source_update_time", "out of range")),
         });
         let (((source, ()), profile), observed) = v.finish(source.zip(external_id).zip(profile).zip(observed))?;
+        // The matched customer is not known yet: only clearance over every record counts.
+        self.check_writable(
+            &principal,
+            &update::populated_paths(profile.profile()),
+            Resource::named(COLLECTION),
+        )
+        .await?;
         let done = self
             .customers
             .ingest(&principal.user_id, &source, &req.external_id, profile, observed)
@@ -504,8 +530,8 @@ impl CustomerProfileService for Api {
     async fn get_import_job(&self, req: Request<pb::GetImportJobRequest>) -> Result<Response<pb::ImportJob>, Status> {
         let principal = auth::principal(&req)?;
         let req = req.into_inner();
-        self.check(&principal, "customer.import", &req.name).await?;
         let id = import_job_id(&req.name, "name")?;
+        self.check(&principal, "customer.import", "importJobs").await?;
         Ok(Response::new(convert::job_to_proto(&self.customers.get_import(id).await?)))
     }
 
@@ -515,7 +541,6 @@ impl CustomerProfileService for Api {
     ) -> Result<Response<pb::ListImportRowResultsResponse>, Status> {
         let principal = auth::principal(&req)?;
         let req = req.into_inner();
-        self.check(&principal, "customer.import", &req.parent).await?;
         let fingerprint = paging::fingerprint(&[&req.parent, &req.outcome.to_string()]);
         let mut v = Validation::default();
         let id = v.check(import_job_id(&req.parent, "parent"));
@@ -533,6 +558,7 @@ impl CustomerProfileService for Api {
             self.page_tokens.decode::<i64>(&fingerprint, &req.page_token)
         });
         let (((id, page_size), outcome), after) = v.finish(id.zip(page_size).zip(outcome).zip(after))?;
+        self.check(&principal, "customer.import", "importJobs").await?;
         let mut rows = self
             .customers
             .list_import_rows(id, outcome, after, u64::from(page_size) + 1)
@@ -572,6 +598,14 @@ impl CustomerProfileService for Api {
             Some(Probe::Customer(c)) => {
                 self.check(&principal, "customer.read", COLLECTION).await?;
                 let profile = convert::profile_from_proto(c).map_err(|e| e.in_field("customer"))?;
+                // A probe of a field one cannot see would reveal who has that value.
+                self.check_fields_visible(
+                    &principal,
+                    "customer.read",
+                    &update::populated_paths(&profile),
+                    Resource::named(COLLECTION),
+                )
+                .await?;
                 self.customers.find_duplicates_of_probe(profile, max).await?
             }
             None => return Err(Error::invalid("probe", "set `name` or `customer`").into()),
@@ -587,13 +621,27 @@ impl CustomerProfileService for Api {
             })
             .collect();
         let cfg = &self.customers.settings().matching;
+        let (policy, _) = self.field_policy(&principal).await?;
         Ok(Response::new(pb::FindDuplicatesResponse {
             matches: found
                 .iter()
                 .map(|m| pb::DuplicateMatch {
                     customer: m.customer.name(),
                     match_probability: m.score.probability,
-                    comparisons: convert::comparisons_to_proto(&m.score.comparisons),
+                    comparisons: {
+                        // Only comparisons of fields the caller sees on that customer.
+                        let name = m.customer.name();
+                        let p = &m.customer.profile;
+                        let record = policy.for_record(Resource::record(&name, &p.owner_user_id, &p.team_id));
+                        convert::comparisons_to_proto(&m.score.comparisons)
+                            .into_iter()
+                            .filter(|c| {
+                                redact::compared_paths(&c.field)
+                                    .iter()
+                                    .all(|f| record.visibility(f) == crm_platform::authz::Visibility::Visible)
+                            })
+                            .collect()
+                    },
                     decision: match cfg.decide(m.score.probability) {
                         crate::domain::matching::Decision::Distinct => pb::MatchDecision::Distinct,
                         crate::domain::matching::Decision::Review => pb::MatchDecision::Review,
@@ -672,7 +720,7 @@ impl CustomerProfileService for Api {
     ) -> Result<Response<pb::DuplicateCandidate>, Status> {
         let principal = auth::principal(&req)?;
         let req = req.into_inner();
-        self.check(&principal, "customer.merge", &req.name).await?;
+        self.check(&principal, "customer.merge", "duplicateCandidates").await?;
         let id = req
             .name
             .strip_prefix("duplicateCandidates/")
@@ -730,6 +778,22 @@ impl CustomerProfileService for Api {
     async fn stream_events(&self, req: Request<StreamEventsRequest>) -> Result<Response<Self::StreamEventsStream>, Status> {
         let principal = auth::principal(&req)?;
         self.check(&principal, "customer.events", COLLECTION).await?;
+        // Events carry whole records, unmasked: only for callers cleared for every field.
+        let (policy, defs) = self.field_policy(&principal).await?;
+        let everywhere = policy.for_record(Resource::named(COLLECTION));
+        if let Some(d) = defs
+            .iter()
+            .find(|d| everywhere.visibility(&d.path) != crm_platform::authz::Visibility::Visible)
+        {
+            return Err(Error::PermissionDenied {
+                permission: format!(
+                    "customer.events (the feed carries `{}`, classified above your clearance)",
+                    d.path
+                ),
+                resource: COLLECTION.into(),
+            }
+            .into());
+        }
         let stream = self.feed().stream(&req.get_ref().after_cursor, principal.expires_at).await?;
         Ok(Response::new(stream))
     }

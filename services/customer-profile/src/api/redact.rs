@@ -2,7 +2,7 @@
 //! masked or stripped per the caller's field policy, including the raw input kept
 //! beside normalised values. A field the policy does not name is hidden.
 
-use crm_platform::authz::{FieldPolicy, REDACTED, Visibility, mask_email, mask_phone};
+use crm_platform::authz::{REDACTED, Visibility, mask_email, mask_phone};
 use crm_proto::crm::customer::v1 as pb;
 
 use crate::domain::definitions::{Classification, Definitions};
@@ -27,6 +27,23 @@ fn mask_text(s: &str) -> String {
     }
 }
 
+/// The definition paths a duplicate-detection comparison (`FieldComparison.field`)
+/// reveals something about.
+pub fn compared_paths(field: &str) -> &'static [&'static str] {
+    match field {
+        "given_name" => &["person_name.given_name"],
+        "family_name" => &["person_name.family_name"],
+        "organization_name" => &["organization_name"],
+        "phone" => &["phone_numbers"],
+        "email" => &["email_addresses"],
+        "national_id" => &["national_id"],
+        "birth_date" => &["birth_date"],
+        "address" | "postal_code" | "locality" => &["addresses"],
+        // Unknown comparisons are withheld.
+        _ => &["\u{0}"],
+    }
+}
+
 /// What the response showed of each field, for the read audit.
 #[derive(Debug, Default)]
 pub struct Shown {
@@ -34,14 +51,15 @@ pub struct Shown {
     pub sensitive: Vec<String>,
 }
 
-/// Applies `policy` to `c`, records the withheld paths in `c.redacted_fields`, and
+/// Applies the caller's field visibility for this record (`visibility`, by
+/// definition path) to `c`, records the withheld paths in `c.redacted_fields`, and
 /// reports which sensitive fields went out in clear.
-pub fn apply(c: &mut pb::Customer, policy: &FieldPolicy, defs: &Definitions) -> Shown {
+pub fn apply(c: &mut pb::Customer, visibility: &dyn Fn(&str) -> Visibility, defs: &Definitions) -> Shown {
     let mut shown = Shown::default();
     let mut redacted = Vec::new();
     for def in defs.iter() {
         let path = def.path.as_str();
-        let v = policy.visibility(path);
+        let v = visibility(path);
         let filled = apply_field(c, path, v);
         if !filled {
             continue;
@@ -75,7 +93,7 @@ pub fn apply(c: &mut pb::Customer, policy: &FieldPolicy, defs: &Definitions) -> 
                         .strip_prefix(d.path.as_str())
                         .is_some_and(|r| r.starts_with('[') || r.starts_with('.'))
             })
-            .is_some_and(|d| policy.visibility(&d.path) == Visibility::Visible)
+            .is_some_and(|d| visibility(&d.path) == Visibility::Visible)
     });
     redacted.sort();
     c.redacted_fields = redacted;
@@ -211,19 +229,9 @@ fn text_or_clear(s: &mut String, clear: bool) -> bool {
 mod tests {
     use super::*;
 
-    fn policy(pairs: &[(&str, Visibility)]) -> FieldPolicy {
-        let visible: Vec<&str> = pairs
-            .iter()
-            .filter(|(_, v)| *v == Visibility::Visible)
-            .map(|(p, _)| *p)
-            .collect();
-        let mut p = FieldPolicy::all_visible(&visible);
-        for (path, v) in pairs {
-            if *v != Visibility::Visible {
-                p.set(path, *v);
-            }
-        }
-        p
+    fn policy(pairs: &[(&'static str, Visibility)]) -> impl Fn(&str) -> Visibility {
+        let pairs = pairs.to_vec();
+        move |path: &str| pairs.iter().find(|(p, _)| *p == path).map_or(Visibility::Hidden, |(_, v)| *v)
     }
 
     #[test]

@@ -85,6 +85,13 @@ pub struct Partial {
     raw: BTreeMap<String, String>,
 }
 
+impl Partial {
+    /// The fields the record sets.
+    pub fn profile(&self) -> &Profile {
+        &self.profile
+    }
+}
+
 /// What an ingested record did.
 #[derive(Debug, Clone)]
 pub struct Ingested {

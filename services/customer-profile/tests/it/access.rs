@@ -460,3 +460,92 @@ impl tonic::codec::Decoder for EmptyCodec {
         Ok(Some(()))
     }
 }
+
+#[tokio::test]
+async fn clearance_applies_per_record_and_a_customer_reaches_only_its_own_record() {
+    let app = TestApp::spawn().await;
+    // An agent for everyone (internal) who is also the sales rep (sensitive) of some.
+    let token = app.user("dual", &[], "service_agent", Scope::All).await;
+    crm_platform::testing::policy::bind(&app.permissions, &TestApp::token("admin-1"), "dual", "sales_rep", Scope::Own)
+        .await
+        .unwrap();
+    let phone = |n: &str| pb::PhoneNumber {
+        number: n.into(),
+        ..Default::default()
+    };
+    let mine = app
+        .create(pb::Customer {
+            phone_numbers: vec![phone("13800135678")],
+            ..owned("Mine", "dual", "")
+        })
+        .await;
+    let other = app
+        .create(pb::Customer {
+            phone_numbers: vec![phone("13900135678")],
+            ..owned("Other", "someone", "")
+        })
+        .await;
+    let seen_mine = get_as(&app, &token, &mine.name).await.unwrap();
+    assert_eq!(
+        seen_mine.phone_numbers[0].number, "+8613800135678",
+        "the rep's clearance on its own customer"
+    );
+    let seen_other = get_as(&app, &token, &other.name).await.unwrap();
+    assert_eq!(
+        seen_other.phone_numbers[0].number, "+86139****5678",
+        "the agent's clearance elsewhere"
+    );
+    let listed = list_all(&app, &token, 10).await.concat();
+    let by_name = |n: &str| listed.iter().find(|c| c.name == n).unwrap().phone_numbers[0].number.clone();
+    assert_eq!(by_name(&mine.name), "+8613800135678");
+    assert_eq!(by_name(&other.name), "+86139****5678");
+
+    // Self-service: the customer reads and updates its own record, nothing else.
+    let id = mine.name.trim_start_matches("customers/").to_owned();
+    let me = crm_platform::auth::mint_hs256(
+        crate::app::SECRET,
+        &crm_platform::auth::Principal {
+            user_id: "customer-self".into(),
+            customer_id: Some(id),
+            expires_at: 0,
+        },
+        Duration::from_secs(60),
+    )
+    .unwrap();
+    let own = get_as(&app, &me, &mine.name).await.unwrap();
+    assert_eq!(own.phone_numbers[0].number, "+8613800135678");
+    assert_eq!(
+        get_as(&app, &me, &other.name).await.unwrap_err().code(),
+        Code::PermissionDenied
+    );
+    let updated = app
+        .client
+        .clone()
+        .update_customer(TestApp::as_user(
+            pb::UpdateCustomerRequest {
+                customer: Some(pb::Customer {
+                    name: mine.name.clone(),
+                    email_addresses: vec![pb::EmailAddress {
+                        address: "me@example.com".into(),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }),
+                update_mask: Some(prost_types::FieldMask {
+                    paths: vec!["email_addresses".into()],
+                }),
+            },
+            &me,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(updated.email_addresses[0].address, "me@example.com");
+    let err = app
+        .client
+        .clone()
+        .list_customers(TestApp::as_user(pb::ListCustomersRequest::default(), &me))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+}

@@ -126,7 +126,7 @@ impl PermissionsService for Api {
         let principal = required(req.principal, "principal")?;
         Ok(Response::new(
             self.permissions
-                .field_policy(&principal, &req.permission, &req.fields)
+                .field_policy(&principal, &req.permission, &req.fields, req.resource.as_ref())
                 .await?,
         ))
     }
@@ -410,7 +410,7 @@ impl PermissionsService for Api {
             req.actor, req.resource, req.outcome, req.start_time, req.end_time
         );
         let (size, after, fp) = self.paging("auditEntries", &[&filter], req.page_size, &req.page_token, DEFAULT_PAGE_SIZE)?;
-        let micros = |t: &Option<prost_types::Timestamp>| t.map(|t| t.seconds * 1_000_000 + i64::from(t.nanos / 1000));
+        let micros = |t: &Option<prost_types::Timestamp>| t.as_ref().map(crate::store::audit::micros);
         let query = AuditQuery {
             actor: req.actor,
             resource: req.resource,

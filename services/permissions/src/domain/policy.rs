@@ -188,6 +188,14 @@ impl Decision {
     }
 }
 
+/// On a collection, most permissions act on every record (stream the feed, import,
+/// administer): only a binding with scope ALL gives them. Reads are narrowed to the
+/// caller's read scope afterwards, and a create makes a new record, so any scope
+/// gives those.
+pub fn filtered_per_record(permission: &str) -> bool {
+    permission.ends_with(".read") || permission.ends_with(".create")
+}
+
 /// Does a role's permission pattern cover `permission`? `*`, `domain.*` or exact.
 pub fn permits(pattern: &str, permission: &str) -> bool {
     pattern == "*"
@@ -265,12 +273,18 @@ pub fn check(
             subject.user_id
         ));
     }
+    let collection = record.is_collection();
     for b in &subject.bindings {
         let Some(role) = dir.roles.get(&b.role) else { continue };
         if !role.permissions.iter().any(|p| permits(p, permission)) {
             continue;
         }
-        if record.is_collection() || reaches(subject, b.scope, record) {
+        let allowed = if collection {
+            b.scope == Scope::All || filtered_per_record(permission)
+        } else {
+            reaches(subject, b.scope, record)
+        };
+        if allowed {
             return Decision::allow(format!("role `{}` with scope {:?}", b.role, b.scope), &b.name, None);
         }
     }
@@ -278,15 +292,22 @@ pub fn check(
         if g.expire_time <= now || !g.permissions.iter().any(|p| permits(p, permission)) {
             continue;
         }
-        if record.is_collection() || grant_reaches(dir, g, record) {
+        // A grant reaches its target only; on a collection it opens reads, which
+        // the read scope then narrows to the target.
+        let allowed = if collection {
+            permission.ends_with(".read")
+        } else {
+            grant_reaches(dir, g, record)
+        };
+        if allowed {
             return Decision::allow("temporary grant".into(), &g.name, Some(g.expire_time));
         }
     }
     Decision::deny(format!("no role or grant gives `{permission}` on `{}`", record.name))
 }
 
-/// Which records `subject` may read with `permission`, as filter terms; and the
-/// earliest grant expiry it rests on.
+/// Which records a binding or grant reaches, as filter terms; and the earliest
+/// grant expiry it rests on.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Scoped {
     pub all: bool,
@@ -296,51 +317,110 @@ pub struct Scoped {
     pub valid_until: Option<DateTime<Utc>>,
 }
 
-pub fn read_scope(
+impl Scoped {
+    pub fn reaches(&self, r: &Record<'_>) -> bool {
+        self.all
+            || (!r.owner_user_id.is_empty() && self.owner_user_ids.contains(r.owner_user_id))
+            || (!r.team_id.is_empty() && self.team_ids.contains(r.team_id))
+            || self.resources.contains(r.name)
+    }
+
+    fn absorb(&mut self, other: &Scoped) {
+        self.all |= other.all;
+        self.owner_user_ids.extend(other.owner_user_ids.iter().cloned());
+        self.team_ids.extend(other.team_ids.iter().cloned());
+        self.resources.extend(other.resources.iter().cloned());
+        self.valid_until = match (self.valid_until, other.valid_until) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+    }
+}
+
+/// A clearance and the records it applies to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClearanceRule {
+    pub clearance: Level,
+    pub reach: Scoped,
+}
+
+/// One rule per binding and grant that holds `permission`: what it reaches and
+/// with which clearance. A grant without its own clearance carries the highest one
+/// the user's roles give for the permission (at least internal).
+pub fn rules(
     dir: &Directory,
     subject: &Subject,
     customer_id: Option<&str>,
     self_service: &SelfService,
     permission: &str,
     now: DateTime<Utc>,
-) -> Scoped {
-    let mut out = Scoped::default();
+) -> Vec<ClearanceRule> {
     if let Some(customer) = customer_id {
-        if self_service.permissions.iter().any(|p| permits(p, permission)) {
-            out.resources.insert(format!("customers/{customer}"));
+        if !self_service.permissions.iter().any(|p| permits(p, permission)) {
+            return Vec::new();
         }
-        return out;
+        let mut reach = Scoped::default();
+        reach.resources.insert(format!("customers/{customer}"));
+        return vec![ClearanceRule {
+            clearance: self_service.clearance,
+            reach,
+        }];
     }
     if !subject.active {
-        return out;
+        return Vec::new();
     }
+    let mut out = Vec::new();
     for b in &subject.bindings {
-        let holds = dir
-            .roles
-            .get(&b.role)
-            .is_some_and(|r| r.permissions.iter().any(|p| permits(p, permission)));
-        if !holds {
+        let Some(role) = dir.roles.get(&b.role) else { continue };
+        if !role.permissions.iter().any(|p| permits(p, permission)) {
             continue;
         }
-        out.owner_user_ids.insert(subject.user_id.clone());
+        let mut reach = Scoped::default();
+        reach.owner_user_ids.insert(subject.user_id.clone());
         match b.scope {
-            Scope::All => out.all = true,
+            Scope::All => reach.all = true,
             Scope::Own => {}
-            Scope::Team => out.team_ids.extend(subject.teams.iter().cloned()),
-            Scope::TeamSubtree => out.team_ids.extend(subject.subtree.iter().cloned()),
+            Scope::Team => reach.team_ids.extend(subject.teams.iter().cloned()),
+            Scope::TeamSubtree => reach.team_ids.extend(subject.subtree.iter().cloned()),
         }
+        out.push(ClearanceRule {
+            clearance: role.clearance,
+            reach,
+        });
     }
+    let from_roles = out
+        .iter()
+        .map(|r| r.clearance)
+        .max()
+        .unwrap_or(Level::Internal)
+        .max(Level::Internal);
     for g in &subject.grants {
         if g.expire_time <= now || !g.permissions.iter().any(|p| permits(p, permission)) {
             continue;
         }
+        let mut reach = Scoped {
+            valid_until: Some(g.expire_time),
+            ..Scoped::default()
+        };
         match &g.target {
             Target::Resource(name) => {
-                out.resources.insert(name.clone());
+                reach.resources.insert(name.clone());
             }
-            Target::Team(team) => out.team_ids.extend(dir.subtree([team])),
+            Target::Team(team) => reach.team_ids.extend(dir.subtree([team])),
         }
-        out.valid_until = Some(out.valid_until.map_or(g.expire_time, |u| u.min(g.expire_time)));
+        out.push(ClearanceRule {
+            clearance: g.clearance.unwrap_or(from_roles),
+            reach,
+        });
+    }
+    out
+}
+
+/// Which records the rules reach, together.
+pub fn read_scope(rules: &[ClearanceRule]) -> Scoped {
+    let mut out = Scoped::default();
+    for r in rules {
+        out.absorb(&r.reach);
     }
     if out.all {
         out.owner_user_ids.clear();
@@ -350,38 +430,28 @@ pub fn read_scope(
     out
 }
 
-/// The highest clearance among the roles and grants that hold `permission`;
-/// `None` when nothing holds it.
-pub fn clearance(
-    dir: &Directory,
-    subject: &Subject,
-    customer_id: Option<&str>,
-    self_service: &SelfService,
-    permission: &str,
-    now: DateTime<Utc>,
-) -> Option<Level> {
-    if customer_id.is_some() {
-        return self_service
-            .permissions
-            .iter()
-            .any(|p| permits(p, permission))
-            .then_some(self_service.clearance);
-    }
-    if !subject.active {
-        return None;
-    }
-    let roles = subject
-        .bindings
-        .iter()
-        .filter_map(|b| dir.roles.get(&b.role))
-        .filter(|r| r.permissions.iter().any(|p| permits(p, permission)))
-        .map(|r| r.clearance);
-    let grants = subject
-        .grants
-        .iter()
-        .filter(|g| g.expire_time > now && g.permissions.iter().any(|p| permits(p, permission)))
-        .map(|g| g.clearance.unwrap_or(Level::Public));
-    roles.chain(grants).max()
+/// The clearance for one record: the highest among the rules that reach it.
+pub fn clearance_at(rules: &[ClearanceRule], record: &Record<'_>) -> Option<Level> {
+    rules.iter().filter(|r| r.reach.reaches(record)).map(|r| r.clearance).max()
+}
+
+/// May `subject` give `permission` over `target` at `clearance` to someone else?
+/// Only through its own role bindings (never through a temporary grant), with a
+/// role clearance at least the one given, and a scope covering the whole target:
+/// ALL for a single record (its owner and team are not known here), ALL or a
+/// TEAM_SUBTREE above the team for a team.
+pub fn may_give(dir: &Directory, subject: &Subject, permission: &str, target: &Target, clearance: Option<Level>) -> bool {
+    subject.active
+        && subject.bindings.iter().any(|b| {
+            let Some(role) = dir.roles.get(&b.role) else { return false };
+            role.permissions.iter().any(|p| permits(p, permission))
+                && clearance.is_none_or(|c| role.clearance >= c)
+                && match (b.scope, target) {
+                    (Scope::All, _) => true,
+                    (Scope::TeamSubtree, Target::Team(team)) => subject.subtree.contains(team),
+                    _ => false,
+                }
+        })
 }
 
 /// What a field of `level` looks like to `clearance`: visible up to the clearance,
@@ -476,7 +546,8 @@ mod tests {
             (&team, rec("customers/1", "x", "pudong"), false),
             (&own, rec("customers/1", "u1", ""), true),
             (&own, rec("customers/1", "x", "east"), false),
-            (&own, rec("customers", "", ""), true),
+            // On the collection only reads and creates pass with a narrow scope.
+            (&own, rec("customers", "", ""), false),
         ];
         for (subject, record, expected) in cases {
             let d = check(&d, subject, None, &SS, "customer.update", &record, now);
@@ -524,34 +595,114 @@ mod tests {
         assert!(!check(&d, &s, None, &SS, "customer.update", &rec("customers/8", "x", ""), now).allowed);
         let later = now + chrono::Duration::minutes(6);
         assert!(!check(&d, &s, None, &SS, "customer.update", &r, later).allowed);
-        assert_eq!(clearance(&d, &s, None, &SS, "customer.update", now), Some(Level::Sensitive));
-        assert_eq!(clearance(&d, &s, None, &SS, "customer.update", later), None);
+        let at = |t| clearance_at(&rules(&d, &s, None, &SS, "customer.update", t), &r);
+        assert_eq!(at(now), Some(Level::Sensitive));
+        assert_eq!(at(later), None);
+    }
+
+    #[test]
+    fn clearance_follows_the_reach_of_each_role_and_grant() {
+        let d = dir();
+        let now = Utc::now();
+        // An agent (internal, ALL) who is also a manager (sensitive) of shanghai.
+        let mut s = user("agent", Scope::All, &["shanghai"]);
+        s.bindings.push(Binding {
+            name: "roleBindings/b2".into(),
+            role: "sales_manager".into(),
+            scope: Scope::TeamSubtree,
+        });
+        s.grants.push(GrantInForce {
+            name: "grants/g".into(),
+            permissions: vec!["customer.read".into()],
+            target: Target::parse("customers/7").unwrap(),
+            clearance: Some(Level::Confidential),
+            expire_time: now + chrono::Duration::minutes(5),
+        });
+        let rules = rules(&d, &s.resolve(&d), None, &SS, "customer.read", now);
+        assert_eq!(
+            clearance_at(&rules, &rec("customers/1", "x", "pudong")),
+            Some(Level::Sensitive)
+        );
+        assert_eq!(clearance_at(&rules, &rec("customers/2", "x", "west")), Some(Level::Internal));
+        assert_eq!(
+            clearance_at(&rules, &rec("customers/7", "x", "west")),
+            Some(Level::Confidential)
+        );
+        assert!(read_scope(&rules).all);
+    }
+
+    #[test]
+    fn collections_need_scope_all_except_reads_and_creates() {
+        let d = dir();
+        let now = Utc::now();
+        let own = user("sales_manager", Scope::Own, &[]);
+        let c = rec("customers", "", "");
+        assert!(check(&d, &own, None, &SS, "customer.read", &c, now).allowed);
+        assert!(check(&d, &own, None, &SS, "customer.create", &c, now).allowed);
+        assert!(!check(&d, &own, None, &SS, "customer.import", &c, now).allowed);
+        assert!(
+            check(
+                &d,
+                &user("sales_manager", Scope::All, &[]),
+                None,
+                &SS,
+                "customer.import",
+                &c,
+                now
+            )
+            .allowed
+        );
+        let mut granted = user("agent", Scope::Own, &[]);
+        granted.grants.push(GrantInForce {
+            name: "grants/g".into(),
+            permissions: vec!["customer.events".into(), "customer.read".into()],
+            target: Target::parse("customers/7").unwrap(),
+            clearance: None,
+            expire_time: now + chrono::Duration::minutes(5),
+        });
+        assert!(!check(&d, &granted, None, &SS, "customer.events", &c, now).allowed);
+        assert!(check(&d, &granted, None, &SS, "customer.read", &c, now).allowed);
+    }
+
+    #[test]
+    fn only_bindings_that_cover_the_target_may_give_it() {
+        let d = dir();
+        let manager = user("sales_manager", Scope::TeamSubtree, &["shanghai"]);
+        let team = Target::parse("teams/pudong").unwrap();
+        let record = Target::parse("customers/7").unwrap();
+        assert!(may_give(&d, &manager, "customer.read", &team, Some(Level::Sensitive)));
+        assert!(!may_give(&d, &manager, "customer.read", &team, Some(Level::Confidential)));
+        assert!(!may_give(
+            &d,
+            &manager,
+            "customer.read",
+            &Target::parse("teams/east").unwrap(),
+            None
+        ));
+        assert!(!may_give(&d, &manager, "customer.read", &record, None));
+        let team_only = user("sales_manager", Scope::Team, &["shanghai"]);
+        assert!(!may_give(&d, &team_only, "customer.read", &team, None));
     }
 
     #[test]
     fn read_scope_terms() {
         let d = dir();
         let now = Utc::now();
-        let s = read_scope(
-            &d,
-            &user("agent", Scope::TeamSubtree, &["shanghai"]),
-            None,
-            &SS,
-            "customer.read",
-            now,
-        );
+        let scope =
+            |s: &Subject, ss: &SelfService, customer: Option<&str>, p: &str| read_scope(&rules(&d, s, customer, ss, p, now));
+        let s = scope(&user("agent", Scope::TeamSubtree, &["shanghai"]), &SS, None, "customer.read");
         assert!(!s.all);
         assert_eq!(s.owner_user_ids, BTreeSet::from(["u1".to_owned()]));
         assert_eq!(s.team_ids, BTreeSet::from(["shanghai".to_owned(), "pudong".to_owned()]));
-        let all = read_scope(&d, &user("agent", Scope::All, &["east"]), None, &SS, "customer.read", now);
+        let all = scope(&user("agent", Scope::All, &["east"]), &SS, None, "customer.read");
         assert!(all.all && all.team_ids.is_empty());
-        let none = read_scope(&d, &user("agent", Scope::All, &[]), None, &SS, "customer.update", now);
+        let none = scope(&user("agent", Scope::All, &[]), &SS, None, "customer.update");
         assert_eq!(none, Scoped::default());
         let ss = SelfService {
             permissions: vec!["customer.read".into()],
             clearance: Level::Confidential,
         };
-        let mine = read_scope(&d, &Subject::default(), Some("c9"), &ss, "customer.read", now);
+        let mine = scope(&Subject::default(), &ss, Some("c9"), "customer.read");
         assert_eq!(mine.resources, BTreeSet::from(["customers/c9".to_owned()]));
     }
 

@@ -24,8 +24,9 @@ pub struct Page<T> {
     pub next: Option<String>,
 }
 
-/// Only `paths` may be updated; empty means all of them.
-fn mask<'a>(requested: &'a [String], allowed: &[&'a str], prefix: &str) -> Result<Vec<&'a str>> {
+/// The paths to update: the requested ones, all of which must be in `allowed`; an
+/// empty mask means the fields the patch sets (AIP-134), never "clear the rest".
+fn mask<'a>(requested: &'a [String], allowed: &[&'a str], populated: Vec<&'a str>, prefix: &str) -> Result<Vec<&'a str>> {
     let bad: Vec<_> = requested
         .iter()
         .filter(|p| !allowed.contains(&p.as_str()))
@@ -33,7 +34,7 @@ fn mask<'a>(requested: &'a [String], allowed: &[&'a str], prefix: &str) -> Resul
         .collect();
     if bad.is_empty() {
         Ok(if requested.is_empty() {
-            allowed.to_vec()
+            populated
         } else {
             requested.iter().map(String::as_str).collect()
         })
@@ -299,7 +300,17 @@ impl Permissions {
     pub async fn update_user(&self, caller: &Caller, patch: pb::User, paths: &[String]) -> Result<pb::User> {
         let id = parse_name(&patch.name, "users", "user.name")?.to_owned();
         self.require(caller, ADMIN, &patch.name).await?;
-        let paths = mask(paths, &["display_name", "teams", "disabled"], "user")?;
+        let set = [
+            (!patch.display_name.is_empty()).then_some("display_name"),
+            (!patch.teams.is_empty()).then_some("teams"),
+            patch.disabled.then_some("disabled"),
+        ];
+        let paths = mask(
+            paths,
+            &["display_name", "teams", "disabled"],
+            set.into_iter().flatten().collect(),
+            "user",
+        )?;
         let e = self.edit::<pb::User>(&id, &patch.name, &patch.etag).await?;
         let mut user = e.before.clone();
         for p in &paths {
@@ -394,7 +405,16 @@ impl Permissions {
     pub async fn update_team(&self, caller: &Caller, patch: pb::Team, paths: &[String]) -> Result<pb::Team> {
         let id = parse_name(&patch.name, "teams", "team.name")?.to_owned();
         self.require(caller, ADMIN, &patch.name).await?;
-        let paths = mask(paths, &["display_name", "parent"], "team")?;
+        let set = [
+            (!patch.display_name.is_empty()).then_some("display_name"),
+            (!patch.parent.is_empty()).then_some("parent"),
+        ];
+        let paths = mask(
+            paths,
+            &["display_name", "parent"],
+            set.into_iter().flatten().collect(),
+            "team",
+        )?;
         let e = self.edit::<pb::Team>(&id, &patch.name, &patch.etag).await?;
         let mut team = e.before.clone();
         for p in &paths {
@@ -498,7 +518,18 @@ impl Permissions {
             .filter(|id| !id.is_empty())
             .ok_or_else(|| Error::invalid("role.name", "must be `roles/{role}`"))?
             .to_owned();
-        let paths = mask(paths, &["display_name", "description", "permissions", "clearance"], "role")?;
+        let set = [
+            (!patch.display_name.is_empty()).then_some("display_name"),
+            (!patch.description.is_empty()).then_some("description"),
+            (!patch.permissions.is_empty()).then_some("permissions"),
+            (patch.clearance != 0).then_some("clearance"),
+        ];
+        let paths = mask(
+            paths,
+            &["display_name", "description", "permissions", "clearance"],
+            set.into_iter().flatten().collect(),
+            "role",
+        )?;
         let e = self.edit::<pb::Role>(&id, &patch.name, &patch.etag).await?;
         let mut role = e.before.clone();
         for p in &paths {

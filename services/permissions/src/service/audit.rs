@@ -40,8 +40,12 @@ fn validate(entries: &[pb::AuditEntry]) -> Result<()> {
         if e.id.is_empty() || e.id.len() > 200 {
             v.push(FieldViolation::new(f("id"), "required, at most 200 characters"));
         }
-        if e.time.is_none() {
-            v.push(FieldViolation::new(f("time"), "required"));
+        // Years 1970 to 9999: the log keeps microseconds in 64 bits.
+        if !e
+            .time
+            .is_some_and(|t| (0..=253_402_300_799).contains(&t.seconds) && (0..1_000_000_000).contains(&t.nanos))
+        {
+            v.push(FieldViolation::new(f("time"), "required: a time between 1970 and 9999"));
         }
         if e.source.is_empty() || e.source.len() > 64 {
             v.push(FieldViolation::new(f("source"), "required, at most 64 characters"));
@@ -73,8 +77,9 @@ fn validate(entries: &[pb::AuditEntry]) -> Result<()> {
 }
 
 impl Permissions {
-    /// Appends entries not already in the log (by id); returns (appended, duplicates).
-    pub async fn append_audit(&self, entries: Vec<pb::AuditEntry>) -> Result<(usize, usize)> {
+    /// Appends entries not already in the log (by id), stamped with who submitted
+    /// them; returns (appended, duplicates).
+    pub async fn append_audit(&self, entries: Vec<pb::AuditEntry>, submitter: Option<&str>) -> Result<(usize, usize)> {
         validate(&entries)?;
         let txn = begin_write(self.db()).await?;
         store::lock_chain(&txn).await?;
@@ -89,6 +94,9 @@ impl Permissions {
             e.name.clear();
             e.hash.clear();
             e.previous_hash.clear();
+            // In-process writers (this service, services hosted alongside) are the
+            // source they name; remote ones are the account they called with.
+            e.submitter = submitter.map_or_else(|| e.source.clone(), str::to_owned);
             // A change without its "before" continues from the resource's last state.
             if !e.after_digest.is_empty() && e.before_digest.is_empty() && !e.resource.is_empty() {
                 let earlier = fresh
@@ -113,7 +121,7 @@ impl Permissions {
 
     pub async fn write_audit_entries(&self, caller: &Caller, entries: Vec<pb::AuditEntry>) -> Result<(usize, usize)> {
         self.require(caller, "audit.write", "auditEntries").await?;
-        self.append_audit(entries).await
+        self.append_audit(entries, Some(&caller.user_id)).await
     }
 
     pub async fn list_audit(&self, caller: &Caller, mut q: AuditQuery) -> Result<Page<pb::AuditEntry>> {

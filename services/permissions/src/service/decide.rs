@@ -198,26 +198,34 @@ impl Permissions {
         Ok(out)
     }
 
-    pub async fn read_scope(&self, principal: &pb::Principal, permission: &str) -> Result<pb::ReadScope> {
+    async fn rules_of(&self, principal: &pb::Principal, permission: &str) -> Result<Vec<policy::ClearanceRule>> {
         check_subject(principal, permission)?;
         let dir = self.directory().await?;
         let subject = self.subject(&principal.user_id).await?;
         let customer = (!principal.customer_id.is_empty()).then_some(principal.customer_id.as_str());
-        let s = policy::read_scope(
+        Ok(policy::rules(
             &dir,
             &subject,
             customer,
             &self.settings().self_service,
             permission,
             Utc::now(),
-        );
-        Ok(pb::ReadScope {
+        ))
+    }
+
+    fn scope_to_proto(&self, s: policy::Scoped) -> pb::ReadScope {
+        pb::ReadScope {
             all: s.all,
             owner_user_ids: s.owner_user_ids.into_iter().collect(),
             team_ids: s.team_ids.into_iter().collect(),
             resources: s.resources.into_iter().collect(),
             valid_until: Some(self.valid_until(s.valid_until)),
-        })
+        }
+    }
+
+    pub async fn read_scope(&self, principal: &pb::Principal, permission: &str) -> Result<pb::ReadScope> {
+        let rules = self.rules_of(principal, permission).await?;
+        Ok(self.scope_to_proto(policy::read_scope(&rules)))
     }
 
     pub async fn field_policy(
@@ -225,22 +233,24 @@ impl Permissions {
         principal: &pb::Principal,
         permission: &str,
         fields: &[pb::FieldClassification],
+        resource: Option<&pb::ResourceRef>,
     ) -> Result<pb::FieldPolicy> {
-        check_subject(principal, permission)?;
         if fields.len() > 1000 {
             return Err(Error::invalid("fields", "at most 1000"));
         }
-        let dir = self.directory().await?;
-        let subject = self.subject(&principal.user_id).await?;
-        let customer = (!principal.customer_id.is_empty()).then_some(principal.customer_id.as_str());
-        let now = Utc::now();
-        let clearance = policy::clearance(&dir, &subject, customer, &self.settings().self_service, permission, now);
-        let earliest = subject
-            .grants
-            .iter()
-            .filter(|g| g.expire_time > now)
-            .map(|g| g.expire_time)
-            .min();
+        let rules = self.rules_of(principal, permission).await?;
+        let clearance = match resource {
+            Some(r) => policy::clearance_at(
+                &rules,
+                &Record {
+                    name: &r.name,
+                    owner_user_id: &r.owner_user_id,
+                    team_id: &r.team_id,
+                },
+            ),
+            None => rules.iter().map(|r| r.clearance).max(),
+        };
+        let earliest = rules.iter().filter_map(|r| r.reach.valid_until).min();
         Ok(pb::FieldPolicy {
             clearance: clearance.map_or(0, |c| c as i32),
             fields: fields
@@ -257,6 +267,13 @@ impl Permissions {
                 })
                 .collect(),
             valid_until: Some(self.valid_until(earliest)),
+            rules: rules
+                .into_iter()
+                .map(|r| pb::ClearanceRule {
+                    clearance: r.clearance as i32,
+                    reach: Some(self.scope_to_proto(r.reach)),
+                })
+                .collect(),
         })
     }
 

@@ -12,7 +12,10 @@ use sea_orm::{DatabaseTransaction, Value};
 
 use super::{Caller, Change, Page, Permissions, decode, encode, etag, expect_revision, micros, now, timestamp};
 use crate::{
-    domain::{policy::Target, resources},
+    domain::{
+        policy::{self, Level, Target},
+        resources,
+    },
     store::{self, Kind, Row},
 };
 
@@ -146,34 +149,30 @@ impl Permissions {
         })
     }
 
-    /// Can `caller` give what `grant` asks for? It needs `permissions.approve` and
-    /// every requested permission over the requested resource itself.
+    /// Can `caller` give what `grant` asks for? Through its own role bindings:
+    /// `permissions.approve`, and every requested permission over the whole
+    /// target at the requested clearance (see `policy::may_give`).
     async fn may_approve(&self, caller: &Caller, grant: &pb::Grant) -> Result<bool> {
-        let collection = pb::ResourceRef {
-            name: "grants".into(),
-            ..Default::default()
-        };
-        if !self.holds(caller, "permissions.approve", &collection).await? {
+        if caller.customer_id.is_some() {
             return Ok(false);
         }
-        let target = match Target::parse(&grant.resource) {
-            Some(Target::Team(team)) => pb::ResourceRef {
-                // A record of that team stands for the team's records.
-                name: format!("{}/*", grant.resource),
-                team_id: team,
-                ..Default::default()
-            },
-            _ => pb::ResourceRef {
-                name: grant.resource.clone(),
-                ..Default::default()
-            },
+        let Some(target) = Target::parse(&grant.resource) else {
+            return Ok(false);
         };
-        for p in &grant.permissions {
-            if !self.holds(caller, p, &target).await? {
-                return Ok(false);
-            }
-        }
-        Ok(true)
+        let dir = self.directory().await?;
+        let subject = self.subject(&caller.user_id).await?;
+        let approver = subject.active
+            && subject.bindings.iter().any(|b| {
+                dir.roles
+                    .get(&b.role)
+                    .is_some_and(|r| r.permissions.iter().any(|p| policy::permits(p, "permissions.approve")))
+            });
+        let clearance = Level::from_i32(grant.clearance);
+        Ok(approver
+            && grant
+                .permissions
+                .iter()
+                .all(|p| policy::may_give(&dir, &subject, p, &target, clearance)))
     }
 
     async fn decide_grant(&self, caller: &Caller, name: &str, etag_in: &str, comment: &str, to: State) -> Result<pb::Grant> {
@@ -182,7 +181,7 @@ impl Permissions {
             return Err(Error::invalid("comment", "at most 1000 characters"));
         }
         let row = store::require(self.db(), Kind::Grant, &id, name).await?;
-        let mut grant = self.grant_from(&row)?;
+        let grant = self.grant_from(&row)?;
         let me = format!("users/{}", caller.user_id);
         let allowed = match to {
             State::Approved | State::Rejected => {
@@ -235,6 +234,13 @@ impl Permissions {
         let txn = begin_write(self.db()).await?;
         let row = store::require(&txn, Kind::Grant, &id, name).await?;
         expect_revision(etag_in, row.revision, name)?;
+        // Decided on the row as locked now: a concurrent decision that committed
+        // since the read above fails the state check instead of being overwritten.
+        let mut grant = self.grant_from(&row)?;
+        let current = State::try_from(grant.state).unwrap_or(State::Unspecified);
+        if current != from {
+            return Err(Error::EtagMismatch { name: name.into() });
+        }
         let t = now();
         grant.state = to as i32;
         grant.decider = caller.user_id.clone();

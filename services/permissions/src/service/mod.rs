@@ -168,6 +168,7 @@ impl Permissions {
                 after_digest: c.after.as_deref().map(digest).unwrap_or_default(),
                 trace_id: trace_id(),
                 outcome: Outcome::Success as i32,
+                submitter: crate::SERVICE.into(),
                 ..pb::AuditEntry::default()
             });
             events.push(NewEvent {
@@ -201,7 +202,7 @@ impl Permissions {
             reason: reason.into(),
             ..pb::AuditEntry::default()
         };
-        self.append_audit(vec![entry]).await.map(|_| ())
+        self.append_audit(vec![entry], None).await.map(|_| ())
     }
 
     /// Creates the default roles on first start, and binds the configured

@@ -7,6 +7,11 @@ use prost::Message;
 use sea_orm::{ConnectionTrait, QueryResult, Value};
 
 use super::{execute, query};
+
+/// A protobuf time in microseconds, saturating (times are validated on entry).
+pub fn micros(t: &prost_types::Timestamp) -> i64 {
+    t.seconds.saturating_mul(1_000_000).saturating_add(i64::from(t.nanos / 1000))
+}
 use crate::domain::chain::{self, Link};
 
 /// The last link: (sequence, hash); (0, "") for an empty log.
@@ -50,10 +55,7 @@ pub async fn append<C: ConnectionTrait>(c: &C, entries: Vec<AuditEntry>) -> Resu
         seq += 1;
         let content = chain::content(&entry);
         let hash = chain::hash(seq, &prev, &content);
-        let time_us = entry
-            .time
-            .map(|t| t.seconds * 1_000_000 + i64::from(t.nanos / 1000))
-            .unwrap_or_default();
+        let time_us = entry.time.as_ref().map(micros).unwrap_or_default();
         execute(
             c,
             "INSERT INTO audit_log (seq, entry_id, actor, resource, outcome, time_us, content, previous_hash, hash) \
@@ -145,10 +147,7 @@ pub async fn links<C: ConnectionTrait>(c: &C, after_seq: i64, limit: u64) -> Res
         let content: Vec<u8> = r.try_get("", "content")?;
         let copies_match = match AuditEntry::decode(content.as_slice()) {
             Ok(e) => {
-                let time_us = e
-                    .time
-                    .map(|t| t.seconds * 1_000_000 + i64::from(t.nanos / 1000))
-                    .unwrap_or_default();
+                let time_us = e.time.as_ref().map(micros).unwrap_or_default();
                 e.id == r.try_get::<String>("", "entry_id")?
                     && e.actor == r.try_get::<String>("", "actor")?
                     && e.resource == r.try_get::<String>("", "resource")?

@@ -250,3 +250,37 @@ async fn lists_page_through_every_user() {
     // Seven created, plus the bootstrap admin and service account.
     assert_eq!(names.len(), 9, "{names:?}");
 }
+
+#[tokio::test]
+async fn an_update_without_a_mask_changes_only_the_fields_it_sets() {
+    let app = TestApp::spawn().await;
+    app.team("east", "").await;
+    app.user("u", &["east"], "sales_rep", pb::Scope::Own).await;
+    let mut client = app.client.clone();
+    client
+        .update_user(TestApp::root(pb::UpdateUserRequest {
+            user: Some(pb::User {
+                name: "users/u".into(),
+                disabled: true,
+                ..Default::default()
+            }),
+            update_mask: None,
+        }))
+        .await
+        .unwrap();
+    let renamed = client
+        .update_user(TestApp::root(pb::UpdateUserRequest {
+            user: Some(pb::User {
+                name: "users/u".into(),
+                display_name: "U".into(),
+                ..Default::default()
+            }),
+            update_mask: None,
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(renamed.disabled, "the rename left `disabled` alone");
+    assert_eq!(renamed.teams, vec!["teams/east"], "and the teams");
+    assert_eq!(renamed.display_name, "U");
+}

@@ -39,11 +39,45 @@ async fn check_read_scope_and_field_policy_follow_bindings() {
     assert_eq!(scope.owner_user_ids, vec!["mgr"]);
     assert_eq!(scope.team_ids, vec!["east", "shanghai"]);
 
+    let ask = |resource: Option<pb::ResourceRef>| {
+        let mut client = app.client.clone();
+        async move {
+            client
+                .get_field_policy(TestApp::as_user(
+                    pb::GetFieldPolicyRequest {
+                        principal: Some(pb::Principal {
+                            user_id: "mgr".into(),
+                            customer_id: String::new(),
+                        }),
+                        permission: "customer.read".into(),
+                        fields: vec![pb::FieldClassification {
+                            path: "display_name".into(),
+                            classification: pb::Classification::Internal as i32,
+                        }],
+                        resource,
+                    },
+                    "mgr",
+                ))
+                .await
+                .unwrap()
+                .into_inner()
+        }
+    };
+    let elsewhere = ask(Some(pb::ResourceRef {
+        name: "customers/9".into(),
+        owner_user_id: "x".into(),
+        team_id: "west".into(),
+    }))
+    .await;
+    assert_eq!(elsewhere.clearance, 0, "nothing reaches a west record");
+    assert_eq!(elsewhere.fields["display_name"], pb::Visibility::Hidden as i32);
+    assert_eq!(ask(None).await.rules.len(), 1);
     let policy = app
         .client
         .clone()
         .get_field_policy(TestApp::as_user(
             pb::GetFieldPolicyRequest {
+                resource: None,
                 principal: Some(pb::Principal {
                     user_id: "mgr".into(),
                     customer_id: String::new(),
