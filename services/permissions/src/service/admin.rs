@@ -427,7 +427,16 @@ impl Permissions {
         if team.parent != e.before.parent && !team.parent.is_empty() {
             self.teams_exist(std::slice::from_ref(&team.parent), "team.parent").await?;
             let parent_id = parse_name(&team.parent, "teams", "team.parent")?.to_owned();
-            if self.directory().await?.subtree([&id]).contains(&parent_id) {
+            // Against the hierarchy as stored now, with other moves held off: two
+            // concurrent moves must not close a cycle between them.
+            store::lock_teams(&e.txn).await?;
+            let mut tree = Vec::new();
+            for row in store::all(&e.txn, Kind::Team).await? {
+                let t: pb::Team = decode(&row.data)?;
+                tree.push((row.id, t.parent.trim_start_matches("teams/").to_owned()));
+            }
+            let tree = crate::domain::policy::Directory::new(Default::default(), &tree);
+            if tree.subtree([&id]).contains(&parent_id) {
                 return Err(Error::invalid(
                     "team.parent",
                     "a team cannot move below one of its own sub-teams",

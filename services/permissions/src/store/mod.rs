@@ -229,6 +229,14 @@ pub async fn version<C: ConnectionTrait>(c: &C) -> Result<i64> {
     meta(c, "policy_version").await
 }
 
+/// Serialises moves in the team hierarchy (SQLite's write lock already does).
+pub async fn lock_teams<C: ConnectionTrait>(c: &C) -> Result<()> {
+    if c.get_database_backend() == DbBackend::Postgres {
+        execute(c, "SELECT pg_advisory_xact_lock(7261002)", vec![]).await?;
+    }
+    Ok(())
+}
+
 /// Serialises writers of the audit chain (SQLite's write lock already does).
 pub async fn lock_chain<C: ConnectionTrait>(c: &C) -> Result<()> {
     if c.get_database_backend() == DbBackend::Postgres {
