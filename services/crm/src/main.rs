@@ -243,11 +243,11 @@ async fn main() -> anyhow::Result<()> {
             if let Some(dir) = data_dir {
                 cfg.platform.database.data_dir = dir.display().to_string();
             }
-            let _telemetry = crm_platform::telemetry::init("crm", &cfg.platform.log)?;
+            let _telemetry = crm_platform::telemetry::init("crm", &cfg.platform.log, &cfg.platform.metrics)?;
             serve(cfg).await
         }
         Command::Migrate => {
-            let _telemetry = crm_platform::telemetry::init("crm", &cfg.platform.log)?;
+            let _telemetry = crm_platform::telemetry::init("crm", &cfg.platform.log, &Default::default())?;
             let (_shutdown, signal) = shutdown_channel();
             let platform = Platform::new(cfg.platform, signal)?.hosting_several();
             let applied = crm_permissions::migrate(&platform).await?;
@@ -567,6 +567,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     let (shutdown, signal) = shutdown_channel();
     let platform = Platform::new(cfg.platform.clone(), signal.clone())?;
     let mut server = GrpcServer::new(platform.config.server.clone());
+    server.metrics_endpoint(&platform.config.metrics)?;
     let platform = host_suite(platform, &cfg, &mut server).await?;
     let listener = bind(platform.config.server.listen).await?;
     let addr = listener.local_addr()?;

@@ -188,6 +188,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let (shutdown, signal) = shutdown_channel();
     let platform = Platform::new(cfg.platform, signal.clone())?;
     let mut server = GrpcServer::new(platform.config.server.clone());
+    server.metrics_endpoint(&platform.config.metrics)?;
     server
         .add_service(build(&platform, &cfg.customer_profile).await?)
         .await

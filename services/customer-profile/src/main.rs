@@ -7,7 +7,7 @@ use crm_platform::cli::{Command, ServiceCli};
 async fn main() -> anyhow::Result<()> {
     let cli = ServiceCli::parse();
     let cfg = crm_customer_profile::Config::load(cli.config.as_deref())?;
-    let _telemetry = crm_platform::telemetry::init(crm_customer_profile::SERVICE, &cfg.platform.log)?;
+    let _telemetry = crm_platform::telemetry::init(crm_customer_profile::SERVICE, &cfg.platform.log, &cfg.platform.metrics)?;
     match cli.command.unwrap_or_default() {
         Command::Serve => crm_customer_profile::run(cfg).await,
         Command::Migrate => {

@@ -294,6 +294,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let platform = Platform::new(cfg.platform, signal.clone())?;
     let (service, _) = build(&platform, &cfg.permissions_service).await?;
     let mut server = GrpcServer::new(platform.config.server.clone());
+    server.metrics_endpoint(&platform.config.metrics)?;
     server.add_service(service).await;
     let listener = bind(platform.config.server.listen).await?;
     tokio::spawn(async move {

@@ -7,7 +7,7 @@ use crm_platform::cli::{Command, ServiceCli};
 async fn main() -> anyhow::Result<()> {
     let cli = ServiceCli::parse();
     let cfg = crm_permissions::Config::load(cli.config.as_deref())?;
-    let _telemetry = crm_platform::telemetry::init(crm_permissions::SERVICE, &cfg.platform.log)?;
+    let _telemetry = crm_platform::telemetry::init(crm_permissions::SERVICE, &cfg.platform.log, &cfg.platform.metrics)?;
     match cli.command.unwrap_or_default() {
         Command::Serve => crm_permissions::run(cfg).await,
         Command::Migrate => {

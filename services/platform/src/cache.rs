@@ -18,6 +18,7 @@ use std::{
 use async_trait::async_trait;
 use moka::ops::compute::Op;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use tracing::Instrument;
 
 use crate::config::{CacheConfig, RedisConfig};
 
@@ -176,9 +177,18 @@ impl RedisCache {
         }
     }
 
-    async fn run<T: redis::FromRedisValue>(&self, cmd: redis::Cmd) -> Option<T> {
+    async fn run<T: redis::FromRedisValue>(&self, operation: &'static str, cmd: redis::Cmd) -> Option<T> {
         let mut conn = self.conn.clone();
-        let outcome = tokio::time::timeout(self.timeout, cmd.query_async::<T>(&mut conn)).await;
+        let span = tracing::info_span!(
+            "redis",
+            otel.name = operation,
+            otel.kind = "client",
+            db.system.name = "redis",
+            db.operation.name = operation
+        );
+        let outcome = tokio::time::timeout(self.timeout, cmd.query_async::<T>(&mut conn))
+            .instrument(span)
+            .await;
         match outcome {
             Ok(Ok(value)) => Some(value),
             Ok(Err(e)) => {
@@ -227,7 +237,7 @@ impl Cache for RedisCache {
     async fn get(&self, key: &str) -> Option<Vec<u8>> {
         let mut cmd = redis::cmd("GET");
         cmd.arg(self.key(key));
-        self.run::<Option<Vec<u8>>>(cmd)
+        self.run::<Option<Vec<u8>>>("GET", cmd)
             .await
             .flatten()
             .and_then(|v| strip_revision(&v))
@@ -240,12 +250,12 @@ impl Cache for RedisCache {
             .arg(revision)
             .arg(value)
             .arg(self.ttl_ms);
-        self.run::<redis::Value>(cmd).await.is_some()
+        self.run::<redis::Value>("EVAL", cmd).await.is_some()
     }
     async fn delete(&self, key: &str) {
         let mut cmd = redis::cmd("DEL");
         cmd.arg(self.key(key));
-        let _: Option<redis::Value> = self.run(cmd).await;
+        let _: Option<redis::Value> = self.run("DEL", cmd).await;
     }
     fn errors(&self) -> u64 {
         self.errors.load(Ordering::Relaxed)

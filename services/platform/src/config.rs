@@ -71,6 +71,9 @@ batch_size = 500
 [paging]
 token_secret = ""
 
+[metrics]
+listen = ""
+
 [log]
 format = "pretty"
 level = "info,sqlx=warn,sea_orm=warn,opentelemetry=warn,opentelemetry_sdk=warn"
@@ -87,6 +90,7 @@ pub struct PlatformConfig {
     pub feed: FeedConfig,
     pub paging: PagingConfig,
     pub log: LogConfig,
+    pub metrics: crate::metrics::MetricsConfig,
     pub encryption: crate::crypto::EncryptionConfig,
     pub permissions: crate::authz::PermissionsClientConfig,
 }
@@ -317,6 +321,7 @@ impl PlatformConfig {
         if self.cache.max_entries == 0 {
             return Err(ConfigError::invalid("cache.max_entries", "must be at least 1"));
         }
+        self.metrics.address()?;
         self.permissions.validate()?;
         crate::auth::validate_config(&self.auth)
     }

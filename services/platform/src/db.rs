@@ -84,7 +84,8 @@ impl Target {
 }
 
 /// Opens a pool to `target`, creating the SQLite file (and its directory) or the
-/// PostgreSQL schema when missing.
+/// PostgreSQL schema when missing. Every statement is timed, and traced when spans
+/// are exported.
 pub async fn connect(target: &Target, max_connections: u32) -> Result<DatabaseConnection> {
     match target {
         Target::Sqlite { url } => {
@@ -106,7 +107,9 @@ pub async fn connect(target: &Target, max_connections: u32) -> Result<DatabaseCo
                         .busy_timeout(Duration::from_secs(10))
                         .foreign_keys(true)
                 });
-            Ok(Database::connect(opts).await?)
+            let mut db = Database::connect(opts).await?;
+            db.set_metric_callback(|info| crate::telemetry::observe_statement("sqlite", info));
+            Ok(db)
         }
         Target::Postgres { url, schema } => {
             validate_identifier(schema)?;
@@ -123,7 +126,9 @@ pub async fn connect(target: &Target, max_connections: u32) -> Result<DatabaseCo
                 .connect_timeout(Duration::from_secs(10))
                 .sqlx_logging(false)
                 .set_schema_search_path(schema.clone());
-            Ok(Database::connect(opts).await?)
+            let mut db = Database::connect(opts).await?;
+            db.set_metric_callback(|info| crate::telemetry::observe_statement("postgresql", info));
+            Ok(db)
         }
     }
 }

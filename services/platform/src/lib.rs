@@ -1,7 +1,7 @@
 //! crm-platform: what every CRM service stands on.
 //!
 //! One module per shared concern, so a service crate only wires them together:
-//! configuration, telemetry, database and migrations, cache, authentication and
+//! configuration, telemetry and metrics, database and migrations, cache, authentication and
 //! authorization, errors, paging, encryption at rest, the outbox change feed and the gRPC server bootstrap.
 
 pub mod audit;
@@ -16,6 +16,7 @@ pub mod db;
 pub mod error;
 pub mod feed;
 pub mod idempotency;
+pub mod metrics;
 pub mod migrate;
 pub mod paging;
 pub mod server;

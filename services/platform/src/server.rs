@@ -92,6 +92,7 @@ pub struct GrpcServer {
     health: HealthReporter,
     services: Vec<&'static str>,
     long_running: Vec<&'static str>,
+    metrics: Option<SocketAddr>,
 }
 
 impl GrpcServer {
@@ -105,7 +106,16 @@ impl GrpcServer {
             health,
             services: Vec::new(),
             long_running: Vec::new(),
+            metrics: None,
         }
+    }
+
+    /// Also serves the Prometheus scrape endpoint (`metrics.listen`), from `serve`
+    /// until shutdown. Start telemetry with the same configuration
+    /// ([`crate::telemetry::init`]) so the endpoint has instruments to show.
+    pub fn metrics_endpoint(&mut self, cfg: &crate::metrics::MetricsConfig) -> anyhow::Result<&mut Self> {
+        self.metrics = cfg.address()?;
+        Ok(self)
     }
 
     /// Exempts methods (full paths, `/package.Service/Method`) from
@@ -148,6 +158,12 @@ impl GrpcServer {
             .build_v1alpha()?;
         let mut routes = self.routes;
         routes.add_service(reflection_v1).add_service(reflection_v1alpha);
+        if let Some(addr) = self.metrics {
+            let listener = TcpListener::bind(addr)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot listen on {addr} (metrics.listen): {e}"))?;
+            tokio::spawn(crate::metrics::serve(listener, shutdown.clone()));
+        }
 
         let in_flight = Arc::new(AtomicUsize::new(0));
         let layers = ServiceBuilder::new()

@@ -1,20 +1,23 @@
 //! Tracing and OpenTelemetry: the process-wide subscriber (pretty or JSON logs), OTLP
-//! span export when `OTEL_EXPORTER_OTLP_ENDPOINT` is set, and W3C trace-context
+//! span export when `OTEL_EXPORTER_OTLP_ENDPOINT` is set, W3C trace-context
 //! propagation in (server layer) and out (client interceptor), so one request is one
-//! trace across services and asynchronous consumers (`current_traceparent`).
+//! trace across services and asynchronous consumers (`current_traceparent`), and a
+//! client span per database statement ([`observe_statement`]). The meter provider
+//! feeds OTLP and the Prometheus endpoint ([`crate::metrics`]).
 
 use std::{
     collections::HashMap,
     future::Future,
     pin::Pin,
+    sync::atomic::{AtomicBool, Ordering},
     task::{Context as TaskContext, Poll},
-    time::Instant,
+    time::{Instant, SystemTime},
 };
 
 use opentelemetry::{
-    global,
+    KeyValue, global,
     propagation::{Extractor, Injector, TextMapPropagator},
-    trace::{TraceContextExt, TracerProvider as _},
+    trace::{Span as _, SpanKind, TraceContextExt, Tracer as _, TracerProvider as _},
 };
 use opentelemetry_sdk::{Resource, metrics::SdkMeterProvider, propagation::TraceContextPropagator, trace::SdkTracerProvider};
 use serde::Deserialize;
@@ -61,12 +64,13 @@ impl Drop for TelemetryGuard {
     }
 }
 
-static METRICS_EXPORTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+static METRICS_EXPORTED: AtomicBool = AtomicBool::new(false);
+static TRACES_EXPORTED: AtomicBool = AtomicBool::new(false);
 
-/// Are metrics exported (OTLP configured)? Services skip computing expensive gauges
-/// nobody reads.
+/// Are metrics exported (OTLP or the Prometheus endpoint)? Services skip computing
+/// expensive gauges nobody reads.
 pub fn metrics_exported() -> bool {
-    METRICS_EXPORTED.load(std::sync::atomic::Ordering::Relaxed)
+    METRICS_EXPORTED.load(Ordering::Relaxed)
 }
 
 fn env_set(vars: &[&str]) -> bool {
@@ -75,9 +79,11 @@ fn env_set(vars: &[&str]) -> bool {
 
 /// Installs the global subscriber. Spans always get OpenTelemetry ids (so logs carry
 /// a trace id and context propagates); they are exported only when
-/// `OTEL_EXPORTER_OTLP_ENDPOINT` or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` is set. A
-/// second call (tests) keeps the first subscriber and returns an inert guard.
-pub fn init(service_name: &str, log: &LogConfig) -> anyhow::Result<TelemetryGuard> {
+/// `OTEL_EXPORTER_OTLP_ENDPOINT` or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` is set.
+/// Metrics are kept when that is set (pushed over OTLP) or when `metrics.listen`
+/// names a scrape endpoint. A second call (tests) keeps the first subscriber and
+/// returns an inert guard.
+pub fn init(service_name: &str, log: &LogConfig, metrics: &crate::metrics::MetricsConfig) -> anyhow::Result<TelemetryGuard> {
     global::set_text_map_propagator(TraceContextPropagator::new());
     let filter = match std::env::var("RUST_LOG") {
         Ok(directives) if !directives.is_empty() => EnvFilter::try_new(directives),
@@ -123,19 +129,27 @@ pub fn init(service_name: &str, log: &LogConfig) -> anyhow::Result<TelemetryGuar
         });
     }
     global::set_tracer_provider(provider.clone());
-    // Metrics (per-service gauges such as the data-quality KPIs) go out over OTLP too,
-    // every OTEL_METRIC_EXPORT_INTERVAL (default 60 s), when an endpoint is set.
-    let meters = if env_set(&["OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT"]) {
-        let exporter = opentelemetry_otlp::MetricExporter::builder()
-            .with_tonic()
-            .build()
-            .map_err(|e| anyhow::anyhow!("OTLP metric exporter (OTEL_EXPORTER_OTLP_ENDPOINT): {e}"))?;
-        let meters = SdkMeterProvider::builder()
-            .with_resource(resource)
-            .with_periodic_exporter(exporter)
-            .build();
+    TRACES_EXPORTED.store(export, Ordering::Relaxed);
+    // Metrics (per-RPC and per-statement instruments, per-service gauges such as the
+    // data-quality KPIs) go out over OTLP every OTEL_METRIC_EXPORT_INTERVAL (default
+    // 60 s) when an endpoint is set, and are rendered on each scrape of the endpoint.
+    let push = env_set(&["OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT"]);
+    let scrape = metrics.address()?.is_some();
+    let meters = if push || scrape {
+        let mut builder = SdkMeterProvider::builder().with_resource(resource);
+        if push {
+            let exporter = opentelemetry_otlp::MetricExporter::builder()
+                .with_tonic()
+                .build()
+                .map_err(|e| anyhow::anyhow!("OTLP metric exporter (OTEL_EXPORTER_OTLP_ENDPOINT): {e}"))?;
+            builder = builder.with_periodic_exporter(exporter);
+        }
+        if scrape {
+            builder = builder.with_reader(crate::metrics::scrape_reader());
+        }
+        let meters = builder.build();
         global::set_meter_provider(meters.clone());
-        METRICS_EXPORTED.store(true, std::sync::atomic::Ordering::Relaxed);
+        METRICS_EXPORTED.store(true, Ordering::Relaxed);
         Some(meters)
     } else {
         None
@@ -206,12 +220,13 @@ where
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
         let path = req.uri().path().to_owned();
         let (service, method) = path.trim_start_matches('/').split_once('/').unwrap_or((path.as_str(), ""));
+        let (service, method) = (service.to_owned(), method.to_owned());
         // Probes and reflection are frequent and uninteresting: keep them out of INFO.
         let probe = path.starts_with("/grpc.health.") || path.starts_with("/grpc.reflection.");
         let span = if probe {
-            tracing::debug_span!("grpc.server", otel.name = %path, otel.kind = "server", rpc.system = "grpc", rpc.service = service, rpc.method = method, rpc.grpc.status_code = Empty, trace_id = Empty)
+            tracing::debug_span!("grpc.server", otel.name = %path, otel.kind = "server", rpc.system = "grpc", rpc.service = %service, rpc.method = %method, rpc.grpc.status_code = Empty, trace_id = Empty)
         } else {
-            tracing::info_span!("grpc.server", otel.name = %path, otel.kind = "server", rpc.system = "grpc", rpc.service = service, rpc.method = method, rpc.grpc.status_code = Empty, trace_id = Empty)
+            tracing::info_span!("grpc.server", otel.name = %path, otel.kind = "server", rpc.system = "grpc", rpc.service = %service, rpc.method = %method, rpc.grpc.status_code = Empty, trace_id = Empty)
         };
         let parent = global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(req.headers())));
         let _ = span.set_parent(parent);
@@ -235,7 +250,11 @@ where
                         .and_then(|v| v.parse::<i32>().ok())
                         .unwrap_or(0);
                     record_on.record("rpc.grpc.status_code", code);
-                    let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+                    let elapsed = started.elapsed();
+                    if !probe {
+                        crate::metrics::record_rpc(&service, &method, code, elapsed);
+                    }
+                    let latency_ms = elapsed.as_secs_f64() * 1000.0;
                     // Server-side failures (UNKNOWN, DEADLINE_EXCEEDED, INTERNAL, UNAVAILABLE,
                     // DATA_LOSS) are warnings; client errors are the caller's business.
                     if matches!(code, 2 | 4 | 13 | 14 | 15) {
@@ -279,6 +298,63 @@ pub fn current_traceparent() -> Option<String> {
     carrier.remove("traceparent")
 }
 
+/// The statement's verb, for span names and metric labels (bounded cardinality).
+fn operation_of(sql: &str) -> &'static str {
+    let verb = sql
+        .trim_start()
+        .split(|c: char| !c.is_ascii_alphabetic())
+        .next()
+        .unwrap_or("");
+    const KNOWN: [&str; 12] = [
+        "SELECT", "INSERT", "UPDATE", "DELETE", "WITH", "BEGIN", "COMMIT", "ROLLBACK", "CREATE", "ALTER", "DROP", "SET",
+    ];
+    KNOWN.into_iter().find(|k| k.eq_ignore_ascii_case(verb)).unwrap_or("OTHER")
+}
+
+/// Longest statement text put on a span; multi-row inserts can be kilobytes.
+const MAX_STATEMENT_TEXT: usize = 2048;
+
+/// Called by the database pool after each statement (`set_metric_callback`, see
+/// [`crate::db::connect`]): times it, and when spans are exported adds a client span
+/// for it under the current span, with the statement text (placeholders only, never
+/// the bound values).
+pub(crate) fn observe_statement(system: &'static str, info: &sea_orm::metric::Info<'_>) {
+    let operation = operation_of(&info.statement.sql);
+    crate::metrics::record_db(system, operation, info.failed, info.elapsed);
+    if !TRACES_EXPORTED.load(Ordering::Relaxed) {
+        return;
+    }
+    let parent = Span::current().context();
+    if !parent.span().span_context().is_valid() {
+        return;
+    }
+    let mut text = info.statement.sql.as_str();
+    if text.len() > MAX_STATEMENT_TEXT {
+        let mut cut = MAX_STATEMENT_TEXT;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text = &text[..cut];
+    }
+    let end = SystemTime::now();
+    let start = end.checked_sub(info.elapsed).unwrap_or(end);
+    let tracer = global::tracer("crm.db");
+    let mut span = tracer
+        .span_builder(format!("{operation} {system}"))
+        .with_kind(SpanKind::Client)
+        .with_start_time(start)
+        .with_attributes([
+            KeyValue::new("db.system.name", system),
+            KeyValue::new("db.operation.name", operation),
+            KeyValue::new("db.query.text", text.to_owned()),
+        ])
+        .start_with_context(&tracer, &parent);
+    if info.failed {
+        span.set_status(opentelemetry::trace::Status::error("statement failed"));
+    }
+    span.end_with_timestamp(end);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -301,6 +377,15 @@ mod tests {
     }
 
     #[test]
+    fn statement_verbs_are_a_closed_set() {
+        assert_eq!(operation_of("  select * from t"), "SELECT");
+        assert_eq!(operation_of("INSERT INTO t VALUES ($1)"), "INSERT");
+        assert_eq!(operation_of("WITH x AS (SELECT 1) SELECT * FROM x"), "WITH");
+        assert_eq!(operation_of("VACUUM"), "OTHER");
+        assert_eq!(operation_of(""), "OTHER");
+    }
+
+    #[test]
     fn no_traceparent_outside_a_trace() {
         assert_eq!(current_traceparent(), None);
     }
@@ -311,14 +396,15 @@ mod tests {
             format: LogFormat::Pretty,
             level: "warn".into(),
         };
-        let first = init("test", &cfg).unwrap();
-        let second = init("test", &cfg).unwrap();
+        let metrics = crate::metrics::MetricsConfig::default();
+        let first = init("test", &cfg, &metrics).unwrap();
+        let second = init("test", &cfg, &metrics).unwrap();
         drop(second);
         drop(first);
         let bad = LogConfig {
             format: LogFormat::Json,
             level: "not==a filter[".into(),
         };
-        assert!(init("test", &bad).is_err());
+        assert!(init("test", &bad, &metrics).is_err());
     }
 }

@@ -5,3 +5,4 @@ mod bench;
 mod import;
 mod serve;
 mod services;
+mod telemetry;

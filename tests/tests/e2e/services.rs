@@ -16,21 +16,24 @@ use crm_proto::crm::{
 };
 use tonic::{Code, Request, transport::Channel};
 
-const SECRET: &str = "e2e-secret-e2e-secret-e2e-secret-0123";
-const KEY: &str = "MDEyMzQ1Njc4OTAxMjM0NTY3ODkwMTIzNDU2Nzg5MDE=";
+pub(crate) const SECRET: &str = "e2e-secret-e2e-secret-e2e-secret-0123";
+pub(crate) const KEY: &str = "MDEyMzQ1Njc4OTAxMjM0NTY3ODkwMTIzNDU2Nzg5MDE=";
 
-fn start(bin: &str, config: &str, dir: &std::path::Path) -> Running {
+/// Starts service binary `bin` with `config` (TOML, written under `dir`) and extra
+/// environment variables, on its embedded SQLite file.
+pub(crate) fn start(bin: &str, config: &str, dir: &std::path::Path, env: &[(&str, &str)]) -> Running {
     let path = dir.join(format!("{bin}.toml"));
     std::fs::write(&path, config).unwrap();
     let mut cmd = Command::new(binary(bin));
     cmd.args(["--config", path.to_str().unwrap()])
         .env_remove("CRM__DATABASE__URL")
-        .env_remove("CRM__REDIS__URL");
+        .env_remove("CRM__REDIS__URL")
+        .envs(env.iter().copied());
     Running::start(cmd)
 }
 
 /// Connects once the server answers health checks.
-async fn connect(addr: &str) -> Channel {
+pub(crate) async fn connect(addr: &str) -> Channel {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         if let Ok(channel) = Channel::from_shared(addr.to_owned()).unwrap().connect().await {
@@ -48,7 +51,7 @@ async fn connect(addr: &str) -> Channel {
     }
 }
 
-fn token(user: &str) -> String {
+pub(crate) fn token(user: &str) -> String {
     let out = Command::new(binary("crm"))
         .args(["token", "--user", user])
         .env("CRM__AUTH__JWT_SECRET", SECRET)
@@ -64,24 +67,36 @@ fn token(user: &str) -> String {
         .to_owned()
 }
 
-fn as_user<T>(msg: T, token: &str) -> Request<T> {
+pub(crate) fn as_user<T>(msg: T, token: &str) -> Request<T> {
     let mut req = Request::new(msg);
     req.metadata_mut()
         .insert("authorization", format!("Bearer {token}").parse().unwrap());
     req
 }
 
-#[tokio::test]
-async fn separate_services_enforce_mask_audit_and_fail_closed() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().display().to_string();
+/// `permissions` and `customer-profile` as separate processes on free ports, each
+/// with its Prometheus endpoint, sharing `dir` for their SQLite files.
+pub(crate) struct Pair {
+    pub permissions: Running,
+    pub customers: Running,
+    pub permissions_addr: String,
+    pub customers_addr: String,
+    pub permissions_metrics: u16,
+    pub customers_metrics: u16,
+}
+
+pub(crate) fn start_pair(dir: &std::path::Path, env: &[(&str, &str)]) -> Pair {
+    let data = dir.display().to_string();
     let (p_port, c_port) = (free_port(), free_port());
+    let (p_metrics, c_metrics) = (free_port(), free_port());
     let permissions = start(
         "permissions",
         &format!(
             r#"
 [server]
 listen = "127.0.0.1:{p_port}"
+[metrics]
+listen = "127.0.0.1:{p_metrics}"
 [auth]
 jwt_secret = "{SECRET}"
 [database]
@@ -93,7 +108,8 @@ bootstrap_admins = ["root"]
 service_accounts = ["customer-profile"]
 "#
         ),
-        dir.path(),
+        dir,
+        env,
     );
     let customers = start(
         "customer-profile",
@@ -101,6 +117,8 @@ service_accounts = ["customer-profile"]
             r#"
 [server]
 listen = "127.0.0.1:{c_port}"
+[metrics]
+listen = "127.0.0.1:{c_metrics}"
 [auth]
 jwt_secret = "{SECRET}"
 [database]
@@ -114,10 +132,31 @@ k1 = "{KEY}"
 url = "http://127.0.0.1:{p_port}"
 "#
         ),
-        dir.path(),
+        dir,
+        env,
     );
-    let mut perms = PermissionsServiceClient::new(connect(&format!("http://127.0.0.1:{p_port}")).await);
-    let mut client = CustomerProfileServiceClient::new(connect(&format!("http://127.0.0.1:{c_port}")).await);
+    Pair {
+        permissions,
+        customers,
+        permissions_addr: format!("http://127.0.0.1:{p_port}"),
+        customers_addr: format!("http://127.0.0.1:{c_port}"),
+        permissions_metrics: p_metrics,
+        customers_metrics: c_metrics,
+    }
+}
+
+#[tokio::test]
+async fn separate_services_enforce_mask_audit_and_fail_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let Pair {
+        permissions,
+        customers,
+        permissions_addr,
+        customers_addr,
+        ..
+    } = start_pair(dir.path(), &[]);
+    let mut perms = PermissionsServiceClient::new(connect(&permissions_addr).await);
+    let mut client = CustomerProfileServiceClient::new(connect(&customers_addr).await);
     let root = token("root");
     let agent = token("agent");
 
