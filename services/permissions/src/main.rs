@@ -9,6 +9,10 @@ async fn main() -> anyhow::Result<()> {
     let cfg = crm_permissions::Config::load(cli.config.as_deref())?;
     let _telemetry = crm_platform::telemetry::init(crm_permissions::SERVICE, &cfg.platform.log, &cfg.platform.metrics)?;
     match cli.command.unwrap_or_default() {
+        Command::Check => {
+            println!("{}: configuration is valid", crm_permissions::SERVICE);
+            Ok(())
+        }
         Command::Serve => crm_permissions::run(cfg).await,
         Command::Migrate => {
             let (_shutdown, signal) = crm_platform::server::shutdown_channel();

@@ -22,4 +22,6 @@ pub enum Command {
     Serve,
     /// Apply pending database migrations and exit.
     Migrate,
+    /// Load and validate the configuration, then exit (0 when it is valid).
+    Check,
 }

@@ -1,0 +1,200 @@
+{{/* Chart name. */}}
+{{- define "crm.name" -}}
+{{- .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* A service's resource name: <release>-<service>, at most 63 characters. */}}
+{{- define "crm.fullname" -}}
+{{- $root := index . 0 -}}{{- $service := index . 1 -}}
+{{- printf "%s-%s" $root.Release.Name $service | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Labels every object carries. */}}
+{{- define "crm.labels" -}}
+{{- $root := index . 0 -}}{{- $service := index . 1 -}}
+helm.sh/chart: {{ printf "%s-%s" $root.Chart.Name $root.Chart.Version | replace "+" "_" }}
+app.kubernetes.io/managed-by: {{ $root.Release.Service }}
+app.kubernetes.io/part-of: {{ include "crm.name" $root }}
+app.kubernetes.io/version: {{ $root.Chart.AppVersion | quote }}
+{{ include "crm.selectorLabels" (list $root $service) }}
+{{- end -}}
+
+{{/* Labels that select a service's pods. */}}
+{{- define "crm.selectorLabels" -}}
+{{- $root := index . 0 -}}{{- $service := index . 1 -}}
+app.kubernetes.io/name: {{ include "crm.name" $root }}
+app.kubernetes.io/instance: {{ $root.Release.Name }}
+app.kubernetes.io/component: {{ $service }}
+{{- end -}}
+
+{{/* A service's settings: `defaults` overridden by its own keys (as YAML). */}}
+{{- define "crm.settings" -}}
+{{- $root := index . 0 -}}{{- $service := index . 1 -}}
+{{- $settings := deepCopy $root.Values.defaults -}}
+{{- include "crm.merge" (list $settings (index $root.Values.services $service)) -}}
+{{- $_ := set $settings "name" $service -}}
+{{- toYaml $settings -}}
+{{- end -}}
+
+{{/* Deep-merges map `src` into map `dst` in place; any `src` value, `false` and `0`
+included, wins (sprig's mergeOverwrite skips those). */}}
+{{- define "crm.merge" -}}
+{{- $dst := index . 0 -}}{{- $src := index . 1 -}}
+{{- range $key, $value := $src -}}
+{{- if and (kindIs "map" $value) (kindIs "map" (get $dst $key)) -}}
+{{- include "crm.merge" (list (get $dst $key) $value) -}}
+{{- else -}}
+{{- $_ := set $dst $key $value -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The image of a binary. */}}
+{{- define "crm.image" -}}
+{{- $root := index . 0 -}}{{- $binary := index . 1 -}}
+{{- printf "%s/%s:%s" $root.Values.image.repository $binary (default $root.Chart.AppVersion $root.Values.image.tag) -}}
+{{- end -}}
+
+{{/* The configuration file of a service (TOML). */}}
+{{- define "crm.config" -}}
+{{- $root := index . 0 -}}{{- $service := index . 1 -}}{{- $s := index . 2 -}}
+{{- $base := dict
+  "server" (dict "listen" (printf "0.0.0.0:%v" $s.port) "allow_plaintext" true "shutdown_grace_secs" (int $s.shutdownGraceSeconds))
+  "database" (dict "migrate_on_start" (not $root.Values.migrations.enabled) "max_connections" (int $root.Values.database.maxConnections))
+  "auth" (dict "algorithm" $root.Values.auth.algorithm "issuer" $root.Values.auth.issuer "audience" $root.Values.auth.audience)
+  "log" (dict "format" $root.Values.telemetry.logFormat "level" $root.Values.telemetry.logLevel)
+-}}
+{{- if ne $root.Values.auth.algorithm "HS256" }}
+{{- $_ := set $base.auth "public_key_path" "/etc/crm/auth/public.pem" -}}
+{{- end }}
+{{- if $s.metrics.enabled }}
+{{- $_ := set $base "metrics" (dict "listen" (printf "0.0.0.0:%v" $s.metrics.port)) -}}
+{{- end }}
+{{- if $s.usesPermissions }}
+{{- $_ := set $base "permissions" (dict "url" (printf "http://%s:%v" (include "crm.fullname" (list $root "permissions")) $s.port) "token_file" "/etc/crm/service-token/token") -}}
+{{- end }}
+{{- /* From the values as parsed (integers stay integers), not from $s. */ -}}
+{{- include "crm.merge" (list $base (deepCopy (default dict $root.Values.defaults.config))) -}}
+{{- include "crm.merge" (list $base (deepCopy (default dict (index $root.Values.services $service).config))) -}}
+{{- include "crm.integers" $base -}}
+{{- toToml $base -}}
+{{- end -}}
+
+{{/* Environment shared by a service's pods and its migration Job. */}}
+{{- define "crm.env" -}}
+{{- $root := index . 0 -}}{{- $s := index . 1 -}}
+- name: CRM__DATABASE__URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ $root.Values.database.existingSecret }}
+      key: {{ $root.Values.database.urlKey }}
+{{- if $root.Values.redis.enabled }}
+- name: CRM__REDIS__URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ $root.Values.redis.existingSecret }}
+      key: {{ $root.Values.redis.urlKey }}
+{{- end }}
+{{- if eq $root.Values.auth.algorithm "HS256" }}
+- name: CRM__AUTH__JWT_SECRET
+  valueFrom:
+    secretKeyRef:
+      name: {{ $root.Values.auth.existingSecret }}
+      key: jwt-secret
+{{- end }}
+- name: CRM__PAGING__TOKEN_SECRET
+  valueFrom:
+    secretKeyRef:
+      name: {{ $root.Values.auth.existingSecret }}
+      key: paging-secret
+- name: POD_NAME
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.name
+- name: POD_NAMESPACE
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.namespace
+- name: OTEL_RESOURCE_ATTRIBUTES
+  value: "service.namespace={{ $root.Release.Name }},service.version={{ $root.Chart.AppVersion }},k8s.namespace.name=$(POD_NAMESPACE),k8s.pod.name=$(POD_NAME)"
+{{- with $root.Values.telemetry.otlpEndpoint }}
+- name: OTEL_EXPORTER_OTLP_ENDPOINT
+  value: {{ . | quote }}
+{{- end }}
+- name: OTEL_TRACES_SAMPLER
+  value: {{ $root.Values.telemetry.sampler | quote }}
+- name: OTEL_TRACES_SAMPLER_ARG
+  value: {{ $root.Values.telemetry.samplerArg | quote }}
+{{- with $s.extraEnv }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/* Secrets and config mounted into a service's pods and its migration Job. */}}
+{{- define "crm.volumes" -}}
+{{- $root := index . 0 -}}{{- $s := index . 1 -}}{{- $configMap := index . 2 -}}
+- name: config
+  configMap:
+    name: {{ $configMap }}
+{{- if ne $root.Values.auth.algorithm "HS256" }}
+- name: auth
+  secret:
+    secretName: {{ $root.Values.auth.existingSecret }}
+    items:
+      - key: public.pem
+        path: public.pem
+{{- end }}
+{{- if $s.usesPermissions }}
+- name: service-token
+  secret:
+    secretName: {{ $root.Values.serviceTokens.existingSecret }}
+    items:
+      - key: {{ $s.name }}
+        path: token
+{{- end }}
+- name: tmp
+  emptyDir:
+    sizeLimit: 64Mi
+{{- end -}}
+
+{{- define "crm.volumeMounts" -}}
+{{- $root := index . 0 -}}{{- $s := index . 1 -}}
+- name: config
+  mountPath: /etc/crm/config
+  readOnly: true
+{{- if ne $root.Values.auth.algorithm "HS256" }}
+- name: auth
+  mountPath: /etc/crm/auth
+  readOnly: true
+{{- end }}
+{{- if $s.usesPermissions }}
+- name: service-token
+  mountPath: /etc/crm/service-token
+  readOnly: true
+{{- end }}
+- name: tmp
+  mountPath: /tmp
+{{- end -}}
+
+{{/* Environment variables taken whole from Secrets. */}}
+{{- define "crm.envFrom" -}}
+{{- $root := index . 0 -}}{{- $s := index . 1 -}}
+{{- if $s.usesEncryption }}
+envFrom:
+  - secretRef:
+      name: {{ $root.Values.encryption.existingSecret }}
+{{- end }}
+{{- end -}}
+
+{{/* Turns whole numbers back into integers in place (Helm reads numbers in values
+files as floats, which TOML would write as `14.0` where a service expects `14`). */}}
+{{- define "crm.integers" -}}
+{{- $map := . -}}
+{{- range $key, $value := $map -}}
+{{- if kindIs "map" $value -}}
+{{- include "crm.integers" $value -}}
+{{- else if and (kindIs "float64" $value) (eq $value (floor $value)) -}}
+{{- $_ := set $map $key (int64 $value) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
