@@ -124,8 +124,31 @@ fn instruments() -> &'static Instruments {
     })
 }
 
-/// Counts and times one served call.
+/// The methods of the suite's contracts (`package.Service` → methods): labels come
+/// only from these, so a client sending made-up paths cannot grow the label set.
+fn known_methods() -> &'static std::collections::HashMap<String, std::collections::HashSet<String>> {
+    static KNOWN: OnceLock<std::collections::HashMap<String, std::collections::HashSet<String>>> = OnceLock::new();
+    KNOWN.get_or_init(|| {
+        use prost::Message as _;
+        let mut known = std::collections::HashMap::new();
+        if let Ok(set) = prost_types::FileDescriptorSet::decode(crm_proto::FILE_DESCRIPTOR_SET) {
+            for file in set.file {
+                for service in &file.service {
+                    let name = format!("{}.{}", file.package(), service.name());
+                    let methods: std::collections::HashSet<String> = service.method.iter().map(|m| m.name().to_owned()).collect();
+                    known.insert(name, methods);
+                }
+            }
+        }
+        known
+    })
+}
+
+/// Counts and times one served call. Paths outside the contracts count as
+/// `unknown` (they fail with UNIMPLEMENTED).
 pub fn record_rpc(service: &str, method: &str, code: i32, elapsed: Duration) {
+    let known = known_methods().get(service).is_some_and(|methods| methods.contains(method));
+    let (service, method) = if known { (service, method) } else { ("unknown", "unknown") };
     let attributes = [
         KeyValue::new("rpc.service", service.to_owned()),
         KeyValue::new("rpc.method", method.to_owned()),
@@ -466,6 +489,14 @@ mod tests {
         assert!(out.contains("latency_seconds_count 4\n"), "{out}");
         assert!(out.contains("queue_depth{queue=\"a\\\"b\"} -4\n"), "{out}");
         provider.shutdown().unwrap();
+    }
+
+    #[test]
+    fn only_contract_methods_become_labels() {
+        let known = known_methods();
+        assert!(known["crm.customer.v1.CustomerProfileService"].contains("GetCustomer"));
+        assert!(known["crm.permissions.v1.PermissionsService"].contains("Check"));
+        assert!(!known.contains_key("made.up.Service"));
     }
 
     #[test]

@@ -75,7 +75,8 @@ pub(crate) fn as_user<T>(msg: T, token: &str) -> Request<T> {
 }
 
 /// `permissions` and `customer-profile` as separate processes on free ports, each
-/// with its Prometheus endpoint, sharing `dir` for their SQLite files.
+/// with its Prometheus endpoint, on SQLite files under `dir` or on the test PostgreSQL
+/// and Redis.
 pub(crate) struct Pair {
     pub permissions: Running,
     pub customers: Running,
@@ -85,8 +86,31 @@ pub(crate) struct Pair {
     pub customers_metrics: u16,
 }
 
+/// `[database]` and `[redis]` of one service: its SQLite file under `dir`, or, when
+/// the tests run against PostgreSQL and Redis (`CRM_TEST_DATABASE_URL`,
+/// `CRM_TEST_REDIS_URL`), a schema and key prefix of its own there.
+fn storage(dir: &std::path::Path, service: &str) -> String {
+    static RUN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let run = format!(
+        "e2e_{}_{}_{}",
+        std::process::id(),
+        RUN.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        service.replace('-', "_")
+    );
+    let mut toml = match std::env::var("CRM_TEST_DATABASE_URL") {
+        Ok(url) if !url.is_empty() => format!("[database]\nurl = \"{url}\"\nschema = \"{run}\"\n"),
+        _ => format!("[database]\ndata_dir = \"{}\"\n", dir.display()),
+    };
+    if let Ok(url) = std::env::var("CRM_TEST_REDIS_URL")
+        && !url.is_empty()
+    {
+        toml.push_str(&format!("[redis]\nurl = \"{url}\"\nkey_prefix = \"{run}:\"\n"));
+    }
+    toml
+}
+
 pub(crate) fn start_pair(dir: &std::path::Path, env: &[(&str, &str)]) -> Pair {
-    let data = dir.display().to_string();
+    let (p_storage, c_storage) = (storage(dir, "permissions"), storage(dir, "customer-profile"));
     let (p_port, c_port) = (free_port(), free_port());
     let (p_metrics, c_metrics) = (free_port(), free_port());
     let permissions = start(
@@ -99,8 +123,7 @@ listen = "127.0.0.1:{p_port}"
 listen = "127.0.0.1:{p_metrics}"
 [auth]
 jwt_secret = "{SECRET}"
-[database]
-data_dir = "{data}"
+{p_storage}
 [feed]
 poll_interval_ms = 100
 [permissions_service]
@@ -121,8 +144,7 @@ listen = "127.0.0.1:{c_port}"
 listen = "127.0.0.1:{c_metrics}"
 [auth]
 jwt_secret = "{SECRET}"
-[database]
-data_dir = "{data}"
+{c_storage}
 [encryption]
 active_key = "k1"
 blind_index_key = "{KEY}"

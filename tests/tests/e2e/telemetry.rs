@@ -200,7 +200,7 @@ async fn one_call_is_one_trace_across_processes_and_is_counted() {
         let db_in_both = ["customer-profile", "permissions"].iter().all(|service| {
             trace
                 .iter()
-                .any(|r| r.service == *service && r.attribute("db.system.name").is_some())
+                .any(|r| r.service == *service && r.attribute("db.system.name").is_some_and(|system| system != "redis"))
         });
         if from_permissions && db_in_both && trace.iter().any(|r| r.span.name == create_path) {
             break trace;
@@ -265,12 +265,30 @@ async fn one_call_is_one_trace_across_processes_and_is_counted() {
     }
     // Database statements are client spans of the process that ran them, with the
     // statement text but never a bound value.
-    for r in trace.iter().filter(|r| r.attribute("db.system.name").is_some()) {
+    let on_postgres = std::env::var("CRM_TEST_DATABASE_URL").is_ok_and(|u| !u.is_empty());
+    let database = if on_postgres { "postgresql" } else { "sqlite" };
+    for r in trace
+        .iter()
+        .filter(|r| r.attribute("db.system.name").is_some_and(|system| system != "redis"))
+    {
         assert_eq!(r.span.kind, 3, "SPAN_KIND_CLIENT");
         assert_eq!(parent_of(r).unwrap().service, r.service);
-        assert_eq!(r.attribute("db.system.name").as_deref(), Some("sqlite"));
+        assert_eq!(r.attribute("db.system.name").as_deref(), Some(database));
         let text = r.attribute("db.query.text").unwrap_or_default();
         assert!(!text.contains("Zhang") && !text.contains("Wei"), "{text}");
+    }
+
+    // With Redis as the shared cache, its commands are client spans too.
+    if std::env::var("CRM_TEST_REDIS_URL").is_ok_and(|u| !u.is_empty()) {
+        let redis = trace
+            .iter()
+            .filter(|r| r.attribute("db.system.name").as_deref() == Some("redis"))
+            .collect::<Vec<_>>();
+        assert!(!redis.is_empty(), "no Redis span in the trace");
+        for r in redis {
+            assert_eq!(r.span.kind, 3, "SPAN_KIND_CLIENT");
+            assert_eq!(parent_of(r).unwrap().service, r.service);
+        }
     }
 
     // Prometheus: the calls are counted and timed, by method and status code.
