@@ -73,10 +73,14 @@ def main(rendered, out_dir):
             check("grpc" in c.get(probe, {}), f"{name}: {probe} is not a gRPC probe")
         toml = configs.get(name, "")
         grace = re.search(r"shutdown_grace_secs = (\d+)", toml)
-        check(grace is not None, f"{name}: no shutdown_grace_secs in its config")
-        if grace:
-            check(template["spec"]["terminationGracePeriodSeconds"] == int(grace.group(1)) + 5,
-                  f"{name}: termination grace period does not cover the drain")
+        delay = re.search(r"shutdown_delay_secs = (\d+)", toml)
+        check(grace is not None and delay is not None, f"{name}: no shutdown_grace_secs/shutdown_delay_secs in its config")
+        if grace and delay:
+            check(template["spec"]["terminationGracePeriodSeconds"] == int(delay.group(1)) + int(grace.group(1)) + 5,
+                  f"{name}: termination grace period does not cover the delay and the drain")
+            ready = c["readinessProbe"]
+            check(ready["periodSeconds"] * ready["failureThreshold"] <= int(delay.group(1)),
+                  f"{name}: readiness notices NOT_SERVING only after the shutdown delay")
         check(name in services, f"{name}: no Service")
         if name in services:
             check(services[name]["spec"]["selector"].items() <= template["metadata"]["labels"].items(),
@@ -100,7 +104,13 @@ def main(rendered, out_dir):
             for ep in sm["spec"]["endpoints"]:
                 check(ep["port"] in ports, f"ServiceMonitor {name}: port {ep['port']} not on the Service")
 
+    selectors = [(d["metadata"]["name"], d["spec"]["selector"]["matchLabels"]) for d in by_kind.get("Deployment", [])]
+    selectors += [(p["metadata"]["name"], p["spec"]["selector"]["matchLabels"]) for p in by_kind.get("PodDisruptionBudget", [])]
     for job in by_kind.get("Job", []):
+        pod_labels = job["spec"]["template"]["metadata"]["labels"]
+        for owner, selector in selectors:
+            check(not selector.items() <= pod_labels.items(),
+                  f"{job['metadata']['name']}: its pods match the selector of {owner}")
         ann = job["metadata"].get("annotations", {})
         check(ann.get("helm.sh/hook") == "pre-install,pre-upgrade", f"{job['metadata']['name']}: not a hook")
         volumes = job["spec"]["template"]["spec"]["volumes"]

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Renders charts/crm with its default values into plain manifests for kubectl users:
-#   k8s/migrations.yaml  the migration Jobs (apply first, wait for them)
+#   k8s/migrations.yaml  the migration Jobs (delete the previous ones, apply, wait for them)
 #   k8s/crm.yaml         everything else
 #   bash k8s/sync.sh           rewrite both
 #   bash k8s/sync.sh --check   fail if they differ from what the chart renders (CI)

@@ -59,7 +59,7 @@ included, wins (sprig's mergeOverwrite skips those). */}}
 {{- define "crm.config" -}}
 {{- $root := index . 0 -}}{{- $service := index . 1 -}}{{- $s := index . 2 -}}
 {{- $base := dict
-  "server" (dict "listen" (printf "0.0.0.0:%v" $s.port) "allow_plaintext" true "shutdown_grace_secs" (int $s.shutdownGraceSeconds))
+  "server" (dict "listen" (printf "0.0.0.0:%v" $s.port) "allow_plaintext" true "shutdown_grace_secs" (int $s.shutdownGraceSeconds) "shutdown_delay_secs" (int $s.shutdownDelaySeconds))
   "database" (dict "migrate_on_start" (not $root.Values.migrations.enabled) "max_connections" (int $root.Values.database.maxConnections))
   "auth" (dict "algorithm" $root.Values.auth.algorithm "issuer" $root.Values.auth.issuer "audience" $root.Values.auth.audience)
   "log" (dict "format" $root.Values.telemetry.logFormat "level" $root.Values.telemetry.logLevel)
@@ -71,7 +71,15 @@ included, wins (sprig's mergeOverwrite skips those). */}}
 {{- $_ := set $base "metrics" (dict "listen" (printf "0.0.0.0:%v" $s.metrics.port)) -}}
 {{- end }}
 {{- if $s.usesPermissions }}
-{{- $_ := set $base "permissions" (dict "url" (printf "http://%s:%v" (include "crm.fullname" (list $root "permissions")) $s.port) "token_file" "/etc/crm/service-token/token") -}}
+{{- $permissions := include "crm.settings" (list $root "permissions") | fromYaml -}}
+{{- $own := (index $root.Values.services $service).config | default dict -}}
+{{- if $permissions.enabled }}
+{{- $_ := set $base "permissions" (dict "url" (printf "http://%s:%v" (include "crm.fullname" (list $root "permissions")) $permissions.port) "token_file" "/etc/crm/service-token/token") -}}
+{{- else if not (($own.permissions | default dict).url) }}
+{{- fail (printf "services.%s calls the permissions service: enable services.permissions, or set services.%s.config.permissions.url" $service $service) -}}
+{{- else }}
+{{- $_ := set $base "permissions" (dict "token_file" "/etc/crm/service-token/token") -}}
+{{- end }}
 {{- end }}
 {{- /* From the values as parsed (integers stay integers), not from $s. */ -}}
 {{- include "crm.merge" (list $base (deepCopy (default dict $root.Values.defaults.config))) -}}

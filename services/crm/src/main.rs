@@ -15,7 +15,7 @@ use crm_platform::{
     Platform,
     auth::{Principal, mint_hs256},
     config::{ConfigError, PLATFORM_DEFAULTS, PlatformConfig},
-    server::{GrpcServer, bind, os_signal, shutdown_channel},
+    server::{GrpcServer, bind, shutdown_channel},
 };
 
 /// Development defaults of the all-in-one binary: a well-known HS256 secret so
@@ -581,9 +581,6 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         let token = admin_token(DEV_SECRET, "dev", Duration::from_secs(24 * 3600))?;
         println!("crm: development admin token (24 h): {token}");
     }
-    tokio::spawn(async move {
-        os_signal().await;
-        shutdown.trigger();
-    });
+    server.stop_on_os_signal(shutdown);
     server.serve(listener, signal).await
 }

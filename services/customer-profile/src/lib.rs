@@ -14,7 +14,7 @@ use crm_platform::{
     crypto::Keyring,
     feed::Feed,
     migrate,
-    server::{GrpcServer, Shutdown, bind, os_signal, shutdown_channel},
+    server::{GrpcServer, bind, shutdown_channel},
 };
 use crm_proto::crm::customer::v1::customer_profile_service_server::CustomerProfileServiceServer;
 use serde::Deserialize;
@@ -194,11 +194,6 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         .await
         .allow_long_running(LONG_RUNNING);
     let listener = bind(platform.config.server.listen).await?;
-    tokio::spawn(trigger_on_signal(shutdown));
+    server.stop_on_os_signal(shutdown);
     server.serve(listener, signal).await
-}
-
-async fn trigger_on_signal(shutdown: Shutdown) {
-    os_signal().await;
-    shutdown.trigger();
 }

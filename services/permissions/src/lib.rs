@@ -17,7 +17,7 @@ use crm_platform::{
     config::{ConfigError, PLATFORM_DEFAULTS, PlatformConfig, section},
     feed::Feed,
     migrate,
-    server::{GrpcServer, bind, os_signal, shutdown_channel},
+    server::{GrpcServer, bind, shutdown_channel},
 };
 use crm_proto::crm::permissions::v1::{self as pb, permissions_service_server::PermissionsServiceServer};
 use serde::Deserialize;
@@ -297,10 +297,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     server.metrics_endpoint(&platform.config.metrics)?;
     server.add_service(service).await;
     let listener = bind(platform.config.server.listen).await?;
-    tokio::spawn(async move {
-        os_signal().await;
-        shutdown.trigger();
-    });
+    server.stop_on_os_signal(shutdown);
     server.serve(listener, signal).await
 }
 

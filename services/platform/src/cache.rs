@@ -179,13 +179,18 @@ impl RedisCache {
 
     async fn run<T: redis::FromRedisValue>(&self, operation: &'static str, cmd: redis::Cmd) -> Option<T> {
         let mut conn = self.conn.clone();
-        let span = tracing::info_span!(
-            "redis",
-            otel.name = operation,
-            otel.kind = "client",
-            db.system.name = "redis",
-            db.operation.name = operation
-        );
+        // A client span under the caller's; none for work outside any trace.
+        let span = if tracing::Span::current().is_none() {
+            tracing::Span::none()
+        } else {
+            tracing::info_span!(
+                "redis",
+                otel.name = operation,
+                otel.kind = "client",
+                db.system.name = "redis",
+                db.operation.name = operation
+            )
+        };
         let outcome = tokio::time::timeout(self.timeout, cmd.query_async::<T>(&mut conn))
             .instrument(span)
             .await;

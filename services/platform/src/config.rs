@@ -15,6 +15,8 @@ listen = "127.0.0.1:50051"
 request_timeout_secs = 30
 concurrency_limit = 1024
 shutdown_grace_secs = 25
+shutdown_delay_secs = 0
+max_connection_age_secs = 300
 max_message_bytes = 1048576
 allow_plaintext = false
 
@@ -105,6 +107,13 @@ pub struct ServerConfig {
     pub concurrency_limit: usize,
     /// How long in-flight calls may take to finish after SIGTERM.
     pub shutdown_grace_secs: u64,
+    /// How long the server keeps serving after SIGTERM while it reports NOT_SERVING,
+    /// so load balancers and Kubernetes endpoints stop sending before it stops
+    /// accepting (a few seconds in Kubernetes; 0 stops at once).
+    pub shutdown_delay_secs: u64,
+    /// Connections are asked to reconnect (HTTP/2 GOAWAY) after this long, so the
+    /// long-lived connections of gRPC clients spread over new replicas; 0: never.
+    pub max_connection_age_secs: u64,
     /// Largest request message accepted; larger ones fail with OUT_OF_RANGE (tonic's code for it).
     pub max_message_bytes: usize,
     /// Serve without TLS on a non-loopback address (e.g. behind a mesh that
@@ -263,6 +272,9 @@ impl PlatformConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.server.request_timeout_secs == 0 {
             return Err(ConfigError::invalid("server.request_timeout_secs", "must be at least 1"));
+        }
+        if self.server.shutdown_delay_secs > 300 {
+            return Err(ConfigError::invalid("server.shutdown_delay_secs", "at most 300"));
         }
         if self.server.concurrency_limit == 0 {
             return Err(ConfigError::invalid("server.concurrency_limit", "must be at least 1"));

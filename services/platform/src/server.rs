@@ -145,6 +145,29 @@ impl GrpcServer {
         self
     }
 
+    /// On SIGTERM or Ctrl-C: reports NOT_SERVING at once, keeps serving for
+    /// `server.shutdown_delay_secs` (until load balancers have seen it), then
+    /// triggers `shutdown`. Call after the last `add_service`.
+    pub fn stop_on_os_signal(&self, shutdown: Shutdown) {
+        let health = self.health.clone();
+        let services = self.services.clone();
+        let delay = Duration::from_secs(self.cfg.shutdown_delay_secs);
+        tokio::spawn(async move {
+            os_signal().await;
+            if !delay.is_zero() {
+                tracing::info!(
+                    delay_secs = delay.as_secs(),
+                    "stopping: NOT_SERVING, still serving until the delay is over"
+                );
+                for name in services.into_iter().chain([""]) {
+                    health.set_service_status(name, ServingStatus::NotServing).await;
+                }
+                tokio::time::sleep(delay).await;
+            }
+            shutdown.trigger();
+        });
+    }
+
     /// Serves on `listener` until `shutdown` fires, then reports NOT_SERVING, stops
     /// accepting, and lets in-flight calls finish within the grace period.
     pub async fn serve(self, listener: TcpListener, shutdown: ShutdownSignal) -> anyhow::Result<()> {
@@ -168,9 +191,9 @@ impl GrpcServer {
         let in_flight = Arc::new(AtomicUsize::new(0));
         let layers = ServiceBuilder::new()
             // Shed load first: a call over the limit is refused with UNAVAILABLE before
-            // it costs anything (no span, no auth, no database).
-            .load_shed()
-            .layer(tower::limit::GlobalConcurrencyLimitLayer::new(self.cfg.concurrency_limit))
+            // it costs anything (no span, no auth, no database). Health checks are
+            // exempt: a busy pod is not an unready or dead one.
+            .layer(ShedLayer(Arc::new(tokio::sync::Semaphore::new(self.cfg.concurrency_limit))))
             // Count what is being served, so shutdown knows when the last call is done.
             .layer(InFlightLayer(in_flight.clone()))
             // Then trace: every call that is served is one span, continuing the caller's trace.
@@ -197,6 +220,9 @@ impl GrpcServer {
             builder = builder.tls_config(tls)?;
         }
         tracing::info!(%addr, tls = self.cfg.tls.enabled(), mtls = !self.cfg.tls.client_ca_path.is_empty(), "gRPC server listening");
+        if self.cfg.max_connection_age_secs > 0 {
+            builder = builder.max_connection_age(Duration::from_secs(self.cfg.max_connection_age_secs));
+        }
         let server = builder
             .tcp_nodelay(true)
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
@@ -259,6 +285,62 @@ async fn drain(in_flight: &AtomicUsize, grace: Duration) -> bool {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     false
+}
+
+/// Refuses calls beyond the concurrency limit with UNAVAILABLE (retryable), except
+/// health checks, which never wait for or take a permit.
+#[derive(Clone, Debug)]
+struct ShedLayer(Arc<tokio::sync::Semaphore>);
+
+impl<S> tower::Layer<S> for ShedLayer {
+    type Service = Shed<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        Shed {
+            inner,
+            permits: self.0.clone(),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Shed<S> {
+    inner: S,
+    permits: Arc<tokio::sync::Semaphore>,
+}
+
+impl<S, B> Service<http::Request<B>> for Shed<S>
+where
+    S: Service<http::Request<B>, Response = http::Response<Body>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+{
+    type Response = http::Response<Body>;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<http::Response<Body>, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let permit = if req.uri().path().starts_with("/grpc.health.v1.Health/") {
+            None
+        } else {
+            match self.permits.clone().try_acquire_owned() {
+                Ok(permit) => Some(permit),
+                Err(_) => {
+                    let refused = Status::unavailable("server overloaded: too many calls in progress; retry with backoff");
+                    return Box::pin(std::future::ready(Ok(refused.into_http())));
+                }
+            }
+        };
+        let call = self.inner.call(req);
+        Box::pin(async move {
+            let result = call.await;
+            drop(permit);
+            result
+        })
+    }
 }
 
 /// Counts calls whose response has not been produced yet.

@@ -185,6 +185,7 @@ async fn one_call_is_one_trace_across_processes_and_is_counted() {
     // The spans of our trace, once both processes have exported theirs.
     let create_path = "/crm.customer.v1.CustomerProfileService/CreateCustomer";
     let deadline = Instant::now() + Duration::from_secs(30);
+    let mut previous = None;
     let trace: Vec<Received> = loop {
         let trace: Vec<Received> = receiver
             .0
@@ -202,9 +203,17 @@ async fn one_call_is_one_trace_across_processes_and_is_counted() {
                 .iter()
                 .any(|r| r.service == *service && r.attribute("db.system.name").is_some_and(|system| system != "redis"))
         });
-        if from_permissions && db_in_both && trace.iter().any(|r| r.span.name == create_path) {
+        // Batches from the two processes arrive in any order: wait until every span's
+        // parent has arrived too (or is ours), and nothing new came in one more poll.
+        let ids: std::collections::HashSet<String> = trace.iter().map(|r| hex(&r.span.span_id)).collect();
+        let closed = trace
+            .iter()
+            .all(|r| ids.contains(&hex(&r.span.parent_span_id)) || hex(&r.span.parent_span_id) == CALLER_SPAN);
+        let complete = from_permissions && db_in_both && closed && trace.iter().any(|r| r.span.name == create_path);
+        if complete && previous == Some(trace.len()) {
             break trace;
         }
+        previous = complete.then_some(trace.len());
         assert!(
             Instant::now() < deadline,
             "incomplete trace after 30 s: {:#?}",

@@ -13,6 +13,7 @@ use std::{
     sync::{Arc, RwLock},
     time::{Duration, Instant},
 };
+use tracing::Instrument as _;
 
 use chrono::{SubsecRound, Utc};
 use crm_platform::{
@@ -160,15 +161,18 @@ impl Customers {
         let key = cache_key(customer.id);
         let revision = customer.revision;
         let bytes = self.cache_value(&key, customer);
-        tokio::spawn(async move {
-            let stored = match bytes {
-                Ok(bytes) => cache.put_newer(&key, revision, bytes).await,
-                Err(_) => false,
-            };
-            if !stored {
-                cache.delete(&key).await;
+        tokio::spawn(
+            async move {
+                let stored = match bytes {
+                    Ok(bytes) => cache.put_newer(&key, revision, bytes).await,
+                    Err(_) => false,
+                };
+                if !stored {
+                    cache.delete(&key).await;
+                }
             }
-        });
+            .in_current_span(),
+        );
     }
 
     /// Commits `txn`, then refreshes the cache for `changed` and drops the entries of
@@ -177,17 +181,20 @@ impl Customers {
     /// copy cached by a concurrent reader stale until the TTL.
     async fn commit_and_refresh(&self, txn: DatabaseTransaction, changed: Vec<Customer>, dropped: Vec<CustomerId>) -> Result<()> {
         let this = self.clone();
-        tokio::spawn(async move {
-            txn.commit().await?;
-            for id in &dropped {
-                this.cache.delete(&cache_key(*id)).await;
+        tokio::spawn(
+            async move {
+                txn.commit().await?;
+                for id in &dropped {
+                    this.cache.delete(&cache_key(*id)).await;
+                }
+                this.feed.committed();
+                for c in &changed {
+                    this.after_commit(c);
+                }
+                Ok(())
             }
-            this.feed.committed();
-            for c in &changed {
-                this.after_commit(c);
-            }
-            Ok(())
-        })
+            .in_current_span(),
+        )
         .await
         .map_err(|e| Error::internal(anyhow::anyhow!("commit task failed: {e}")))?
     }

@@ -23,6 +23,8 @@ async fn start(client_ca: bool) -> (std::net::SocketAddr, Shutdown) {
         request_timeout_secs: 5,
         concurrency_limit: 16,
         shutdown_grace_secs: 1,
+        shutdown_delay_secs: 0,
+        max_connection_age_secs: 300,
         max_message_bytes: 1 << 20,
         allow_plaintext: false,
         tls: TlsConfig {
