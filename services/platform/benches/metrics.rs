@@ -1,6 +1,7 @@
 //! Cost of the per-call instruments: `record_rpc` (counter + histogram, every served
 //! call), `record_db` (every statement), and rendering `/metrics` for a scrape.
 //! `cargo bench -p crm-platform --bench metrics`
+#![allow(clippy::expect_used)]
 
 use std::{hint::black_box, time::Duration};
 
