@@ -1,0 +1,3 @@
+//! Pure decisions of the ticketing service: no I/O, no clock reads (times are passed in).
+
+pub mod calendar;
