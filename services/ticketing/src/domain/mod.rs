@@ -1,3 +1,5 @@
 //! Pure decisions of the ticketing service: no I/O, no clock reads (times are passed in).
 
 pub mod calendar;
+pub mod sla;
+pub mod ticket;
