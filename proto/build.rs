@@ -14,6 +14,9 @@ const FILES: &[&str] = &[
     "crm/permissions/v1/permissions.proto",
     "crm/permissions/v1/permissions_service.proto",
     "crm/permissions/v1/permissions_events.proto",
+    "crm/ticketing/v1/ticketing.proto",
+    "crm/ticketing/v1/ticketing_service.proto",
+    "crm/ticketing/v1/ticketing_events.proto",
 ];
 
 /// Not imported by our contracts: served by reflection only, so clients can decode

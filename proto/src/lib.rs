@@ -24,6 +24,11 @@ pub mod crm {
             tonic::include_proto!("crm.permissions.v1");
         }
     }
+    pub mod ticketing {
+        pub mod v1 {
+            tonic::include_proto!("crm.ticketing.v1");
+        }
+    }
 }
 
 /// Every CRM contract (and the well-known types they import) as an encoded
