@@ -17,6 +17,7 @@ const FILES: &[&str] = &[
     "crm/ticketing/v1/ticketing.proto",
     "crm/ticketing/v1/ticketing_service.proto",
     "crm/ticketing/v1/ticketing_events.proto",
+    "crm/ticketing/v1/knowledge_base_service.proto",
 ];
 
 /// Not imported by our contracts: served by reflection only, so clients can decode

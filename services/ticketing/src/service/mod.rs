@@ -1,0 +1,293 @@
+//! The ticketing service's use cases: configuration objects, tickets (create, status,
+//! comments) with routing, assignment and SLA clocks, and the escalation scheduler.
+//! Each write is one transaction: the ticket, its history, its SLA points and its
+//! feed events commit together.
+
+pub mod config;
+mod scheduler;
+mod sla_json;
+mod tickets;
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use crm_platform::{
+    Error, Result,
+    db::begin_write,
+    feed::{self, Feed, NewEvent},
+};
+use crm_proto::crm::ticketing::v1 as pb;
+use prost::Message;
+use sea_orm::DatabaseConnection;
+
+use self::config::Directory;
+pub use self::tickets::{AuthorType, NewComment};
+use crate::store::{self, Kind};
+
+/// How the service behaves; from `[ticketing]`.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Where tickets go when no routing rule matches, `queues/{queue}`.
+    pub default_queue: String,
+    /// How often the scheduler looks for due SLA points.
+    pub scheduler_interval: std::time::Duration,
+    /// SLA points handled per scheduler transaction.
+    pub scheduler_batch: u64,
+}
+
+#[derive(Clone)]
+pub struct Ticketing {
+    db: DatabaseConnection,
+    feed: Feed,
+    settings: Arc<Settings>,
+}
+
+pub fn timestamp(t: DateTime<Utc>) -> prost_types::Timestamp {
+    feed::timestamp(t)
+}
+
+pub fn micros(t: DateTime<Utc>) -> i64 {
+    t.timestamp_micros()
+}
+
+fn decode<M: Message + Default>(bytes: &[u8]) -> Result<M> {
+    M::decode(bytes).map_err(Error::internal)
+}
+
+/// The etag of a stored revision.
+pub fn etag(revision: i64) -> String {
+    format!("\"{revision}\"")
+}
+
+/// `tickets/{id}` → `id`.
+pub fn ticket_id(name: &str) -> Result<&str> {
+    name.strip_prefix("tickets/")
+        .filter(|id| !id.is_empty() && !id.contains('/'))
+        .ok_or_else(|| Error::invalid("name", "must be tickets/{ticket}"))
+}
+
+/// A configuration resource kept whole.
+pub trait ConfigObject: Message + Default + Clone {
+    const KIND: Kind;
+    /// The collection in its names: `agents` for `agents/{agent}`.
+    const COLLECTION: &'static str;
+    const EVENT: &'static str = "crm.ticketing.v1.ConfigurationChanged";
+    fn name(&self) -> &str;
+    fn etag(&self) -> &str;
+    fn set_etag(&mut self, etag: String);
+    fn stamp(&mut self, t: prost_types::Timestamp);
+    /// Every problem with the object, references checked against `dir`.
+    fn validate(&self, dir: &Directory) -> Result<()>;
+}
+
+fn reference(dir: &Directory, kind: Kind, field: &str, name: &str, bad: &mut Vec<crm_platform::FieldViolation>) {
+    if !name.is_empty() && !dir.has(kind, name) {
+        bad.push(crm_platform::FieldViolation::new(
+            field,
+            format!("{} `{name}` does not exist", kind.resource_type()),
+        ));
+    }
+}
+
+fn finish(bad: Vec<crm_platform::FieldViolation>) -> Result<()> {
+    if bad.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::InvalidArgument(bad))
+    }
+}
+
+macro_rules! config_object {
+    ($t:ty, $kind:expr, $collection:literal, |$o:ident, $dir:ident, $bad:ident| $check:block) => {
+        impl ConfigObject for $t {
+            const KIND: Kind = $kind;
+            const COLLECTION: &'static str = $collection;
+            fn name(&self) -> &str {
+                &self.name
+            }
+            fn etag(&self) -> &str {
+                &self.etag
+            }
+            fn set_etag(&mut self, etag: String) {
+                self.etag = etag;
+            }
+            fn stamp(&mut self, t: prost_types::Timestamp) {
+                self.update_time = Some(t);
+            }
+            fn validate(&self, $dir: &Directory) -> Result<()> {
+                let $o = self;
+                let mut $bad = Vec::new();
+                $check
+                finish($bad)
+            }
+        }
+    };
+}
+
+config_object!(pb::Agent, Kind::Agent, "agents", |o, dir, bad| {
+    for (i, q) in o.queues.iter().enumerate() {
+        reference(dir, Kind::Queue, &format!("queues[{i}]"), q, &mut bad);
+    }
+    if !(1..=1000).contains(&o.capacity) {
+        bad.push(crm_platform::FieldViolation::new("capacity", "1 to 1000"));
+    }
+    if o.supervisor == o.name {
+        bad.push(crm_platform::FieldViolation::new(
+            "supervisor",
+            "an agent cannot supervise itself",
+        ));
+    }
+});
+
+config_object!(pb::Queue, Kind::Queue, "queues", |o, dir, bad| {
+    reference(dir, Kind::Agent, "supervisor", &o.supervisor, &mut bad);
+    let _ = o;
+});
+
+config_object!(pb::RoutingRule, Kind::RoutingRule, "routingRules", |o, dir, bad| {
+    if o.queue.is_empty() {
+        bad.push(crm_platform::FieldViolation::new("queue", "required"));
+    }
+    reference(dir, Kind::Queue, "queue", &o.queue, &mut bad);
+});
+
+config_object!(pb::Calendar, Kind::Calendar, "calendars", |o, dir, bad| {
+    let _ = dir;
+    if let Err(Error::InvalidArgument(v)) = config::calendar(o) {
+        bad.extend(v);
+    }
+});
+
+config_object!(pb::SlaPolicy, Kind::SlaPolicy, "slaPolicies", |o, dir, bad| {
+    if let Err(Error::InvalidArgument(v)) = config::sla_targets(o) {
+        bad.extend(v);
+    }
+    reference(dir, Kind::Calendar, "calendar", &o.calendar, &mut bad);
+    reference(
+        dir,
+        Kind::EscalationPolicy,
+        "escalation_policy",
+        &o.escalation_policy,
+        &mut bad,
+    );
+});
+
+config_object!(
+    pb::EscalationPolicy,
+    Kind::EscalationPolicy,
+    "escalationPolicies",
+    |o, dir, bad| {
+        let _ = dir;
+        if let Err(Error::InvalidArgument(v)) = config::escalation_policy(o) {
+            bad.extend(v);
+        }
+    }
+);
+
+/// `{collection}/{id}` → `id`, with the id's format checked.
+fn object_id<M: ConfigObject>(name: &str) -> Result<&str> {
+    let id = name
+        .strip_prefix(M::COLLECTION)
+        .and_then(|rest| rest.strip_prefix('/'))
+        .unwrap_or("");
+    let ok = !id.is_empty()
+        && id.len() <= 128
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '@'));
+    if ok {
+        Ok(id)
+    } else {
+        Err(Error::invalid(
+            "name",
+            format!(
+                "must be {}/{{id}} with an id of 1 to 128 letters, digits, -, _, ., @",
+                M::COLLECTION
+            ),
+        ))
+    }
+}
+
+impl Ticketing {
+    pub fn new(db: DatabaseConnection, feed: Feed, settings: Settings) -> Self {
+        Self {
+            db,
+            feed,
+            settings: Arc::new(settings),
+        }
+    }
+
+    pub fn db(&self) -> &DatabaseConnection {
+        &self.db
+    }
+
+    /// Creates a configuration object.
+    pub async fn create_object<M: ConfigObject>(&self, actor: &str, mut object: M, now: DateTime<Utc>) -> Result<M> {
+        let id = object_id::<M>(object.name())?.to_owned();
+        let txn = begin_write(&self.db).await?;
+        object.validate(&Directory::load(&txn).await?)?;
+        object.stamp(timestamp(now));
+        object.set_etag(String::new());
+        store::insert_object(&txn, M::KIND, &id, object.name(), object.encode_to_vec()).await?;
+        self.config_event(&txn, actor, object.name(), false).await?;
+        txn.commit().await?;
+        self.feed.committed();
+        object.set_etag(etag(1));
+        Ok(object)
+    }
+
+    /// Replaces a configuration object whole; its `etag`, when set, must be the
+    /// stored one.
+    pub async fn replace_object<M: ConfigObject>(&self, actor: &str, mut object: M, now: DateTime<Utc>) -> Result<M> {
+        let id = object_id::<M>(object.name())?.to_owned();
+        let txn = begin_write(&self.db).await?;
+        let stored = store::get_object(&txn, M::KIND, &id).await?.ok_or_else(|| Error::NotFound {
+            resource_type: M::KIND.resource_type(),
+            name: object.name().to_owned(),
+        })?;
+        if !object.etag().is_empty() && object.etag() != etag(stored.revision) {
+            return Err(Error::EtagMismatch {
+                name: object.name().to_owned(),
+            });
+        }
+        object.validate(&Directory::load(&txn).await?)?;
+        object.stamp(timestamp(now));
+        object.set_etag(String::new());
+        let revision = store::update_object(&txn, M::KIND, &id, object.name(), stored.revision, object.encode_to_vec()).await?;
+        self.config_event(&txn, actor, object.name(), false).await?;
+        txn.commit().await?;
+        self.feed.committed();
+        object.set_etag(etag(revision));
+        Ok(object)
+    }
+
+    pub async fn get_object<M: ConfigObject>(&self, name: &str) -> Result<M> {
+        let id = object_id::<M>(name)?;
+        let row = store::get_object(&self.db, M::KIND, id)
+            .await?
+            .ok_or_else(|| Error::NotFound {
+                resource_type: M::KIND.resource_type(),
+                name: name.to_owned(),
+            })?;
+        let mut object: M = decode(&row.data)?;
+        object.set_etag(etag(row.revision));
+        Ok(object)
+    }
+
+    async fn config_event<C: sea_orm::ConnectionTrait>(&self, c: &C, actor: &str, name: &str, deleted: bool) -> Result<()> {
+        feed::append(
+            c,
+            NewEvent {
+                event_type: "crm.ticketing.v1.ConfigurationChanged",
+                subject: name.to_owned(),
+                actor: actor.to_owned(),
+                data: pb::ConfigurationChanged {
+                    resource: name.to_owned(),
+                    deleted,
+                }
+                .encode_to_vec(),
+            },
+        )
+        .await
+    }
+}

@@ -1,0 +1,660 @@
+//! Tickets: creation (validation, routing, assignment, SLA clocks), status moves,
+//! comments, and what the SLA says now.
+
+use chrono::{DateTime, Utc};
+use crm_platform::{
+    Error, FieldViolation, Result,
+    db::begin_write,
+    feed::{self, NewEvent},
+};
+use crm_proto::crm::ticketing::v1 as pb;
+use prost::Message;
+use sea_orm::DatabaseTransaction;
+
+use super::{
+    Ticketing,
+    config::{self, Directory, channel_name, priority, status, status_to_proto},
+    decode, etag, micros, sla_json, ticket_id, timestamp,
+};
+use crate::{
+    domain::{
+        calendar::Calendar,
+        routing::{self, Facts},
+        sla::{Calendars, ClockState, Event, Sla},
+        ticket::Status,
+    },
+    store::{self, Log, TicketColumns, sla::Point},
+};
+
+/// Who wrote a comment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthorType {
+    Agent,
+    Customer,
+}
+
+/// A comment to add.
+#[derive(Debug, Clone)]
+pub struct NewComment {
+    pub author: String,
+    pub author_type: AuthorType,
+    pub internal: bool,
+    pub body: String,
+    pub attachments: Vec<pb::Attachment>,
+}
+
+fn is_token(s: &str, max: usize, extra: &[char]) -> bool {
+    !s.is_empty()
+        && s.len() <= max
+        && s.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || extra.contains(&c))
+}
+
+/// Every problem with a ticket to create.
+fn validate_new(t: &pb::Ticket) -> Result<()> {
+    let mut bad = Vec::new();
+    let mut check = |ok: bool, field: &str, what: &str| {
+        if !ok {
+            bad.push(FieldViolation::new(field, what));
+        }
+    };
+    let customer_ok = t
+        .customer
+        .strip_prefix("customers/")
+        .is_some_and(|id| !id.is_empty() && !id.contains('/') && id.len() <= 128);
+    check(customer_ok, "customer", "required: customers/{customer}");
+    check(t.channel != 0, "channel", "required");
+    check(
+        is_token(&t.category, 63, &[]) && t.category.starts_with(|c: char| c.is_ascii_lowercase()),
+        "category",
+        "required: [a-z][a-z0-9_]{0,62}",
+    );
+    let subject = t.subject.trim();
+    check(
+        !subject.is_empty() && subject.chars().count() <= 300,
+        "subject",
+        "required, at most 300 characters",
+    );
+    check(
+        t.description.chars().count() <= 20_000,
+        "description",
+        "at most 20000 characters",
+    );
+    check(
+        matches!(status(t.status), None | Some(Status::New | Status::Open)) && t.status >= 0,
+        "status",
+        "a new ticket is NEW or OPEN",
+    );
+    check(t.tags.len() <= 20, "tags", "at most 20");
+    for (i, tag) in t.tags.iter().enumerate() {
+        check(is_token(tag, 63, &['-']), &format!("tags[{i}]"), "[a-z0-9][a-z0-9_-]{0,62}");
+    }
+    check(t.custom_fields.len() <= 50, "custom_fields", "at most 50");
+    for (k, v) in &t.custom_fields {
+        check(
+            is_token(k, 63, &[]) && k.starts_with(|c: char| c.is_ascii_lowercase()),
+            &format!("custom_fields[{k}]"),
+            "keys [a-z][a-z0-9_]{0,62}",
+        );
+        check(
+            v.chars().count() <= 1000,
+            &format!("custom_fields[{k}]"),
+            "at most 1000 characters",
+        );
+    }
+    check(t.attachments.len() <= 20, "attachments", "at most 20");
+    for (i, a) in t.attachments.iter().enumerate() {
+        check(
+            !a.uri.is_empty() && a.uri.len() <= 2048,
+            &format!("attachments[{i}].uri"),
+            "required, at most 2048 characters",
+        );
+    }
+    check(t.language.len() <= 35, "language", "a BCP 47 tag");
+    check(t.customer_tier.len() <= 63, "customer_tier", "at most 63 characters");
+    check(pb::Priority::try_from(t.priority).is_ok(), "priority", "unknown priority");
+    if bad.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::InvalidArgument(bad))
+    }
+}
+
+/// A ticket being changed inside its write transaction.
+pub(super) struct Work {
+    pub txn: DatabaseTransaction,
+    pub id: String,
+    /// `None` for a ticket being created.
+    pub revision: Option<i64>,
+    pub ticket: pb::Ticket,
+    pub sla: Sla,
+    pub dir: Directory,
+    pub actor: String,
+    pub now: DateTime<Utc>,
+    history: Vec<pb::HistoryEntry>,
+    events: Vec<NewEvent>,
+    pub changed: Vec<String>,
+    /// Assignee and whether it counted in their load, as stored.
+    before: (String, bool),
+}
+
+impl Work {
+    pub(super) async fn load(ticketing: &Ticketing, name: &str, actor: &str, now: DateTime<Utc>) -> Result<Self> {
+        let id = ticket_id(name)?.to_owned();
+        let txn = begin_write(&ticketing.db).await?;
+        let stored = store::get_ticket(&txn, &id, store::Lock::Update)
+            .await?
+            .ok_or_else(|| Error::NotFound {
+                resource_type: "ticket",
+                name: name.to_owned(),
+            })?;
+        Self::open(txn, stored, actor, now).await
+    }
+
+    /// A ticket read (and locked) in `txn`.
+    pub(super) async fn open(
+        txn: DatabaseTransaction,
+        stored: store::TicketRow,
+        actor: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Self> {
+        let ticket: pb::Ticket = decode(&stored.row.data)?;
+        let sla = sla_json::decode(&stored.sla)?;
+        let dir = Directory::load(&txn).await?;
+        let active = status(ticket.status).is_some_and(Status::is_active);
+        Ok(Self {
+            id: stored.row.id.clone(),
+            txn,
+            revision: Some(stored.row.revision),
+            before: (ticket.assignee.clone(), active),
+            ticket,
+            sla,
+            dir,
+            actor: actor.to_owned(),
+            now,
+            history: Vec::new(),
+            events: Vec::new(),
+            changed: Vec::new(),
+        })
+    }
+
+    pub fn status(&self) -> Status {
+        status(self.ticket.status).unwrap_or(Status::New)
+    }
+
+    pub fn policy(&self) -> Option<&pb::SlaPolicy> {
+        self.dir.sla_policy_named(&self.ticket.sla_policy)
+    }
+
+    /// The calendars of the ticket's policy: (business, elapsed).
+    pub fn calendars(&self) -> (Calendar, Calendar) {
+        (self.dir.calendar_of(self.policy()), Calendar::always())
+    }
+
+    pub fn note(&mut self, kind: pb::HistoryKind, description: String) {
+        self.history.push(pb::HistoryEntry {
+            time: Some(timestamp(self.now)),
+            actor: self.actor.clone(),
+            kind: kind as i32,
+            description,
+        });
+    }
+
+    pub fn event(&mut self, event_type: &'static str, data: Vec<u8>) {
+        self.events.push(NewEvent {
+            event_type,
+            subject: format!("tickets/{}", self.id),
+            actor: self.actor.clone(),
+            data,
+        });
+    }
+
+    pub fn sla_event(&mut self, event: Event) {
+        let (business, elapsed) = self.calendars();
+        let cals = Calendars {
+            business: &business,
+            elapsed: &elapsed,
+        };
+        self.sla.on(event, self.now, &cals);
+    }
+
+    /// Moves the ticket to `to`, with its SLA clocks and history.
+    pub fn set_status(&mut self, to: Status) -> Result<()> {
+        let from = self.status();
+        if !from.may_become(to) {
+            return Err(Error::FailedPrecondition {
+                reason: "TICKET_STATUS_MOVE",
+                subject: format!("tickets/{}", self.id),
+                message: format!("a {from} ticket cannot become {to}"),
+            });
+        }
+        self.ticket.status = status_to_proto(to) as i32;
+        match to {
+            Status::Solved => self.ticket.solve_time = Some(timestamp(self.now)),
+            Status::Closed => self.ticket.close_time = Some(timestamp(self.now)),
+            _ => {}
+        }
+        self.sla_event(Event::StatusChanged { from, to });
+        self.changed.push("status".into());
+        self.note(pb::HistoryKind::Status, format!("status {from} → {to}"));
+        if to == Status::Solved {
+            let survey = pb::SurveyRequested {
+                ticket: format!("tickets/{}", self.id),
+                customer: self.ticket.customer.clone(),
+                agent: self.ticket.assignee.clone(),
+            };
+            self.event("crm.ticketing.v1.SurveyRequested", survey.encode_to_vec());
+        }
+        Ok(())
+    }
+
+    /// Picks the SLA policy again (priority, category or tier changed): clocks keep
+    /// the time counted.
+    pub fn reselect_policy(&mut self) {
+        let chosen = self.dir.sla_policy(&self.ticket).cloned();
+        let name = chosen.as_ref().map(|p| p.name.clone()).unwrap_or_default();
+        let targets = chosen.as_ref().and_then(|p| config::sla_targets(p).ok()).unwrap_or_default();
+        if name != self.ticket.sla_policy || targets.as_slice() != self.sla.targets() {
+            let status = self.status();
+            self.sla.retarget(targets, status, self.now);
+            self.ticket.sla_policy = name;
+            self.changed.push("sla_policy".into());
+        }
+    }
+
+    /// The escalation points of the running clocks: every level's percentage of its
+    /// metric, and the breach (100) always.
+    fn points(&self) -> Result<Vec<Point>> {
+        let (business, elapsed) = self.calendars();
+        let cals = Calendars {
+            business: &business,
+            elapsed: &elapsed,
+        };
+        let escalation = self.dir.escalation_of(self.policy());
+        let mut points = Vec::new();
+        for clock in self.sla.clocks.iter().filter(|c| c.achieved_at.is_none()) {
+            let mut percents = escalation.map(|e| e.percents(clock.metric)).unwrap_or_default();
+            if !percents.contains(&100) {
+                percents.push(100);
+            }
+            for percent in percents {
+                let at = clock.point_at(percent, &cals).map_err(|e| Error::FailedPrecondition {
+                    reason: "CALENDAR_CLOSED",
+                    subject: self.ticket.sla_policy.clone(),
+                    message: e.to_string(),
+                })?;
+                if let Some(at) = at {
+                    points.push(Point {
+                        metric: config::metric_to_proto(clock.metric) as i32,
+                        clock_start_us: micros(clock.started_at),
+                        percent: i32::try_from(percent).unwrap_or(i32::MAX),
+                        due_us: micros(at),
+                    });
+                }
+            }
+        }
+        Ok(points)
+    }
+
+    /// Writes the ticket, its history, SLA points, agent loads and events; commits.
+    pub async fn save(mut self, ticketing: &Ticketing) -> Result<pb::Ticket> {
+        self.ticket.update_time = Some(timestamp(self.now));
+        self.ticket.etag.clear();
+        let points = self.points()?;
+        let sla = sla_json::encode(&self.sla)?;
+        let status_now = self.status();
+        let cols = TicketColumns {
+            status: self.ticket.status,
+            queue: &self.ticket.queue,
+            assignee: &self.ticket.assignee,
+            customer: &self.ticket.customer,
+            category: &self.ticket.category,
+            create_us: self
+                .ticket
+                .create_time
+                .as_ref()
+                .map_or(0, |t| t.seconds * 1_000_000 + i64::from(t.nanos / 1000)),
+        };
+        let name = format!("tickets/{}", self.id);
+        let revision = match self.revision {
+            None => {
+                store::insert_ticket(&self.txn, &self.id, &cols, self.ticket.encode_to_vec(), sla).await?;
+                1
+            }
+            Some(r) => store::update_ticket(&self.txn, &self.id, &name, r, &cols, self.ticket.encode_to_vec(), sla).await?,
+        };
+        store::sla::replace_points(&self.txn, &self.id, &points).await?;
+        // Agent loads: what the ticket counted for before, and now.
+        let after = (self.ticket.assignee.clone(), status_now.is_active());
+        if after != self.before {
+            if self.before.1 && !self.before.0.is_empty() {
+                store::adjust_agent(&self.txn, &self.before.0, -1, None).await?;
+            }
+            let newly = (after.0 != self.before.0).then(|| micros(self.now));
+            if after.1 && !after.0.is_empty() {
+                store::adjust_agent(&self.txn, &after.0, 1, newly).await?;
+            }
+        }
+        for entry in &self.history {
+            store::append(&self.txn, Log::History, &self.id, entry.encode_to_vec()).await?;
+        }
+        let mut saved = self.ticket.clone();
+        saved.etag = etag(revision);
+        let change = pb::TicketChanged {
+            ticket: Some(saved.clone()),
+            created: self.revision.is_none(),
+            changed_fields: self.changed.clone(),
+            entry: self.history.last().cloned(),
+        };
+        self.events.insert(
+            0,
+            NewEvent {
+                event_type: "crm.ticketing.v1.TicketChanged",
+                subject: name,
+                actor: self.actor.clone(),
+                data: change.encode_to_vec(),
+            },
+        );
+        feed::append_many(&self.txn, std::mem::take(&mut self.events)).await?;
+        self.txn.commit().await?;
+        ticketing.feed.committed();
+        Ok(saved)
+    }
+}
+
+impl Ticketing {
+    /// Creates a ticket: routes it, assigns it, starts its SLA clocks.
+    pub async fn create_ticket(&self, actor: &str, mut ticket: pb::Ticket, now: DateTime<Utc>) -> Result<pb::Ticket> {
+        validate_new(&ticket)?;
+        let id = uuid::Uuid::now_v7().simple().to_string();
+        ticket.name = format!("tickets/{id}");
+        ticket.subject = ticket.subject.trim().to_owned();
+        if ticket.priority == 0 {
+            ticket.priority = pb::Priority::Normal as i32;
+        }
+        let requested = status(ticket.status).unwrap_or(Status::New);
+        ticket.status = pb::TicketStatus::New as i32;
+        ticket.sla_policy.clear();
+        ticket.routing = None;
+        ticket.create_time = Some(timestamp(now));
+        ticket.first_response_time = None;
+        ticket.solve_time = None;
+        ticket.close_time = None;
+        let txn = begin_write(&self.db).await?;
+        let dir = Directory::load(&txn).await?;
+        let mut bad = Vec::new();
+        if !ticket.queue.is_empty() && !dir.has(store::Kind::Queue, &ticket.queue) {
+            bad.push(FieldViolation::new(
+                "queue",
+                format!("queue `{}` does not exist", ticket.queue),
+            ));
+        }
+        if !ticket.assignee.is_empty() && !dir.has(store::Kind::Agent, &ticket.assignee) {
+            bad.push(FieldViolation::new(
+                "assignee",
+                format!("agent `{}` does not exist", ticket.assignee),
+            ));
+        }
+        if !bad.is_empty() {
+            return Err(Error::InvalidArgument(bad));
+        }
+        let mut work = Work {
+            txn,
+            id,
+            revision: None,
+            ticket,
+            sla: Sla::default(),
+            dir,
+            actor: actor.to_owned(),
+            now,
+            history: Vec::new(),
+            events: Vec::new(),
+            changed: Vec::new(),
+            before: (String::new(), false),
+        };
+        work.note(
+            pb::HistoryKind::Created,
+            format!(
+                "created from {} in category {}",
+                channel_name(work.ticket.channel),
+                work.ticket.category
+            ),
+        );
+        self.route(&mut work).await?;
+        work.reselect_policy();
+        work.sla_event(Event::Created);
+        if requested == Status::Open {
+            work.set_status(Status::Open)?;
+        }
+        work.save(self).await
+    }
+
+    /// Routes (unless a queue was given) and assigns (unless an agent was given).
+    pub(super) async fn route(&self, work: &mut Work) -> Result<()> {
+        let t = &work.ticket;
+        let facts = Facts {
+            channel: &channel_name(t.channel),
+            category: &t.category,
+            priority: priority(t.priority),
+            customer_tier: &t.customer_tier,
+            subject: &t.subject,
+            description: &t.description,
+        };
+        let (queue, rule, queue_reason, skills) = if t.queue.is_empty() {
+            let routed = work.dir.route(&facts, &self.settings.default_queue);
+            (routed.queue, routed.rule, routed.reason, routed.required_skills)
+        } else {
+            (
+                t.queue.clone(),
+                None,
+                format!("queue {} set by the caller", t.queue),
+                Vec::new(),
+            )
+        };
+        let assignment_reason = if t.assignee.is_empty() {
+            let stats = store::agent_stats(&work.txn).await?;
+            let previous = store::previous_agents(&work.txn, &t.customer, 5).await?;
+            let agents: Vec<routing::Agent> = work
+                .dir
+                .agents
+                .iter()
+                .filter(|a| a.queues.contains(&queue))
+                .map(|a| {
+                    let (load, last) = stats.get(&a.name).copied().unwrap_or((0, 0));
+                    routing::Agent {
+                        id: &a.name,
+                        skills: &a.skills,
+                        languages: &a.languages,
+                        capacity: u32::try_from(a.capacity).unwrap_or(0),
+                        load: u32::try_from(load).unwrap_or(u32::MAX),
+                        available: a.available,
+                        last_assigned_at: (last > 0).then(|| DateTime::from_timestamp_micros(last)).flatten(),
+                    }
+                })
+                .collect();
+            let language = (!t.language.is_empty()).then_some(t.language.as_str());
+            let need = routing::Need {
+                skills: &skills,
+                language,
+                previous_agents: &previous,
+            };
+            match routing::assign(&agents, &need) {
+                Ok(assigned) => {
+                    work.ticket.assignee = assigned.agent;
+                    assigned.reason
+                }
+                Err(why) => format!("unassigned: {why}"),
+            }
+        } else {
+            format!("{} set by the caller", t.assignee)
+        };
+        work.ticket.queue = queue;
+        work.note(pb::HistoryKind::Routed, queue_reason.clone());
+        work.note(pb::HistoryKind::Assigned, assignment_reason.clone());
+        work.ticket.routing = Some(pb::RoutingDecision {
+            routing_rule: rule.unwrap_or_default(),
+            queue_reason,
+            assignment_reason,
+            decide_time: Some(timestamp(work.now)),
+        });
+        work.changed.push("queue".into());
+        work.changed.push("assignee".into());
+        Ok(())
+    }
+
+    pub async fn get_ticket(&self, name: &str) -> Result<pb::Ticket> {
+        let id = ticket_id(name)?;
+        let stored = store::get_ticket(&self.db, id, store::Lock::None)
+            .await?
+            .ok_or_else(|| Error::NotFound {
+                resource_type: "ticket",
+                name: name.to_owned(),
+            })?;
+        let mut t: pb::Ticket = decode(&stored.row.data)?;
+        t.etag = etag(stored.row.revision);
+        Ok(t)
+    }
+
+    /// Moves a ticket to another status.
+    pub async fn change_status(&self, actor: &str, name: &str, to: Status, now: DateTime<Utc>) -> Result<pb::Ticket> {
+        let mut work = Work::load(self, name, actor, now).await?;
+        work.set_status(to)?;
+        work.save(self).await
+    }
+
+    /// Adds a comment: a public agent comment answers the customer (SLA), a customer
+    /// comment starts the next-response clock and brings a pending ticket back.
+    pub async fn add_comment(&self, name: &str, comment: NewComment, now: DateTime<Utc>) -> Result<pb::Comment> {
+        let mut bad = Vec::new();
+        let chars = comment.body.trim().chars().count();
+        if chars == 0 || chars > 20_000 {
+            bad.push(FieldViolation::new("comment.body", "required, at most 20000 characters"));
+        }
+        if comment.attachments.len() > 20 {
+            bad.push(FieldViolation::new("comment.attachments", "at most 20"));
+        }
+        if comment.author_type == AuthorType::Customer && comment.internal {
+            bad.push(FieldViolation::new("comment.internal", "customers write public comments"));
+        }
+        if !bad.is_empty() {
+            return Err(Error::InvalidArgument(bad));
+        }
+        let mut work = Work::load(self, name, &comment.author, now).await?;
+        if work.status() == Status::Closed {
+            return Err(Error::FailedPrecondition {
+                reason: "TICKET_CLOSED",
+                subject: name.to_owned(),
+                message: "a closed ticket takes no comments".into(),
+            });
+        }
+        match (comment.author_type, comment.internal) {
+            (AuthorType::Agent, false) => {
+                work.sla_event(Event::AgentReplied);
+                if work.ticket.first_response_time.is_none() {
+                    work.ticket.first_response_time = Some(timestamp(now));
+                    work.changed.push("first_response_time".into());
+                }
+                if work.status() == Status::New {
+                    work.set_status(Status::Open)?;
+                }
+            }
+            (AuthorType::Customer, _) => {
+                if matches!(work.status(), Status::PendingCustomer | Status::Solved) {
+                    work.set_status(Status::Open)?;
+                }
+                work.sla_event(Event::CustomerReplied);
+            }
+            (AuthorType::Agent, true) => {}
+        }
+        let mut saved = pb::Comment {
+            name: String::new(),
+            author: comment.author.clone(),
+            author_type: match comment.author_type {
+                AuthorType::Agent => pb::AuthorType::Agent,
+                AuthorType::Customer => pb::AuthorType::Customer,
+            } as i32,
+            internal: comment.internal,
+            body: comment.body.trim().to_owned(),
+            attachments: comment.attachments,
+            create_time: Some(timestamp(now)),
+        };
+        let seq = store::append(&work.txn, Log::Comments, &work.id, saved.encode_to_vec()).await?;
+        saved.name = format!("tickets/{}/comments/{seq}", work.id);
+        let visibility = if saved.internal { "internal" } else { "public" };
+        work.note(pb::HistoryKind::Comment, format!("{visibility} comment by {}", saved.author));
+        let added = pb::CommentAdded {
+            ticket: name.to_owned(),
+            comment: Some(saved.clone()),
+        };
+        work.event("crm.ticketing.v1.CommentAdded", added.encode_to_vec());
+        work.save(self).await?;
+        Ok(saved)
+    }
+
+    /// The ticket's history, oldest first.
+    pub async fn history(&self, name: &str, after_seq: i64, limit: u64) -> Result<Vec<(i64, pb::HistoryEntry)>> {
+        let id = ticket_id(name)?;
+        store::read_log(&self.db, Log::History, id, after_seq, limit)
+            .await?
+            .into_iter()
+            .map(|(seq, data)| Ok((seq, decode(&data)?)))
+            .collect()
+    }
+
+    /// Each targeted metric's clock as of `now`.
+    pub async fn sla_status(&self, name: &str, now: DateTime<Utc>) -> Result<pb::SlaStatus> {
+        let id = ticket_id(name)?;
+        let stored = store::get_ticket(&self.db, id, store::Lock::None)
+            .await?
+            .ok_or_else(|| Error::NotFound {
+                resource_type: "ticket",
+                name: name.to_owned(),
+            })?;
+        let ticket: pb::Ticket = decode(&stored.row.data)?;
+        let sla = sla_json::decode(&stored.sla)?;
+        let dir = Directory::load(&self.db).await?;
+        let business = dir.calendar_of(dir.sla_policy_named(&ticket.sla_policy));
+        let elapsed = Calendar::always();
+        let cals = Calendars {
+            business: &business,
+            elapsed: &elapsed,
+        };
+        let duration = |d: chrono::Duration| prost_types::Duration {
+            seconds: d.num_seconds(),
+            nanos: 0,
+        };
+        let metrics = sla
+            .clocks
+            .iter()
+            .map(|c| {
+                let state = match c.state(now, &cals) {
+                    ClockState::Active => pb::SlaState::Active,
+                    ClockState::Paused => pb::SlaState::Paused,
+                    ClockState::Achieved => pb::SlaState::Achieved,
+                    ClockState::Breached => pb::SlaState::Breached,
+                };
+                Ok(pb::SlaMetricStatus {
+                    metric: config::metric_to_proto(c.metric) as i32,
+                    target: Some(duration(c.target)),
+                    business_hours: c.business_hours,
+                    elapsed: Some(duration(c.elapsed(now, &cals))),
+                    remaining: Some(duration(c.remaining(now, &cals))),
+                    state: state as i32,
+                    start_time: Some(timestamp(c.started_at)),
+                    due_time: if c.achieved_at.is_none() {
+                        c.point_at(100, &cals).ok().flatten().map(timestamp)
+                    } else {
+                        None
+                    },
+                    achieve_time: c.achieved_at.map(timestamp),
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(pb::SlaStatus {
+            ticket: name.to_owned(),
+            sla_policy: ticket.sla_policy,
+            metrics,
+        })
+    }
+}

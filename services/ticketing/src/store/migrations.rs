@@ -1,0 +1,55 @@
+//! Schema of the ticketing database, one step per release. Never edit a released
+//! step; add a new one.
+
+use crm_platform::{
+    feed, idempotency,
+    migrate::{Dialect, Migration},
+};
+
+pub const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    name: "configuration objects, tickets with SLA clocks, comments, history, SLA points, outbox",
+    up: v1,
+}];
+
+fn v1(d: Dialect) -> Vec<String> {
+    let bytes = d.bytes();
+    let mut sql = vec![
+        // Agents, queues, routing rules, calendars, SLA and escalation policies: small,
+        // read whole, encoded protos.
+        format!(
+            "CREATE TABLE objects (kind TEXT NOT NULL, id TEXT NOT NULL, revision BIGINT NOT NULL, \
+             data {bytes} NOT NULL, PRIMARY KEY (kind, id))"
+        ),
+        // A ticket: the encoded proto, its SLA clocks (JSON), and the columns lists filter on.
+        format!(
+            "CREATE TABLE tickets (id TEXT PRIMARY KEY, revision BIGINT NOT NULL, status INTEGER NOT NULL, \
+             queue TEXT NOT NULL, assignee TEXT NOT NULL, customer TEXT NOT NULL, category TEXT NOT NULL, \
+             create_us BIGINT NOT NULL, data {bytes} NOT NULL, sla TEXT NOT NULL)"
+        ),
+        "CREATE INDEX tickets_queue ON tickets (queue, status)".into(),
+        "CREATE INDEX tickets_assignee ON tickets (assignee, status)".into(),
+        "CREATE INDEX tickets_customer ON tickets (customer, create_us)".into(),
+        "CREATE INDEX tickets_created ON tickets (create_us)".into(),
+        // Per agent: active tickets held, and when the last one was assigned (round-robin).
+        "CREATE TABLE agent_stats (agent TEXT PRIMARY KEY, load BIGINT NOT NULL, last_assigned_us BIGINT NOT NULL)".into(),
+        format!(
+            "CREATE TABLE comments (ticket_id TEXT NOT NULL, seq BIGINT NOT NULL, data {bytes} NOT NULL, \
+             PRIMARY KEY (ticket_id, seq))"
+        ),
+        format!(
+            "CREATE TABLE history (ticket_id TEXT NOT NULL, seq BIGINT NOT NULL, data {bytes} NOT NULL, \
+             PRIMARY KEY (ticket_id, seq))"
+        ),
+        // One row per escalation point of an SLA clock cycle: due until fired, then
+        // kept, so the same point never fires twice.
+        "CREATE TABLE sla_points (ticket_id TEXT NOT NULL, metric INTEGER NOT NULL, clock_start_us BIGINT NOT NULL, \
+         percent INTEGER NOT NULL, due_us BIGINT NOT NULL, fired_us BIGINT, \
+         PRIMARY KEY (ticket_id, metric, clock_start_us, percent))"
+            .into(),
+        "CREATE INDEX sla_points_due ON sla_points (due_us) WHERE fired_us IS NULL".into(),
+    ];
+    sql.extend(feed::migration_sql(d));
+    sql.extend(idempotency::migration_sql(d));
+    sql
+}

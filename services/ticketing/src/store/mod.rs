@@ -1,0 +1,384 @@
+//! Storage of the ticketing service: configuration objects and tickets as encoded
+//! protos with the columns queries filter on, SLA clocks as JSON beside their ticket,
+//! each ticket's history, and the SLA points the scheduler claims.
+
+mod migrations;
+pub mod sla;
+
+use crm_platform::{Error, Result, migrate::placeholders};
+pub use migrations::MIGRATIONS;
+use sea_orm::{ConnectionTrait, DbBackend, QueryResult, Statement, Value};
+
+async fn query<C: ConnectionTrait>(c: &C, sql: &str, values: Vec<Value>) -> Result<Vec<QueryResult>> {
+    let backend = c.get_database_backend();
+    Ok(
+        c.query_all_raw(Statement::from_sql_and_values(backend, placeholders(backend, sql), values))
+            .await?,
+    )
+}
+
+async fn execute<C: ConnectionTrait>(c: &C, sql: &str, values: Vec<Value>) -> Result<u64> {
+    let backend = c.get_database_backend();
+    Ok(
+        c.execute_raw(Statement::from_sql_and_values(backend, placeholders(backend, sql), values))
+            .await?
+            .rows_affected(),
+    )
+}
+
+/// A kind of configuration object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Agent,
+    Queue,
+    RoutingRule,
+    Calendar,
+    SlaPolicy,
+    EscalationPolicy,
+}
+
+impl Kind {
+    fn key(self) -> &'static str {
+        match self {
+            Kind::Agent => "agent",
+            Kind::Queue => "queue",
+            Kind::RoutingRule => "routing_rule",
+            Kind::Calendar => "calendar",
+            Kind::SlaPolicy => "sla_policy",
+            Kind::EscalationPolicy => "escalation_policy",
+        }
+    }
+
+    /// The resource type named in NOT_FOUND / ALREADY_EXISTS errors.
+    pub fn resource_type(self) -> &'static str {
+        match self {
+            Kind::Agent => "agent",
+            Kind::Queue => "queue",
+            Kind::RoutingRule => "routing rule",
+            Kind::Calendar => "calendar",
+            Kind::SlaPolicy => "SLA policy",
+            Kind::EscalationPolicy => "escalation policy",
+        }
+    }
+}
+
+/// A stored object or ticket: its id, revision (the etag) and encoded proto.
+#[derive(Debug, Clone)]
+pub struct Row {
+    pub id: String,
+    pub revision: i64,
+    pub data: Vec<u8>,
+}
+
+fn row(r: &QueryResult) -> Result<Row> {
+    Ok(Row {
+        id: r.try_get("", "id")?,
+        revision: r.try_get("", "revision")?,
+        data: r.try_get("", "data")?,
+    })
+}
+
+pub async fn get_object<C: ConnectionTrait>(c: &C, kind: Kind, id: &str) -> Result<Option<Row>> {
+    let rows = query(
+        c,
+        "SELECT id, revision, data FROM objects WHERE kind = ? AND id = ?",
+        vec![kind.key().into(), id.into()],
+    )
+    .await?;
+    rows.first().map(row).transpose()
+}
+
+/// Every object of a kind, in id order (configuration is small).
+pub async fn all_objects<C: ConnectionTrait>(c: &C, kind: Kind) -> Result<Vec<Row>> {
+    let rows = query(
+        c,
+        "SELECT id, revision, data FROM objects WHERE kind = ? ORDER BY id",
+        vec![kind.key().into()],
+    )
+    .await?;
+    rows.iter().map(row).collect()
+}
+
+/// Inserts at revision 1; ALREADY_EXISTS when the id is taken.
+pub async fn insert_object<C: ConnectionTrait>(c: &C, kind: Kind, id: &str, name: &str, data: Vec<u8>) -> Result<()> {
+    let backend = c.get_database_backend();
+    let sql = "INSERT INTO objects (kind, id, revision, data) VALUES (?, ?, 1, ?)";
+    match c
+        .execute_raw(Statement::from_sql_and_values(
+            backend,
+            placeholders(backend, sql),
+            vec![kind.key().into(), id.into(), data.into()],
+        ))
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(e) if matches!(e.sql_err(), Some(sea_orm::SqlErr::UniqueConstraintViolation(_))) => Err(Error::AlreadyExists {
+            resource_type: kind.resource_type(),
+            name: name.to_owned(),
+        }),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Replaces an object read at `revision`; ABORTED (etag mismatch) when it changed.
+pub async fn update_object<C: ConnectionTrait>(
+    c: &C,
+    kind: Kind,
+    id: &str,
+    name: &str,
+    revision: i64,
+    data: Vec<u8>,
+) -> Result<i64> {
+    let changed = execute(
+        c,
+        "UPDATE objects SET revision = ?, data = ? WHERE kind = ? AND id = ? AND revision = ?",
+        vec![
+            (revision + 1).into(),
+            data.into(),
+            kind.key().into(),
+            id.into(),
+            revision.into(),
+        ],
+    )
+    .await?;
+    if changed == 0 {
+        return Err(Error::EtagMismatch { name: name.to_owned() });
+    }
+    Ok(revision + 1)
+}
+
+pub async fn delete_object<C: ConnectionTrait>(c: &C, kind: Kind, id: &str) -> Result<u64> {
+    execute(
+        c,
+        "DELETE FROM objects WHERE kind = ? AND id = ?",
+        vec![kind.key().into(), id.into()],
+    )
+    .await
+}
+
+/// A ticket row with its SLA clocks.
+#[derive(Debug, Clone)]
+pub struct TicketRow {
+    pub row: Row,
+    pub sla: String,
+}
+
+/// The columns of a ticket that queries filter on.
+#[derive(Debug, Clone)]
+pub struct TicketColumns<'a> {
+    pub status: i32,
+    pub queue: &'a str,
+    pub assignee: &'a str,
+    pub customer: &'a str,
+    pub category: &'a str,
+    pub create_us: i64,
+}
+
+/// How a ticket is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lock {
+    /// A plain read.
+    None,
+    /// Locked until the transaction ends (PostgreSQL; SQLite's write lock already is).
+    Update,
+    /// Locked, or `None` at once when another transaction holds it (PostgreSQL).
+    SkipLocked,
+}
+
+/// Reads a ticket. Writers and the scheduler lock its row first, then touch its
+/// points, so they never deadlock on each other.
+pub async fn get_ticket<C: ConnectionTrait>(c: &C, id: &str, lock: Lock) -> Result<Option<TicketRow>> {
+    let lock = match (lock, c.get_database_backend()) {
+        (Lock::Update, DbBackend::Postgres) => " FOR UPDATE",
+        (Lock::SkipLocked, DbBackend::Postgres) => " FOR UPDATE SKIP LOCKED",
+        _ => "",
+    };
+    let rows = query(
+        c,
+        &format!("SELECT id, revision, data, sla FROM tickets WHERE id = ?{lock}"),
+        vec![id.into()],
+    )
+    .await?;
+    rows.first()
+        .map(|r| {
+            Ok(TicketRow {
+                row: row(r)?,
+                sla: r.try_get("", "sla")?,
+            })
+        })
+        .transpose()
+}
+
+pub async fn insert_ticket<C: ConnectionTrait>(
+    c: &C,
+    id: &str,
+    cols: &TicketColumns<'_>,
+    data: Vec<u8>,
+    sla: String,
+) -> Result<()> {
+    execute(
+        c,
+        "INSERT INTO tickets (id, revision, status, queue, assignee, customer, category, create_us, data, sla) \
+         VALUES (?, 1, ?, ?, ?, ?, ?, ?, ?, ?)",
+        vec![
+            id.into(),
+            cols.status.into(),
+            cols.queue.into(),
+            cols.assignee.into(),
+            cols.customer.into(),
+            cols.category.into(),
+            cols.create_us.into(),
+            data.into(),
+            sla.into(),
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Replaces a ticket read at `revision`; ABORTED when it changed meanwhile.
+pub async fn update_ticket<C: ConnectionTrait>(
+    c: &C,
+    id: &str,
+    name: &str,
+    revision: i64,
+    cols: &TicketColumns<'_>,
+    data: Vec<u8>,
+    sla: String,
+) -> Result<i64> {
+    let changed = execute(
+        c,
+        "UPDATE tickets SET revision = ?, status = ?, queue = ?, assignee = ?, customer = ?, category = ?, \
+         data = ?, sla = ? WHERE id = ? AND revision = ?",
+        vec![
+            (revision + 1).into(),
+            cols.status.into(),
+            cols.queue.into(),
+            cols.assignee.into(),
+            cols.customer.into(),
+            cols.category.into(),
+            data.into(),
+            sla.into(),
+            id.into(),
+            revision.into(),
+        ],
+    )
+    .await?;
+    if changed == 0 {
+        return Err(Error::EtagMismatch { name: name.to_owned() });
+    }
+    Ok(revision + 1)
+}
+
+/// Per agent: (active tickets held, when the last one was assigned in µs).
+pub async fn agent_stats<C: ConnectionTrait>(c: &C) -> Result<std::collections::HashMap<String, (i64, i64)>> {
+    let rows = query(c, "SELECT agent, load, last_assigned_us FROM agent_stats", vec![]).await?;
+    rows.iter()
+        .map(|r| {
+            Ok((
+                r.try_get("", "agent")?,
+                (r.try_get("", "load")?, r.try_get("", "last_assigned_us")?),
+            ))
+        })
+        .collect()
+}
+
+/// Adds `delta` to an agent's load; `assigned_us` records a new assignment.
+pub async fn adjust_agent<C: ConnectionTrait>(c: &C, agent: &str, delta: i64, assigned_us: Option<i64>) -> Result<()> {
+    let stamp = assigned_us.unwrap_or(0);
+    execute(
+        c,
+        "INSERT INTO agent_stats (agent, load, last_assigned_us) VALUES (?, ?, ?) \
+         ON CONFLICT (agent) DO UPDATE SET load = agent_stats.load + ?, \
+         last_assigned_us = CASE WHEN ? > agent_stats.last_assigned_us THEN ? ELSE agent_stats.last_assigned_us END",
+        vec![
+            agent.into(),
+            delta.max(0).into(),
+            stamp.into(),
+            delta.into(),
+            stamp.into(),
+            stamp.into(),
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Agents who had this customer's tickets, most recent ticket first.
+pub async fn previous_agents<C: ConnectionTrait>(c: &C, customer: &str, limit: u64) -> Result<Vec<String>> {
+    let rows = query(
+        c,
+        "SELECT assignee FROM tickets WHERE customer = ? AND assignee <> '' ORDER BY create_us DESC LIMIT ?",
+        vec![customer.into(), (limit as i64).into()],
+    )
+    .await?;
+    let mut agents: Vec<String> = Vec::new();
+    for r in &rows {
+        let a: String = r.try_get("", "assignee")?;
+        if !agents.contains(&a) {
+            agents.push(a);
+        }
+    }
+    Ok(agents)
+}
+
+/// A ticket's log: its history or its comments, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Log {
+    History,
+    Comments,
+}
+
+impl Log {
+    fn table(self) -> &'static str {
+        match self {
+            Log::History => "history",
+            Log::Comments => "comments",
+        }
+    }
+}
+
+/// Appends to a ticket's log at the next sequence number, which it returns. Callers
+/// hold the ticket row (its revision check), so appends to one ticket never race.
+pub async fn append<C: ConnectionTrait>(c: &C, log: Log, ticket_id: &str, data: Vec<u8>) -> Result<i64> {
+    let table = log.table();
+    let rows = query(
+        c,
+        &format!("SELECT COALESCE(MAX(seq), 0) + 1 AS seq FROM {table} WHERE ticket_id = ?"),
+        vec![ticket_id.into()],
+    )
+    .await?;
+    let seq: i64 = match rows.first() {
+        Some(r) => r.try_get("", "seq")?,
+        None => 1,
+    };
+    execute(
+        c,
+        &format!("INSERT INTO {table} (ticket_id, seq, data) VALUES (?, ?, ?)"),
+        vec![ticket_id.into(), seq.into(), data.into()],
+    )
+    .await?;
+    Ok(seq)
+}
+
+/// A page of a ticket's log after `after_seq`: (seq, data).
+pub async fn read_log<C: ConnectionTrait>(
+    c: &C,
+    log: Log,
+    ticket_id: &str,
+    after_seq: i64,
+    limit: u64,
+) -> Result<Vec<(i64, Vec<u8>)>> {
+    let rows = query(
+        c,
+        &format!(
+            "SELECT seq, data FROM {} WHERE ticket_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+            log.table()
+        ),
+        vec![ticket_id.into(), after_seq.into(), (limit as i64).into()],
+    )
+    .await?;
+    rows.iter()
+        .map(|r| Ok((r.try_get("", "seq")?, r.try_get("", "data")?)))
+        .collect()
+}
