@@ -17,7 +17,8 @@ use crm_ticketing::{Settings, Ticketing};
 pub struct TestService {
     pub ticketing: Ticketing,
     pub platform: Platform,
-    pub db: TestDatabase,
+    /// Kept for its lifetime: the SQLite directory or the PostgreSQL schema.
+    _db: TestDatabase,
     _shutdown: Shutdown,
 }
 
@@ -40,11 +41,6 @@ pub fn config(db: &TestDatabase) -> PlatformConfig {
 impl TestService {
     pub async fn start() -> Self {
         let db = TestDatabase::new("ticketing").unwrap();
-        Self::on(db).await
-    }
-
-    /// Another instance on the same database (a replica, or a restart).
-    pub async fn on(db: TestDatabase) -> Self {
         let (shutdown, signal) = shutdown_channel();
         let platform = Platform::new(config(&db), signal).unwrap();
         let ticketing = crm_ticketing::open(&platform, settings())
@@ -53,7 +49,7 @@ impl TestService {
         Self {
             ticketing,
             platform,
-            db,
+            _db: db,
             _shutdown: shutdown,
         }
     }
