@@ -11,20 +11,17 @@ use crm_proto::crm::customer::v1::customer_profile_service_client::CustomerProfi
 use sea_orm::ConnectionTrait;
 use tonic::transport::Channel;
 
-pub struct Embedded {
-    pub client: CustomerProfileServiceClient<Channel>,
-    /// The connection, for the other services hosted alongside.
-    pub channel: Channel,
+/// Where a one-command tool keeps its data: a temporary SQLite directory, or a fresh
+/// schema of a PostgreSQL database, dropped by [`Scratch::drop`].
+pub struct Scratch {
     pub backend: &'static str,
-    shutdown: Shutdown,
     _dir: Option<tempfile::TempDir>,
     schema: Option<(String, String)>,
 }
 
-impl Embedded {
-    /// Starts the service; `database_url` selects PostgreSQL, else a temporary SQLite.
-    pub async fn start(cfg: &crate::Config, database_url: Option<&str>) -> anyhow::Result<Self> {
-        let mut platform = cfg.platform.clone();
+impl Scratch {
+    /// Points `platform` at new scratch storage; `database_url` selects PostgreSQL.
+    pub fn new(platform: &mut crm_platform::config::PlatformConfig, database_url: Option<&str>) -> anyhow::Result<Self> {
         let mut dir = None;
         let mut schema = None;
         match database_url {
@@ -43,6 +40,43 @@ impl Embedded {
             }
         }
         platform.redis.url = String::new();
+        Ok(Self {
+            backend: if database_url.is_some() { "postgresql" } else { "sqlite" },
+            _dir: dir,
+            schema,
+        })
+    }
+
+    /// Drops the PostgreSQL schemas: the scratch one, and one per named service
+    /// hosted alongside (`<scratch>_<service>`).
+    pub async fn drop(self, services: &[&str]) -> anyhow::Result<()> {
+        if let Some((url, schema)) = &self.schema {
+            let db = sea_orm::Database::connect(url.as_str()).await?;
+            let mut schemas = vec![schema.clone()];
+            schemas.extend(services.iter().map(|s| format!("{schema}_{}", s.replace('-', "_"))));
+            for own in schemas {
+                db.execute_unprepared(&format!("DROP SCHEMA IF EXISTS \"{own}\" CASCADE"))
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+pub struct Embedded {
+    pub client: CustomerProfileServiceClient<Channel>,
+    /// The connection, for the other services hosted alongside.
+    pub channel: Channel,
+    pub backend: &'static str,
+    shutdown: Shutdown,
+    scratch: Scratch,
+}
+
+impl Embedded {
+    /// Starts the service; `database_url` selects PostgreSQL, else a temporary SQLite.
+    pub async fn start(cfg: &crate::Config, database_url: Option<&str>) -> anyhow::Result<Self> {
+        let mut platform = cfg.platform.clone();
+        let scratch = Scratch::new(&mut platform, database_url)?;
         platform.server.listen = "127.0.0.1:0".parse()?;
         let (shutdown, signal) = shutdown_channel();
         let platform = Platform::new(platform, signal.clone())?;
@@ -58,25 +92,18 @@ impl Embedded {
         Ok(Self {
             client,
             channel,
-            backend: if database_url.is_some() { "postgresql" } else { "sqlite" },
+            backend: scratch.backend,
             shutdown,
-            _dir: dir,
-            schema,
+            scratch,
         })
     }
 
     /// Stops the service and drops the PostgreSQL schema, if any.
     pub async fn stop(self) -> anyhow::Result<()> {
         self.shutdown.trigger();
-        if let Some((url, schema)) = &self.schema {
-            let db = sea_orm::Database::connect(url.as_str()).await?;
-            // Each hosted service has its own schema under the scratch name.
-            for service in [crm_permissions::SERVICE, crm_customer_profile::SERVICE] {
-                let own = format!("{schema}_{}", service.replace('-', "_"));
-                db.execute_unprepared(&format!("DROP SCHEMA IF EXISTS \"{own}\" CASCADE"))
-                    .await?;
-            }
-        }
-        Ok(())
+        // Each hosted service has its own schema under the scratch name.
+        self.scratch
+            .drop(&[crm_permissions::SERVICE, crm_customer_profile::SERVICE])
+            .await
     }
 }

@@ -5,6 +5,7 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 mod bench;
 mod bench_permissions;
+mod bench_sla;
 mod embedded;
 mod eval;
 mod import;
@@ -169,6 +170,23 @@ enum BenchKind {
         #[arg(long, default_value_t = 500)]
         batch: usize,
     },
+    /// Escalation lag of the SLA scheduler over open tickets with mixed policies
+    /// (temporary SQLite, or a scratch schema of --database-url); prints JSON.
+    Sla {
+        /// Open tickets.
+        #[arg(long, default_value_t = 100_000)]
+        tickets: usize,
+        /// Seconds over which the tickets are opened (their points fall due in and
+        /// after it).
+        #[arg(long, default_value_t = 600)]
+        window_secs: u64,
+        /// PostgreSQL URL; a scratch schema is created and dropped. SQLite when absent.
+        #[arg(long)]
+        database_url: Option<String>,
+        /// Concurrent ticket creators during set-up (PostgreSQL only).
+        #[arg(long, default_value_t = 8)]
+        writers: usize,
+    },
     /// Check and BatchCheck(100) latency, cold and warm, against an in-process
     /// permissions service seeded with users, teams and role bindings; prints JSON.
     Permissions {
@@ -290,6 +308,24 @@ async fn main() -> anyhow::Result<()> {
             let report = bench_permissions::run(service.channel.clone(), &token, service.backend, shape).await;
             service.stop().await?;
             println!("{}", report?);
+            Ok(())
+        }
+        Command::Bench {
+            kind:
+                Some(BenchKind::Sla {
+                    tickets,
+                    window_secs,
+                    database_url,
+                    writers,
+                }),
+            ..
+        } => {
+            let shape = bench_sla::Shape {
+                tickets,
+                window: Duration::from_secs(window_secs),
+                writers,
+            };
+            println!("{}", bench_sla::run(&cfg, database_url.as_deref(), shape).await?);
             Ok(())
         }
         Command::Seed {

@@ -31,15 +31,21 @@ pub struct Settings {
     pub default_queue: String,
     /// How often the scheduler looks for due SLA points.
     pub scheduler_interval: std::time::Duration,
-    /// SLA points handled per scheduler transaction.
+    /// Tickets a scheduler worker takes per round (one transaction each).
     pub scheduler_batch: u64,
+    /// Concurrent scheduler workers on PostgreSQL (SQLite: one).
+    pub scheduler_workers: usize,
 }
+
+/// The configuration last loaded, with the version it was loaded at.
+type CachedDirectory = Arc<std::sync::Mutex<Option<(i64, Arc<Directory>)>>>;
 
 #[derive(Clone)]
 pub struct Ticketing {
     db: DatabaseConnection,
     feed: Feed,
     settings: Arc<Settings>,
+    directory: CachedDirectory,
 }
 
 pub fn timestamp(t: DateTime<Utc>) -> prost_types::Timestamp {
@@ -141,7 +147,6 @@ config_object!(pb::Agent, Kind::Agent, "agents", |o, dir, bad| {
 
 config_object!(pb::Queue, Kind::Queue, "queues", |o, dir, bad| {
     reference(dir, Kind::Agent, "supervisor", &o.supervisor, &mut bad);
-    let _ = o;
 });
 
 config_object!(pb::RoutingRule, Kind::RoutingRule, "routingRules", |o, dir, bad| {
@@ -151,8 +156,7 @@ config_object!(pb::RoutingRule, Kind::RoutingRule, "routingRules", |o, dir, bad|
     reference(dir, Kind::Queue, "queue", &o.queue, &mut bad);
 });
 
-config_object!(pb::Calendar, Kind::Calendar, "calendars", |o, dir, bad| {
-    let _ = dir;
+config_object!(pb::Calendar, Kind::Calendar, "calendars", |o, _dir, bad| {
     if let Err(Error::InvalidArgument(v)) = config::calendar(o) {
         bad.extend(v);
     }
@@ -176,8 +180,7 @@ config_object!(
     pb::EscalationPolicy,
     Kind::EscalationPolicy,
     "escalationPolicies",
-    |o, dir, bad| {
-        let _ = dir;
+    |o, _dir, bad| {
         if let Err(Error::InvalidArgument(v)) = config::escalation_policy(o) {
             bad.extend(v);
         }
@@ -214,7 +217,27 @@ impl Ticketing {
             db,
             feed,
             settings: Arc::new(settings),
+            directory: CachedDirectory::default(),
         }
+    }
+
+    /// The configuration as of `c`'s view: the cached one while the stored version
+    /// has not moved (one small query), else loaded afresh.
+    pub(crate) async fn directory<C: sea_orm::ConnectionTrait>(&self, c: &C) -> Result<Arc<Directory>> {
+        let version = store::config_version(c).await?;
+        if let Ok(cached) = self.directory.lock()
+            && let Some((v, dir)) = cached.as_ref()
+            && *v == version
+        {
+            return Ok(dir.clone());
+        }
+        let dir = Arc::new(Directory::load(c).await?);
+        if let Ok(mut cached) = self.directory.lock()
+            && cached.as_ref().is_none_or(|(v, _)| *v < version)
+        {
+            *cached = Some((version, dir.clone()));
+        }
+        Ok(dir)
     }
 
     pub fn db(&self) -> &DatabaseConnection {
@@ -229,6 +252,7 @@ impl Ticketing {
         object.stamp(timestamp(now));
         object.set_etag(String::new());
         store::insert_object(&txn, M::KIND, &id, object.name(), object.encode_to_vec()).await?;
+        store::bump_config_version(&txn).await?;
         self.config_event(&txn, actor, object.name(), false).await?;
         txn.commit().await?;
         self.feed.committed();
@@ -254,6 +278,7 @@ impl Ticketing {
         object.stamp(timestamp(now));
         object.set_etag(String::new());
         let revision = store::update_object(&txn, M::KIND, &id, object.name(), stored.revision, object.encode_to_vec()).await?;
+        store::bump_config_version(&txn).await?;
         self.config_event(&txn, actor, object.name(), false).await?;
         txn.commit().await?;
         self.feed.committed();

@@ -64,7 +64,11 @@ fn validate_new(t: &pb::Ticket) -> Result<()> {
         .strip_prefix("customers/")
         .is_some_and(|id| !id.is_empty() && !id.contains('/') && id.len() <= 128);
     check(customer_ok, "customer", "required: customers/{customer}");
-    check(t.channel != 0, "channel", "required");
+    check(
+        t.channel != 0 && crm_proto::crm::common::v1::Channel::try_from(t.channel).is_ok(),
+        "channel",
+        "required: a known channel",
+    );
     check(
         is_token(&t.category, 63, &[]) && t.category.starts_with(|c: char| c.is_ascii_lowercase()),
         "category",
@@ -82,7 +86,7 @@ fn validate_new(t: &pb::Ticket) -> Result<()> {
         "at most 20000 characters",
     );
     check(
-        matches!(status(t.status), None | Some(Status::New | Status::Open)) && t.status >= 0,
+        pb::TicketStatus::try_from(t.status).is_ok() && matches!(status(t.status), None | Some(Status::New | Status::Open)),
         "status",
         "a new ticket is NEW or OPEN",
     );
@@ -121,15 +125,28 @@ fn validate_new(t: &pb::Ticket) -> Result<()> {
     }
 }
 
-/// A ticket being changed inside its write transaction.
-pub(super) struct Work {
-    pub txn: DatabaseTransaction,
+/// Changes of agents' loads in one transaction: per agent, the net change and the
+/// latest assignment time.
+#[derive(Debug, Default)]
+pub(super) struct Loads(std::collections::BTreeMap<String, (i64, Option<i64>)>);
+
+impl Loads {
+    fn add(&mut self, agent: &str, delta: i64, assigned_us: Option<i64>) {
+        let entry = self.0.entry(agent.to_owned()).or_insert((0, None));
+        entry.0 += delta;
+        entry.1 = entry.1.max(assigned_us);
+    }
+}
+
+/// A ticket being changed inside a write transaction (the caller commits).
+pub(super) struct Work<'t> {
+    pub txn: &'t DatabaseTransaction,
     pub id: String,
     /// `None` for a ticket being created.
     pub revision: Option<i64>,
     pub ticket: pb::Ticket,
     pub sla: Sla,
-    pub dir: Directory,
+    pub dir: std::sync::Arc<Directory>,
     pub actor: String,
     pub now: DateTime<Utc>,
     history: Vec<pb::HistoryEntry>,
@@ -139,29 +156,36 @@ pub(super) struct Work {
     before: (String, bool),
 }
 
-impl Work {
-    pub(super) async fn load(ticketing: &Ticketing, name: &str, actor: &str, now: DateTime<Utc>) -> Result<Self> {
+impl<'t> Work<'t> {
+    /// The ticket `name`, locked in `txn`.
+    pub(super) async fn load(
+        ticketing: &Ticketing,
+        txn: &'t DatabaseTransaction,
+        name: &str,
+        actor: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Self> {
         let id = ticket_id(name)?.to_owned();
-        let txn = begin_write(&ticketing.db).await?;
-        let stored = store::get_ticket(&txn, &id, store::Lock::Update)
+        let stored = store::get_ticket(txn, &id, store::Lock::Update)
             .await?
             .ok_or_else(|| Error::NotFound {
                 resource_type: "ticket",
                 name: name.to_owned(),
             })?;
-        Self::open(txn, stored, actor, now).await
+        let dir = ticketing.directory(txn).await?;
+        Self::open(txn, dir, stored, actor, now)
     }
 
-    /// A ticket read (and locked) in `txn`.
-    pub(super) async fn open(
-        txn: DatabaseTransaction,
+    /// A ticket read (and locked) in `txn`, under configuration `dir`.
+    pub(super) fn open(
+        txn: &'t DatabaseTransaction,
+        dir: std::sync::Arc<Directory>,
         stored: store::TicketRow,
         actor: &str,
         now: DateTime<Utc>,
     ) -> Result<Self> {
         let ticket: pb::Ticket = decode(&stored.row.data)?;
         let sla = sla_json::decode(&stored.sla)?;
-        let dir = Directory::load(&txn).await?;
         let active = status(ticket.status).is_some_and(Status::is_active);
         Ok(Self {
             id: stored.row.id.clone(),
@@ -297,8 +321,9 @@ impl Work {
         Ok(points)
     }
 
-    /// Writes the ticket, its history, SLA points, agent loads and events; commits.
-    pub async fn save(mut self, ticketing: &Ticketing) -> Result<pb::Ticket> {
+    /// Writes the ticket, its history, SLA points and events, and notes its agent
+    /// load changes in `loads` (the caller applies them and commits: [`Ticketing::finish`]).
+    pub async fn save(mut self, loads: &mut Loads) -> Result<pb::Ticket> {
         self.ticket.update_time = Some(timestamp(self.now));
         self.ticket.etag.clear();
         let points = self.points()?;
@@ -319,26 +344,25 @@ impl Work {
         let name = format!("tickets/{}", self.id);
         let revision = match self.revision {
             None => {
-                store::insert_ticket(&self.txn, &self.id, &cols, self.ticket.encode_to_vec(), sla).await?;
+                store::insert_ticket(self.txn, &self.id, &cols, self.ticket.encode_to_vec(), sla).await?;
                 1
             }
-            Some(r) => store::update_ticket(&self.txn, &self.id, &name, r, &cols, self.ticket.encode_to_vec(), sla).await?,
+            Some(r) => store::update_ticket(self.txn, &self.id, &name, r, &cols, self.ticket.encode_to_vec(), sla).await?,
         };
-        store::sla::replace_points(&self.txn, &self.id, &points).await?;
+        store::sla::replace_points(self.txn, &self.id, &points, micros(self.now)).await?;
         // Agent loads: what the ticket counted for before, and now.
         let after = (self.ticket.assignee.clone(), status_now.is_active());
         if after != self.before {
             if self.before.1 && !self.before.0.is_empty() {
-                store::adjust_agent(&self.txn, &self.before.0, -1, None).await?;
+                loads.add(&self.before.0, -1, None);
             }
             let newly = (after.0 != self.before.0).then(|| micros(self.now));
             if after.1 && !after.0.is_empty() {
-                store::adjust_agent(&self.txn, &after.0, 1, newly).await?;
+                loads.add(&after.0, 1, newly);
             }
         }
-        for entry in &self.history {
-            store::append(&self.txn, Log::History, &self.id, entry.encode_to_vec()).await?;
-        }
+        let entries = self.history.iter().map(Message::encode_to_vec).collect();
+        store::append(self.txn, Log::History, &self.id, entries).await?;
         let mut saved = self.ticket.clone();
         saved.etag = etag(revision);
         let change = pb::TicketChanged {
@@ -356,9 +380,7 @@ impl Work {
                 data: change.encode_to_vec(),
             },
         );
-        feed::append_many(&self.txn, std::mem::take(&mut self.events)).await?;
-        self.txn.commit().await?;
-        ticketing.feed.committed();
+        feed::append_many(self.txn, std::mem::take(&mut self.events)).await?;
         Ok(saved)
     }
 }
@@ -382,7 +404,7 @@ impl Ticketing {
         ticket.solve_time = None;
         ticket.close_time = None;
         let txn = begin_write(&self.db).await?;
-        let dir = Directory::load(&txn).await?;
+        let dir = self.directory(&txn).await?;
         let mut bad = Vec::new();
         if !ticket.queue.is_empty() && !dir.has(store::Kind::Queue, &ticket.queue) {
             bad.push(FieldViolation::new(
@@ -400,7 +422,7 @@ impl Ticketing {
             return Err(Error::InvalidArgument(bad));
         }
         let mut work = Work {
-            txn,
+            txn: &txn,
             id,
             revision: None,
             ticket,
@@ -427,11 +449,28 @@ impl Ticketing {
         if requested == Status::Open {
             work.set_status(Status::Open)?;
         }
-        work.save(self).await
+        let mut loads = Loads::default();
+        let saved = work.save(&mut loads).await?;
+        self.finish(txn, loads).await?;
+        Ok(saved)
+    }
+
+    /// Applies the agent load changes of a write (in agent order, so concurrent
+    /// transactions lock those rows in the same order and never deadlock), commits,
+    /// and wakes this process's change-feed streams.
+    pub(super) async fn finish(&self, txn: DatabaseTransaction, loads: Loads) -> Result<()> {
+        for (agent, (delta, assigned)) in loads.0 {
+            if delta != 0 || assigned.is_some() {
+                store::adjust_agent(&txn, &agent, delta, assigned).await?;
+            }
+        }
+        txn.commit().await?;
+        self.feed.committed();
+        Ok(())
     }
 
     /// Routes (unless a queue was given) and assigns (unless an agent was given).
-    pub(super) async fn route(&self, work: &mut Work) -> Result<()> {
+    pub(super) async fn route(&self, work: &mut Work<'_>) -> Result<()> {
         let t = &work.ticket;
         let facts = Facts {
             channel: &channel_name(t.channel),
@@ -453,8 +492,8 @@ impl Ticketing {
             )
         };
         let assignment_reason = if t.assignee.is_empty() {
-            let stats = store::agent_stats(&work.txn).await?;
-            let previous = store::previous_agents(&work.txn, &t.customer, 5).await?;
+            let stats = store::agent_stats(work.txn).await?;
+            let previous = store::previous_agents(work.txn, &t.customer, 5).await?;
             let agents: Vec<routing::Agent> = work
                 .dir
                 .agents
@@ -518,9 +557,13 @@ impl Ticketing {
 
     /// Moves a ticket to another status.
     pub async fn change_status(&self, actor: &str, name: &str, to: Status, now: DateTime<Utc>) -> Result<pb::Ticket> {
-        let mut work = Work::load(self, name, actor, now).await?;
+        let txn = begin_write(&self.db).await?;
+        let mut work = Work::load(self, &txn, name, actor, now).await?;
         work.set_status(to)?;
-        work.save(self).await
+        let mut loads = Loads::default();
+        let saved = work.save(&mut loads).await?;
+        self.finish(txn, loads).await?;
+        Ok(saved)
     }
 
     /// Adds a comment: a public agent comment answers the customer (SLA), a customer
@@ -540,7 +583,8 @@ impl Ticketing {
         if !bad.is_empty() {
             return Err(Error::InvalidArgument(bad));
         }
-        let mut work = Work::load(self, name, &comment.author, now).await?;
+        let txn = begin_write(&self.db).await?;
+        let mut work = Work::load(self, &txn, name, &comment.author, now).await?;
         if work.status() == Status::Closed {
             return Err(Error::FailedPrecondition {
                 reason: "TICKET_CLOSED",
@@ -579,7 +623,7 @@ impl Ticketing {
             attachments: comment.attachments,
             create_time: Some(timestamp(now)),
         };
-        let seq = store::append(&work.txn, Log::Comments, &work.id, saved.encode_to_vec()).await?;
+        let seq = store::append(work.txn, Log::Comments, &work.id, vec![saved.encode_to_vec()]).await?;
         saved.name = format!("tickets/{}/comments/{seq}", work.id);
         let visibility = if saved.internal { "internal" } else { "public" };
         work.note(pb::HistoryKind::Comment, format!("{visibility} comment by {}", saved.author));
@@ -588,7 +632,9 @@ impl Ticketing {
             comment: Some(saved.clone()),
         };
         work.event("crm.ticketing.v1.CommentAdded", added.encode_to_vec());
-        work.save(self).await?;
+        let mut loads = Loads::default();
+        work.save(&mut loads).await?;
+        self.finish(txn, loads).await?;
         Ok(saved)
     }
 
@@ -613,7 +659,7 @@ impl Ticketing {
             })?;
         let ticket: pb::Ticket = decode(&stored.row.data)?;
         let sla = sla_json::decode(&stored.sla)?;
-        let dir = Directory::load(&self.db).await?;
+        let dir = self.directory(&self.db).await?;
         let business = dir.calendar_of(dir.sla_policy_named(&ticket.sla_policy));
         let elapsed = Calendar::always();
         let cals = Calendars {
@@ -656,5 +702,52 @@ impl Ticketing {
             sla_policy: ticket.sla_policy,
             metrics,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bad_ticket_names_every_field() {
+        let bad = pb::Ticket {
+            customer: "c1".into(),
+            channel: 999,
+            category: "Product Quality".into(),
+            subject: "  ".into(),
+            status: pb::TicketStatus::Solved as i32,
+            tags: vec!["ok".into(), "Not OK".into()],
+            custom_fields: [("Bad Key".to_owned(), "v".to_owned())].into(),
+            attachments: vec![pb::Attachment::default()],
+            priority: 42,
+            ..Default::default()
+        };
+        let Err(Error::InvalidArgument(v)) = validate_new(&bad) else {
+            panic!("accepted");
+        };
+        let fields: Vec<&str> = v.iter().map(|f| f.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            vec![
+                "customer",
+                "channel",
+                "category",
+                "subject",
+                "status",
+                "tags[1]",
+                "custom_fields[Bad Key]",
+                "attachments[0].uri",
+                "priority"
+            ]
+        );
+        let good = pb::Ticket {
+            customer: "customers/c1".into(),
+            channel: crm_proto::crm::common::v1::Channel::Wechat as i32,
+            category: "product_quality".into(),
+            subject: "屏幕坏了".into(),
+            ..Default::default()
+        };
+        assert!(validate_new(&good).is_ok());
     }
 }

@@ -44,10 +44,14 @@ fn v1(d: Dialect) -> Vec<String> {
         // One row per escalation point of an SLA clock cycle: due until fired, then
         // kept, so the same point never fires twice.
         "CREATE TABLE sla_points (ticket_id TEXT NOT NULL, metric INTEGER NOT NULL, clock_start_us BIGINT NOT NULL, \
-         percent INTEGER NOT NULL, due_us BIGINT NOT NULL, fired_us BIGINT, \
+         percent INTEGER NOT NULL, due_us BIGINT NOT NULL, scheduled_us BIGINT NOT NULL, fired_us BIGINT, \
          PRIMARY KEY (ticket_id, metric, clock_start_us, percent))"
             .into(),
         "CREATE INDEX sla_points_due ON sla_points (due_us) WHERE fired_us IS NULL".into(),
+        // Moves on with every configuration write, so replicas know when their cached
+        // configuration is stale.
+        "CREATE TABLE ticketing_meta (name TEXT PRIMARY KEY, value BIGINT NOT NULL)".into(),
+        "INSERT INTO ticketing_meta (name, value) VALUES ('config_version', 1)".into(),
     ];
     sql.extend(feed::migration_sql(d));
     sql.extend(idempotency::migration_sql(d));

@@ -338,9 +338,10 @@ impl Log {
     }
 }
 
-/// Appends to a ticket's log at the next sequence number, which it returns. Callers
-/// hold the ticket row (its revision check), so appends to one ticket never race.
-pub async fn append<C: ConnectionTrait>(c: &C, log: Log, ticket_id: &str, data: Vec<u8>) -> Result<i64> {
+/// Appends entries to a ticket's log at the next sequence numbers (one multi-row
+/// insert) and returns the first. Callers hold the ticket row (its revision check),
+/// so appends to one ticket never race.
+pub async fn append<C: ConnectionTrait>(c: &C, log: Log, ticket_id: &str, entries: Vec<Vec<u8>>) -> Result<i64> {
     let table = log.table();
     let rows = query(
         c,
@@ -348,17 +349,27 @@ pub async fn append<C: ConnectionTrait>(c: &C, log: Log, ticket_id: &str, data: 
         vec![ticket_id.into()],
     )
     .await?;
-    let seq: i64 = match rows.first() {
+    let first: i64 = match rows.first() {
         Some(r) => r.try_get("", "seq")?,
         None => 1,
     };
+    if entries.is_empty() {
+        return Ok(first);
+    }
+    let marks = vec!["(?, ?, ?)"; entries.len()].join(", ");
+    let mut values: Vec<Value> = Vec::with_capacity(entries.len() * 3);
+    for (i, data) in entries.into_iter().enumerate() {
+        values.push(ticket_id.into());
+        values.push((first + i as i64).into());
+        values.push(data.into());
+    }
     execute(
         c,
-        &format!("INSERT INTO {table} (ticket_id, seq, data) VALUES (?, ?, ?)"),
-        vec![ticket_id.into(), seq.into(), data.into()],
+        &format!("INSERT INTO {table} (ticket_id, seq, data) VALUES {marks}"),
+        values,
     )
     .await?;
-    Ok(seq)
+    Ok(first)
 }
 
 /// A page of a ticket's log after `after_seq`: (seq, data).
@@ -381,4 +392,24 @@ pub async fn read_log<C: ConnectionTrait>(
     rows.iter()
         .map(|r| Ok((r.try_get("", "seq")?, r.try_get("", "data")?)))
         .collect()
+}
+
+/// The configuration version (see `ticketing_meta`).
+pub async fn config_version<C: ConnectionTrait>(c: &C) -> Result<i64> {
+    let rows = query(c, "SELECT value FROM ticketing_meta WHERE name = 'config_version'", vec![]).await?;
+    Ok(match rows.first() {
+        Some(r) => r.try_get("", "value")?,
+        None => 0,
+    })
+}
+
+/// Moves the configuration version on, in the transaction of a configuration write.
+pub async fn bump_config_version<C: ConnectionTrait>(c: &C) -> Result<()> {
+    execute(
+        c,
+        "UPDATE ticketing_meta SET value = value + 1 WHERE name = 'config_version'",
+        vec![],
+    )
+    .await?;
+    Ok(())
 }

@@ -27,6 +27,7 @@ pub fn settings() -> Settings {
         default_queue: "queues/general".into(),
         scheduler_interval: std::time::Duration::from_millis(50),
         scheduler_batch: 100,
+        scheduler_workers: 4,
     }
 }
 
