@@ -58,9 +58,7 @@ async fn seed(t: &Ticketing, now: DateTime<Utc>) -> anyhow::Result<()> {
         ..Default::default()
     };
     // The supervisor first (the queue names it), then the queue, then its agents.
-    t.create_object("bench", agent("lead", vec![], ""), now)
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    t.create_object("bench", agent("lead", vec![], ""), now).await?;
     t.create_object(
         "bench",
         pb::Queue {
@@ -70,12 +68,10 @@ async fn seed(t: &Ticketing, now: DateTime<Utc>) -> anyhow::Result<()> {
         },
         now,
     )
-    .await
-    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    .await?;
     for name in ["a", "b", "c", "d"] {
         t.create_object("bench", agent(name, vec!["queues/support".into()], "agents/lead"), now)
-            .await
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+            .await?;
     }
     let level = |percent: i32, actions: &[pb::EscalationAction]| pb::EscalationLevel {
         metric: 0,
@@ -99,8 +95,7 @@ async fn seed(t: &Ticketing, now: DateTime<Utc>) -> anyhow::Result<()> {
         },
         now,
     )
-    .await
-    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    .await?;
     let weekdays = [1, 2, 3, 4, 5].map(|d| pb::Shift {
         day: d,
         start: "09:00".into(),
@@ -116,8 +111,7 @@ async fn seed(t: &Ticketing, now: DateTime<Utc>) -> anyhow::Result<()> {
         },
         now,
     )
-    .await
-    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    .await?;
     for (name, order, priority, first, resolve, business) in [
         ("urgent", 1, pb::Priority::Urgent, 60, 240, false),
         ("high", 2, pb::Priority::High, 120, 480, false),
@@ -151,8 +145,7 @@ async fn seed(t: &Ticketing, now: DateTime<Utc>) -> anyhow::Result<()> {
             },
             now,
         )
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+        .await?;
     }
     Ok(())
 }
@@ -205,9 +198,7 @@ pub async fn run(cfg: &crate::Config, database_url: Option<&str>, shape: Shape) 
                     priority: priority as i32,
                     ..Default::default()
                 };
-                t.create_ticket("bench", ticket, created_at)
-                    .await
-                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+                t.create_ticket("bench", ticket, created_at).await?;
             }
             anyhow::Ok(())
         }));
@@ -231,9 +222,7 @@ pub async fn run(cfg: &crate::Config, database_url: Option<&str>, shape: Shape) 
 
     let start_us = scheduler_start.timestamp_micros();
     let end_us = window_end.timestamp_micros();
-    let fired = crm_ticketing::store::sla::fired(ticketing.db())
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let fired = crm_ticketing::store::sla::fired(ticketing.db()).await?;
     // A point is late from when it was due, or from when it was scheduled if later
     // (a raised priority can shorten a clock past a point).
     let caught_up = fired.iter().filter(|(due, _, _)| *due < start_us).count();

@@ -125,6 +125,16 @@ fn validate_new(t: &pb::Ticket) -> Result<()> {
     }
 }
 
+/// The stored ticket `name`, read with `lock`; NOT_FOUND when there is none.
+async fn require_ticket<C: sea_orm::ConnectionTrait>(c: &C, name: &str, lock: store::Lock) -> Result<store::TicketRow> {
+    store::get_ticket(c, ticket_id(name)?, lock)
+        .await?
+        .ok_or_else(|| Error::NotFound {
+            resource_type: "ticket",
+            name: name.to_owned(),
+        })
+}
+
 /// Changes of agents' loads in one transaction: per agent, the net change and the
 /// latest assignment time.
 #[derive(Debug, Default)]
@@ -165,13 +175,7 @@ impl<'t> Work<'t> {
         actor: &str,
         now: DateTime<Utc>,
     ) -> Result<Self> {
-        let id = ticket_id(name)?.to_owned();
-        let stored = store::get_ticket(txn, &id, store::Lock::Update)
-            .await?
-            .ok_or_else(|| Error::NotFound {
-                resource_type: "ticket",
-                name: name.to_owned(),
-            })?;
+        let stored = require_ticket(txn, name, store::Lock::Update).await?;
         let dir = ticketing.directory(txn).await?;
         Self::open(txn, dir, stored, actor, now)
     }
@@ -543,13 +547,7 @@ impl Ticketing {
     }
 
     pub async fn get_ticket(&self, name: &str) -> Result<pb::Ticket> {
-        let id = ticket_id(name)?;
-        let stored = store::get_ticket(&self.db, id, store::Lock::None)
-            .await?
-            .ok_or_else(|| Error::NotFound {
-                resource_type: "ticket",
-                name: name.to_owned(),
-            })?;
+        let stored = require_ticket(&self.db, name, store::Lock::None).await?;
         let mut t: pb::Ticket = decode(&stored.row.data)?;
         t.etag = etag(stored.row.revision);
         Ok(t)
@@ -650,13 +648,7 @@ impl Ticketing {
 
     /// Each targeted metric's clock as of `now`.
     pub async fn sla_status(&self, name: &str, now: DateTime<Utc>) -> Result<pb::SlaStatus> {
-        let id = ticket_id(name)?;
-        let stored = store::get_ticket(&self.db, id, store::Lock::None)
-            .await?
-            .ok_or_else(|| Error::NotFound {
-                resource_type: "ticket",
-                name: name.to_owned(),
-            })?;
+        let stored = require_ticket(&self.db, name, store::Lock::None).await?;
         let ticket: pb::Ticket = decode(&stored.row.data)?;
         let sla = sla_json::decode(&stored.sla)?;
         let dir = self.directory(&self.db).await?;
