@@ -1,21 +1,133 @@
 //! crm-ticketing: tickets from every channel, routed by rules to a queue and assigned to
 //! a fitting agent, with SLA clocks on business-hours calendars that escalate on
-//! warning and breach.
+//! warning and breach; a knowledge base; satisfaction surveys and service reports.
 //!
 //! `domain` decides and is pure (table-tested): calendar arithmetic, SLA clocks,
-//! routing, assignment and escalation. `service` runs the use cases in transactions;
-//! `store` persists.
+//! routing, assignment, escalation and search terms. `service` runs the use cases in
+//! transactions; `store` persists; `api` translates gRPC and authorizes.
 
+pub mod api;
 pub mod domain;
 pub mod service;
 pub mod store;
 
-use crm_platform::{Platform, feed::Feed, migrate};
+use crm_platform::{
+    Platform,
+    auth::Authenticator,
+    config::{ConfigError, PLATFORM_DEFAULTS, PlatformConfig, section},
+    feed::Feed,
+    migrate,
+    server::{GrpcServer, bind, shutdown_channel},
+};
+use crm_proto::crm::ticketing::v1::{
+    self as pb, knowledge_base_service_server::KnowledgeBaseServiceServer, ticketing_service_server::TicketingServiceServer,
+};
+use prost::Message;
+use serde::Deserialize;
+use tonic::service::interceptor::InterceptedService;
 
 pub use service::{Settings, Ticketing};
 
 /// Name of the service: binary, database file, schema, event source.
 pub const SERVICE: &str = "ticketing";
+
+/// Defaults of this service's own section.
+pub const DEFAULTS: &str = r#"
+[ticketing]
+default_queue = "queues/general"
+scheduler_interval_ms = 500
+scheduler_batch = 200
+scheduler_workers = 4
+"#;
+
+/// `[ticketing]` settings.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ServiceConfig {
+    /// Where tickets go when no routing rule matches; created on start if missing.
+    pub default_queue: String,
+    /// How often each scheduler worker looks for due SLA points.
+    pub scheduler_interval_ms: u64,
+    /// Tickets a worker takes per round.
+    pub scheduler_batch: u64,
+    /// Scheduler workers per replica on PostgreSQL (SQLite runs one).
+    pub scheduler_workers: usize,
+}
+
+impl ServiceConfig {
+    /// The `[ticketing]` section of a loaded document, validated.
+    pub fn from_document(doc: &serde_json::Value) -> Result<Self, ConfigError> {
+        let cfg: Self = section(doc, Some("ticketing"))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let id = self.default_queue.strip_prefix("queues/").unwrap_or("");
+        if id.is_empty() || id.contains('/') {
+            return Err(ConfigError::invalid("ticketing.default_queue", "must be queues/{queue}"));
+        }
+        if !(10..=60_000).contains(&self.scheduler_interval_ms) {
+            return Err(ConfigError::invalid(
+                "ticketing.scheduler_interval_ms",
+                "10 to 60000 milliseconds",
+            ));
+        }
+        if !(1..=10_000).contains(&self.scheduler_batch) {
+            return Err(ConfigError::invalid("ticketing.scheduler_batch", "1 to 10000"));
+        }
+        if !(1..=64).contains(&self.scheduler_workers) {
+            return Err(ConfigError::invalid("ticketing.scheduler_workers", "1 to 64"));
+        }
+        Ok(())
+    }
+
+    pub fn settings(&self) -> Settings {
+        Settings {
+            default_queue: self.default_queue.clone(),
+            scheduler_interval: std::time::Duration::from_millis(self.scheduler_interval_ms),
+            scheduler_batch: self.scheduler_batch,
+            scheduler_workers: self.scheduler_workers,
+        }
+    }
+}
+
+/// Configuration of the standalone `ticketing` binary.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub platform: PlatformConfig,
+    pub ticketing: ServiceConfig,
+}
+
+impl Config {
+    /// Loads and validates: defaults, then `file`, then `CRM__*` variables.
+    pub fn load(file: Option<&std::path::Path>) -> Result<Self, ConfigError> {
+        let doc = crm_platform::config::load(&[PLATFORM_DEFAULTS, DEFAULTS], file)?;
+        Ok(Self {
+            platform: PlatformConfig::from_document(&doc)?,
+            ticketing: ServiceConfig::from_document(&doc)?,
+        })
+    }
+}
+
+/// Methods exempt from the server's request timeout: they last as long as the
+/// client's stream.
+pub const LONG_RUNNING: &[&str] = &["/crm.ticketing.v1.TicketingService/StreamEvents"];
+
+/// The gRPC services as served, behind the authenticating interceptor.
+pub type Services = (
+    InterceptedService<TicketingServiceServer<api::Api>, Authenticator>,
+    InterceptedService<KnowledgeBaseServiceServer<api::KnowledgeBase>, Authenticator>,
+);
+
+/// Changed fields of a feed event, for the audit trail.
+pub fn audited_fields(event: &crm_proto::crm::events::v1::Event) -> Vec<String> {
+    match (event.r#type.as_str(), &event.data) {
+        ("crm.ticketing.v1.TicketChanged", Some(data)) => pb::TicketChanged::decode(data.value.as_slice())
+            .map(|c| c.changed_fields)
+            .unwrap_or_default(),
+        _ => Vec::new(),
+    }
+}
 
 /// Opens (and migrates, if configured) the database and returns the use cases.
 pub async fn open(platform: &Platform, settings: Settings) -> anyhow::Result<Ticketing> {
@@ -24,9 +136,42 @@ pub async fn open(platform: &Platform, settings: Settings) -> anyhow::Result<Tic
     Ok(Ticketing::new(db, feed, settings))
 }
 
+/// Opens the database, makes sure the default queue exists, starts the background
+/// jobs (SLA scheduler, feed retention; they stop with the platform's shutdown) and
+/// builds the two gRPC services.
+pub async fn build(platform: &Platform, cfg: &ServiceConfig) -> anyhow::Result<Services> {
+    let ticketing = open(platform, cfg.settings()).await?;
+    ticketing.ensure_default_queue(chrono::Utc::now()).await?;
+    tokio::spawn(ticketing.feed().clone().run_retention());
+    tokio::spawn(ticketing.clone().run_scheduler(platform.shutdown.clone()));
+    let authz = platform.authz(SERVICE, ticketing.db(), ticketing.feed(), audited_fields)?;
+    let api = api::Api::new(ticketing, authz, platform.page_tokens.clone());
+    let limit = platform.config.server.max_message_bytes;
+    let tickets = TicketingServiceServer::new(api.clone()).max_decoding_message_size(limit);
+    let kb = KnowledgeBaseServiceServer::new(api::KnowledgeBase(api)).max_decoding_message_size(limit);
+    Ok((
+        InterceptedService::new(tickets, platform.authenticator.clone()),
+        InterceptedService::new(kb, platform.authenticator.clone()),
+    ))
+}
+
 /// Applies pending migrations and reports what it did.
 pub async fn migrate(platform: &Platform) -> anyhow::Result<Vec<i64>> {
     let target = platform.database_target(SERVICE);
     let db = crm_platform::db::connect(&target, 2).await?;
     Ok(migrate::run(&db, store::MIGRATIONS).await?)
+}
+
+/// Runs the service alone until SIGTERM/SIGINT.
+pub async fn run(cfg: Config) -> anyhow::Result<()> {
+    let (shutdown, signal) = shutdown_channel();
+    let platform = Platform::new(cfg.platform, signal.clone())?;
+    let mut server = GrpcServer::new(platform.config.server.clone());
+    server.metrics_endpoint(&platform.config.metrics)?;
+    let (tickets, kb) = build(&platform, &cfg.ticketing).await?;
+    server.add_service(tickets).await.allow_long_running(LONG_RUNNING);
+    server.add_service(kb).await;
+    let listener = bind(platform.config.server.listen).await?;
+    server.stop_on_os_signal(shutdown);
+    server.serve(listener, signal).await
 }

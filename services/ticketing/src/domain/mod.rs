@@ -3,5 +3,6 @@
 pub mod calendar;
 pub mod escalation;
 pub mod routing;
+pub mod search;
 pub mod sla;
 pub mod ticket;

@@ -244,6 +244,8 @@ pub struct Directory {
     pub agents: Vec<pb::Agent>,
     queues: HashMap<String, pb::Queue>,
     rules: Vec<Rule>,
+    /// Every routing rule, disabled ones too (references).
+    all_rules: Vec<pb::RoutingRule>,
     calendars: HashMap<String, Calendar>,
     sla_policies: Vec<pb::SlaPolicy>,
     escalations: HashMap<String, escalation::Policy>,
@@ -259,8 +261,8 @@ impl Directory {
     pub async fn load<C: ConnectionTrait>(c: &C) -> Result<Self> {
         let agents: Vec<pb::Agent> = decode_all(store::all_objects(c, Kind::Agent).await?)?;
         let queues: Vec<pb::Queue> = decode_all(store::all_objects(c, Kind::Queue).await?)?;
-        let mut rules: Vec<pb::RoutingRule> = decode_all(store::all_objects(c, Kind::RoutingRule).await?)?;
-        rules.retain(|r| !r.disabled);
+        let all_rules: Vec<pb::RoutingRule> = decode_all(store::all_objects(c, Kind::RoutingRule).await?)?;
+        let mut rules: Vec<pb::RoutingRule> = all_rules.iter().filter(|r| !r.disabled).cloned().collect();
         rules.sort_by(|a, b| a.order.cmp(&b.order).then_with(|| a.name.cmp(&b.name)));
         let calendars: Vec<pb::Calendar> = decode_all(store::all_objects(c, Kind::Calendar).await?)?;
         let mut sla_policies: Vec<pb::SlaPolicy> = decode_all(store::all_objects(c, Kind::SlaPolicy).await?)?;
@@ -278,6 +280,7 @@ impl Directory {
                     required_skills: r.required_skills.clone(),
                 })
                 .collect(),
+            all_rules,
             // Stored calendars and policies were validated on write.
             calendars: calendars
                 .iter()
@@ -334,6 +337,47 @@ impl Directory {
 
     pub fn escalation_of(&self, policy: Option<&pb::SlaPolicy>) -> Option<&escalation::Policy> {
         self.escalations.get(&policy?.escalation_policy)
+    }
+
+    /// The permissions team of a queue (empty when it has none).
+    pub fn queue_team(&self, queue: &str) -> &str {
+        self.queues.get(queue).map_or("", |q| q.team.as_str())
+    }
+
+    /// The queues worked by any of `teams`.
+    pub fn queues_of_teams(&self, teams: &[String]) -> Vec<String> {
+        self.queues
+            .values()
+            .filter(|q| !q.team.is_empty() && teams.contains(&q.team))
+            .map(|q| q.name.clone())
+            .collect()
+    }
+
+    /// The configuration objects that refer to `name`, by name.
+    pub fn referrers(&self, name: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        for a in &self.agents {
+            if a.supervisor == name || a.queues.iter().any(|q| q == name) {
+                out.push(a.name.clone());
+            }
+        }
+        for q in self.queues.values() {
+            if q.supervisor == name {
+                out.push(q.name.clone());
+            }
+        }
+        for r in &self.all_rules {
+            if r.queue == name {
+                out.push(r.name.clone());
+            }
+        }
+        for p in &self.sla_policies {
+            if p.calendar == name || p.escalation_policy == name {
+                out.push(p.name.clone());
+            }
+        }
+        out.sort();
+        out
     }
 
     pub fn has(&self, kind: Kind, name: &str) -> bool {

@@ -3,7 +3,10 @@
 //! Each write is one transaction: the ticket, its history, its SLA points and its
 //! feed events commit together.
 
+mod changes;
 pub mod config;
+pub mod kb;
+mod queries;
 mod scheduler;
 mod sla_json;
 mod tickets;
@@ -21,7 +24,11 @@ use prost::Message;
 use sea_orm::DatabaseConnection;
 
 use self::config::Directory;
-pub use self::tickets::{AuthorType, NewComment};
+pub use self::{
+    changes::{UPDATABLE, update_paths},
+    queries::MAX_REPORT_DAYS,
+    tickets::{AuthorType, NewComment},
+};
 use crate::store::{self, Kind};
 
 /// How the service behaves; from `[ticketing]`.
@@ -40,7 +47,7 @@ pub struct Settings {
 /// The configuration last loaded, with the version it was loaded at.
 type CachedDirectory = Arc<std::sync::Mutex<Option<(i64, Arc<Directory>)>>>;
 
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct Ticketing {
     db: DatabaseConnection,
     feed: Feed,
@@ -82,6 +89,12 @@ pub trait ConfigObject: Message + Default + Clone {
     fn etag(&self) -> &str;
     fn set_etag(&mut self, etag: String);
     fn stamp(&mut self, t: prost_types::Timestamp);
+    /// The fields an update mask may name.
+    const FIELDS: &'static [&'static str];
+    /// Copies field `path` from `from`; false when it is not one of [`Self::FIELDS`].
+    fn assign(&mut self, from: &Self, path: &str) -> bool;
+    /// The fields of [`Self::FIELDS`] set to something other than their default.
+    fn set_fields(&self) -> Vec<String>;
     /// Every problem with the object, references checked against `dir`.
     fn validate(&self, dir: &Directory) -> Result<()>;
 }
@@ -95,6 +108,12 @@ fn reference(dir: &Directory, kind: Kind, field: &str, name: &str, bad: &mut Vec
     }
 }
 
+fn text(value: &str, max: usize, field: &str, bad: &mut Vec<crm_platform::FieldViolation>) {
+    if value.chars().count() > max {
+        bad.push(crm_platform::FieldViolation::new(field, format!("at most {max} characters")));
+    }
+}
+
 fn finish(bad: Vec<crm_platform::FieldViolation>) -> Result<()> {
     if bad.is_empty() {
         Ok(())
@@ -104,10 +123,26 @@ fn finish(bad: Vec<crm_platform::FieldViolation>) -> Result<()> {
 }
 
 macro_rules! config_object {
-    ($t:ty, $kind:expr, $collection:literal, |$o:ident, $dir:ident, $bad:ident| $check:block) => {
+    ($t:ty, $kind:expr, $collection:literal, [$($field:ident),+], |$o:ident, $dir:ident, $bad:ident| $check:block) => {
         impl ConfigObject for $t {
             const KIND: Kind = $kind;
             const COLLECTION: &'static str = $collection;
+            const FIELDS: &'static [&'static str] = &[$(stringify!($field)),+];
+            fn assign(&mut self, from: &Self, path: &str) -> bool {
+                match path {
+                    $(stringify!($field) => self.$field.clone_from(&from.$field),)+
+                    _ => return false,
+                }
+                true
+            }
+            fn set_fields(&self) -> Vec<String> {
+                let default = Self::default();
+                let mut set = Vec::new();
+                $(if self.$field != default.$field {
+                    set.push(stringify!($field).to_owned());
+                })+
+                set
+            }
             fn name(&self) -> &str {
                 &self.name
             }
@@ -130,60 +165,108 @@ macro_rules! config_object {
     };
 }
 
-config_object!(pb::Agent, Kind::Agent, "agents", |o, dir, bad| {
-    for (i, q) in o.queues.iter().enumerate() {
-        reference(dir, Kind::Queue, &format!("queues[{i}]"), q, &mut bad);
+config_object!(
+    pb::Agent,
+    Kind::Agent,
+    "agents",
+    [display_name, queues, skills, languages, capacity, available, supervisor],
+    |o, dir, bad| {
+        for (i, q) in o.queues.iter().enumerate() {
+            reference(dir, Kind::Queue, &format!("queues[{i}]"), q, &mut bad);
+        }
+        if !(1..=1000).contains(&o.capacity) {
+            bad.push(crm_platform::FieldViolation::new("capacity", "1 to 1000"));
+        }
+        if o.supervisor == o.name {
+            bad.push(crm_platform::FieldViolation::new(
+                "supervisor",
+                "an agent cannot supervise itself",
+            ));
+        }
+        text(&o.display_name, 200, "display_name", &mut bad);
     }
-    if !(1..=1000).contains(&o.capacity) {
-        bad.push(crm_platform::FieldViolation::new("capacity", "1 to 1000"));
-    }
-    if o.supervisor == o.name {
-        bad.push(crm_platform::FieldViolation::new(
-            "supervisor",
-            "an agent cannot supervise itself",
-        ));
-    }
-});
+);
 
-config_object!(pb::Queue, Kind::Queue, "queues", |o, dir, bad| {
-    reference(dir, Kind::Agent, "supervisor", &o.supervisor, &mut bad);
-});
-
-config_object!(pb::RoutingRule, Kind::RoutingRule, "routingRules", |o, dir, bad| {
-    if o.queue.is_empty() {
-        bad.push(crm_platform::FieldViolation::new("queue", "required"));
+config_object!(
+    pb::Queue,
+    Kind::Queue,
+    "queues",
+    [display_name, supervisor, team],
+    |o, dir, bad| {
+        reference(dir, Kind::Agent, "supervisor", &o.supervisor, &mut bad);
+        text(&o.display_name, 200, "display_name", &mut bad);
+        let team_ok = o.team.is_empty()
+            || (o.team.len() <= 128
+                && o.team
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')));
+        if !team_ok {
+            bad.push(crm_platform::FieldViolation::new(
+                "team",
+                "a team id (as in teams/{team}): letters, digits, -, _, .",
+            ));
+        }
     }
-    reference(dir, Kind::Queue, "queue", &o.queue, &mut bad);
-});
+);
 
-config_object!(pb::Calendar, Kind::Calendar, "calendars", |o, _dir, bad| {
-    if let Err(Error::InvalidArgument(v)) = config::calendar(o) {
-        bad.extend(v);
+config_object!(
+    pb::RoutingRule,
+    Kind::RoutingRule,
+    "routingRules",
+    [display_name, order, conditions, queue, required_skills, disabled],
+    |o, dir, bad| {
+        if o.queue.is_empty() {
+            bad.push(crm_platform::FieldViolation::new("queue", "required"));
+        }
+        reference(dir, Kind::Queue, "queue", &o.queue, &mut bad);
+        text(&o.display_name, 200, "display_name", &mut bad);
     }
-});
+);
 
-config_object!(pb::SlaPolicy, Kind::SlaPolicy, "slaPolicies", |o, dir, bad| {
-    if let Err(Error::InvalidArgument(v)) = config::sla_targets(o) {
-        bad.extend(v);
+config_object!(
+    pb::Calendar,
+    Kind::Calendar,
+    "calendars",
+    [display_name, time_zone, shifts, holidays],
+    |o, _dir, bad| {
+        if let Err(Error::InvalidArgument(v)) = config::calendar(o) {
+            bad.extend(v);
+        }
+        text(&o.display_name, 200, "display_name", &mut bad);
     }
-    reference(dir, Kind::Calendar, "calendar", &o.calendar, &mut bad);
-    reference(
-        dir,
-        Kind::EscalationPolicy,
-        "escalation_policy",
-        &o.escalation_policy,
-        &mut bad,
-    );
-});
+);
+
+config_object!(
+    pb::SlaPolicy,
+    Kind::SlaPolicy,
+    "slaPolicies",
+    [display_name, order, conditions, targets, calendar, escalation_policy],
+    |o, dir, bad| {
+        if let Err(Error::InvalidArgument(v)) = config::sla_targets(o) {
+            bad.extend(v);
+        }
+        reference(dir, Kind::Calendar, "calendar", &o.calendar, &mut bad);
+        reference(
+            dir,
+            Kind::EscalationPolicy,
+            "escalation_policy",
+            &o.escalation_policy,
+            &mut bad,
+        );
+        text(&o.display_name, 200, "display_name", &mut bad);
+    }
+);
 
 config_object!(
     pb::EscalationPolicy,
     Kind::EscalationPolicy,
     "escalationPolicies",
+    [display_name, levels],
     |o, _dir, bad| {
         if let Err(Error::InvalidArgument(v)) = config::escalation_policy(o) {
             bad.extend(v);
         }
+        text(&o.display_name, 200, "display_name", &mut bad);
     }
 );
 
@@ -223,7 +306,7 @@ impl Ticketing {
 
     /// The configuration as of `c`'s view: the cached one while the stored version
     /// has not moved (one small query), else loaded afresh.
-    pub(crate) async fn directory<C: sea_orm::ConnectionTrait>(&self, c: &C) -> Result<Arc<Directory>> {
+    pub async fn directory<C: sea_orm::ConnectionTrait>(&self, c: &C) -> Result<Arc<Directory>> {
         let version = store::config_version(c).await?;
         if let Ok(cached) = self.directory.lock()
             && let Some((v, dir)) = cached.as_ref()
@@ -244,6 +327,19 @@ impl Ticketing {
         &self.db
     }
 
+    pub fn feed(&self) -> &Feed {
+        &self.feed
+    }
+
+    /// Active tickets per agent now.
+    pub async fn agent_loads(&self) -> Result<std::collections::HashMap<String, i64>> {
+        Ok(store::agent_stats(&self.db)
+            .await?
+            .into_iter()
+            .map(|(agent, (load, _))| (agent, load))
+            .collect())
+    }
+
     /// Creates a configuration object.
     pub async fn create_object<M: ConfigObject>(&self, actor: &str, mut object: M, now: DateTime<Utc>) -> Result<M> {
         let id = object_id::<M>(object.name())?.to_owned();
@@ -260,20 +356,34 @@ impl Ticketing {
         Ok(object)
     }
 
-    /// Replaces a configuration object whole; its `etag`, when set, must be the
-    /// stored one.
-    pub async fn replace_object<M: ConfigObject>(&self, actor: &str, mut object: M, now: DateTime<Utc>) -> Result<M> {
-        let id = object_id::<M>(object.name())?.to_owned();
+    /// Changes the fields `mask` names (the fields set in `patch` when empty) of the
+    /// stored object; `patch.etag`, when set, must be the stored one.
+    pub async fn update_object<M: ConfigObject>(&self, actor: &str, patch: M, mask: &[String], now: DateTime<Utc>) -> Result<M> {
+        let id = object_id::<M>(patch.name())?.to_owned();
+        let paths = if mask.is_empty() { patch.set_fields() } else { mask.to_vec() };
         let txn = begin_write(&self.db).await?;
         let stored = store::get_object(&txn, M::KIND, &id).await?.ok_or_else(|| Error::NotFound {
             resource_type: M::KIND.resource_type(),
-            name: object.name().to_owned(),
+            name: patch.name().to_owned(),
         })?;
-        if !object.etag().is_empty() && object.etag() != etag(stored.revision) {
+        if !patch.etag().is_empty() && patch.etag() != etag(stored.revision) {
             return Err(Error::EtagMismatch {
-                name: object.name().to_owned(),
+                name: patch.name().to_owned(),
             });
         }
+        let mut object: M = decode(&stored.data)?;
+        let unknown: Vec<crm_platform::FieldViolation> = paths
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| !object.assign(&patch, p))
+            .map(|(i, p)| {
+                crm_platform::FieldViolation::new(
+                    format!("update_mask.paths[{i}]"),
+                    format!("`{p}` cannot be changed; one of {}", M::FIELDS.join(", ")),
+                )
+            })
+            .collect();
+        finish(unknown)?;
         object.validate(&Directory::load(&txn).await?)?;
         object.stamp(timestamp(now));
         object.set_etag(String::new());
@@ -284,6 +394,19 @@ impl Ticketing {
         self.feed.committed();
         object.set_etag(etag(revision));
         Ok(object)
+    }
+
+    /// Creates the default queue unless it exists (first start).
+    pub async fn ensure_default_queue(&self, now: DateTime<Utc>) -> Result<()> {
+        let queue = pb::Queue {
+            name: self.settings.default_queue.clone(),
+            display_name: "General".into(),
+            ..Default::default()
+        };
+        match self.create_object("system", queue, now).await {
+            Ok(_) | Err(Error::AlreadyExists { .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 
     pub async fn get_object<M: ConfigObject>(&self, name: &str) -> Result<M> {
@@ -297,6 +420,68 @@ impl Ticketing {
         let mut object: M = decode(&row.data)?;
         object.set_etag(etag(row.revision));
         Ok(object)
+    }
+
+    /// Objects of a kind in name order after `after`, at most `limit`.
+    pub async fn list_objects<M: ConfigObject>(&self, after: &str, limit: usize) -> Result<Vec<M>> {
+        let rows = store::all_objects(&self.db, M::KIND).await?;
+        let after_id = after
+            .strip_prefix(M::COLLECTION)
+            .and_then(|r| r.strip_prefix('/'))
+            .unwrap_or("");
+        rows.into_iter()
+            .filter(|r| after.is_empty() || r.id.as_str() > after_id)
+            .take(limit)
+            .map(|r| {
+                let mut o: M = decode(&r.data)?;
+                o.set_etag(etag(r.revision));
+                Ok(o)
+            })
+            .collect()
+    }
+
+    /// Deletes an object nothing refers to: not other configuration, not an active
+    /// ticket, not the default queue.
+    pub async fn delete_object<M: ConfigObject>(&self, actor: &str, name: &str, given_etag: &str) -> Result<()> {
+        let id = object_id::<M>(name)?.to_owned();
+        let txn = begin_write(&self.db).await?;
+        let stored = store::get_object(&txn, M::KIND, &id).await?.ok_or_else(|| Error::NotFound {
+            resource_type: M::KIND.resource_type(),
+            name: name.to_owned(),
+        })?;
+        if !given_etag.is_empty() && given_etag != etag(stored.revision) {
+            return Err(Error::EtagMismatch { name: name.to_owned() });
+        }
+        let dir = Directory::load(&txn).await?;
+        let mut users = dir.referrers(name);
+        let column = match M::KIND {
+            Kind::Agent => Some(store::ReferenceColumn::Assignee),
+            Kind::Queue => Some(store::ReferenceColumn::Queue),
+            Kind::SlaPolicy => Some(store::ReferenceColumn::SlaPolicy),
+            _ => None,
+        };
+        if let Some(column) = column {
+            let active = store::count_active(&txn, column, name).await?;
+            if active > 0 {
+                users.push(format!("{active} active ticket(s)"));
+            }
+        }
+        if M::KIND == Kind::Queue && name == self.settings.default_queue {
+            users.push("the service's default queue (ticketing.default_queue)".into());
+        }
+        if !users.is_empty() {
+            return Err(Error::FailedPrecondition {
+                reason: "RESOURCE_IN_USE",
+                subject: name.to_owned(),
+                message: format!("still used by {}", users.join(", ")),
+            });
+        }
+        store::delete_object(&txn, M::KIND, &id).await?;
+        store::bump_config_version(&txn).await?;
+        self.config_event(&txn, actor, name, true).await?;
+        txn.commit().await?;
+        self.feed.committed();
+        Ok(())
     }
 
     async fn config_event<C: sea_orm::ConnectionTrait>(&self, c: &C, actor: &str, name: &str, deleted: bool) -> Result<()> {

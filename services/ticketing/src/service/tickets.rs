@@ -6,6 +6,7 @@ use crm_platform::{
     Error, FieldViolation, Result,
     db::begin_write,
     feed::{self, NewEvent},
+    idempotency::{self, Recorded},
 };
 use crm_proto::crm::ticketing::v1 as pb;
 use prost::Message;
@@ -43,7 +44,7 @@ pub struct NewComment {
     pub attachments: Vec<pb::Attachment>,
 }
 
-fn is_token(s: &str, max: usize, extra: &[char]) -> bool {
+pub(super) fn is_token(s: &str, max: usize, extra: &[char]) -> bool {
     !s.is_empty()
         && s.len() <= max
         && s.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
@@ -51,8 +52,18 @@ fn is_token(s: &str, max: usize, extra: &[char]) -> bool {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || extra.contains(&c))
 }
 
+/// A category id: `[a-z][a-z0-9_]{0,62}`.
+pub(super) fn is_category(s: &str) -> bool {
+    is_token(s, 63, &[]) && s.starts_with(|c: char| c.is_ascii_lowercase())
+}
+
 /// Every problem with a ticket to create.
 fn validate_new(t: &pb::Ticket) -> Result<()> {
+    validate(t, true)
+}
+
+/// Every problem with a ticket's fields; `creating` also checks the initial status.
+pub(super) fn validate(t: &pb::Ticket, creating: bool) -> Result<()> {
     let mut bad = Vec::new();
     let mut check = |ok: bool, field: &str, what: &str| {
         if !ok {
@@ -69,11 +80,7 @@ fn validate_new(t: &pb::Ticket) -> Result<()> {
         "channel",
         "required: a known channel",
     );
-    check(
-        is_token(&t.category, 63, &[]) && t.category.starts_with(|c: char| c.is_ascii_lowercase()),
-        "category",
-        "required: [a-z][a-z0-9_]{0,62}",
-    );
+    check(is_category(&t.category), "category", "required: [a-z][a-z0-9_]{0,62}");
     let subject = t.subject.trim();
     check(
         !subject.is_empty() && subject.chars().count() <= 300,
@@ -85,11 +92,15 @@ fn validate_new(t: &pb::Ticket) -> Result<()> {
         "description",
         "at most 20000 characters",
     );
-    check(
-        pb::TicketStatus::try_from(t.status).is_ok() && matches!(status(t.status), None | Some(Status::New | Status::Open)),
-        "status",
-        "a new ticket is NEW or OPEN",
-    );
+    if creating {
+        check(
+            pb::TicketStatus::try_from(t.status).is_ok() && matches!(status(t.status), None | Some(Status::New | Status::Open)),
+            "status",
+            "a new ticket is NEW or OPEN",
+        );
+    } else {
+        check(status(t.status).is_some(), "status", "required: a known status");
+    }
     check(t.tags.len() <= 20, "tags", "at most 20");
     for (i, tag) in t.tags.iter().enumerate() {
         check(is_token(tag, 63, &['-']), &format!("tags[{i}]"), "[a-z0-9][a-z0-9_-]{0,62}");
@@ -126,7 +137,11 @@ fn validate_new(t: &pb::Ticket) -> Result<()> {
 }
 
 /// The stored ticket `name`, read with `lock`; NOT_FOUND when there is none.
-async fn require_ticket<C: sea_orm::ConnectionTrait>(c: &C, name: &str, lock: store::Lock) -> Result<store::TicketRow> {
+pub(super) async fn require_ticket<C: sea_orm::ConnectionTrait>(
+    c: &C,
+    name: &str,
+    lock: store::Lock,
+) -> Result<store::TicketRow> {
     store::get_ticket(c, ticket_id(name)?, lock)
         .await?
         .ok_or_else(|| Error::NotFound {
@@ -339,6 +354,7 @@ impl<'t> Work<'t> {
             assignee: &self.ticket.assignee,
             customer: &self.ticket.customer,
             category: &self.ticket.category,
+            sla_policy: &self.ticket.sla_policy,
             create_us: self
                 .ticket
                 .create_time
@@ -391,8 +407,25 @@ impl<'t> Work<'t> {
 
 impl Ticketing {
     /// Creates a ticket: routes it, assigns it, starts its SLA clocks.
-    pub async fn create_ticket(&self, actor: &str, mut ticket: pb::Ticket, now: DateTime<Utc>) -> Result<pb::Ticket> {
+    pub async fn create_ticket(&self, actor: &str, ticket: pb::Ticket, now: DateTime<Utc>) -> Result<pb::Ticket> {
+        self.create_ticket_once(actor, ticket, None, now).await
+    }
+
+    /// [`Self::create_ticket`], once per idempotency `key`: a retry gets the ticket
+    /// the first call created.
+    pub async fn create_ticket_once(
+        &self,
+        actor: &str,
+        mut ticket: pb::Ticket,
+        key: Option<idempotency::Key>,
+        now: DateTime<Utc>,
+    ) -> Result<pb::Ticket> {
         validate_new(&ticket)?;
+        if let Some(key) = &key
+            && let Some(name) = idempotency::lookup(&self.db, key).await?
+        {
+            return self.get_ticket(&name).await;
+        }
         let id = uuid::Uuid::now_v7().simple().to_string();
         ticket.name = format!("tickets/{id}");
         ticket.subject = ticket.subject.trim().to_owned();
@@ -408,6 +441,12 @@ impl Ticketing {
         ticket.solve_time = None;
         ticket.close_time = None;
         let txn = begin_write(&self.db).await?;
+        if let Some(key) = &key
+            && idempotency::record(&txn, key, &ticket.name).await? == Recorded::Duplicate
+        {
+            txn.rollback().await?;
+            return self.replay(key).await;
+        }
         let dir = self.directory(&txn).await?;
         let mut bad = Vec::new();
         if !ticket.queue.is_empty() && !dir.has(store::Kind::Queue, &ticket.queue) {
@@ -564,9 +603,33 @@ impl Ticketing {
         Ok(saved)
     }
 
+    /// The ticket another call with `key` created (it committed first).
+    async fn replay(&self, key: &idempotency::Key) -> Result<pb::Ticket> {
+        let name = idempotency::lookup(&self.db, key)
+            .await?
+            .ok_or_else(|| Error::internal(anyhow::anyhow!("idempotency key vanished after a conflict")))?;
+        self.get_ticket(&name).await
+    }
+
     /// Adds a comment: a public agent comment answers the customer (SLA), a customer
     /// comment starts the next-response clock and brings a pending ticket back.
     pub async fn add_comment(&self, name: &str, comment: NewComment, now: DateTime<Utc>) -> Result<pb::Comment> {
+        self.add_comment_once(name, comment, None, now).await
+    }
+
+    /// [`Self::add_comment`], once per idempotency `key`.
+    pub async fn add_comment_once(
+        &self,
+        name: &str,
+        comment: NewComment,
+        key: Option<idempotency::Key>,
+        now: DateTime<Utc>,
+    ) -> Result<pb::Comment> {
+        if let Some(key) = &key
+            && let Some(done) = idempotency::lookup(&self.db, key).await?
+        {
+            return self.comment(&done).await;
+        }
         let mut bad = Vec::new();
         let chars = comment.body.trim().chars().count();
         if chars == 0 || chars > 20_000 {
@@ -623,6 +686,16 @@ impl Ticketing {
         };
         let seq = store::append(work.txn, Log::Comments, &work.id, vec![saved.encode_to_vec()]).await?;
         saved.name = format!("tickets/{}/comments/{seq}", work.id);
+        if let Some(key) = &key
+            && idempotency::record(work.txn, key, &saved.name).await? == Recorded::Duplicate
+        {
+            drop(work);
+            txn.rollback().await?;
+            let done = idempotency::lookup(&self.db, key)
+                .await?
+                .ok_or_else(|| Error::internal(anyhow::anyhow!("idempotency key vanished after a conflict")))?;
+            return self.comment(&done).await;
+        }
         let visibility = if saved.internal { "internal" } else { "public" };
         work.note(pb::HistoryKind::Comment, format!("{visibility} comment by {}", saved.author));
         let added = pb::CommentAdded {
@@ -634,6 +707,21 @@ impl Ticketing {
         work.save(&mut loads).await?;
         self.finish(txn, loads).await?;
         Ok(saved)
+    }
+
+    /// The comment `tickets/{t}/comments/{seq}`.
+    pub async fn comment(&self, name: &str) -> Result<pb::Comment> {
+        let not_found = || Error::NotFound {
+            resource_type: "comment",
+            name: name.to_owned(),
+        };
+        let (ticket, seq) = name.split_once("/comments/").ok_or_else(not_found)?;
+        let seq: i64 = seq.parse().map_err(|_| not_found())?;
+        let found = store::read_log(&self.db, Log::Comments, ticket_id(ticket)?, seq - 1, 1).await?;
+        let (_, data) = found.into_iter().find(|(s, _)| *s == seq).ok_or_else(not_found)?;
+        let mut c: pb::Comment = decode(&data)?;
+        c.name = name.to_owned();
+        Ok(c)
     }
 
     /// The ticket's history, oldest first.

@@ -6,11 +6,18 @@ use crm_platform::{
     migrate::{Dialect, Migration},
 };
 
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "configuration objects, tickets with SLA clocks, comments, history, SLA points, outbox",
-    up: v1,
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "configuration objects, tickets with SLA clocks, comments, history, SLA points, outbox",
+        up: v1,
+    },
+    Migration {
+        version: 2,
+        name: "ticket SLA policy column, surveys, knowledge base with search index, deflections",
+        up: v2,
+    },
+];
 
 fn v1(d: Dialect) -> Vec<String> {
     let bytes = d.bytes();
@@ -55,5 +62,41 @@ fn v1(d: Dialect) -> Vec<String> {
     ];
     sql.extend(feed::migration_sql(d));
     sql.extend(idempotency::migration_sql(d));
+    sql
+}
+
+fn v2(d: Dialect) -> Vec<String> {
+    let bytes = d.bytes();
+    let mut sql = vec![
+        // Which tickets an SLA policy governs (a policy in use cannot be deleted).
+        "ALTER TABLE tickets ADD COLUMN sla_policy TEXT NOT NULL DEFAULT ''".into(),
+        "CREATE INDEX tickets_sla_policy ON tickets (sla_policy, status)".into(),
+        // One rating per ticket, with the agent it is credited to.
+        format!(
+            "CREATE TABLE surveys (ticket_id TEXT PRIMARY KEY, agent TEXT NOT NULL, rating INTEGER NOT NULL, \
+             submit_us BIGINT NOT NULL, data {bytes} NOT NULL)"
+        ),
+        // Articles: the current revision, its search terms, and every revision kept.
+        format!(
+            "CREATE TABLE articles (id TEXT PRIMARY KEY, revision BIGINT NOT NULL, state INTEGER NOT NULL, \
+             category TEXT NOT NULL, language TEXT NOT NULL, create_us BIGINT NOT NULL, \
+             deflections BIGINT NOT NULL DEFAULT 0, terms TEXT NOT NULL, data {bytes} NOT NULL)"
+        ),
+        "CREATE INDEX articles_category ON articles (category, id)".into(),
+        format!(
+            "CREATE TABLE article_revisions (article_id TEXT NOT NULL, revision INTEGER NOT NULL, \
+             data {bytes} NOT NULL, PRIMARY KEY (article_id, revision))"
+        ),
+        "CREATE TABLE deflections (id TEXT PRIMARY KEY, article_id TEXT NOT NULL, customer TEXT NOT NULL, \
+         query TEXT NOT NULL, at_us BIGINT NOT NULL)"
+            .into(),
+        "CREATE INDEX deflections_article ON deflections (article_id, at_us)".into(),
+    ];
+    // Full-text search: PostgreSQL's own over the terms; SQLite's FTS5 table beside.
+    if d.is_postgres() {
+        sql.push("CREATE INDEX articles_search ON articles USING GIN (to_tsvector('simple', terms))".into());
+    } else {
+        sql.push("CREATE VIRTUAL TABLE article_search USING fts5(id UNINDEXED, terms)".into());
+    }
     sql
 }

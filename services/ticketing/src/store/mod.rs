@@ -2,6 +2,7 @@
 //! protos with the columns queries filter on, SLA clocks as JSON beside their ticket,
 //! each ticket's history, and the SLA points the scheduler claims.
 
+pub mod kb;
 mod migrations;
 pub mod sla;
 
@@ -171,6 +172,7 @@ pub struct TicketColumns<'a> {
     pub assignee: &'a str,
     pub customer: &'a str,
     pub category: &'a str,
+    pub sla_policy: &'a str,
     pub create_us: i64,
 }
 
@@ -218,8 +220,8 @@ pub async fn insert_ticket<C: ConnectionTrait>(
 ) -> Result<()> {
     execute(
         c,
-        "INSERT INTO tickets (id, revision, status, queue, assignee, customer, category, create_us, data, sla) \
-         VALUES (?, 1, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO tickets (id, revision, status, queue, assignee, customer, category, sla_policy, create_us, data, sla) \
+         VALUES (?, 1, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         vec![
             id.into(),
             cols.status.into(),
@@ -227,6 +229,7 @@ pub async fn insert_ticket<C: ConnectionTrait>(
             cols.assignee.into(),
             cols.customer.into(),
             cols.category.into(),
+            cols.sla_policy.into(),
             cols.create_us.into(),
             data.into(),
             sla.into(),
@@ -249,7 +252,7 @@ pub async fn update_ticket<C: ConnectionTrait>(
     let changed = execute(
         c,
         "UPDATE tickets SET revision = ?, status = ?, queue = ?, assignee = ?, customer = ?, category = ?, \
-         data = ?, sla = ? WHERE id = ? AND revision = ?",
+         sla_policy = ?, data = ?, sla = ? WHERE id = ? AND revision = ?",
         vec![
             (revision + 1).into(),
             cols.status.into(),
@@ -257,6 +260,7 @@ pub async fn update_ticket<C: ConnectionTrait>(
             cols.assignee.into(),
             cols.customer.into(),
             cols.category.into(),
+            cols.sla_policy.into(),
             data.into(),
             sla.into(),
             id.into(),
@@ -268,6 +272,139 @@ pub async fn update_ticket<C: ConnectionTrait>(
         return Err(Error::EtagMismatch { name: name.to_owned() });
     }
     Ok(revision + 1)
+}
+
+/// Which tickets a list returns: every condition set must hold.
+#[derive(Debug, Clone, Default)]
+pub struct TicketFilter {
+    pub statuses: Vec<i32>,
+    pub queue: Option<String>,
+    pub assignee: Option<String>,
+    pub customer: Option<String>,
+    pub category: Option<String>,
+    /// Read scope: `None` reads all; else tickets assigned to one of `assignees`,
+    /// in one of `queues`, or named in `ids`.
+    pub scope: Option<TicketScope>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct TicketScope {
+    pub assignees: Vec<String>,
+    pub queues: Vec<String>,
+    pub ids: Vec<String>,
+}
+
+fn marks(n: usize) -> String {
+    vec!["?"; n].join(", ")
+}
+
+/// A page of tickets, newest first, after `(create_us, id)`.
+pub async fn list_tickets<C: ConnectionTrait>(
+    c: &C,
+    filter: &TicketFilter,
+    after: Option<&(i64, String)>,
+    limit: u64,
+) -> Result<Vec<Row>> {
+    let mut sql = String::from("SELECT id, revision, data FROM tickets WHERE 1 = 1");
+    let mut values: Vec<Value> = Vec::new();
+    if !filter.statuses.is_empty() {
+        sql.push_str(&format!(" AND status IN ({})", marks(filter.statuses.len())));
+        values.extend(filter.statuses.iter().map(|s| Value::from(*s)));
+    }
+    for (column, value) in [
+        ("queue", &filter.queue),
+        ("assignee", &filter.assignee),
+        ("customer", &filter.customer),
+        ("category", &filter.category),
+    ] {
+        if let Some(v) = value {
+            sql.push_str(&format!(" AND {column} = ?"));
+            values.push(v.clone().into());
+        }
+    }
+    if let Some(scope) = &filter.scope {
+        let mut any = Vec::new();
+        for (column, list) in [("assignee", &scope.assignees), ("queue", &scope.queues), ("id", &scope.ids)] {
+            if !list.is_empty() {
+                any.push(format!("{column} IN ({})", marks(list.len())));
+                values.extend(list.iter().map(|v| Value::from(v.clone())));
+            }
+        }
+        if any.is_empty() {
+            return Ok(Vec::new());
+        }
+        sql.push_str(&format!(" AND ({})", any.join(" OR ")));
+    }
+    if let Some((create_us, id)) = after {
+        sql.push_str(" AND (create_us < ? OR (create_us = ? AND id < ?))");
+        values.extend([Value::from(*create_us), Value::from(*create_us), Value::from(id.clone())]);
+    }
+    sql.push_str(" ORDER BY create_us DESC, id DESC LIMIT ?");
+    values.push((limit as i64).into());
+    query(c, &sql, values).await?.iter().map(row).collect()
+}
+
+/// Active (not solved or closed) tickets whose `column` is `value`.
+pub async fn count_active<C: ConnectionTrait>(c: &C, column: ReferenceColumn, value: &str) -> Result<i64> {
+    let column = match column {
+        ReferenceColumn::Queue => "queue",
+        ReferenceColumn::Assignee => "assignee",
+        ReferenceColumn::SlaPolicy => "sla_policy",
+    };
+    let rows = query(
+        c,
+        &format!("SELECT COUNT(*) AS n FROM tickets WHERE {column} = ? AND status IN (1, 2, 3, 4)"),
+        vec![value.into()],
+    )
+    .await?;
+    Ok(match rows.first() {
+        Some(r) => r.try_get("", "n")?,
+        None => 0,
+    })
+}
+
+/// A ticket column naming a configuration object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReferenceColumn {
+    Queue,
+    Assignee,
+    SlaPolicy,
+}
+
+/// Tickets created in `[from_us, to_us)`, a page after `(create_us, id)`, oldest
+/// first: (create_us, id, data, sla).
+pub async fn tickets_created<C: ConnectionTrait>(
+    c: &C,
+    from_us: i64,
+    to_us: i64,
+    after: Option<&(i64, String)>,
+    limit: u64,
+) -> Result<Vec<(i64, String, Vec<u8>, String)>> {
+    let (after_us, after_id) = after.cloned().unwrap_or((from_us - 1, String::new()));
+    let rows = query(
+        c,
+        "SELECT create_us, id, data, sla FROM tickets WHERE create_us >= ? AND create_us < ? \
+         AND (create_us > ? OR (create_us = ? AND id > ?)) ORDER BY create_us, id LIMIT ?",
+        vec![
+            from_us.into(),
+            to_us.into(),
+            after_us.into(),
+            after_us.into(),
+            after_id.into(),
+            (limit as i64).into(),
+        ],
+    )
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok((
+                r.try_get("", "create_us")?,
+                r.try_get("", "id")?,
+                r.try_get("", "data")?,
+                r.try_get("", "sla")?,
+            ))
+        })
+        .collect()
 }
 
 /// Per agent: (active tickets held, when the last one was assigned in µs).
@@ -392,6 +529,53 @@ pub async fn read_log<C: ConnectionTrait>(
     rows.iter()
         .map(|r| Ok((r.try_get("", "seq")?, r.try_get("", "data")?)))
         .collect()
+}
+
+/// A survey response: inserted, or replacing the stored one. (ticket_id, agent,
+/// rating, submit_us, data).
+pub async fn put_survey<C: ConnectionTrait>(
+    c: &C,
+    ticket_id: &str,
+    agent: &str,
+    rating: i32,
+    submit_us: i64,
+    data: Vec<u8>,
+) -> Result<()> {
+    execute(c, "DELETE FROM surveys WHERE ticket_id = ?", vec![ticket_id.into()]).await?;
+    execute(
+        c,
+        "INSERT INTO surveys (ticket_id, agent, rating, submit_us, data) VALUES (?, ?, ?, ?, ?)",
+        vec![ticket_id.into(), agent.into(), rating.into(), submit_us.into(), data.into()],
+    )
+    .await?;
+    Ok(())
+}
+
+/// The survey response of a ticket, encoded.
+pub async fn get_survey<C: ConnectionTrait>(c: &C, ticket_id: &str) -> Result<Option<Vec<u8>>> {
+    let rows = query(c, "SELECT data FROM surveys WHERE ticket_id = ?", vec![ticket_id.into()]).await?;
+    rows.first().map(|r| Ok(r.try_get("", "data")?)).transpose()
+}
+
+/// Ratings of the given tickets: ticket id → rating.
+pub async fn ratings<C: ConnectionTrait>(c: &C, ticket_ids: &[String]) -> Result<std::collections::HashMap<String, i32>> {
+    let mut out = std::collections::HashMap::new();
+    // Bounded statements: at most 200 ids each.
+    for chunk in ticket_ids.chunks(200) {
+        let rows = query(
+            c,
+            &format!(
+                "SELECT ticket_id, rating FROM surveys WHERE ticket_id IN ({})",
+                marks(chunk.len())
+            ),
+            chunk.iter().map(|id| Value::from(id.clone())).collect(),
+        )
+        .await?;
+        for r in &rows {
+            out.insert(r.try_get("", "ticket_id")?, r.try_get("", "rating")?);
+        }
+    }
+    Ok(out)
 }
 
 /// The configuration version (see `ticketing_meta`).
