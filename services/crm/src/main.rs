@@ -216,6 +216,7 @@ struct Config {
     platform: PlatformConfig,
     customer_profile: crm_customer_profile::ServiceConfig,
     permissions_service: crm_permissions::ServiceConfig,
+    ticketing: crm_ticketing::ServiceConfig,
 }
 
 fn load(file: Option<&std::path::Path>) -> Result<Config, ConfigError> {
@@ -225,6 +226,7 @@ fn load(file: Option<&std::path::Path>) -> Result<Config, ConfigError> {
             crm_permissions::DEFAULTS,
             DEV_DEFAULTS,
             crm_customer_profile::DEFAULTS,
+            crm_ticketing::DEFAULTS,
         ],
         file,
     )?;
@@ -232,6 +234,7 @@ fn load(file: Option<&std::path::Path>) -> Result<Config, ConfigError> {
         platform: PlatformConfig::from_document(&doc)?,
         customer_profile: crm_customer_profile::ServiceConfig::from_document(&doc)?,
         permissions_service: crm_permissions::ServiceConfig::from_document(&doc)?,
+        ticketing: crm_ticketing::ServiceConfig::from_document(&doc)?,
     })
 }
 
@@ -246,6 +249,12 @@ async fn host_suite(platform: Platform, cfg: &Config, server: &mut GrpcServer) -
         .add_service(crm_customer_profile::build(&platform, &cfg.customer_profile).await?)
         .await
         .allow_long_running(crm_customer_profile::LONG_RUNNING);
+    let (tickets, kb) = crm_ticketing::build(&platform, &cfg.ticketing).await?;
+    server
+        .add_service(tickets)
+        .await
+        .allow_long_running(crm_ticketing::LONG_RUNNING);
+    server.add_service(kb).await;
     Ok(platform)
 }
 
@@ -272,6 +281,8 @@ async fn main() -> anyhow::Result<()> {
             println!("{}: applied migrations {applied:?}", crm_permissions::SERVICE);
             let applied = crm_customer_profile::migrate(&platform).await?;
             println!("{}: applied migrations {applied:?}", crm_customer_profile::SERVICE);
+            let applied = crm_ticketing::migrate(&platform).await?;
+            println!("{}: applied migrations {applied:?}", crm_ticketing::SERVICE);
             Ok(())
         }
         Command::Bench {
@@ -607,7 +618,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     let platform = host_suite(platform, &cfg, &mut server).await?;
     let listener = bind(platform.config.server.listen).await?;
     let addr = listener.local_addr()?;
-    println!("crm: serving permissions and customer-profile on {addr}");
+    println!("crm: serving permissions, customer-profile and ticketing on {addr}");
     // The built-in secret is public: print a ready token for it (local development),
     // never for a secret the operator chose, whose tokens must not land in logs.
     if platform.config.auth.jwt_secret == DEV_SECRET {

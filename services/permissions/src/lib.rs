@@ -46,7 +46,7 @@ subject_cache_secs = 30
 version_poll_ms = 500
 expiry_interval_secs = 10
 usage_flush_secs = 30
-self_service_permissions = ["customer.read", "customer.update"]
+self_service_permissions = ["customer.read", "customer.update", "ticket.read", "ticket.create", "ticket.comment", "ticket.rate"]
 
 [[permissions_service.default_roles]]
 name = "admin"
@@ -76,6 +76,12 @@ clearance = "sensitive"
 name = "service_agent"
 display_name = "Customer-service agent"
 permissions = ["customer.read", "ticket.read", "ticket.create", "ticket.update", "ticket.assign"]
+clearance = "internal"
+
+[[permissions_service.default_roles]]
+name = "service_manager"
+display_name = "Customer-service manager"
+permissions = ["customer.read", "ticket.*", "permissions.approve"]
 clearance = "internal"
 
 [[permissions_service.default_roles]]

@@ -110,6 +110,15 @@ fn paging_of<P: serde::de::DeserializeOwned>(
     v.finish(size.zip(after))
 }
 
+/// A ticket use case's violations as request fields: `ticket.…`, except the
+/// request's own `request_id`.
+fn in_ticket(e: Error) -> Error {
+    match e {
+        Error::InvalidArgument(v) if v.iter().any(|f| f.field == "request_id") => Error::InvalidArgument(v),
+        e => e.in_field("ticket"),
+    }
+}
+
 fn micros_of(t: Option<&prost_types::Timestamp>) -> i64 {
     t.map_or(0, |t| t.seconds * 1_000_000 + i64::from(t.nanos / 1000))
 }
@@ -234,7 +243,7 @@ impl TicketingService for Api {
             .ticketing
             .create_ticket_once(&principal.user_id, ticket, key, Utc::now())
             .await
-            .map_err(|e| e.in_field("ticket"))?;
+            .map_err(in_ticket)?;
         Ok(Response::new(Self::present(&principal, created)))
     }
 

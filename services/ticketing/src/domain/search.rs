@@ -103,7 +103,7 @@ mod tests {
         assert_eq!(terms("退"), vec!["退"]);
         assert_eq!(terms("Zurück über Straße"), vec!["zurück", "über", "straße"]);
         assert!(terms("-- !! ??").is_empty());
-        assert_eq!(query_terms("refund refund order", 10), vec!["order", "refund"]);
+        assert_eq!(query_terms("refund refund order", 10), vec!["refund", "order"]);
     }
 
     #[test]

@@ -17,6 +17,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "ticket SLA policy column, surveys, knowledge base with search index, deflections",
         up: v2,
     },
+    Migration {
+        version: 3,
+        name: "audit spool (reads and denials waiting for the permissions service)",
+        up: crm_platform::audit::migration_sql,
+    },
 ];
 
 fn v1(d: Dialect) -> Vec<String> {

@@ -2,5 +2,7 @@
 //! PostgreSQL when CRM_TEST_DATABASE_URL is set.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod api;
+mod app;
 mod setup;
 mod sla;
