@@ -6,3 +6,4 @@ mod import;
 mod serve;
 mod services;
 mod telemetry;
+mod ticketing;

@@ -89,7 +89,7 @@ pub(crate) struct Pair {
 /// `[database]` and `[redis]` of one service: its SQLite file under `dir`, or, when
 /// the tests run against PostgreSQL and Redis (`CRM_TEST_DATABASE_URL`,
 /// `CRM_TEST_REDIS_URL`), a schema and key prefix of its own there.
-fn storage(dir: &std::path::Path, service: &str) -> String {
+pub(crate) fn storage(dir: &std::path::Path, service: &str) -> String {
     static RUN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let run = format!(
         "e2e_{}_{}_{}",

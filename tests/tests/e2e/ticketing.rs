@@ -1,0 +1,232 @@
+//! The ticketing binary beside the permissions binary (the production topology):
+//! configuration and tickets over gRPC, routing and assignment, a customer's
+//! self-service ticket, and everything still there after a restart.
+
+use std::process::Command;
+
+use crm_e2e::{Running, binary, free_port};
+use crm_proto::crm::{
+    common::v1::Channel,
+    ticketing::v1::{self as pb, ticketing_service_client::TicketingServiceClient},
+};
+use tonic::Code;
+
+use crate::services::{SECRET, as_user, connect, start, storage, token};
+
+fn customer_token(customer: &str) -> String {
+    let out = Command::new(binary("crm"))
+        .args(["token", "--user", "portal", "--customer", customer])
+        .env("CRM__AUTH__JWT_SECRET", SECRET)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .last()
+        .unwrap()
+        .trim()
+        .to_owned()
+}
+
+fn start_ticketing(dir: &std::path::Path, port: u16, permissions_port: u16, storage: &str) -> Running {
+    start(
+        "ticketing",
+        &format!(
+            r#"
+[server]
+listen = "127.0.0.1:{port}"
+[auth]
+jwt_secret = "{SECRET}"
+{storage}
+[permissions]
+url = "http://127.0.0.1:{permissions_port}"
+[ticketing]
+scheduler_interval_ms = 100
+"#
+        ),
+        dir,
+        &[],
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tickets_are_served_beside_permissions_and_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (p_port, t_port) = (free_port(), free_port());
+    let p_storage = storage(dir.path(), "permissions");
+    let _permissions = start(
+        "permissions",
+        &format!(
+            r#"
+[server]
+listen = "127.0.0.1:{p_port}"
+[auth]
+jwt_secret = "{SECRET}"
+{p_storage}
+[permissions_service]
+bootstrap_admins = ["root"]
+service_accounts = ["ticketing"]
+"#
+        ),
+        dir.path(),
+        &[],
+    );
+    connect(&format!("http://127.0.0.1:{p_port}")).await;
+    let t_storage = storage(dir.path(), "ticketing");
+    let ticketing = start_ticketing(dir.path(), t_port, p_port, &t_storage);
+    let addr = format!("http://127.0.0.1:{t_port}");
+    let mut client = TicketingServiceClient::new(connect(&addr).await);
+    let root = token("root");
+
+    // The default queue exists from the first start; add after-sales with one agent.
+    client
+        .get_queue(as_user(
+            pb::GetQueueRequest {
+                name: "queues/general".into(),
+            },
+            &root,
+        ))
+        .await
+        .unwrap();
+    client
+        .create_queue(as_user(
+            pb::CreateQueueRequest {
+                queue: Some(pb::Queue {
+                    name: "queues/after-sales".into(),
+                    display_name: "After-sales".into(),
+                    ..Default::default()
+                }),
+            },
+            &root,
+        ))
+        .await
+        .unwrap();
+    client
+        .create_agent(as_user(
+            pb::CreateAgentRequest {
+                agent: Some(pb::Agent {
+                    name: "agents/li".into(),
+                    queues: vec!["queues/after-sales".into()],
+                    languages: vec!["zh".into()],
+                    capacity: 5,
+                    available: true,
+                    ..Default::default()
+                }),
+            },
+            &root,
+        ))
+        .await
+        .unwrap();
+    client
+        .create_routing_rule(as_user(
+            pb::CreateRoutingRuleRequest {
+                routing_rule: Some(pb::RoutingRule {
+                    name: "routingRules/quality".into(),
+                    order: 1,
+                    conditions: Some(pb::TicketConditions {
+                        categories: vec!["product_quality".into()],
+                        ..Default::default()
+                    }),
+                    queue: "queues/after-sales".into(),
+                    ..Default::default()
+                }),
+            },
+            &root,
+        ))
+        .await
+        .unwrap();
+
+    // A customer raises a ticket from the app; it is routed and assigned.
+    let me = customer_token("c1");
+    let raised = client
+        .create_ticket(as_user(
+            pb::CreateTicketRequest {
+                ticket: Some(pb::Ticket {
+                    customer: "customers/c1".into(),
+                    channel: Channel::App as i32,
+                    category: "product_quality".into(),
+                    subject: "屏幕有坏点".into(),
+                    language: "zh".into(),
+                    ..Default::default()
+                }),
+                request_id: "app-1".into(),
+            },
+            &me,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(raised.routing.is_none(), "customers do not see routing");
+    let staff_view = client
+        .get_ticket(as_user(
+            pb::GetTicketRequest {
+                name: raised.name.clone(),
+            },
+            &root,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(staff_view.queue, "queues/after-sales");
+    assert_eq!(staff_view.assignee, "agents/li");
+    let err = client
+        .get_ticket(as_user(
+            pb::GetTicketRequest {
+                name: raised.name.clone(),
+            },
+            &customer_token("c2"),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+
+    // Restart: the ticket, its history and its routing are still there.
+    assert!(ticketing.terminate().success());
+    let _ticketing = start_ticketing(dir.path(), t_port, p_port, &t_storage);
+    let mut client = TicketingServiceClient::new(connect(&addr).await);
+    let again = client
+        .get_ticket(as_user(
+            pb::GetTicketRequest {
+                name: raised.name.clone(),
+            },
+            &root,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(again, staff_view);
+    let history = client
+        .list_ticket_history(as_user(
+            pb::ListTicketHistoryRequest {
+                parent: raised.name.clone(),
+                ..Default::default()
+            },
+            &root,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .entries;
+    assert_eq!(history.len(), 3, "{history:?}");
+    // The same request_id after the restart still answers with the first ticket.
+    let retried = client
+        .create_ticket(as_user(
+            pb::CreateTicketRequest {
+                ticket: Some(pb::Ticket {
+                    customer: "customers/c1".into(),
+                    channel: Channel::App as i32,
+                    category: "product_quality".into(),
+                    subject: "屏幕有坏点".into(),
+                    language: "zh".into(),
+                    ..Default::default()
+                }),
+                request_id: "app-1".into(),
+            },
+            &me,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(retried.name, raised.name);
+}
