@@ -81,6 +81,13 @@ included, wins (sprig's mergeOverwrite skips those). */}}
 {{- $_ := set $base "permissions" (dict "token_file" "/etc/crm/service-token/token") -}}
 {{- end }}
 {{- end }}
+{{- /* ticketing reads customer tiers from customer-profile. */ -}}
+{{- if eq $service "ticketing" }}
+{{- $profiles := include "crm.settings" (list $root "customer-profile") | fromYaml -}}
+{{- if $profiles.enabled }}
+{{- $_ := set $base "ticketing" (dict "customer_profile_url" (printf "http://%s:%v" (include "crm.fullname" (list $root "customer-profile")) $profiles.port)) -}}
+{{- end }}
+{{- end }}
 {{- /* From the values as parsed (integers stay integers), not from $s. */ -}}
 {{- include "crm.merge" (list $base (deepCopy (default dict $root.Values.defaults.config))) -}}
 {{- include "crm.merge" (list $base (deepCopy (default dict (index $root.Values.services $service).config))) -}}

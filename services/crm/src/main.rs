@@ -32,6 +32,8 @@ jwt_secret = "crm-dev-secret-not-for-production-use"
 # The users `crm serve` prints a token for and the operator commands (bench,
 # import, eval-dedup) act as.
 bootstrap_admins = ["dev", "bench", "import", "eval"]
+# ticketing reads customer tiers from customer-profile with its own account.
+service_accounts = ["ticketing"]
 
 [encryption]
 active_key = "dev"
@@ -236,6 +238,20 @@ fn load(file: Option<&std::path::Path>) -> Result<Config, ConfigError> {
         permissions_service: crm_permissions::ServiceConfig::from_document(&doc)?,
         ticketing: crm_ticketing::ServiceConfig::from_document(&doc)?,
     })
+}
+
+/// In one process, ticketing reads customer tiers from the customer-profile service
+/// beside it, through the server's own address (plaintext servers on a fixed port).
+fn point_ticketing_at_itself(cfg: &mut Config) {
+    let listen = cfg.platform.server.listen;
+    if cfg.ticketing.customer_profile_url.is_empty() && !cfg.platform.server.tls.enabled() && listen.port() != 0 {
+        let host = if listen.ip().is_unspecified() {
+            std::net::IpAddr::from([127, 0, 0, 1])
+        } else {
+            listen.ip()
+        };
+        cfg.ticketing.customer_profile_url = format!("http://{}", std::net::SocketAddr::new(host, listen.port()));
+    }
 }
 
 /// Every service of the suite on one server, the permissions service answering
@@ -594,7 +610,8 @@ async fn bench_import(
     Ok(())
 }
 
-async fn serve(cfg: Config) -> anyhow::Result<()> {
+async fn serve(mut cfg: Config) -> anyhow::Result<()> {
+    point_ticketing_at_itself(&mut cfg);
     anyhow::ensure!(
         cfg.platform.auth.jwt_secret != DEV_SECRET || cfg.platform.server.listen.ip().is_loopback(),
         "configuration key `auth.jwt_secret`: the built-in development secret is public; it is only accepted on a loopback address, not {}",

@@ -517,52 +517,29 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
 #[derive(Debug, Clone)]
 pub struct RemotePdp {
     client: PermissionsServiceClient<Channel>,
-    credentials: Credentials,
+    credentials: ServiceCredentials,
     epoch: watch::Receiver<String>,
 }
 
+/// A service's own bearer token for calls to other services: read from a file, or
+/// minted with the HS256 secret for its service account; renewed every ten minutes.
 #[derive(Clone)]
-struct Credentials {
+pub struct ServiceCredentials {
     token: Arc<std::sync::Mutex<(String, Instant)>>,
     source: Arc<dyn Fn() -> Result<String> + Send + Sync>,
 }
 
-impl std::fmt::Debug for Credentials {
+impl std::fmt::Debug for ServiceCredentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Credentials(..)")
+        f.write_str("ServiceCredentials(..)")
     }
 }
 
-impl Credentials {
-    /// The bearer value, re-read (or re-minted) every ten minutes.
-    fn bearer(&self) -> Result<String> {
-        let mut slot = self
-            .token
-            .lock()
-            .map_err(|_| Error::internal(anyhow::anyhow!("credential lock poisoned")))?;
-        if slot.0.is_empty() || slot.1.elapsed() > Duration::from_secs(600) {
-            *slot = ((self.source)()?, Instant::now());
-        }
-        Ok(format!("Bearer {}", slot.0))
-    }
-}
-
-impl RemotePdp {
-    /// Connects lazily to `permissions.url` and starts following its feed, so cached
-    /// decisions are dropped when the policy changes.
-    pub fn connect(config: &PlatformConfig, service: &str, shutdown: ShutdownSignal) -> anyhow::Result<Self> {
+impl ServiceCredentials {
+    /// `permissions.token_file` when set; else a token minted for
+    /// `permissions.service_account` (default: `service`) with the HS256 secret.
+    pub fn from_config(config: &PlatformConfig, service: &str) -> anyhow::Result<Self> {
         let cfg = &config.permissions;
-        let mut endpoint = Endpoint::from_shared(cfg.url.clone())?
-            .timeout(Duration::from_millis(cfg.timeout_ms))
-            .connect_timeout(Duration::from_millis(cfg.timeout_ms));
-        if cfg.url.starts_with("https://") {
-            let mut tls = ClientTlsConfig::new();
-            if !cfg.ca_path.is_empty() {
-                tls = tls.ca_certificate(Certificate::from_pem(std::fs::read(&cfg.ca_path)?));
-            }
-            endpoint = endpoint.tls_config(tls)?;
-        }
-        let client = PermissionsServiceClient::new(endpoint.connect_lazy());
         let source: Arc<dyn Fn() -> Result<String> + Send + Sync> = if !cfg.token_file.is_empty() {
             let path = cfg.token_file.clone();
             Arc::new(move || {
@@ -589,10 +566,61 @@ impl RemotePdp {
                 "configuration key `permissions.token_file`: required when tokens are not HS256 (this service needs its own token for the permissions service)"
             );
         };
-        let credentials = Credentials {
+        Ok(Self {
             token: Arc::new(std::sync::Mutex::new((String::new(), Instant::now()))),
             source,
-        };
+        })
+    }
+
+    /// The bearer value, re-read (or re-minted) every ten minutes.
+    fn bearer(&self) -> Result<String> {
+        let mut slot = self
+            .token
+            .lock()
+            .map_err(|_| Error::internal(anyhow::anyhow!("credential lock poisoned")))?;
+        if slot.0.is_empty() || slot.1.elapsed() > Duration::from_secs(600) {
+            *slot = ((self.source)()?, Instant::now());
+        }
+        Ok(format!("Bearer {}", slot.0))
+    }
+
+    /// `msg` as a request carrying the token and the current trace context.
+    pub fn request<T>(&self, msg: T) -> Result<tonic::Request<T>> {
+        let mut req = tonic::Request::new(msg);
+        let bearer = self
+            .bearer()?
+            .parse()
+            .map_err(|_| Error::Unavailable("the service token is not valid metadata".into()))?;
+        req.metadata_mut().insert("authorization", bearer);
+        crate::telemetry::inject_context(req.metadata_mut());
+        Ok(req)
+    }
+}
+
+/// A lazily connecting channel to another service: `http://` or `https://` (with
+/// `ca_path`'s CA when set), calls failing after `timeout`.
+pub fn client_channel(url: &str, ca_path: &str, timeout: Duration) -> anyhow::Result<Channel> {
+    let mut endpoint = Endpoint::from_shared(url.to_owned())?
+        .timeout(timeout)
+        .connect_timeout(timeout);
+    if url.starts_with("https://") {
+        let mut tls = ClientTlsConfig::new();
+        if !ca_path.is_empty() {
+            tls = tls.ca_certificate(Certificate::from_pem(std::fs::read(ca_path)?));
+        }
+        endpoint = endpoint.tls_config(tls)?;
+    }
+    Ok(endpoint.connect_lazy())
+}
+
+impl RemotePdp {
+    /// Connects lazily to `permissions.url` and starts following its feed, so cached
+    /// decisions are dropped when the policy changes.
+    pub fn connect(config: &PlatformConfig, service: &str, shutdown: ShutdownSignal) -> anyhow::Result<Self> {
+        let cfg = &config.permissions;
+        let channel = client_channel(&cfg.url, &cfg.ca_path, Duration::from_millis(cfg.timeout_ms))?;
+        let client = PermissionsServiceClient::new(channel);
+        let credentials = ServiceCredentials::from_config(config, service)?;
         let (tx, epoch) = watch::channel(format!("start-{}", uuid::Uuid::new_v4()));
         tokio::spawn(follow_policy(client.clone(), credentials.clone(), tx, shutdown));
         Ok(Self {
@@ -603,15 +631,7 @@ impl RemotePdp {
     }
 
     fn request<T>(&self, msg: T) -> Result<tonic::Request<T>> {
-        let mut req = tonic::Request::new(msg);
-        let bearer = self
-            .credentials
-            .bearer()?
-            .parse()
-            .map_err(|_| Error::Unavailable("the permissions token is not valid metadata".into()))?;
-        req.metadata_mut().insert("authorization", bearer);
-        crate::telemetry::inject_context(req.metadata_mut());
-        Ok(req)
+        self.credentials.request(msg)
     }
 }
 
@@ -629,7 +649,7 @@ fn from_status(s: tonic::Status) -> Error {
 /// down the epoch stays, and cached decisions live at most their TTL.
 async fn follow_policy(
     mut client: PermissionsServiceClient<Channel>,
-    credentials: Credentials,
+    credentials: ServiceCredentials,
     epoch: watch::Sender<String>,
     mut shutdown: ShutdownSignal,
 ) {

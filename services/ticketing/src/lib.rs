@@ -7,6 +7,7 @@
 //! transactions; `store` persists; `api` translates gRPC and authorizes.
 
 pub mod api;
+pub mod customers;
 pub mod domain;
 pub mod service;
 pub mod store;
@@ -38,6 +39,10 @@ default_queue = "queues/general"
 scheduler_interval_ms = 500
 scheduler_batch = 200
 scheduler_workers = 4
+customer_profile_url = ""
+customer_profile_ca_path = ""
+tier_attribute = "loyalty_tier"
+tier_timeout_ms = 500
 "#;
 
 /// `[ticketing]` settings.
@@ -51,6 +56,15 @@ pub struct ServiceConfig {
     pub scheduler_batch: u64,
     /// Scheduler workers per replica on PostgreSQL (SQLite runs one).
     pub scheduler_workers: usize,
+    /// customer-profile's gRPC address, for customer tiers; empty: tiers only as
+    /// callers give them (`crm serve` points it at itself).
+    pub customer_profile_url: String,
+    /// PEM CA of an `https://` customer-profile URL.
+    pub customer_profile_ca_path: String,
+    /// The customer's custom attribute holding the tier.
+    pub tier_attribute: String,
+    /// A slower tier lookup is given up (the ticket is created without a tier).
+    pub tier_timeout_ms: u64,
 }
 
 impl ServiceConfig {
@@ -77,6 +91,27 @@ impl ServiceConfig {
         }
         if !(1..=64).contains(&self.scheduler_workers) {
             return Err(ConfigError::invalid("ticketing.scheduler_workers", "1 to 64"));
+        }
+        let url = &self.customer_profile_url;
+        if !(url.is_empty() || url.starts_with("http://") || url.starts_with("https://")) {
+            return Err(ConfigError::invalid(
+                "ticketing.customer_profile_url",
+                "empty, or starting with http:// or https://",
+            ));
+        }
+        let attr = &self.tier_attribute;
+        let attr_ok = !attr.is_empty()
+            && attr.len() <= 63
+            && attr.starts_with(|c: char| c.is_ascii_lowercase())
+            && attr.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+        if !attr_ok {
+            return Err(ConfigError::invalid(
+                "ticketing.tier_attribute",
+                "a custom attribute key: [a-z][a-z0-9_]{0,62}",
+            ));
+        }
+        if !(1..=30_000).contains(&self.tier_timeout_ms) {
+            return Err(ConfigError::invalid("ticketing.tier_timeout_ms", "1 to 30000 milliseconds"));
         }
         Ok(())
     }
@@ -145,7 +180,18 @@ pub async fn build(platform: &Platform, cfg: &ServiceConfig) -> anyhow::Result<S
     tokio::spawn(ticketing.feed().clone().run_retention());
     tokio::spawn(ticketing.clone().run_scheduler(platform.shutdown.clone()));
     let authz = platform.authz(SERVICE, ticketing.db(), ticketing.feed(), audited_fields)?;
-    let api = api::Api::new(ticketing, authz, platform.page_tokens.clone());
+    let tiers = if cfg.customer_profile_url.is_empty() {
+        None
+    } else {
+        Some(customers::CustomerTiers::connect(
+            platform,
+            &cfg.customer_profile_url,
+            &cfg.customer_profile_ca_path,
+            &cfg.tier_attribute,
+            std::time::Duration::from_millis(cfg.tier_timeout_ms),
+        )?)
+    };
+    let api = api::Api::new(ticketing, authz, platform.page_tokens.clone(), tiers);
     let limit = platform.config.server.max_message_bytes;
     let tickets = TicketingServiceServer::new(api.clone()).max_decoding_message_size(limit);
     let kb = KnowledgeBaseServiceServer::new(api::KnowledgeBase(api)).max_decoding_message_size(limit);

@@ -230,3 +230,119 @@ service_accounts = ["ticketing"]
         .into_inner();
     assert_eq!(retried.name, raised.name);
 }
+
+/// `crm serve`: ticketing reads the customer's tier from customer-profile beside it,
+/// and an SLA policy for that tier applies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sla_policies_select_on_the_tier_kept_in_customer_profile() {
+    use crm_proto::crm::{
+        common::v1::Classification,
+        customer::v1::{self as cpb, customer_profile_service_client::CustomerProfileServiceClient},
+    };
+    let data = tempfile::tempdir().unwrap();
+    let (server, addr) = crm_e2e::serve_crm(data.path());
+    let line = server.wait_for_line("development admin token", std::time::Duration::from_secs(5));
+    let dev = line.rsplit(' ').next().unwrap().trim().to_owned();
+    let channel = connect(&addr).await;
+    let mut customers = CustomerProfileServiceClient::new(channel.clone());
+    let mut tickets = TicketingServiceClient::new(channel);
+    // The tier is not personal data: public, so service accounts read it in clear.
+    customers
+        .update_field_definition(as_user(
+            cpb::UpdateFieldDefinitionRequest {
+                field_definition: Some(cpb::FieldDefinition {
+                    name: "fieldDefinitions/custom_attributes.loyalty_tier".into(),
+                    display_name: "Loyalty tier".into(),
+                    r#type: cpb::FieldType::String as i32,
+                    classification: Classification::Public as i32,
+                    ..Default::default()
+                }),
+                update_mask: None,
+                allow_missing: true,
+            },
+            &dev,
+        ))
+        .await
+        .unwrap();
+    let customer = |given: &str, tier: Option<&str>| cpb::Customer {
+        person_name: Some(cpb::PersonName {
+            given_name: given.into(),
+            family_name: "Zhang".into(),
+            ..Default::default()
+        }),
+        custom_attributes: tier
+            .map(|t| [("loyalty_tier".to_owned(), t.to_owned())].into())
+            .unwrap_or_default(),
+        ..Default::default()
+    };
+    let mut create_customer = |c: cpb::Customer| {
+        let mut client = customers.clone();
+        let dev = dev.clone();
+        async move {
+            client
+                .create_customer(as_user(
+                    cpb::CreateCustomerRequest {
+                        customer: Some(c),
+                        request_id: String::new(),
+                    },
+                    &dev,
+                ))
+                .await
+                .unwrap()
+                .into_inner()
+                .name
+        }
+    };
+    let vip = create_customer(customer("Wei", Some("VIP"))).await;
+    let plain = create_customer(customer("Fang", None)).await;
+    tickets
+        .create_sla_policy(as_user(
+            pb::CreateSlaPolicyRequest {
+                sla_policy: Some(pb::SlaPolicy {
+                    name: "slaPolicies/vip".into(),
+                    order: 1,
+                    conditions: Some(pb::TicketConditions {
+                        customer_tiers: vec!["vip".into()],
+                        ..Default::default()
+                    }),
+                    targets: vec![pb::SlaTarget {
+                        metric: pb::SlaMetric::FirstResponse as i32,
+                        within: Some(prost_types::Duration { seconds: 1800, nanos: 0 }),
+                        business_hours: false,
+                    }],
+                    ..Default::default()
+                }),
+            },
+            &dev,
+        ))
+        .await
+        .unwrap();
+    let mut raise = |customer: String| {
+        let mut client = tickets.clone();
+        let dev = dev.clone();
+        async move {
+            client
+                .create_ticket(as_user(
+                    pb::CreateTicketRequest {
+                        ticket: Some(pb::Ticket {
+                            customer,
+                            channel: Channel::Phone as i32,
+                            category: "how_to".into(),
+                            subject: "怎么退货".into(),
+                            ..Default::default()
+                        }),
+                        request_id: String::new(),
+                    },
+                    &dev,
+                ))
+                .await
+                .unwrap()
+                .into_inner()
+        }
+    };
+    let t = raise(vip).await;
+    assert_eq!(t.customer_tier, "vip");
+    assert_eq!(t.sla_policy, "slaPolicies/vip");
+    let t = raise(plain).await;
+    assert!(t.customer_tier.is_empty() && t.sla_policy.is_empty(), "{t:?}");
+}

@@ -27,6 +27,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::{
+    customers::{CustomerTiers, Tier},
     service::{AuthorType, NewComment, Ticketing, config::status, update_paths},
     store::{TicketFilter, TicketScope},
 };
@@ -42,6 +43,7 @@ pub struct Api {
     ticketing: Ticketing,
     authz: Authz,
     page_tokens: PageTokens,
+    tiers: Option<CustomerTiers>,
 }
 
 fn required<T>(value: Option<T>, field: &str) -> Result<T, Error> {
@@ -124,11 +126,30 @@ fn micros_of(t: Option<&prost_types::Timestamp>) -> i64 {
 }
 
 impl Api {
-    pub fn new(ticketing: Ticketing, authz: Authz, page_tokens: PageTokens) -> Self {
+    pub fn new(ticketing: Ticketing, authz: Authz, page_tokens: PageTokens, tiers: Option<CustomerTiers>) -> Self {
         Self {
             ticketing,
             authz,
             page_tokens,
+            tiers,
+        }
+    }
+
+    /// Fills a ticket's missing tier from customer-profile; returns the note for its
+    /// history (what was found, or why nothing could be).
+    async fn look_up_tier(&self, ticket: &mut pb::Ticket) -> Option<String> {
+        let tiers = self.tiers.as_ref()?;
+        if !ticket.customer_tier.is_empty() || !ticket.customer.starts_with("customers/") {
+            return None;
+        }
+        match tiers.tier(&ticket.customer).await {
+            Tier::Found(t) => {
+                let note = format!("customer tier {t} from customer-profile");
+                ticket.customer_tier = t;
+                Some(note)
+            }
+            Tier::None => None,
+            Tier::Unknown(why) => Some(format!("customer tier unknown: {why}")),
         }
     }
 
@@ -209,7 +230,7 @@ impl TicketingService for Api {
         let principal = auth::principal(&req)?;
         let req = req.into_inner();
         let key = idempotency::Key::new("CreateTicket", &principal.user_id, &req.request_id, &req.encode_to_vec())?;
-        let ticket = required(req.ticket, "ticket")?;
+        let mut ticket = required(req.ticket, "ticket")?;
         if let Some(own) = &principal.customer_id {
             let mut bad = Vec::new();
             for (field, set) in [
@@ -239,9 +260,10 @@ impl TicketingService for Api {
                 self.check(&principal, "ticket.assign", COLLECTION).await?;
             }
         }
+        let tier_note = self.look_up_tier(&mut ticket).await;
         let created = self
             .ticketing
-            .create_ticket_once(&principal.user_id, ticket, key, Utc::now())
+            .create_ticket_once(&principal.user_id, ticket, key, tier_note, Utc::now())
             .await
             .map_err(in_ticket)?;
         Ok(Response::new(Self::present(&principal, created)))

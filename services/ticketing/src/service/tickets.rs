@@ -408,16 +408,17 @@ impl<'t> Work<'t> {
 impl Ticketing {
     /// Creates a ticket: routes it, assigns it, starts its SLA clocks.
     pub async fn create_ticket(&self, actor: &str, ticket: pb::Ticket, now: DateTime<Utc>) -> Result<pb::Ticket> {
-        self.create_ticket_once(actor, ticket, None, now).await
+        self.create_ticket_once(actor, ticket, None, None, now).await
     }
 
     /// [`Self::create_ticket`], once per idempotency `key`: a retry gets the ticket
-    /// the first call created.
+    /// the first call created. `tier_note` says where the customer tier came from.
     pub async fn create_ticket_once(
         &self,
         actor: &str,
         mut ticket: pb::Ticket,
         key: Option<idempotency::Key>,
+        tier_note: Option<String>,
         now: DateTime<Utc>,
     ) -> Result<pb::Ticket> {
         validate_new(&ticket)?;
@@ -486,6 +487,9 @@ impl Ticketing {
                 work.ticket.category
             ),
         );
+        if let Some(note) = tier_note {
+            work.note(pb::HistoryKind::Updated, note);
+        }
         self.route(&mut work).await?;
         work.reselect_policy();
         work.sla_event(Event::Created);
