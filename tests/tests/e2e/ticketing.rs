@@ -275,7 +275,7 @@ async fn sla_policies_select_on_the_tier_kept_in_customer_profile() {
             .unwrap_or_default(),
         ..Default::default()
     };
-    let mut create_customer = |c: cpb::Customer| {
+    let create_customer = |c: cpb::Customer| {
         let mut client = customers.clone();
         let dev = dev.clone();
         async move {
@@ -317,7 +317,7 @@ async fn sla_policies_select_on_the_tier_kept_in_customer_profile() {
         ))
         .await
         .unwrap();
-    let mut raise = |customer: String| {
+    let raise = |customer: String| {
         let mut client = tickets.clone();
         let dev = dev.clone();
         async move {
