@@ -156,10 +156,10 @@ pub fn sla_targets(p: &pb::SlaPolicy) -> Result<Vec<Target>> {
             ));
         }
         let secs = t.within.as_ref().map_or(0, |d| d.seconds);
-        if !(60..=365 * 86_400).contains(&secs) || t.within.as_ref().is_some_and(|d| d.nanos != 0) {
+        if !(1..=365 * 86_400).contains(&secs) || t.within.as_ref().is_some_and(|d| d.nanos != 0) {
             bad.push(FieldViolation::new(
                 format!("targets[{i}].within"),
-                "whole seconds from 1 minute to 365 days",
+                "whole seconds from 1 second to 365 days",
             ));
         }
         targets.push(Target {
@@ -453,7 +453,7 @@ mod tests {
             targets: vec![
                 pb::SlaTarget {
                     metric: pb::SlaMetric::Resolution as i32,
-                    within: Some(prost_types::Duration { seconds: 30, nanos: 0 }),
+                    within: Some(prost_types::Duration { seconds: 0, nanos: 0 }),
                     business_hours: true,
                 },
                 pb::SlaTarget {

@@ -883,3 +883,79 @@ async fn every_change_is_on_the_feed() {
         .unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_breach_escalates_to_the_supervisor_while_the_service_runs() {
+    let app = TestApp::spawn().await;
+    let mut client = app.tickets.clone();
+    client
+        .create_escalation_policy(TestApp::admin(pb::CreateEscalationPolicyRequest {
+            escalation_policy: Some(pb::EscalationPolicy {
+                name: "escalationPolicies/fast".into(),
+                levels: vec![pb::EscalationLevel {
+                    metric: pb::SlaMetric::Resolution as i32,
+                    percent: 100,
+                    depth: 1,
+                    actions: vec![pb::EscalationAction::ReassignToSupervisor as i32],
+                }],
+                ..Default::default()
+            }),
+        }))
+        .await
+        .unwrap();
+    client
+        .create_sla_policy(TestApp::admin(pb::CreateSlaPolicyRequest {
+            sla_policy: Some(pb::SlaPolicy {
+                name: "slaPolicies/urgent".into(),
+                order: 1,
+                conditions: Some(pb::TicketConditions {
+                    priorities: vec![pb::Priority::Urgent as i32],
+                    ..Default::default()
+                }),
+                targets: vec![pb::SlaTarget {
+                    metric: pb::SlaMetric::Resolution as i32,
+                    within: Some(prost_types::Duration { seconds: 2, nanos: 0 }),
+                    business_hours: false,
+                }],
+                escalation_policy: "escalationPolicies/fast".into(),
+                ..Default::default()
+            }),
+        }))
+        .await
+        .unwrap();
+    let t = app
+        .create(pb::Ticket {
+            priority: pb::Priority::Urgent as i32,
+            ..ticket("c1", "product_quality", "冒烟了")
+        })
+        .await;
+    assert_eq!(t.sla_policy, "slaPolicies/urgent");
+    assert_ne!(t.assignee, "agents/sup");
+    // The service's own scheduler fires the breach: the queue's supervisor takes over.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let escalated = loop {
+        let now = client
+            .get_ticket(TestApp::admin(pb::GetTicketRequest { name: t.name.clone() }))
+            .await
+            .unwrap()
+            .into_inner();
+        if now.assignee == "agents/sup" {
+            break now;
+        }
+        assert!(std::time::Instant::now() < deadline, "not escalated: {now:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_ne!(escalated.etag, t.etag);
+    let breaches = history(&app, &t.name)
+        .await
+        .into_iter()
+        .filter(|e| e.kind == pb::HistoryKind::SlaBreach as i32)
+        .count();
+    assert_eq!(breaches, 1);
+    let sla = client
+        .get_sla_status(TestApp::admin(pb::GetSlaStatusRequest { ticket: t.name.clone() }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(sla.metrics[0].state, pb::SlaState::Breached as i32);
+}
