@@ -48,6 +48,9 @@ stats_flush_secs = 10
 metrics_interval_secs = 900
 report_cache_secs = 60
 
+[customer_profile.activity]
+unknown_customer = "reject"
+
 [customer_profile.ingest]
 source_priority = ["api", "erp", "store", "service_desk", "ecommerce", "app", "web", "wechat", "phone", "email", "import"]
 
@@ -77,6 +80,14 @@ pub struct IngestConfig {
     pub source_priority: Vec<domain::customer::Channel>,
 }
 
+/// `[customer_profile.activity]` settings.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ActivityConfig {
+    /// `reject` or `create_lead`: an order or interaction whose customer external id
+    /// is unknown.
+    pub unknown_customer: service::activity::UnknownCustomer,
+}
+
 /// `[customer_profile]` settings.
 #[derive(Debug, Clone, Deserialize)]
 pub struct ServiceConfig {
@@ -87,6 +98,7 @@ pub struct ServiceConfig {
     /// How often rows sealed with a retired key are looked for and re-sealed.
     pub reencrypt_interval_secs: u64,
     pub ingest: IngestConfig,
+    pub activity: ActivityConfig,
     /// Duplicate detection: thresholds and the Fellegi-Sunter m/u tables.
     pub matching: domain::matching::MatchConfig,
     /// Data-quality targets and the stale-profile job.
@@ -139,7 +151,10 @@ impl Config {
 
 /// Methods exempt from the server's request timeout: they last as long as the
 /// client's stream.
-pub const LONG_RUNNING: &[&str] = &["/crm.customer.v1.CustomerProfileService/ImportCustomers"];
+pub const LONG_RUNNING: &[&str] = &[
+    "/crm.customer.v1.CustomerProfileService/ImportCustomers",
+    "/crm.customer.v1.CustomerProfileService/RecordInteractions",
+];
 
 /// The gRPC service as served, behind the authenticating interceptor.
 pub type Service = InterceptedService<CustomerProfileServiceServer<Api>, Authenticator>;
@@ -156,6 +171,8 @@ pub async fn build(platform: &Platform, cfg: &ServiceConfig) -> anyhow::Result<S
     let authz = platform.authz(SERVICE, &db, &feed, events::audited_fields)?;
     let customers = Customers::new(db, platform.cache.clone(), feed, keyring, settings(cfg));
     tokio::spawn(customers.clone().run_jobs(platform.shutdown.clone()));
+    customers.prepare_partitions().await?;
+    tokio::spawn(customers.clone().run_partition_upkeep(platform.shutdown.clone()));
     let api = Api::new(customers, authz, platform.page_tokens.clone());
     let server = CustomerProfileServiceServer::new(api).max_decoding_message_size(platform.config.server.max_message_bytes);
     Ok(InterceptedService::new(server, platform.authenticator.clone()))
@@ -172,6 +189,7 @@ pub fn settings(cfg: &ServiceConfig) -> Settings {
         definitions_refresh: std::time::Duration::from_millis(cfg.definitions_refresh_ms),
         quality: cfg.quality.clone(),
         reencrypt_interval: std::time::Duration::from_secs(cfg.reencrypt_interval_secs.max(1)),
+        unknown_customer: cfg.activity.unknown_customer,
     }
 }
 

@@ -1,5 +1,6 @@
 //! gRPC handlers: decode the request, authorize, call the use case, encode the answer.
 
+pub mod activity;
 pub mod convert;
 pub mod redact;
 
@@ -771,6 +772,34 @@ impl CustomerProfileService for Api {
         self.check(&principal, "customer.read", "dataQualityReport").await?;
         let r = self.customers.cached_quality_report().await?;
         Ok(Response::new(convert::quality_to_proto(&r)))
+    }
+
+    async fn upsert_order(&self, req: Request<pb::UpsertOrderRequest>) -> Result<Response<pb::UpsertOrderResponse>, Status> {
+        self.upsert_order_call(req).await
+    }
+
+    async fn get_order(&self, req: Request<pb::GetOrderRequest>) -> Result<Response<pb::Order>, Status> {
+        self.get_order_call(req).await
+    }
+
+    async fn list_orders(&self, req: Request<pb::ListOrdersRequest>) -> Result<Response<pb::ListOrdersResponse>, Status> {
+        self.list_orders_call(req).await
+    }
+
+    type RecordInteractionsStream = ReceiverStream<Result<pb::RecordInteractionsResponse, Status>>;
+
+    async fn record_interactions(
+        &self,
+        req: Request<Streaming<pb::RecordInteractionsRequest>>,
+    ) -> Result<Response<Self::RecordInteractionsStream>, Status> {
+        self.record_interactions_call(req).await
+    }
+
+    async fn list_interactions(
+        &self,
+        req: Request<pb::ListInteractionsRequest>,
+    ) -> Result<Response<pb::ListInteractionsResponse>, Status> {
+        self.list_interactions_call(req).await
     }
 
     type StreamEventsStream = ReceiverStream<Result<StreamEventsResponse, Status>>;

@@ -2,6 +2,7 @@
 //! blocking keys and duplicate candidates, its change-feed event and (for creates)
 //! its idempotency key; the cache is refreshed only after commit.
 
+pub mod activity;
 mod definitions;
 pub mod duplicates;
 pub mod ingest;
@@ -49,6 +50,8 @@ pub struct Settings {
     pub definitions_refresh: Duration,
     pub quality: quality::QualityConfig,
     pub reencrypt_interval: Duration,
+    /// Orders and interactions naming an unknown external id.
+    pub unknown_customer: activity::UnknownCustomer,
 }
 
 #[derive(Clone, Debug)]

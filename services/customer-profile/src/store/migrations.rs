@@ -32,6 +32,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "audit spool (reads and denials waiting for the permissions service)",
         up: crm_platform::audit::migration_sql,
     },
+    Migration {
+        version: 6,
+        name: "orders, interactions (PostgreSQL: partitioned by month)",
+        up: v6,
+    },
 ];
 
 fn v1(d: Dialect) -> Vec<String> {
@@ -122,4 +127,39 @@ fn v4(d: Dialect) -> Vec<String> {
         format!("ALTER TABLE customers ADD COLUMN reminder_time {ts}"),
         "CREATE INDEX customers_confirm_time ON customers (confirm_time, id)".into(),
     ]
+}
+
+fn v6(d: Dialect) -> Vec<String> {
+    let bytes = d.bytes();
+    let mut sql = vec![
+        // Orders, keyed by the source's id; the encoded proto plus what lists and
+        // summaries read.
+        format!(
+            "CREATE TABLE orders (id TEXT PRIMARY KEY, customer_id TEXT NOT NULL, source TEXT NOT NULL, \
+             external_id TEXT NOT NULL, status INTEGER NOT NULL, currency TEXT NOT NULL, total_micros BIGINT NOT NULL, \
+             place_us BIGINT NOT NULL, source_update_us BIGINT NOT NULL, revision BIGINT NOT NULL, data {bytes} NOT NULL, \
+             UNIQUE (source, external_id))"
+        ),
+        "CREATE INDEX orders_customer ON orders (customer_id, place_us)".into(),
+    ];
+    // Interactions are the largest table: on PostgreSQL, monthly range partitions on
+    // the occurrence time (created ahead by the service, see `store::activity`), so
+    // retention drops whole partitions and per-customer reads touch recent ones. The
+    // (source, external_id) key carries the occurrence time because unique indexes
+    // on a partitioned table must include the partition key; a retried event has the
+    // same time, so duplicates are still caught.
+    let columns = format!(
+        "(id TEXT NOT NULL, customer_id TEXT NOT NULL, kind INTEGER NOT NULL, channel INTEGER NOT NULL, \
+         occur_us BIGINT NOT NULL, source TEXT NOT NULL, external_id TEXT NOT NULL, record_us BIGINT NOT NULL, \
+         data {bytes} NOT NULL, PRIMARY KEY (id, occur_us), UNIQUE (source, external_id, occur_us))"
+    );
+    if d.is_postgres() {
+        sql.push(format!("CREATE TABLE interactions {columns} PARTITION BY RANGE (occur_us)"));
+        // Rows outside every monthly partition (far past or future) land here.
+        sql.push("CREATE TABLE interactions_default PARTITION OF interactions DEFAULT".into());
+    } else {
+        sql.push(format!("CREATE TABLE interactions {columns}"));
+    }
+    sql.push("CREATE INDEX interactions_customer ON interactions (customer_id, occur_us)".into());
+    sql
 }

@@ -2,6 +2,7 @@
 //! returns domain types; the profile body is stored as JSON beside the columns that
 //! lists filter and sort on.
 
+pub mod activity;
 mod entity;
 mod migrations;
 pub mod records;
