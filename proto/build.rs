@@ -9,6 +9,7 @@ const FILES: &[&str] = &[
     "crm/common/v1/common.proto",
     "crm/events/v1/events.proto",
     "crm/customer/v1/activity.proto",
+    "crm/customer/v1/consent.proto",
     "crm/customer/v1/customer.proto",
     "crm/customer/v1/customer_service.proto",
     "crm/customer/v1/customer_events.proto",

@@ -10,6 +10,7 @@ pub mod authz;
 pub mod cache;
 pub mod cli;
 pub mod config;
+pub mod consent;
 pub mod context;
 pub mod crypto;
 pub mod db;

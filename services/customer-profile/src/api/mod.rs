@@ -1,6 +1,7 @@
 //! gRPC handlers: decode the request, authorize, call the use case, encode the answer.
 
 pub mod activity;
+pub mod consent;
 pub mod convert;
 pub mod redact;
 
@@ -800,6 +801,21 @@ impl CustomerProfileService for Api {
         req: Request<pb::ListInteractionsRequest>,
     ) -> Result<Response<pb::ListInteractionsResponse>, Status> {
         self.list_interactions_call(req).await
+    }
+
+    async fn get_consent(&self, req: Request<pb::GetConsentRequest>) -> Result<Response<pb::Consent>, Status> {
+        self.get_consent_call(req).await
+    }
+
+    async fn update_consent(&self, req: Request<pb::UpdateConsentRequest>) -> Result<Response<pb::Consent>, Status> {
+        self.update_consent_call(req).await
+    }
+
+    async fn list_consent_history(
+        &self,
+        req: Request<pb::ListConsentHistoryRequest>,
+    ) -> Result<Response<pb::ListConsentHistoryResponse>, Status> {
+        self.list_consent_history_call(req).await
     }
 
     type StreamEventsStream = ReceiverStream<Result<StreamEventsResponse, Status>>;

@@ -3,6 +3,7 @@
 //! its idempotency key; the cache is refreshed only after commit.
 
 pub mod activity;
+pub mod consent;
 mod definitions;
 pub mod duplicates;
 pub mod ingest;

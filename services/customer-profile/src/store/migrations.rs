@@ -37,6 +37,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "orders, interactions (PostgreSQL: partitioned by month)",
         up: v6,
     },
+    Migration {
+        version: 7,
+        name: "consent in force and its history",
+        up: v7,
+    },
 ];
 
 fn v1(d: Dialect) -> Vec<String> {
@@ -162,4 +167,20 @@ fn v6(d: Dialect) -> Vec<String> {
     }
     sql.push("CREATE INDEX interactions_customer ON interactions (customer_id, occur_us)".into());
     sql
+}
+
+fn v7(d: Dialect) -> Vec<String> {
+    let bytes = d.bytes();
+    vec![
+        // The latest statement per customer, purpose and channel.
+        format!(
+            "CREATE TABLE consents (customer_id TEXT NOT NULL, purpose INTEGER NOT NULL, channel INTEGER NOT NULL, \
+             effective_us BIGINT NOT NULL, data {bytes} NOT NULL, PRIMARY KEY (customer_id, purpose, channel))"
+        ),
+        // Every statement, in the order recorded.
+        format!(
+            "CREATE TABLE consent_history (customer_id TEXT NOT NULL, seq BIGINT NOT NULL, purpose INTEGER NOT NULL, \
+             data {bytes} NOT NULL, PRIMARY KEY (customer_id, seq))"
+        ),
+    ]
 }

@@ -3,6 +3,7 @@
 //! lists filter and sort on.
 
 pub mod activity;
+pub mod consent;
 mod entity;
 mod migrations;
 pub mod records;

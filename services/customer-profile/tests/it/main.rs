@@ -6,6 +6,7 @@ mod access;
 mod activity;
 mod app;
 mod auth;
+mod consent;
 mod crud;
 mod definitions;
 mod duplicates;
