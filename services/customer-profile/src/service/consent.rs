@@ -72,10 +72,10 @@ pub fn validate_changes(
             Some(t) if t > now + Duration::minutes(5) => field("effective_time", "in the future"),
             Some(t) => {
                 r.effective_time = Some(feed::timestamp(t));
-                if let Some(expiry) = r.expire_time.as_ref() {
-                    if at(expiry).is_none_or(|e| e <= t) {
-                        field("expire_time", "after the effective time");
-                    }
+                if let Some(expiry) = r.expire_time.as_ref()
+                    && at(expiry).is_none_or(|e| e <= t)
+                {
+                    field("expire_time", "after the effective time");
                 }
             }
         }
