@@ -88,6 +88,13 @@ included, wins (sprig's mergeOverwrite skips those). */}}
 {{- $_ := set $base "ticketing" (dict "customer_profile_url" (printf "http://%s:%v" (include "crm.fullname" (list $root "customer-profile")) $profiles.port)) -}}
 {{- end }}
 {{- end }}
+{{- /* customer-profile counts open tickets for the 360 view. */ -}}
+{{- if eq $service "customer-profile" }}
+{{- $ticketing := include "crm.settings" (list $root "ticketing") | fromYaml -}}
+{{- if $ticketing.enabled }}
+{{- $_ := set $base "customer_profile" (dict "sections" (dict "ticketing_url" (printf "http://%s:%v" (include "crm.fullname" (list $root "ticketing")) $ticketing.port))) -}}
+{{- end }}
+{{- end }}
 {{- /* From the values as parsed (integers stay integers), not from $s. */ -}}
 {{- include "crm.merge" (list $base (deepCopy (default dict $root.Values.defaults.config))) -}}
 {{- include "crm.merge" (list $base (deepCopy (default dict (index $root.Values.services $service).config))) -}}

@@ -32,8 +32,9 @@ jwt_secret = "crm-dev-secret-not-for-production-use"
 # The users `crm serve` prints a token for and the operator commands (bench,
 # import, eval-dedup) act as.
 bootstrap_admins = ["dev", "bench", "import", "eval"]
-# ticketing reads customer tiers from customer-profile with its own account.
-service_accounts = ["ticketing"]
+# ticketing reads customer tiers, customer-profile counts open tickets, each with
+# its own account.
+service_accounts = ["ticketing", "customer-profile"]
 
 [encryption]
 active_key = "dev"
@@ -240,17 +241,25 @@ fn load(file: Option<&std::path::Path>) -> Result<Config, ConfigError> {
     })
 }
 
-/// In one process, ticketing reads customer tiers from the customer-profile service
-/// beside it, through the server's own address (plaintext servers on a fixed port).
-fn point_ticketing_at_itself(cfg: &mut Config) {
+/// In one process, the services that call each other (ticketing reads customer
+/// tiers, customer-profile counts open tickets) do so through the server's own
+/// address (plaintext servers on a fixed port).
+fn point_services_at_each_other(cfg: &mut Config) {
     let listen = cfg.platform.server.listen;
-    if cfg.ticketing.customer_profile_url.is_empty() && !cfg.platform.server.tls.enabled() && listen.port() != 0 {
-        let host = if listen.ip().is_unspecified() {
-            std::net::IpAddr::from([127, 0, 0, 1])
-        } else {
-            listen.ip()
-        };
-        cfg.ticketing.customer_profile_url = format!("http://{}", std::net::SocketAddr::new(host, listen.port()));
+    if cfg.platform.server.tls.enabled() || listen.port() == 0 {
+        return;
+    }
+    let host = if listen.ip().is_unspecified() {
+        std::net::IpAddr::from([127, 0, 0, 1])
+    } else {
+        listen.ip()
+    };
+    let own = format!("http://{}", std::net::SocketAddr::new(host, listen.port()));
+    if cfg.ticketing.customer_profile_url.is_empty() {
+        cfg.ticketing.customer_profile_url.clone_from(&own);
+    }
+    if cfg.customer_profile.sections.ticketing_url.is_empty() {
+        cfg.customer_profile.sections.ticketing_url = own;
     }
 }
 
@@ -611,7 +620,7 @@ async fn bench_import(
 }
 
 async fn serve(mut cfg: Config) -> anyhow::Result<()> {
-    point_ticketing_at_itself(&mut cfg);
+    point_services_at_each_other(&mut cfg);
     anyhow::ensure!(
         cfg.platform.auth.jwt_secret != DEV_SECRET || cfg.platform.server.listen.ip().is_loopback(),
         "configuration key `auth.jwt_secret`: the built-in development secret is public; it is only accepted on a loopback address, not {}",

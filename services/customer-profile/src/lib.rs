@@ -4,6 +4,7 @@
 pub mod api;
 pub mod domain;
 pub mod events;
+pub mod sections;
 pub mod service;
 pub mod store;
 
@@ -51,6 +52,12 @@ report_cache_secs = 60
 [customer_profile.activity]
 unknown_customer = "reject"
 
+[customer_profile.sections]
+ticketing_url = ""
+ticketing_ca_path = ""
+deadline_ms = 300
+behaviour_window_days = 90
+
 [customer_profile.ingest]
 source_priority = ["api", "erp", "store", "service_desk", "ecommerce", "app", "web", "wechat", "phone", "email", "import"]
 
@@ -80,6 +87,20 @@ pub struct IngestConfig {
     pub source_priority: Vec<domain::customer::Channel>,
 }
 
+/// `[customer_profile.sections]`: the 360 view's sections owned by other services.
+#[derive(Debug, Clone, Deserialize)]
+pub struct SectionsConfig {
+    /// The ticketing service, for open tickets; empty: that part is unavailable
+    /// (`crm serve` points it at itself).
+    pub ticketing_url: String,
+    /// PEM CA of an `https://` ticketing URL.
+    pub ticketing_ca_path: String,
+    /// How long the 360 call waits for another service.
+    pub deadline_ms: u64,
+    /// The behaviour summary's window.
+    pub behaviour_window_days: i32,
+}
+
 /// `[customer_profile.activity]` settings.
 #[derive(Debug, Clone, Deserialize)]
 pub struct ActivityConfig {
@@ -99,6 +120,7 @@ pub struct ServiceConfig {
     pub reencrypt_interval_secs: u64,
     pub ingest: IngestConfig,
     pub activity: ActivityConfig,
+    pub sections: SectionsConfig,
     /// Duplicate detection: thresholds and the Fellegi-Sunter m/u tables.
     pub matching: domain::matching::MatchConfig,
     /// Data-quality targets and the stale-profile job.
@@ -123,6 +145,22 @@ impl ServiceConfig {
         }
         if let Err((key, message)) = self.matching.validate() {
             return Err(ConfigError::invalid(format!("customer_profile.matching.{key}"), message));
+        }
+        let url = &self.sections.ticketing_url;
+        if !(url.is_empty() || url.starts_with("http://") || url.starts_with("https://")) {
+            return Err(ConfigError::invalid(
+                "customer_profile.sections.ticketing_url",
+                "empty, or starting with http:// or https://",
+            ));
+        }
+        if !(1..=60_000).contains(&self.sections.deadline_ms) {
+            return Err(ConfigError::invalid("customer_profile.sections.deadline_ms", "1 to 60000"));
+        }
+        if !(1..=3650).contains(&self.sections.behaviour_window_days) {
+            return Err(ConfigError::invalid(
+                "customer_profile.sections.behaviour_window_days",
+                "1 to 3650",
+            ));
         }
         if let Err((key, message)) = self.quality.validate() {
             return Err(ConfigError::invalid(format!("customer_profile.quality.{key}"), message));
@@ -173,7 +211,19 @@ pub async fn build(platform: &Platform, cfg: &ServiceConfig) -> anyhow::Result<S
     tokio::spawn(customers.clone().run_jobs(platform.shutdown.clone()));
     customers.prepare_partitions().await?;
     tokio::spawn(customers.clone().run_partition_upkeep(platform.shutdown.clone()));
-    let api = Api::new(customers, authz, platform.page_tokens.clone());
+    let sections = sections::Sections::connect(
+        platform,
+        &cfg.sections.ticketing_url,
+        &cfg.sections.ticketing_ca_path,
+        std::time::Duration::from_millis(cfg.sections.deadline_ms),
+    )?;
+    let api = Api::new(
+        customers,
+        authz,
+        platform.page_tokens.clone(),
+        sections,
+        cfg.sections.behaviour_window_days,
+    );
     let server = CustomerProfileServiceServer::new(api).max_decoding_message_size(platform.config.server.max_message_bytes);
     Ok(InterceptedService::new(server, platform.authenticator.clone()))
 }

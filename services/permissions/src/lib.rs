@@ -57,7 +57,7 @@ clearance = "confidential"
 [[permissions_service.default_roles]]
 name = "service"
 display_name = "Service account (CRM services)"
-permissions = ["permissions.check", "permissions.events", "audit.write", "customer.read"]
+permissions = ["permissions.check", "permissions.events", "audit.write", "customer.read", "ticket.read"]
 clearance = "public"
 
 [[permissions_service.default_roles]]

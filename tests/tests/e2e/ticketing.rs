@@ -232,7 +232,8 @@ service_accounts = ["ticketing"]
 }
 
 /// `crm serve`: ticketing reads the customer's tier from customer-profile beside it,
-/// and an SLA policy for that tier applies.
+/// and an SLA policy for that tier applies; customer-profile's 360 view counts the
+/// customer's open tickets from ticketing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sla_policies_select_on_the_tier_kept_in_customer_profile() {
     use crm_proto::crm::{
@@ -340,9 +341,31 @@ async fn sla_policies_select_on_the_tier_kept_in_customer_profile() {
                 .into_inner()
         }
     };
-    let t = raise(vip).await;
+    let t = raise(vip.clone()).await;
     assert_eq!(t.customer_tier, "vip");
     assert_eq!(t.sla_policy, "slaPolicies/vip");
     let t = raise(plain).await;
     assert!(t.customer_tier.is_empty() && t.sla_policy.is_empty(), "{t:?}");
+
+    // The 360 view counts the customer's open tickets through the ticketing service.
+    let view = customers
+        .get_customer360(as_user(
+            cpb::GetCustomer360Request {
+                name: vip,
+                read_mask: Some(prost_types::FieldMask {
+                    paths: vec!["business".into()],
+                }),
+            },
+            &dev,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let business = view.business.unwrap();
+    assert_eq!(
+        business.tickets.unwrap().state,
+        cpb::SectionState::Available as i32,
+        "the ticketing section must be reachable"
+    );
+    assert_eq!(business.open_tickets, 1);
 }

@@ -4,6 +4,7 @@ pub mod activity;
 pub mod consent;
 pub mod convert;
 pub mod redact;
+mod view360;
 
 use crm_platform::{
     Error,
@@ -56,6 +57,8 @@ pub struct Api {
     customers: Customers,
     authz: Authz,
     page_tokens: PageTokens,
+    sections: crate::sections::Sections,
+    behaviour_window_days: i32,
 }
 
 /// How a response came about, for the read audit.
@@ -68,11 +71,19 @@ enum Purpose {
 }
 
 impl Api {
-    pub fn new(customers: Customers, authz: Authz, page_tokens: PageTokens) -> Self {
+    pub fn new(
+        customers: Customers,
+        authz: Authz,
+        page_tokens: PageTokens,
+        sections: crate::sections::Sections,
+        behaviour_window_days: i32,
+    ) -> Self {
         Self {
             customers,
             authz,
             page_tokens,
+            sections,
+            behaviour_window_days,
         }
     }
 
@@ -816,6 +827,10 @@ impl CustomerProfileService for Api {
         req: Request<pb::ListConsentHistoryRequest>,
     ) -> Result<Response<pb::ListConsentHistoryResponse>, Status> {
         self.list_consent_history_call(req).await
+    }
+
+    async fn get_customer360(&self, req: Request<pb::GetCustomer360Request>) -> Result<Response<pb::Customer360>, Status> {
+        self.get_customer360_call(req).await
     }
 
     type StreamEventsStream = ReceiverStream<Result<StreamEventsResponse, Status>>;

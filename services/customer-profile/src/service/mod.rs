@@ -9,6 +9,7 @@ pub mod duplicates;
 pub mod ingest;
 mod merge;
 pub mod quality;
+pub mod view360;
 
 use std::{
     collections::BTreeMap,

@@ -357,3 +357,76 @@ mod tests {
         );
     }
 }
+
+/// Order statuses that count for nothing (cancelled, refunded in full).
+const VOID_STATUSES: &str = "5, 6";
+
+/// Per currency, over the orders that count: (currency, count, total, first place,
+/// last place).
+pub async fn order_totals<C: ConnectionTrait>(conn: &C, customer: CustomerId) -> Result<Vec<(String, i64, i64, i64, i64)>> {
+    query(
+        conn,
+        &format!(
+            "SELECT currency, COUNT(*) AS n, CAST(SUM(total_micros) AS BIGINT) AS total, MIN(place_us) AS first_us, MAX(place_us) AS last_us \
+             FROM orders WHERE customer_id = ? AND status NOT IN ({VOID_STATUSES}) GROUP BY currency ORDER BY COUNT(*) DESC, currency"
+        ),
+        vec![customer.uuid().to_string().into()],
+    )
+    .await?
+    .iter()
+    .map(|r| {
+        Ok((
+            r.try_get("", "currency")?,
+            r.try_get("", "n")?,
+            r.try_get("", "total")?,
+            r.try_get("", "first_us")?,
+            r.try_get("", "last_us")?,
+        ))
+    })
+    .collect()
+}
+
+/// The encoded orders that count, newest first, at most `limit`.
+pub async fn counted_orders<C: ConnectionTrait>(conn: &C, customer: CustomerId, limit: u64) -> Result<Vec<Vec<u8>>> {
+    query(
+        conn,
+        &format!(
+            "SELECT data FROM orders WHERE customer_id = ? AND status NOT IN ({VOID_STATUSES}) ORDER BY place_us DESC LIMIT ?"
+        ),
+        vec![customer.uuid().to_string().into(), (limit as i64).into()],
+    )
+    .await?
+    .iter()
+    .map(|r| Ok(r.try_get("", "data")?))
+    .collect()
+}
+
+/// Per channel since `from_us`: (channel, count, last occurrence), most active first;
+/// and the last occurrence of all.
+pub async fn channel_activity<C: ConnectionTrait>(
+    conn: &C,
+    customer: CustomerId,
+    from_us: i64,
+) -> Result<(Vec<(i32, i64, i64)>, Option<i64>)> {
+    let id = customer.uuid().to_string();
+    let per_channel = query(
+        conn,
+        "SELECT channel, COUNT(*) AS n, MAX(occur_us) AS last_us FROM interactions \
+         WHERE customer_id = ? AND occur_us >= ? GROUP BY channel ORDER BY COUNT(*) DESC, channel",
+        vec![id.clone().into(), from_us.into()],
+    )
+    .await?
+    .iter()
+    .map(|r| Ok((r.try_get("", "channel")?, r.try_get("", "n")?, r.try_get("", "last_us")?)))
+    .collect::<Result<Vec<_>>>()?;
+    let last = query(
+        conn,
+        "SELECT occur_us FROM interactions WHERE customer_id = ? ORDER BY occur_us DESC LIMIT 1",
+        vec![id.into()],
+    )
+    .await?
+    .first()
+    .map(|r| r.try_get::<i64>("", "occur_us"))
+    .transpose()?;
+    Ok((per_channel, last))
+}

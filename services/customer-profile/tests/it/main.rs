@@ -18,3 +18,4 @@ mod ingest;
 mod list;
 mod merge;
 mod quality;
+mod view360;

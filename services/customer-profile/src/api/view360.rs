@@ -1,0 +1,124 @@
+//! `GetCustomer360`: the four layers in one call, the sections fetched concurrently;
+//! a section whose owner fails is marked unavailable, the call still answers.
+
+use crm_platform::{Error, FieldViolation, auth};
+use crm_proto::crm::customer::v1 as pb;
+use tonic::{Request, Response, Status};
+use tracing::Instrument;
+
+use super::{Api, Purpose};
+use crate::{
+    domain::CustomerId,
+    sections::{available, unavailable},
+};
+
+const SECTIONS: [&str; 4] = ["basic", "business", "behaviour", "analysis"];
+
+fn not_requested() -> Option<pb::SectionStatus> {
+    Some(pb::SectionStatus {
+        state: pb::SectionState::NotRequested as i32,
+        reason: String::new(),
+    })
+}
+
+impl Api {
+    pub(super) async fn get_customer360_call(
+        &self,
+        req: Request<pb::GetCustomer360Request>,
+    ) -> Result<Response<pb::Customer360>, Status> {
+        let principal = auth::principal(&req)?;
+        let req = req.into_inner();
+        let id = CustomerId::parse_name(&req.name, "name")?;
+        let paths = req.read_mask.map(|m| m.paths).unwrap_or_default();
+        let bad: Vec<FieldViolation> = paths
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| !SECTIONS.contains(&p.as_str()))
+            .map(|(i, p)| {
+                FieldViolation::new(
+                    format!("read_mask.paths[{i}]"),
+                    format!("`{p}` is not one of {}", SECTIONS.join(", ")),
+                )
+            })
+            .collect();
+        if !bad.is_empty() {
+            return Err(Error::InvalidArgument(bad).into());
+        }
+        let wants = |s: &str| paths.is_empty() || paths.iter().any(|p| p == s);
+        let customer = self.load_for(&principal, "customer.read", id).await?;
+        let name = customer.name();
+        let mut view = pb::Customer360 {
+            name: name.clone(),
+            basic_status: not_requested(),
+            business_status: not_requested(),
+            behaviour_status: not_requested(),
+            analysis_status: not_requested(),
+            ..Default::default()
+        };
+        if wants("basic") {
+            view.basic = Some(self.present_one(&principal, &customer, Purpose::Read).await?);
+            view.basic_status = Some(available());
+        }
+        let now = chrono::Utc::now();
+        let business = async {
+            if !wants("business") {
+                return None;
+            }
+            let (summary, tickets) = tokio::join!(
+                self.customers.business_summary(customer.id),
+                self.sections
+                    .open_tickets(&name)
+                    .instrument(tracing::info_span!("section.open_tickets"))
+            );
+            Some(summary.map(|mut s| {
+                match tickets {
+                    Ok(n) => {
+                        s.open_tickets = n;
+                        s.tickets = Some(available());
+                    }
+                    Err(why) => s.tickets = Some(unavailable(why)),
+                }
+                s
+            }))
+        };
+        let behaviour = async {
+            if !wants("behaviour") {
+                return None;
+            }
+            Some(
+                self.customers
+                    .behaviour_summary(customer.id, self.behaviour_window_days, now)
+                    .await,
+            )
+        };
+        let (business, behaviour) = tokio::join!(business, behaviour);
+        match business {
+            Some(Ok(b)) => {
+                view.business = Some(b);
+                view.business_status = Some(available());
+            }
+            Some(Err(e)) => {
+                tracing::warn!(%e, "360: business section failed");
+                view.business_status = Some(unavailable("orders could not be read now"));
+            }
+            None => {}
+        }
+        match behaviour {
+            Some(Ok(b)) => {
+                view.behaviour = Some(b);
+                view.behaviour_status = Some(available());
+            }
+            Some(Err(e)) => {
+                tracing::warn!(%e, "360: behaviour section failed");
+                view.behaviour_status = Some(unavailable("interactions could not be read now"));
+            }
+            None => {}
+        }
+        if wants("analysis") {
+            view.analysis_status = Some(unavailable(
+                "no analysis service is configured yet (RFM and segments come from marketing-segmentation, churn and CLV from analytics)",
+            ));
+        }
+        Ok(Response::new(view))
+    }
+}

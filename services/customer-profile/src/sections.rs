@@ -1,0 +1,102 @@
+//! Sections of the 360 view owned by other services, fetched with a deadline as this
+//! service's account. A slow, failing or unconfigured owner yields an unavailable
+//! section with the reason, never a failed call.
+
+use std::time::Duration;
+
+use crm_platform::{Platform, authz::ServiceCredentials};
+use crm_proto::crm::{
+    customer::v1 as pb,
+    ticketing::v1::{ListTicketsRequest, TicketStatus, ticketing_service_client::TicketingServiceClient},
+};
+use tonic::transport::Channel;
+
+use crate::SERVICE;
+
+/// Pages of open tickets counted at most (1000 each).
+const MAX_TICKET_PAGES: usize = 10;
+
+#[derive(Debug, Clone)]
+pub struct Sections {
+    tickets: Option<TicketingServiceClient<Channel>>,
+    credentials: Option<ServiceCredentials>,
+    deadline: Duration,
+}
+
+pub fn available() -> pb::SectionStatus {
+    pb::SectionStatus {
+        state: pb::SectionState::Available as i32,
+        reason: String::new(),
+    }
+}
+
+pub fn unavailable(reason: impl Into<String>) -> pb::SectionStatus {
+    pb::SectionStatus {
+        state: pb::SectionState::Unavailable as i32,
+        reason: reason.into(),
+    }
+}
+
+impl Sections {
+    /// Clients of the configured owners (`customer_profile.sections`).
+    pub fn connect(platform: &Platform, ticketing_url: &str, ca_path: &str, deadline: Duration) -> anyhow::Result<Self> {
+        if ticketing_url.is_empty() {
+            return Ok(Self {
+                tickets: None,
+                credentials: None,
+                deadline,
+            });
+        }
+        let channel = crm_platform::authz::client_channel(ticketing_url, ca_path, deadline)?;
+        Ok(Self {
+            tickets: Some(TicketingServiceClient::new(channel)),
+            credentials: Some(ServiceCredentials::from_config(&platform.config, SERVICE)?),
+            deadline,
+        })
+    }
+
+    /// Tickets of `customer` not yet solved or closed, or why they could not be counted.
+    pub async fn open_tickets(&self, customer: &str) -> Result<i64, String> {
+        let (Some(client), Some(credentials)) = (&self.tickets, &self.credentials) else {
+            return Err("no ticketing service is configured (customer_profile.sections.ticketing_url)".into());
+        };
+        let count = async {
+            let mut total = 0i64;
+            let mut token = String::new();
+            for _ in 0..MAX_TICKET_PAGES {
+                let req = credentials
+                    .request(ListTicketsRequest {
+                        page_size: 1000,
+                        page_token: token.clone(),
+                        statuses: [
+                            TicketStatus::New,
+                            TicketStatus::Open,
+                            TicketStatus::PendingCustomer,
+                            TicketStatus::OnHold,
+                        ]
+                        .map(|s| s as i32)
+                        .to_vec(),
+                        customer: customer.to_owned(),
+                        ..Default::default()
+                    })
+                    .map_err(|e| e.to_string())?;
+                let page = client
+                    .clone()
+                    .list_tickets(req)
+                    .await
+                    .map_err(|s| format!("ticketing answered {:?}: {}", s.code(), s.message()))?
+                    .into_inner();
+                total += page.tickets.len() as i64;
+                if page.next_page_token.is_empty() {
+                    break;
+                }
+                token = page.next_page_token;
+            }
+            Ok(total)
+        };
+        match tokio::time::timeout(self.deadline, count).await {
+            Ok(result) => result,
+            Err(_) => Err(format!("ticketing did not answer within {} ms", self.deadline.as_millis())),
+        }
+    }
+}

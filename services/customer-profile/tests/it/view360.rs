@@ -1,0 +1,170 @@
+//! `GetCustomer360`: the layers summarised from orders and interactions; sections
+//! whose owners are missing or down are marked unavailable, the call still answers.
+
+use crm_proto::crm::{
+    common::v1::Channel,
+    customer::v1::{self as pb, customer_reference::Reference},
+};
+use prost_types::FieldMask;
+use tokio_stream::StreamExt;
+
+use crate::app::{TestApp, person, violations};
+
+fn ts(seconds: i64) -> Option<prost_types::Timestamp> {
+    Some(prost_types::Timestamp { seconds, nanos: 0 })
+}
+
+async fn view(app: &TestApp, name: &str, paths: &[&str]) -> Result<pb::Customer360, tonic::Status> {
+    app.client
+        .clone()
+        .get_customer360(TestApp::admin(pb::GetCustomer360Request {
+            name: name.into(),
+            read_mask: Some(FieldMask {
+                paths: paths.iter().map(|p| (*p).to_owned()).collect(),
+            }),
+        }))
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+fn state(s: &Option<pb::SectionStatus>) -> pb::SectionState {
+    pb::SectionState::try_from(s.as_ref().unwrap().state).unwrap()
+}
+
+#[tokio::test]
+async fn the_four_layers_in_one_call() {
+    // A ticketing service that does not answer: its part is unavailable, in time.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_url = format!("http://{}", dead.local_addr().unwrap());
+    drop(dead);
+    let app = TestApp::spawn_with(move |cfg| {
+        cfg.customer_profile.sections.ticketing_url = dead_url;
+        cfg.customer_profile.sections.deadline_ms = 300;
+    })
+    .await;
+    let c = app.create(person("Wei", "Zhang")).await;
+    let reference = Some(pb::CustomerReference {
+        reference: Some(Reference::Customer(c.name.clone())),
+    });
+    let now = chrono::Utc::now().timestamp();
+    let orders = [
+        (
+            "SO-1",
+            pb::OrderStatus::Completed,
+            "CNY",
+            now - 90 * 86_400,
+            vec![("phones", 1, 3_000_000_000)],
+        ),
+        (
+            "SO-2",
+            pb::OrderStatus::Completed,
+            "CNY",
+            now - 30 * 86_400,
+            vec![("accessories", 3, 50_000_000)],
+        ),
+        (
+            "SO-3",
+            pb::OrderStatus::Refunded,
+            "CNY",
+            now - 20 * 86_400,
+            vec![("phones", 1, 3_000_000_000)],
+        ),
+        (
+            "SO-4",
+            pb::OrderStatus::Paid,
+            "USD",
+            now - 86_400,
+            vec![("accessories", 1, 20_000_000)],
+        ),
+    ];
+    for (id, status, currency, placed, lines) in orders {
+        app.client
+            .clone()
+            .upsert_order(TestApp::admin(pb::UpsertOrderRequest {
+                customer: reference.clone(),
+                order: Some(pb::Order {
+                    source: "erp".into(),
+                    external_id: id.into(),
+                    status: status as i32,
+                    currency: currency.into(),
+                    lines: lines
+                        .into_iter()
+                        .map(|(category, quantity, price)| pb::OrderLine {
+                            sku: format!("{category}-sku"),
+                            category: category.into(),
+                            quantity,
+                            unit_price_micros: price,
+                            ..Default::default()
+                        })
+                        .collect(),
+                    place_time: ts(placed),
+                    ..Default::default()
+                }),
+            }))
+            .await
+            .unwrap();
+    }
+    let interactions: Vec<pb::InteractionInput> = [
+        (Channel::App, now - 3600),
+        (Channel::App, now - 7200),
+        (Channel::Web, now - 86_400),
+        (Channel::Wechat, now - 200 * 86_400),
+    ]
+    .into_iter()
+    .enumerate()
+    .map(|(i, (channel, at))| pb::InteractionInput {
+        customer: reference.clone(),
+        interaction: Some(pb::Interaction {
+            kind: pb::InteractionKind::PageView as i32,
+            channel: channel as i32,
+            occur_time: ts(at),
+            source: "tracker".into(),
+            external_id: format!("e{i}"),
+            ..Default::default()
+        }),
+    })
+    .collect();
+    let acks: Vec<_> = app
+        .client
+        .clone()
+        .record_interactions(TestApp::admin(tokio_stream::iter(vec![pb::RecordInteractionsRequest {
+            batch_id: "b".into(),
+            interactions,
+        }])))
+        .await
+        .unwrap()
+        .into_inner()
+        .collect()
+        .await;
+    assert_eq!(acks[0].as_ref().unwrap().recorded, 4);
+
+    let started = std::time::Instant::now();
+    let v = view(&app, &c.name, &[]).await.unwrap();
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    assert_eq!(state(&v.basic_status), pb::SectionState::Available);
+    assert_eq!(v.basic.unwrap().name, c.name);
+    let b = v.business.unwrap();
+    assert_eq!(b.order_count, 3, "the refunded order does not count");
+    let cny = b.totals.iter().find(|t| t.currency == "CNY").unwrap();
+    assert_eq!(
+        (cny.order_count, cny.total_micros, cny.average_micros),
+        (2, 3_150_000_000, 1_575_000_000)
+    );
+    assert_eq!(b.top_categories[0].category, "accessories");
+    assert_eq!(b.top_categories[0].quantity, 4);
+    assert_eq!(b.first_order_time.unwrap().seconds, now - 90 * 86_400);
+    assert_eq!(state(&b.tickets), pb::SectionState::Unavailable);
+    assert_eq!(state(&v.business_status), pb::SectionState::Available);
+    let h = v.behaviour.unwrap();
+    assert_eq!(h.preferred_channel, Channel::App as i32);
+    assert_eq!(h.channels.len(), 2, "the WeChat visit is outside the 90-day window");
+    assert_eq!(h.last_seen_time.unwrap().seconds, now - 3600);
+    assert_eq!(state(&v.analysis_status), pb::SectionState::Unavailable);
+
+    // The read mask picks sections; a bad one names itself.
+    let only = view(&app, &c.name, &["behaviour"]).await.unwrap();
+    assert!(only.basic.is_none() && only.business.is_none() && only.behaviour.is_some());
+    assert_eq!(state(&only.business_status), pb::SectionState::NotRequested);
+    let err = view(&app, &c.name, &["everything"]).await.unwrap_err();
+    assert_eq!(violations(&err), vec!["read_mask.paths[0]"]);
+}
