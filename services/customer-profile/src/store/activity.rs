@@ -339,25 +339,6 @@ pub async fn ensure_partitions<C: ConnectionTrait>(conn: &C, now: DateTime<Utc>,
     Ok(created)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn months_roll_over_years() {
-        let t = Utc.with_ymd_and_hms(2026, 11, 24, 13, 0, 0).unwrap();
-        assert_eq!(
-            month_start(t, 0).unwrap(),
-            Utc.with_ymd_and_hms(2026, 11, 1, 0, 0, 0).unwrap()
-        );
-        assert_eq!(month_start(t, 2).unwrap(), Utc.with_ymd_and_hms(2027, 1, 1, 0, 0, 0).unwrap());
-        assert_eq!(
-            month_start(t, -11).unwrap(),
-            Utc.with_ymd_and_hms(2025, 12, 1, 0, 0, 0).unwrap()
-        );
-    }
-}
-
 /// Order statuses that count for nothing (cancelled, refunded in full).
 const VOID_STATUSES: &str = "5, 6";
 
@@ -429,4 +410,23 @@ pub async fn channel_activity<C: ConnectionTrait>(
     .map(|r| r.try_get::<i64>("", "occur_us"))
     .transpose()?;
     Ok((per_channel, last))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn months_roll_over_years() {
+        let t = Utc.with_ymd_and_hms(2026, 11, 24, 13, 0, 0).unwrap();
+        assert_eq!(
+            month_start(t, 0).unwrap(),
+            Utc.with_ymd_and_hms(2026, 11, 1, 0, 0, 0).unwrap()
+        );
+        assert_eq!(month_start(t, 2).unwrap(), Utc.with_ymd_and_hms(2027, 1, 1, 0, 0, 0).unwrap());
+        assert_eq!(
+            month_start(t, -11).unwrap(),
+            Utc.with_ymd_and_hms(2025, 12, 1, 0, 0, 0).unwrap()
+        );
+    }
 }
