@@ -11,7 +11,10 @@ use crm_proto::crm::{
 };
 use tonic::transport::Channel;
 
-use crate::SERVICE;
+use crate::{
+    SERVICE,
+    service::view360::{TimelineCursor, TimelineItem},
+};
 
 /// Pages of open tickets counted at most (1000 each).
 const MAX_TICKET_PAGES: usize = 10;
@@ -95,6 +98,68 @@ impl Sections {
             Ok(total)
         };
         match tokio::time::timeout(self.deadline, count).await {
+            Ok(result) => result,
+            Err(_) => Err(format!("ticketing did not answer within {} ms", self.deadline.as_millis())),
+        }
+    }
+
+    /// The customer's tickets as timeline entries strictly before `before`, newest
+    /// first, at most `limit`; or why they could not be read.
+    pub async fn ticket_timeline(
+        &self,
+        customer: &str,
+        before: Option<&TimelineCursor>,
+        limit: usize,
+    ) -> Result<Vec<TimelineItem>, String> {
+        let (Some(client), Some(credentials)) = (&self.tickets, &self.credentials) else {
+            return Err("no ticketing service is configured (customer_profile.sections.ticketing_url)".into());
+        };
+        let collect = async {
+            let mut out = Vec::new();
+            let mut token = String::new();
+            for _ in 0..MAX_TICKET_PAGES {
+                let req = credentials
+                    .request(ListTicketsRequest {
+                        page_size: 200,
+                        page_token: token.clone(),
+                        customer: customer.to_owned(),
+                        ..Default::default()
+                    })
+                    .map_err(|e| e.to_string())?;
+                let page = client
+                    .clone()
+                    .list_tickets(req)
+                    .await
+                    .map_err(|s| format!("ticketing answered {:?}: {}", s.code(), s.message()))?
+                    .into_inner();
+                for t in page.tickets {
+                    let Some(created) = t.create_time else { continue };
+                    let item = TimelineItem {
+                        time_us: created.seconds * 1_000_000 + i64::from(created.nanos / 1000),
+                        kind: pb::TimelineKind::Ticket,
+                        summary: format!(
+                            "ticket \"{}\" ({}, {})",
+                            t.subject,
+                            t.category,
+                            TicketStatus::try_from(t.status)
+                                .map_or("?", |s| s.as_str_name())
+                                .trim_start_matches("TICKET_STATUS_")
+                                .to_lowercase()
+                        ),
+                        resource: t.name,
+                    };
+                    if before.is_none_or(|b| &item.cursor() < b) {
+                        out.push(item);
+                    }
+                }
+                if out.len() >= limit || page.next_page_token.is_empty() {
+                    break;
+                }
+                token = page.next_page_token;
+            }
+            Ok(out)
+        };
+        match tokio::time::timeout(self.deadline, collect).await {
             Ok(result) => result,
             Err(_) => Err(format!("ticketing did not answer within {} ms", self.deadline.as_millis())),
         }

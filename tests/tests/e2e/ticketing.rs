@@ -368,4 +368,23 @@ async fn sla_policies_select_on_the_tier_kept_in_customer_profile() {
         "the ticketing section must be reachable"
     );
     assert_eq!(business.open_tickets, 1);
+    let timeline = customers
+        .list_timeline(as_user(
+            cpb::ListTimelineRequest {
+                parent: view.name.clone(),
+                ..Default::default()
+            },
+            &dev,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(timeline.tickets.unwrap().state, cpb::SectionState::Available as i32);
+    let kinds: Vec<i32> = timeline.entries.iter().map(|e| e.kind).collect();
+    assert_eq!(
+        kinds,
+        vec![cpb::TimelineKind::Ticket as i32, cpb::TimelineKind::ProfileChange as i32],
+        "{:?}",
+        timeline.entries
+    );
 }

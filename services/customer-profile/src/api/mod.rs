@@ -833,6 +833,10 @@ impl CustomerProfileService for Api {
         self.get_customer360_call(req).await
     }
 
+    async fn list_timeline(&self, req: Request<pb::ListTimelineRequest>) -> Result<Response<pb::ListTimelineResponse>, Status> {
+        self.list_timeline_call(req).await
+    }
+
     type StreamEventsStream = ReceiverStream<Result<StreamEventsResponse, Status>>;
 
     async fn stream_events(&self, req: Request<StreamEventsRequest>) -> Result<Response<Self::StreamEventsStream>, Status> {

@@ -10,6 +10,7 @@ use super::{Api, Purpose};
 use crate::{
     domain::CustomerId,
     sections::{available, unavailable},
+    service::view360::{TimelineCursor, merge_page},
 };
 
 const SECTIONS: [&str; 4] = ["basic", "business", "behaviour", "analysis"];
@@ -120,5 +121,76 @@ impl Api {
             ));
         }
         Ok(Response::new(view))
+    }
+
+    pub(super) async fn list_timeline_call(
+        &self,
+        req: Request<pb::ListTimelineRequest>,
+    ) -> Result<Response<pb::ListTimelineResponse>, Status> {
+        let principal = auth::principal(&req)?;
+        let req = req.into_inner();
+        let id = CustomerId::parse_name(&req.parent, "parent")?;
+        let customer = self.load_for(&principal, "customer.read", id).await?;
+        let kinds_key = req.kinds.iter().map(i32::to_string).collect::<Vec<_>>().join(",");
+        let fingerprint = crm_platform::paging::fingerprint(&["timeline", &req.parent, &kinds_key]);
+        let mut v = crm_platform::error::Validation::default();
+        let size = v.check(crm_platform::paging::page_size(req.page_size, 50, 500));
+        let before = v.check(if req.page_token.is_empty() {
+            Ok(None)
+        } else {
+            self.page_tokens
+                .decode::<TimelineCursor>(&fingerprint, &req.page_token)
+                .map(Some)
+        });
+        let kinds = v.check(
+            req.kinds
+                .iter()
+                .enumerate()
+                .map(|(i, k)| match pb::TimelineKind::try_from(*k) {
+                    Ok(k) if k != pb::TimelineKind::Unspecified => Ok(k),
+                    _ => Err(Error::invalid(format!("kinds[{i}]"), "unknown kind")),
+                })
+                .collect::<Result<Vec<_>, Error>>(),
+        );
+        let ((size, before), kinds) = v.finish(size.zip(before).zip(kinds))?;
+        let limit = size as usize + 1;
+        let name = customer.name();
+        let wants_tickets = kinds.is_empty() || kinds.contains(&pb::TimelineKind::Ticket);
+        let (local, tickets) = tokio::join!(self.customers.timeline(customer.id, &kinds, before.as_ref(), limit), async {
+            if wants_tickets {
+                Some(
+                    self.sections
+                        .ticket_timeline(&name, before.as_ref(), limit)
+                        .instrument(tracing::info_span!("section.tickets"))
+                        .await,
+                )
+            } else {
+                None
+            }
+        });
+        let mut items = local?;
+        let tickets_status = match tickets {
+            None => not_requested(),
+            Some(Ok(t)) => {
+                items.extend(t);
+                Some(available())
+            }
+            Some(Err(why)) => Some(unavailable(why)),
+        };
+        let mut page = merge_page(items, before.as_ref(), limit);
+        let next_page_token = if page.len() > size as usize {
+            page.truncate(size as usize);
+            match page.last() {
+                Some(last) => self.page_tokens.encode(&fingerprint, &last.cursor())?,
+                None => String::new(),
+            }
+        } else {
+            String::new()
+        };
+        Ok(Response::new(pb::ListTimelineResponse {
+            entries: page.iter().map(|i| i.to_proto()).collect(),
+            next_page_token,
+            tickets: tickets_status,
+        }))
     }
 }

@@ -99,6 +99,155 @@ impl Customers {
     }
 }
 
+/// One entry of a customer's timeline.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TimelineItem {
+    pub time_us: i64,
+    pub kind: pb::TimelineKind,
+    pub resource: String,
+    pub summary: String,
+}
+
+/// Where a timeline page ends: entries strictly before it come next.
+pub type TimelineCursor = (i64, i32, String);
+
+impl TimelineItem {
+    pub fn cursor(&self) -> TimelineCursor {
+        (self.time_us, self.kind as i32, self.resource.clone())
+    }
+
+    pub fn to_proto(&self) -> pb::TimelineEntry {
+        pb::TimelineEntry {
+            time: time(self.time_us),
+            kind: self.kind as i32,
+            resource: self.resource.clone(),
+            summary: self.summary.clone(),
+        }
+    }
+}
+
+/// `micros` of a currency as `123.45`.
+pub fn money(micros: i64, currency: &str) -> String {
+    let sign = if micros < 0 { "-" } else { "" };
+    let m = micros.unsigned_abs();
+    format!("{sign}{}.{:02} {currency}", m / 1_000_000, (m % 1_000_000) / 10_000)
+}
+
+/// Sorts newest first, keeps those strictly before `before`, at most `limit`.
+pub fn merge_page(mut items: Vec<TimelineItem>, before: Option<&TimelineCursor>, limit: usize) -> Vec<TimelineItem> {
+    if let Some(b) = before {
+        items.retain(|i| &i.cursor() < b);
+    }
+    items.sort_by(|a, b| b.cursor().cmp(&a.cursor()));
+    items.dedup_by(|a, b| a.cursor() == b.cursor());
+    items.truncate(limit);
+    items
+}
+
+/// Rows read per source beyond the page, for entries sharing the cursor's instant.
+const TIMELINE_SLACK: u64 = 16;
+
+impl Customers {
+    /// The timeline entries this service holds (orders, interactions, record
+    /// changes, consent), strictly before `before`, newest first, at most `limit`.
+    pub async fn timeline(
+        &self,
+        customer: CustomerId,
+        kinds: &[pb::TimelineKind],
+        before: Option<&TimelineCursor>,
+        limit: usize,
+    ) -> Result<Vec<TimelineItem>> {
+        let wants = |k: pb::TimelineKind| kinds.is_empty() || kinds.contains(&k);
+        let until = before.map_or(i64::MAX, |b| b.0);
+        let n = limit as u64 + TIMELINE_SLACK;
+        let name = customer.name();
+        let mut items = Vec::new();
+        if wants(pb::TimelineKind::Order) {
+            for (us, id, data) in store::orders_until(&self.db, customer, until, n).await? {
+                let o = pb::Order::decode(data.as_slice()).map_err(Error::internal)?;
+                let status = pb::OrderStatus::try_from(o.status).map_or("?", |s| s.as_str_name());
+                items.push(TimelineItem {
+                    time_us: us,
+                    kind: pb::TimelineKind::Order,
+                    resource: format!("{name}/orders/{id}"),
+                    summary: format!(
+                        "order {} from {}: {}, {}",
+                        o.external_id,
+                        o.source,
+                        status.trim_start_matches("ORDER_STATUS_").to_lowercase(),
+                        money(o.total_micros, &o.currency)
+                    ),
+                });
+            }
+        }
+        if wants(pb::TimelineKind::Interaction) {
+            let q = store::InteractionQuery {
+                to_us: Some(until.saturating_add(1)),
+                limit: n,
+                ..Default::default()
+            };
+            for (us, id, data) in store::list_interactions(&self.db, customer, &q).await? {
+                let i = pb::Interaction::decode(data.as_slice()).map_err(Error::internal)?;
+                let kind = pb::InteractionKind::try_from(i.kind).map_or("?", |k| k.as_str_name());
+                let channel = crm_proto::crm::common::v1::Channel::try_from(i.channel).map_or("?", |c| c.as_str_name());
+                items.push(TimelineItem {
+                    time_us: us,
+                    kind: pb::TimelineKind::Interaction,
+                    resource: format!("{name}/interactions/{id}"),
+                    summary: format!(
+                        "{} on {}",
+                        kind.trim_start_matches("INTERACTION_KIND_").to_lowercase(),
+                        channel.trim_start_matches("CHANNEL_").to_lowercase()
+                    ),
+                });
+            }
+        }
+        if wants(pb::TimelineKind::ProfileChange) {
+            let until_time = before.and_then(|b| DateTime::from_timestamp_micros(b.0));
+            for (at, event_id, event_type, actor) in store::record_events_until(&self.db, &name, until_time, n).await? {
+                let what = event_type.trim_start_matches("crm.customer.v1.");
+                items.push(TimelineItem {
+                    time_us: at.timestamp_micros(),
+                    kind: pb::TimelineKind::ProfileChange,
+                    resource: format!("{name}#event-{event_id}"),
+                    summary: format!("{what} by {actor}"),
+                });
+            }
+        }
+        if wants(pb::TimelineKind::Consent) {
+            for (seq, r) in self.consent_history(customer, None, 0, 1000).await? {
+                let Some(at) = r
+                    .effective_time
+                    .as_ref()
+                    .and_then(|t| DateTime::from_timestamp(t.seconds, t.nanos as u32))
+                else {
+                    continue;
+                };
+                let purpose = pb::ConsentPurpose::try_from(r.purpose).map_or("?", |p| p.as_str_name());
+                let status = pb::ConsentStatus::try_from(r.status).map_or("?", |s| s.as_str_name());
+                let channel = pb::ContactChannel::try_from(r.channel).map_or("?", |c| c.as_str_name());
+                items.push(TimelineItem {
+                    time_us: at.timestamp_micros(),
+                    kind: pb::TimelineKind::Consent,
+                    resource: format!("{name}/consent#{seq}"),
+                    summary: format!(
+                        "consent {} for {} on {} (source {})",
+                        status.trim_start_matches("CONSENT_STATUS_").to_lowercase(),
+                        purpose.trim_start_matches("CONSENT_PURPOSE_").to_lowercase(),
+                        if r.channel == 0 {
+                            "every channel".to_owned()
+                        } else {
+                            channel.trim_start_matches("CONTACT_CHANNEL_").to_lowercase()
+                        },
+                        r.source
+                    ),
+                });
+            }
+        }
+        Ok(merge_page(items, before, limit))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -125,5 +274,30 @@ mod tests {
         assert_eq!(top[0].category, "accessories");
         assert_eq!((top[0].quantity, top[0].orders), (4, 2));
         assert_eq!(top[1].category, "audio");
+    }
+
+    #[test]
+    fn pages_merge_sources_newest_first_without_repeats() {
+        let item = |us: i64, kind: pb::TimelineKind, r: &str| TimelineItem {
+            time_us: us,
+            kind,
+            resource: r.into(),
+            summary: String::new(),
+        };
+        let all = vec![
+            item(10, pb::TimelineKind::Order, "o1"),
+            item(30, pb::TimelineKind::Interaction, "i1"),
+            item(30, pb::TimelineKind::Order, "o2"),
+            item(20, pb::TimelineKind::Consent, "c1"),
+        ];
+        let first = merge_page(all.clone(), None, 2);
+        assert_eq!(
+            first.iter().map(|i| i.resource.as_str()).collect::<Vec<_>>(),
+            vec!["i1", "o2"]
+        );
+        let next = merge_page(all, Some(&first[1].cursor()), 10);
+        assert_eq!(next.iter().map(|i| i.resource.as_str()).collect::<Vec<_>>(), vec!["c1", "o1"]);
+        assert_eq!(money(3_999_000_000, "CNY"), "3999.00 CNY");
+        assert_eq!(money(1_505_000, "USD"), "1.50 USD");
     }
 }

@@ -412,6 +412,55 @@ pub async fn channel_activity<C: ConnectionTrait>(
     Ok((per_channel, last))
 }
 
+/// Orders placed at or before `until_us`, newest first: (place_us, id, data).
+pub async fn orders_until<C: ConnectionTrait>(
+    conn: &C,
+    customer: CustomerId,
+    until_us: i64,
+    limit: u64,
+) -> Result<Vec<(i64, String, Vec<u8>)>> {
+    query(
+        conn,
+        "SELECT place_us, id, data FROM orders WHERE customer_id = ? AND place_us <= ? ORDER BY place_us DESC, id DESC LIMIT ?",
+        vec![customer.uuid().to_string().into(), until_us.into(), (limit as i64).into()],
+    )
+    .await?
+    .iter()
+    .map(|r| Ok((r.try_get("", "place_us")?, r.try_get("", "id")?, r.try_get("", "data")?)))
+    .collect()
+}
+
+/// Events about the customer record itself (created, changed, merged…) at or before
+/// `until` (all when `None`), newest first, as long as the feed keeps them: (time,
+/// event id, type, actor).
+pub async fn record_events_until<C: ConnectionTrait>(
+    conn: &C,
+    subject: &str,
+    until: Option<DateTime<Utc>>,
+    limit: u64,
+) -> Result<Vec<(DateTime<Utc>, String, String, String)>> {
+    let mut sql = String::from("SELECT occur_time, event_id, event_type, actor FROM outbox WHERE subject = ?");
+    let mut values: Vec<Value> = vec![subject.into()];
+    if let Some(until) = until {
+        sql.push_str(" AND occur_time <= ?");
+        values.push(until.into());
+    }
+    sql.push_str(" ORDER BY occur_time DESC LIMIT ?");
+    values.push((limit as i64).into());
+    query(conn, &sql, values)
+        .await?
+        .iter()
+        .map(|r| {
+            Ok((
+                r.try_get("", "occur_time")?,
+                r.try_get("", "event_id")?,
+                r.try_get("", "event_type")?,
+                r.try_get("", "actor")?,
+            ))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -42,6 +42,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "consent in force and its history",
         up: v7,
     },
+    Migration {
+        version: 8,
+        name: "feed events by subject (the customer timeline)",
+        up: v8,
+    },
 ];
 
 fn v1(d: Dialect) -> Vec<String> {
@@ -183,4 +188,8 @@ fn v7(d: Dialect) -> Vec<String> {
              data {bytes} NOT NULL, PRIMARY KEY (customer_id, seq))"
         ),
     ]
+}
+
+fn v8(_: Dialect) -> Vec<String> {
+    vec!["CREATE INDEX outbox_subject ON outbox (subject, occur_time)".into()]
 }

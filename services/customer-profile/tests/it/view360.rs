@@ -168,3 +168,124 @@ async fn the_four_layers_in_one_call() {
     let err = view(&app, &c.name, &["everything"]).await.unwrap_err();
     assert_eq!(violations(&err), vec!["read_mask.paths[0]"]);
 }
+
+#[tokio::test]
+async fn the_timeline_merges_every_source_newest_first() {
+    let app = TestApp::spawn().await;
+    let c = app.create(person("Wei", "Zhang")).await;
+    let reference = Some(pb::CustomerReference {
+        reference: Some(Reference::Customer(c.name.clone())),
+    });
+    let now = chrono::Utc::now().timestamp();
+    app.client
+        .clone()
+        .upsert_order(TestApp::admin(pb::UpsertOrderRequest {
+            customer: reference.clone(),
+            order: Some(pb::Order {
+                source: "erp".into(),
+                external_id: "SO-1".into(),
+                status: pb::OrderStatus::Completed as i32,
+                currency: "CNY".into(),
+                total_micros: 199_000_000,
+                place_time: ts(now - 300),
+                ..Default::default()
+            }),
+        }))
+        .await
+        .unwrap();
+    let _: Vec<_> = app
+        .client
+        .clone()
+        .record_interactions(TestApp::admin(tokio_stream::iter(vec![pb::RecordInteractionsRequest {
+            batch_id: "b".into(),
+            interactions: vec![pb::InteractionInput {
+                customer: reference.clone(),
+                interaction: Some(pb::Interaction {
+                    kind: pb::InteractionKind::ProductView as i32,
+                    channel: Channel::App as i32,
+                    occur_time: ts(now - 600),
+                    source: "app".into(),
+                    external_id: "v1".into(),
+                    ..Default::default()
+                }),
+            }],
+        }])))
+        .await
+        .unwrap()
+        .into_inner()
+        .collect()
+        .await;
+    app.client
+        .clone()
+        .update_consent(TestApp::admin(pb::UpdateConsentRequest {
+            name: format!("{}/consent", c.name),
+            changes: vec![pb::ConsentRecord {
+                purpose: pb::ConsentPurpose::Marketing as i32,
+                status: pb::ConsentStatus::Granted as i32,
+                legal_basis: pb::LegalBasis::Consent as i32,
+                source: "web-signup".into(),
+                effective_time: ts(now - 900),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }))
+        .await
+        .unwrap();
+    let mut kinds = Vec::new();
+    let mut times = Vec::new();
+    let mut token = String::new();
+    let mut tickets = None;
+    loop {
+        let page = app
+            .client
+            .clone()
+            .list_timeline(TestApp::admin(pb::ListTimelineRequest {
+                parent: c.name.clone(),
+                page_size: 2,
+                page_token: token.clone(),
+                ..Default::default()
+            }))
+            .await
+            .unwrap()
+            .into_inner();
+        tickets = page.tickets.clone();
+        for e in page.entries {
+            kinds.push(pb::TimelineKind::try_from(e.kind).unwrap());
+            times.push(e.time.unwrap().seconds);
+        }
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    // Created just now, then the order, the product view and the consent.
+    assert_eq!(
+        kinds,
+        vec![
+            pb::TimelineKind::ProfileChange,
+            pb::TimelineKind::Order,
+            pb::TimelineKind::Interaction,
+            pb::TimelineKind::Consent
+        ]
+    );
+    assert!(times.windows(2).all(|w| w[0] >= w[1]), "{times:?}");
+    assert_eq!(state(&tickets), pb::SectionState::Unavailable);
+    let only_orders = app
+        .client
+        .clone()
+        .list_timeline(TestApp::admin(pb::ListTimelineRequest {
+            parent: c.name.clone(),
+            kinds: vec![pb::TimelineKind::Order as i32],
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(only_orders.entries.len(), 1);
+    assert!(
+        only_orders.entries[0].summary.contains("199.00 CNY"),
+        "{}",
+        only_orders.entries[0].summary
+    );
+    assert_eq!(state(&only_orders.tickets), pb::SectionState::NotRequested);
+}
