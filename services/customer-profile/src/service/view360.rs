@@ -138,7 +138,7 @@ pub fn merge_page(mut items: Vec<TimelineItem>, before: Option<&TimelineCursor>,
     if let Some(b) = before {
         items.retain(|i| &i.cursor() < b);
     }
-    items.sort_by(|a, b| b.cursor().cmp(&a.cursor()));
+    items.sort_by_key(|i| std::cmp::Reverse(i.cursor()));
     items.dedup_by(|a, b| a.cursor() == b.cursor());
     items.truncate(limit);
     items
