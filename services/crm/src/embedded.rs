@@ -103,7 +103,11 @@ impl Embedded {
         self.shutdown.trigger();
         // Each hosted service has its own schema under the scratch name.
         self.scratch
-            .drop(&[crm_permissions::SERVICE, crm_customer_profile::SERVICE])
+            .drop(&[
+                crm_permissions::SERVICE,
+                crm_customer_profile::SERVICE,
+                crm_ticketing::SERVICE,
+            ])
             .await
     }
 }

@@ -4,6 +4,7 @@
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 mod bench;
+mod bench_interactions;
 mod bench_permissions;
 mod bench_sla;
 mod embedded;
@@ -190,6 +191,26 @@ enum BenchKind {
         #[arg(long, default_value_t = 8)]
         writers: usize,
     },
+    /// Interaction ingest through RecordInteractions streams into an in-process
+    /// customer-profile (temporary SQLite, or a scratch schema of --database-url);
+    /// prints rows/s and batch acknowledgement latency as JSON.
+    Interactions {
+        /// Interactions to record.
+        #[arg(long, default_value_t = 200_000)]
+        interactions: usize,
+        /// Customers they are spread over.
+        #[arg(long, default_value_t = 1_000)]
+        customers: usize,
+        /// Interactions per batch (at most 1000).
+        #[arg(long, default_value_t = 1_000)]
+        batch: usize,
+        /// Concurrent streams.
+        #[arg(long, default_value_t = 4)]
+        streams: usize,
+        /// PostgreSQL URL; a scratch schema is created and dropped. SQLite when absent.
+        #[arg(long)]
+        database_url: Option<String>,
+    },
     /// Check and BatchCheck(100) latency, cold and warm, against an in-process
     /// permissions service seeded with users, teams and role bindings; prints JSON.
     Permissions {
@@ -342,6 +363,30 @@ async fn main() -> anyhow::Result<()> {
                 duration: Duration::from_secs(duration_secs),
             };
             let report = bench_permissions::run(service.channel.clone(), &token, service.backend, shape).await;
+            service.stop().await?;
+            println!("{}", report?);
+            Ok(())
+        }
+        Command::Bench {
+            kind:
+                Some(BenchKind::Interactions {
+                    interactions,
+                    customers,
+                    batch,
+                    streams,
+                    database_url,
+                }),
+            ..
+        } => {
+            let service = embedded::Embedded::start(&cfg, database_url.as_deref()).await?;
+            let token = admin_token(&cfg.platform.auth.jwt_secret, "bench", Duration::from_secs(24 * 3600))?;
+            let shape = bench_interactions::Shape {
+                interactions,
+                customers,
+                batch,
+                streams,
+            };
+            let report = bench_interactions::run(service.client.clone(), &token, service.backend, shape).await;
             service.stop().await?;
             println!("{}", report?);
             Ok(())
