@@ -100,9 +100,10 @@ impl Api {
         }))
     }
 
-    /// The customer of `name` if the caller may read it.
-    async fn readable(&self, p: &Principal, customer: CustomerId) -> Result<(), Error> {
-        self.load_for(p, "customer.read", customer).await.map(|_| ())
+    /// The customer (and those merged into it) if the caller may read it.
+    async fn readable(&self, p: &Principal, customer: CustomerId) -> Result<Vec<CustomerId>, Error> {
+        let c = self.load_for(p, "customer.read", customer).await?;
+        self.customers.merged_family(&c).await
     }
 
     pub(super) async fn get_order_call(&self, req: Request<pb::GetOrderRequest>) -> Result<Response<pb::Order>, Status> {
@@ -120,7 +121,7 @@ impl Api {
         let principal = auth::principal(&req)?;
         let req = req.into_inner();
         let customer = CustomerId::parse_name(&req.parent, "parent")?;
-        self.readable(&principal, customer).await?;
+        let family = self.readable(&principal, customer).await?;
         let statuses_key = req.statuses.iter().map(i32::to_string).collect::<Vec<_>>().join(",");
         let range = format!("{:?}/{:?}", req.start_time, req.end_time);
         let fingerprint = paging::fingerprint(&["orders", &req.parent, &statuses_key, &range]);
@@ -144,7 +145,7 @@ impl Api {
             after,
             limit: u64::from(size) + 1,
         };
-        let mut found = self.customers.list_orders(customer, &q).await?;
+        let mut found = self.customers.list_orders(&family, &q).await?;
         let next_page_token = if found.len() > size as usize {
             found.truncate(size as usize);
             match found.last() {
@@ -170,7 +171,7 @@ impl Api {
         let principal = auth::principal(&req)?;
         let req = req.into_inner();
         let customer = CustomerId::parse_name(&req.parent, "parent")?;
-        self.readable(&principal, customer).await?;
+        let family = self.readable(&principal, customer).await?;
         let kinds_key = req.kinds.iter().map(i32::to_string).collect::<Vec<_>>().join(",");
         let channels_key = req.channels.iter().map(i32::to_string).collect::<Vec<_>>().join(",");
         let range = format!("{:?}/{:?}", req.start_time, req.end_time);
@@ -200,7 +201,7 @@ impl Api {
             after,
             limit: u64::from(size) + 1,
         };
-        let mut found = self.customers.list_interactions(customer, &q).await?;
+        let mut found = self.customers.list_interactions(&family, &q).await?;
         let next_page_token = if found.len() > size as usize {
             found.truncate(size as usize);
             match found.last() {

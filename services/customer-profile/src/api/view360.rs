@@ -47,6 +47,7 @@ impl Api {
         }
         let wants = |s: &str| paths.is_empty() || paths.iter().any(|p| p == s);
         let customer = self.load_for(&principal, "customer.read", id).await?;
+        let family = self.customers.merged_family(&customer).await?;
         let name = customer.name();
         let mut view = pb::Customer360 {
             name: name.clone(),
@@ -66,7 +67,7 @@ impl Api {
                 return None;
             }
             let (summary, tickets) = tokio::join!(
-                self.customers.business_summary(customer.id),
+                self.customers.business_summary(&family),
                 self.sections
                     .open_tickets(&name)
                     .instrument(tracing::info_span!("section.open_tickets"))
@@ -88,7 +89,7 @@ impl Api {
             }
             Some(
                 self.customers
-                    .behaviour_summary(customer.id, self.behaviour_window_days, now)
+                    .behaviour_summary(&family, self.behaviour_window_days, now)
                     .await,
             )
         };
@@ -131,6 +132,7 @@ impl Api {
         let req = req.into_inner();
         let id = CustomerId::parse_name(&req.parent, "parent")?;
         let customer = self.load_for(&principal, "customer.read", id).await?;
+        let family = self.customers.merged_family(&customer).await?;
         let kinds_key = req.kinds.iter().map(i32::to_string).collect::<Vec<_>>().join(",");
         let fingerprint = crm_platform::paging::fingerprint(&["timeline", &req.parent, &kinds_key]);
         let mut v = crm_platform::error::Validation::default();
@@ -156,18 +158,21 @@ impl Api {
         let limit = size as usize + 1;
         let name = customer.name();
         let wants_tickets = kinds.is_empty() || kinds.contains(&pb::TimelineKind::Ticket);
-        let (local, tickets) = tokio::join!(self.customers.timeline(customer.id, &kinds, before.as_ref(), limit), async {
-            if wants_tickets {
-                Some(
-                    self.sections
-                        .ticket_timeline(&name, before.as_ref(), limit)
-                        .instrument(tracing::info_span!("section.tickets"))
-                        .await,
-                )
-            } else {
-                None
+        let (local, tickets) = tokio::join!(
+            self.customers.timeline(customer.id, &family, &kinds, before.as_ref(), limit),
+            async {
+                if wants_tickets {
+                    Some(
+                        self.sections
+                            .ticket_timeline(&name, before.as_ref(), limit)
+                            .instrument(tracing::info_span!("section.tickets"))
+                            .await,
+                    )
+                } else {
+                    None
+                }
             }
-        });
+        );
         let mut items = local?;
         let tickets_status = match tickets {
             None => not_requested(),

@@ -357,8 +357,35 @@ impl Customers {
         order_from(&row)
     }
 
-    /// A page of a customer's orders: (place_us, order).
-    pub async fn list_orders(&self, customer: CustomerId, q: &OrderQuery) -> Result<Vec<(i64, pb::Order)>> {
+    /// The customer and every customer merged into it (transitively): orders and
+    /// interactions recorded under any of them are the survivor's. An unmerge takes
+    /// its customer out of the list, and so its records back.
+    pub async fn merged_family(&self, c: &Customer) -> Result<Vec<CustomerId>> {
+        let defs = self.definitions().await?;
+        let mut family = vec![c.id];
+        let mut frontier = c.merged_customers.clone();
+        // Merges chain at most a few levels; the bound guards against a cycle.
+        for _ in 0..8 {
+            let mut next = Vec::new();
+            for id in frontier {
+                if family.contains(&id) {
+                    continue;
+                }
+                family.push(id);
+                if let Ok(merged) = self.get_exact(id, &defs).await {
+                    next.extend(merged.merged_customers);
+                }
+            }
+            if next.is_empty() {
+                break;
+            }
+            frontier = next;
+        }
+        Ok(family)
+    }
+
+    /// A page of the orders of `family` (see [`Self::merged_family`]): (place_us, order).
+    pub async fn list_orders(&self, customer: &[CustomerId], q: &OrderQuery) -> Result<Vec<(i64, pb::Order)>> {
         store::list_orders(&self.db, customer, q)
             .await?
             .iter()
@@ -479,16 +506,12 @@ impl Customers {
             .collect())
     }
 
-    /// A page of a customer's interactions, newest first: (occur_us, interaction).
-    pub async fn list_interactions(&self, customer: CustomerId, q: &InteractionQuery) -> Result<Vec<(i64, pb::Interaction)>> {
+    /// A page of the interactions of `family`, newest first: (occur_us, interaction).
+    pub async fn list_interactions(&self, customer: &[CustomerId], q: &InteractionQuery) -> Result<Vec<(i64, pb::Interaction)>> {
         store::list_interactions(&self.db, customer, q)
             .await?
             .into_iter()
-            .map(|(us, id, data)| {
-                let mut i = pb::Interaction::decode(data.as_slice()).map_err(Error::internal)?;
-                i.name = format!("{}/interactions/{id}", customer.name());
-                Ok((us, i))
-            })
+            .map(|(us, _, data)| Ok((us, pb::Interaction::decode(data.as_slice()).map_err(Error::internal)?)))
             .collect()
     }
 

@@ -47,7 +47,7 @@ pub fn top_categories(orders: &[pb::Order], n: usize) -> Vec<pb::CategoryCount> 
 impl Customers {
     /// Orders: counts, first and last, totals and averages per currency, top categories.
     /// `open_tickets` is left to the caller (another service's).
-    pub async fn business_summary(&self, customer: CustomerId) -> Result<pb::BusinessSummary> {
+    pub async fn business_summary(&self, customer: &[CustomerId]) -> Result<pb::BusinessSummary> {
         let totals = store::order_totals(&self.db, customer).await?;
         let orders = store::counted_orders(&self.db, customer, CATEGORY_ORDERS)
             .await?
@@ -77,7 +77,7 @@ impl Customers {
     /// preferred channel.
     pub async fn behaviour_summary(
         &self,
-        customer: CustomerId,
+        customer: &[CustomerId],
         window_days: i32,
         now: DateTime<Utc>,
     ) -> Result<pb::BehaviourSummary> {
@@ -148,11 +148,13 @@ pub fn merge_page(mut items: Vec<TimelineItem>, before: Option<&TimelineCursor>,
 const TIMELINE_SLACK: u64 = 16;
 
 impl Customers {
-    /// The timeline entries this service holds (orders, interactions, record
-    /// changes, consent), strictly before `before`, newest first, at most `limit`.
+    /// The timeline entries this service holds (orders and interactions of
+    /// `family`, the record's changes and consent of `customer`), strictly before
+    /// `before`, newest first, at most `limit`.
     pub async fn timeline(
         &self,
         customer: CustomerId,
+        family: &[CustomerId],
         kinds: &[pb::TimelineKind],
         before: Option<&TimelineCursor>,
         limit: usize,
@@ -163,13 +165,13 @@ impl Customers {
         let name = customer.name();
         let mut items = Vec::new();
         if wants(pb::TimelineKind::Order) {
-            for (us, id, data) in store::orders_until(&self.db, customer, until, n).await? {
+            for (us, _, data) in store::orders_until(&self.db, family, until, n).await? {
                 let o = pb::Order::decode(data.as_slice()).map_err(Error::internal)?;
                 let status = pb::OrderStatus::try_from(o.status).map_or("?", |s| s.as_str_name());
                 items.push(TimelineItem {
                     time_us: us,
                     kind: pb::TimelineKind::Order,
-                    resource: format!("{name}/orders/{id}"),
+                    resource: o.name.clone(),
                     summary: format!(
                         "order {} from {}: {}, {}",
                         o.external_id,
@@ -186,14 +188,14 @@ impl Customers {
                 limit: n,
                 ..Default::default()
             };
-            for (us, id, data) in store::list_interactions(&self.db, customer, &q).await? {
+            for (us, _, data) in store::list_interactions(&self.db, family, &q).await? {
                 let i = pb::Interaction::decode(data.as_slice()).map_err(Error::internal)?;
                 let kind = pb::InteractionKind::try_from(i.kind).map_or("?", |k| k.as_str_name());
                 let channel = crm_proto::crm::common::v1::Channel::try_from(i.channel).map_or("?", |c| c.as_str_name());
                 items.push(TimelineItem {
                     time_us: us,
                     kind: pb::TimelineKind::Interaction,
-                    resource: format!("{name}/interactions/{id}"),
+                    resource: i.name.clone(),
                     summary: format!(
                         "{} on {}",
                         kind.trim_start_matches("INTERACTION_KIND_").to_lowercase(),

@@ -28,6 +28,18 @@ fn marks(n: usize) -> String {
     vec!["?"; n].join(", ")
 }
 
+/// `customer_id IN (…)` over a customer and the customers merged into it.
+fn owners(ids: &[CustomerId]) -> (String, Vec<Value>) {
+    (
+        format!("customer_id IN ({})", marks(ids.len().max(1))),
+        if ids.is_empty() {
+            vec![Value::from(String::new())]
+        } else {
+            ids.iter().map(|c| Value::from(c.uuid().to_string())).collect()
+        },
+    )
+}
+
 /// An order as stored.
 #[derive(Debug, Clone)]
 pub struct OrderRow {
@@ -155,9 +167,9 @@ pub struct OrderQuery {
     pub limit: u64,
 }
 
-pub async fn list_orders<C: ConnectionTrait>(conn: &C, customer: CustomerId, q: &OrderQuery) -> Result<Vec<(i64, OrderRow)>> {
-    let mut sql = format!("SELECT {ORDER_COLUMNS}, place_us FROM orders WHERE customer_id = ?");
-    let mut values: Vec<Value> = vec![customer.uuid().to_string().into()];
+pub async fn list_orders<C: ConnectionTrait>(conn: &C, customer: &[CustomerId], q: &OrderQuery) -> Result<Vec<(i64, OrderRow)>> {
+    let (clause, mut values) = owners(customer);
+    let mut sql = format!("SELECT {ORDER_COLUMNS}, place_us FROM orders WHERE {clause}");
     if !q.statuses.is_empty() {
         sql.push_str(&format!(" AND status IN ({})", marks(q.statuses.len())));
         values.extend(q.statuses.iter().map(|s| Value::from(*s)));
@@ -264,11 +276,11 @@ pub struct InteractionQuery {
 /// (occur_us, id, data) newest first.
 pub async fn list_interactions<C: ConnectionTrait>(
     conn: &C,
-    customer: CustomerId,
+    customer: &[CustomerId],
     q: &InteractionQuery,
 ) -> Result<Vec<(i64, String, Vec<u8>)>> {
-    let mut sql = String::from("SELECT occur_us, id, data FROM interactions WHERE customer_id = ?");
-    let mut values: Vec<Value> = vec![customer.uuid().to_string().into()];
+    let (clause, mut values) = owners(customer);
+    let mut sql = format!("SELECT occur_us, id, data FROM interactions WHERE {clause}");
     for (column, list) in [("kind", &q.kinds), ("channel", &q.channels)] {
         if !list.is_empty() {
             sql.push_str(&format!(" AND {column} IN ({})", marks(list.len())));
@@ -344,14 +356,15 @@ const VOID_STATUSES: &str = "5, 6";
 
 /// Per currency, over the orders that count: (currency, count, total, first place,
 /// last place).
-pub async fn order_totals<C: ConnectionTrait>(conn: &C, customer: CustomerId) -> Result<Vec<(String, i64, i64, i64, i64)>> {
+pub async fn order_totals<C: ConnectionTrait>(conn: &C, customer: &[CustomerId]) -> Result<Vec<(String, i64, i64, i64, i64)>> {
+    let (clause, values) = owners(customer);
     query(
         conn,
         &format!(
             "SELECT currency, COUNT(*) AS n, CAST(SUM(total_micros) AS BIGINT) AS total, MIN(place_us) AS first_us, MAX(place_us) AS last_us \
-             FROM orders WHERE customer_id = ? AND status NOT IN ({VOID_STATUSES}) GROUP BY currency ORDER BY COUNT(*) DESC, currency"
+             FROM orders WHERE {clause} AND status NOT IN ({VOID_STATUSES}) GROUP BY currency ORDER BY COUNT(*) DESC, currency"
         ),
-        vec![customer.uuid().to_string().into()],
+        values,
     )
     .await?
     .iter()
@@ -368,13 +381,13 @@ pub async fn order_totals<C: ConnectionTrait>(conn: &C, customer: CustomerId) ->
 }
 
 /// The encoded orders that count, newest first, at most `limit`.
-pub async fn counted_orders<C: ConnectionTrait>(conn: &C, customer: CustomerId, limit: u64) -> Result<Vec<Vec<u8>>> {
+pub async fn counted_orders<C: ConnectionTrait>(conn: &C, customer: &[CustomerId], limit: u64) -> Result<Vec<Vec<u8>>> {
+    let (clause, mut values) = owners(customer);
+    values.push((limit as i64).into());
     query(
         conn,
-        &format!(
-            "SELECT data FROM orders WHERE customer_id = ? AND status NOT IN ({VOID_STATUSES}) ORDER BY place_us DESC LIMIT ?"
-        ),
-        vec![customer.uuid().to_string().into(), (limit as i64).into()],
+        &format!("SELECT data FROM orders WHERE {clause} AND status NOT IN ({VOID_STATUSES}) ORDER BY place_us DESC LIMIT ?"),
+        values,
     )
     .await?
     .iter()
@@ -386,15 +399,19 @@ pub async fn counted_orders<C: ConnectionTrait>(conn: &C, customer: CustomerId, 
 /// and the last occurrence of all.
 pub async fn channel_activity<C: ConnectionTrait>(
     conn: &C,
-    customer: CustomerId,
+    customer: &[CustomerId],
     from_us: i64,
 ) -> Result<(Vec<(i32, i64, i64)>, Option<i64>)> {
-    let id = customer.uuid().to_string();
+    let (clause, values) = owners(customer);
+    let mut windowed = values.clone();
+    windowed.push(from_us.into());
     let per_channel = query(
         conn,
-        "SELECT channel, COUNT(*) AS n, MAX(occur_us) AS last_us FROM interactions \
-         WHERE customer_id = ? AND occur_us >= ? GROUP BY channel ORDER BY COUNT(*) DESC, channel",
-        vec![id.clone().into(), from_us.into()],
+        &format!(
+            "SELECT channel, COUNT(*) AS n, MAX(occur_us) AS last_us FROM interactions \
+             WHERE {clause} AND occur_us >= ? GROUP BY channel ORDER BY COUNT(*) DESC, channel"
+        ),
+        windowed,
     )
     .await?
     .iter()
@@ -402,8 +419,8 @@ pub async fn channel_activity<C: ConnectionTrait>(
     .collect::<Result<Vec<_>>>()?;
     let last = query(
         conn,
-        "SELECT occur_us FROM interactions WHERE customer_id = ? ORDER BY occur_us DESC LIMIT 1",
-        vec![id.into()],
+        &format!("SELECT occur_us FROM interactions WHERE {clause} ORDER BY occur_us DESC LIMIT 1"),
+        values,
     )
     .await?
     .first()
@@ -415,14 +432,18 @@ pub async fn channel_activity<C: ConnectionTrait>(
 /// Orders placed at or before `until_us`, newest first: (place_us, id, data).
 pub async fn orders_until<C: ConnectionTrait>(
     conn: &C,
-    customer: CustomerId,
+    customer: &[CustomerId],
     until_us: i64,
     limit: u64,
 ) -> Result<Vec<(i64, String, Vec<u8>)>> {
+    let (clause, mut values) = owners(customer);
+    values.extend([Value::from(until_us), Value::from(limit as i64)]);
     query(
         conn,
-        "SELECT place_us, id, data FROM orders WHERE customer_id = ? AND place_us <= ? ORDER BY place_us DESC, id DESC LIMIT ?",
-        vec![customer.uuid().to_string().into(), until_us.into(), (limit as i64).into()],
+        &format!(
+            "SELECT place_us, id, data FROM orders WHERE {clause} AND place_us <= ? ORDER BY place_us DESC, id DESC LIMIT ?"
+        ),
+        values,
     )
     .await?
     .iter()

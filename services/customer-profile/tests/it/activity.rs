@@ -323,3 +323,62 @@ async fn unknown_external_ids_can_create_leads() {
     let customer = |o: &pb::Order| o.name.split("/orders/").next().unwrap().to_owned();
     assert_eq!(customer(&done.order.unwrap()), customer(&again.order.unwrap()));
 }
+
+#[tokio::test]
+async fn a_survivor_shows_the_orders_and_interactions_of_customers_merged_into_it() {
+    let app = TestApp::spawn().await;
+    let survivor = app.create(person("Wei", "Zhang")).await;
+    let merged = app.create(person("Wei", "Zhang")).await;
+    let t0 = chrono::Utc::now().timestamp() - 3600;
+    upsert(
+        &app,
+        by_name(&survivor.name),
+        order("A-1", pb::OrderStatus::Completed, t0, t0),
+    )
+    .await
+    .unwrap();
+    upsert(
+        &app,
+        by_name(&merged.name),
+        order("B-1", pb::OrderStatus::Completed, t0 + 60, t0),
+    )
+    .await
+    .unwrap();
+    let orders = |name: String| {
+        let mut client = app.client.clone();
+        async move {
+            client
+                .list_orders(TestApp::admin(pb::ListOrdersRequest {
+                    parent: name,
+                    ..Default::default()
+                }))
+                .await
+                .unwrap()
+                .into_inner()
+                .orders
+                .into_iter()
+                .map(|o| o.external_id)
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(orders(survivor.name.clone()).await, vec!["A-1"]);
+    app.client
+        .clone()
+        .merge_customers(TestApp::admin(pb::MergeCustomersRequest {
+            survivor: survivor.name.clone(),
+            survivor_etag: String::new(),
+            merged: vec![merged.name.clone()],
+        }))
+        .await
+        .unwrap();
+    assert_eq!(orders(survivor.name.clone()).await, vec!["B-1", "A-1"]);
+    app.client
+        .clone()
+        .unmerge_customer(TestApp::admin(pb::UnmergeCustomerRequest {
+            name: merged.name.clone(),
+        }))
+        .await
+        .unwrap();
+    assert_eq!(orders(survivor.name.clone()).await, vec!["A-1"]);
+    assert_eq!(orders(merged.name.clone()).await, vec!["B-1"]);
+}
