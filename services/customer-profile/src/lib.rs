@@ -52,6 +52,10 @@ report_cache_secs = 60
 [customer_profile.activity]
 unknown_customer = "reject"
 
+[customer_profile.retention]
+interactions_days = 730
+interval_secs = 3600
+
 [customer_profile.sections]
 ticketing_url = ""
 ticketing_ca_path = ""
@@ -121,6 +125,8 @@ pub struct ServiceConfig {
     pub ingest: IngestConfig,
     pub activity: ActivityConfig,
     pub sections: SectionsConfig,
+    /// Retention periods per data class and the purge job.
+    pub retention: service::retention::RetentionConfig,
     /// Duplicate detection: thresholds and the Fellegi-Sunter m/u tables.
     pub matching: domain::matching::MatchConfig,
     /// Data-quality targets and the stale-profile job.
@@ -152,6 +158,9 @@ impl ServiceConfig {
                 "customer_profile.sections.ticketing_url",
                 "empty, or starting with http:// or https://",
             ));
+        }
+        if self.retention.interval_secs == 0 {
+            return Err(ConfigError::invalid("customer_profile.retention.interval_secs", "at least 1"));
         }
         if !(1..=60_000).contains(&self.sections.deadline_ms) {
             return Err(ConfigError::invalid("customer_profile.sections.deadline_ms", "1 to 60000"));
@@ -211,6 +220,7 @@ pub async fn build(platform: &Platform, cfg: &ServiceConfig) -> anyhow::Result<S
     tokio::spawn(customers.clone().run_jobs(platform.shutdown.clone()));
     customers.prepare_partitions().await?;
     tokio::spawn(customers.clone().run_partition_upkeep(platform.shutdown.clone()));
+    tokio::spawn(customers.clone().run_retention(platform.shutdown.clone()));
     let sections = sections::Sections::connect(
         platform,
         &cfg.sections.ticketing_url,
@@ -240,6 +250,7 @@ pub fn settings(cfg: &ServiceConfig) -> Settings {
         quality: cfg.quality.clone(),
         reencrypt_interval: std::time::Duration::from_secs(cfg.reencrypt_interval_secs.max(1)),
         unknown_customer: cfg.activity.unknown_customer,
+        retention: cfg.retention,
     }
 }
 

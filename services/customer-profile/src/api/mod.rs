@@ -837,6 +837,19 @@ impl CustomerProfileService for Api {
         self.list_timeline_call(req).await
     }
 
+    async fn purge_expired_data(
+        &self,
+        req: Request<pb::PurgeExpiredDataRequest>,
+    ) -> Result<Response<pb::RetentionReport>, Status> {
+        let principal = auth::principal(&req)?;
+        self.check(&principal, "customer.retention", COLLECTION).await?;
+        let report = self
+            .customers
+            .purge_expired(&principal.user_id, req.get_ref().dry_run, chrono::Utc::now())
+            .await?;
+        Ok(Response::new(report))
+    }
+
     type StreamEventsStream = ReceiverStream<Result<StreamEventsResponse, Status>>;
 
     async fn stream_events(&self, req: Request<StreamEventsRequest>) -> Result<Response<Self::StreamEventsStream>, Status> {

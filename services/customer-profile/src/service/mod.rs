@@ -9,6 +9,7 @@ pub mod duplicates;
 pub mod ingest;
 mod merge;
 pub mod quality;
+pub mod retention;
 pub mod view360;
 
 use std::{
@@ -54,6 +55,7 @@ pub struct Settings {
     pub reencrypt_interval: Duration,
     /// Orders and interactions naming an unknown external id.
     pub unknown_customer: activity::UnknownCustomer,
+    pub retention: retention::RetentionConfig,
 }
 
 #[derive(Clone, Debug)]

@@ -327,7 +327,7 @@ pub async fn ensure_partitions<C: ConnectionTrait>(conn: &C, now: DateTime<Utc>,
         let (Some(from), Some(to)) = (month_start(now, m), month_start(now, m + 1)) else {
             continue;
         };
-        let name = format!("interactions_y{}m{:02}", from.year(), from.month());
+        let name = partition_name(from);
         let exists = query(
             conn,
             "SELECT 1 AS one FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
@@ -482,9 +482,116 @@ pub async fn record_events_until<C: ConnectionTrait>(
         .collect()
 }
 
+/// The name of the monthly partition holding `from` (see [`ensure_partitions`]).
+fn partition_name(from: DateTime<Utc>) -> String {
+    format!("interactions_y{}m{:02}", from.year(), from.month())
+}
+
+/// The month a partition name stands for, when it is one of ours.
+fn partition_month(name: &str) -> Option<DateTime<Utc>> {
+    let rest = name.strip_prefix("interactions_y")?;
+    let (year, month) = rest.split_once('m')?;
+    let (year, month): (i32, u32) = (year.parse().ok()?, month.parse().ok()?);
+    let start = Utc.with_ymd_and_hms(year, month, 1, 0, 0, 0).single()?;
+    (partition_name(start) == name).then_some(start)
+}
+
+/// PostgreSQL: the monthly interaction partitions that end at or before `cutoff`.
+pub async fn partitions_before<C: ConnectionTrait>(conn: &C, cutoff: DateTime<Utc>) -> Result<Vec<String>> {
+    let rows = query(
+        conn,
+        "SELECT c.relname AS name FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid \
+         JOIN pg_class p ON p.oid = i.inhparent JOIN pg_namespace n ON n.oid = p.relnamespace \
+         WHERE p.relname = 'interactions' AND n.nspname = current_schema() ORDER BY c.relname",
+        vec![],
+    )
+    .await?;
+    let mut out = Vec::new();
+    for r in rows {
+        let name: String = r.try_get("", "name")?;
+        if let Some(start) = partition_month(&name)
+            && month_start(start, 1).is_some_and(|end| end <= cutoff)
+        {
+            out.push(name);
+        }
+    }
+    Ok(out)
+}
+
+/// Rows of `table` (`interactions` or one of its partitions) before `cutoff_us`; all
+/// of them when `None`.
+pub async fn count_interactions<C: ConnectionTrait>(conn: &C, table: &str, cutoff_us: Option<i64>) -> Result<i64> {
+    check_table(table)?;
+    let rows = match cutoff_us {
+        Some(c) => {
+            query(
+                conn,
+                &format!("SELECT COUNT(*) AS n FROM {table} WHERE occur_us < ?"),
+                vec![c.into()],
+            )
+            .await?
+        }
+        None => query(conn, &format!("SELECT COUNT(*) AS n FROM {table}"), vec![]).await?,
+    };
+    Ok(match rows.first() {
+        Some(r) => r.try_get("", "n")?,
+        None => 0,
+    })
+}
+
+/// Deletes the rows of `table` before `cutoff_us`, `batch` at a time; returns how many.
+pub async fn delete_interactions_before<C: ConnectionTrait>(conn: &C, table: &str, cutoff_us: i64, batch: u64) -> Result<u64> {
+    check_table(table)?;
+    let mut total = 0;
+    loop {
+        let n = exec(
+            conn,
+            &format!("DELETE FROM {table} WHERE occur_us < ? AND id IN (SELECT id FROM {table} WHERE occur_us < ? LIMIT ?)"),
+            vec![cutoff_us.into(), cutoff_us.into(), (batch as i64).into()],
+        )
+        .await?;
+        total += n;
+        if n == 0 {
+            return Ok(total);
+        }
+    }
+}
+
+/// Drops a monthly partition.
+pub async fn drop_partition<C: ConnectionTrait>(conn: &C, name: &str) -> Result<()> {
+    if partition_month(name).is_none() {
+        return Err(crm_platform::Error::internal(anyhow::anyhow!(
+            "`{name}` is not an interactions partition"
+        )));
+    }
+    exec(conn, &format!("DROP TABLE {name}"), vec![]).await?;
+    Ok(())
+}
+
+/// Table names are spliced into SQL: only ours pass.
+fn check_table(table: &str) -> Result<()> {
+    if table == "interactions" || table == "interactions_default" || partition_month(table).is_some() {
+        Ok(())
+    } else {
+        Err(crm_platform::Error::internal(anyhow::anyhow!(
+            "`{table}` is not an interactions table"
+        )))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn partition_names_round_trip() {
+        let t = Utc.with_ymd_and_hms(2026, 3, 1, 0, 0, 0).unwrap();
+        assert_eq!(partition_name(t), "interactions_y2026m03");
+        assert_eq!(partition_month("interactions_y2026m03"), Some(t));
+        assert_eq!(partition_month("interactions_y2026m3"), None);
+        assert_eq!(partition_month("interactions_default"), None);
+        assert_eq!(partition_month("interactions_y2026m13"), None);
+    }
 
     #[test]
     fn months_roll_over_years() {

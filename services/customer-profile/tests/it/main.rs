@@ -18,4 +18,5 @@ mod ingest;
 mod list;
 mod merge;
 mod quality;
+mod retention;
 mod view360;
