@@ -92,12 +92,13 @@ pub fn unmerged(survivor: &Customer, restored: &[Customer], actor: &str) -> NewE
     }
 }
 
-pub fn stale(id: crate::domain::CustomerId, owner: &str, team: &str, days: i64) -> NewEvent {
+pub fn stale(id: crate::domain::CustomerId, owner: &str, team: &str, days: i64, fields_to_confirm: Vec<String>) -> NewEvent {
     let data = pb::CustomerStale {
         customer: id.name(),
         owner_user_id: owner.to_owned(),
         team_id: team.to_owned(),
         days_since_confirmed: days,
+        fields_to_confirm,
     }
     .encode_to_vec();
     NewEvent {

@@ -42,6 +42,7 @@ completeness_target = 0.95
 duplicate_rate_target = 0.03
 entry_error_rate_target = 0.02
 freshness_target = 0.90
+self_service_target = 0.85
 freshness_days = 365
 entry_window_days = 30
 stale_check_interval_secs = 3600

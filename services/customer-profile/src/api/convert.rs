@@ -375,6 +375,7 @@ pub fn definition_from_proto(d: pb::FieldDefinition) -> Result<FieldDefinition, 
             allowed_values: d.allowed_values,
             classification,
             completeness_weight: d.completeness_weight,
+            self_editable: d.self_editable,
             revision: 0,
             update_time: None,
         }),
@@ -398,6 +399,7 @@ pub fn definition_to_proto(d: &FieldDefinition) -> pb::FieldDefinition {
             FieldType::Address => pb::FieldType::Address,
         } as i32,
         built_in: d.built_in,
+        self_editable: d.self_editable,
         applies_to: d.applies_to.iter().map(|k| kind_to_proto(*k)).collect(),
         required_for: d.required_for.iter().map(|k| kind_to_proto(*k)).collect(),
         allowed_values: d.allowed_values.clone(),
@@ -555,6 +557,7 @@ pub fn quality_to_proto(r: &QualityReport) -> pb::DataQualityReport {
         duplicate_rate: Some(kpi_to_proto(&r.duplicate_rate)),
         entry_error_rate: Some(kpi_to_proto(&r.entry_error_rate)),
         freshness: Some(kpi_to_proto(&r.freshness)),
+        self_service_rate: Some(kpi_to_proto(&r.self_service_rate)),
         fields: r
             .fields
             .iter()

@@ -142,7 +142,19 @@ impl Api {
         for c in customers {
             let mut shown = convert::customer_to_proto(c);
             let record = policy.for_record(Resource::record(&shown.name, &c.profile.owner_user_id, &c.profile.team_id));
-            let s = redact::apply(&mut shown, &|path| record.visibility(path), &defs);
+            // A customer sees its own record without the company's internal fields.
+            let customer_view = p.customer_id.is_some();
+            let s = redact::apply(
+                &mut shown,
+                &|path| {
+                    if customer_view && defs.get(path).is_some_and(|d| !d.visible_to_customer()) {
+                        crm_platform::authz::Visibility::Hidden
+                    } else {
+                        record.visibility(path)
+                    }
+                },
+                &defs,
+            );
             if !s.sensitive.is_empty() {
                 exposed.push(shown.name.clone());
                 fields.extend(s.sensitive);
@@ -215,6 +227,29 @@ impl Api {
     }
 }
 
+impl Api {
+    /// A customer changes only the fields the definitions mark self-editable (and
+    /// custom attributes one key at a time).
+    async fn check_self_editable(&self, paths: &[update::Path], name: &str) -> Result<(), Error> {
+        let defs = self.customers.definitions().await?;
+        for path in paths {
+            let fields = match path {
+                update::Path::Kind | update::Path::CustomAttributes => vec![format!("{path:?}")],
+                other => update::definition_paths(other),
+            };
+            for field in fields {
+                if !defs.get(&field).is_some_and(|d| d.self_editable) {
+                    return Err(Error::PermissionDenied {
+                        permission: format!("customer.update (`{field}` is not self-editable)"),
+                        resource: name.to_owned(),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 fn required<T>(value: Option<T>, field: &str) -> Result<T, Error> {
     value.ok_or_else(|| Error::invalid(field, "required"))
 }
@@ -267,7 +302,14 @@ impl CustomerProfileService for Api {
         let name = current.name();
         let record = Resource::record(&name, &current.profile.owner_user_id, &current.profile.team_id);
         self.check_writable(&principal, &paths, record).await?;
-        let updated = self.customers.update(&principal.user_id, id, &patch, &paths, &etag).await?;
+        let updated = if principal.customer_id.is_some() {
+            self.check_self_editable(&paths, &name).await?;
+            self.customers
+                .update_from(&name, "self_service", id, &patch, &paths, &etag)
+                .await?
+        } else {
+            self.customers.update(&principal.user_id, id, &patch, &paths, &etag).await?
+        };
         Ok(Response::new(self.present_one(&principal, &updated, Purpose::Write).await?))
     }
 

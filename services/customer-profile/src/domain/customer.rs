@@ -821,6 +821,7 @@ mod tests {
             allowed_values: vec!["Gold".into(), "Silver".into()],
             classification: Default::default(),
             completeness_weight: 1.0,
+            self_editable: false,
             revision: 1,
             update_time: None,
         };

@@ -62,6 +62,9 @@ pub struct FieldDefinition {
     pub allowed_values: Vec<String>,
     pub classification: Classification,
     pub completeness_weight: f64,
+    /// Customers may change it themselves (self-service).
+    #[serde(default)]
+    pub self_editable: bool,
     /// 0 for a built-in never changed.
     pub revision: i64,
     pub update_time: Option<DateTime<Utc>>,
@@ -229,6 +232,27 @@ const BUILT_IN: &[BuiltIn] = {
     ]
 };
 
+/// Built-in fields customers maintain themselves: their contacts and addresses.
+const SELF_EDITABLE: &[&str] = &["phone_numbers", "email_addresses", "addresses"];
+
+/// Identity fields a customer always sees of its own record, whatever their class.
+const IDENTITY: &[&str] = &[
+    "display_name",
+    "person_name.given_name",
+    "person_name.middle_name",
+    "person_name.family_name",
+    "organization_name",
+];
+
+impl FieldDefinition {
+    /// Whether a customer sees this field of its own record: its identity, what it
+    /// may edit, and everything but the company's internal classifications (owner,
+    /// team, tags, lifecycle stage, internal custom attributes).
+    pub fn visible_to_customer(&self) -> bool {
+        self.self_editable || IDENTITY.contains(&self.path.as_str()) || self.classification != Classification::Internal
+    }
+}
+
 /// The definitions in force.
 #[derive(Debug, Clone)]
 pub struct Definitions {
@@ -258,6 +282,7 @@ impl Definitions {
                     allowed_values: Vec::new(),
                     classification: *classification,
                     completeness_weight: *weight,
+                    self_editable: SELF_EDITABLE.contains(path),
                     revision: 0,
                     update_time: None,
                 };
@@ -359,6 +384,7 @@ mod tests {
             allowed_values: vec![],
             classification: Classification::Internal,
             completeness_weight: 0.0,
+            self_editable: false,
             revision: 1,
             update_time: None,
         }

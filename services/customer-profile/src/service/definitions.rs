@@ -18,6 +18,7 @@ pub const MUTABLE: &[&str] = &[
     "allowed_values",
     "classification",
     "completeness_weight",
+    "self_editable",
 ];
 
 impl Customers {
@@ -88,6 +89,7 @@ impl Customers {
                         "allowed_values" => next.allowed_values.clone_from(&patch.allowed_values),
                         "classification" => next.classification = patch.classification,
                         "completeness_weight" => next.completeness_weight = patch.completeness_weight,
+                        "self_editable" => next.self_editable = patch.self_editable,
                         "type" if patch.field_type == current.field_type => {}
                         other => {
                             return Err(Error::invalid(

@@ -363,6 +363,20 @@ impl Customers {
     }
 
     pub async fn update(&self, actor: &str, id: CustomerId, patch: &Profile, paths: &[Path], etag: &str) -> Result<Customer> {
+        self.update_from(actor, "api", id, patch, paths, etag).await
+    }
+
+    /// [`Self::update`] with the changed fields' provenance naming `source` (`api`,
+    /// or `self_service` for a customer's own change).
+    pub async fn update_from(
+        &self,
+        actor: &str,
+        source: &str,
+        id: CustomerId,
+        patch: &Profile,
+        paths: &[Path],
+        etag: &str,
+    ) -> Result<Customer> {
         let defs = self.definitions().await?;
         let txn = begin_write(&self.db).await?;
         let current = self.current(&txn, &defs, id, etag).await?;
@@ -375,7 +389,8 @@ impl Customers {
             return Ok(Self::present(current, &defs));
         }
         let at = now();
-        let origin = api_origin(Channel::Api, at);
+        let mut origin = api_origin(Channel::Api, at);
+        origin.source = source.to_owned();
         let mut provenance = current.provenance.clone();
         for (path, p) in stamp_all(&profile, &origin) {
             let top = path.split('.').next().unwrap_or(&path);

@@ -25,6 +25,8 @@ pub struct QualityConfig {
     pub entry_error_rate_target: f64,
     /// Target share of customers confirmed within `freshness_days` (at least).
     pub freshness_target: f64,
+    /// Target share of profile updates made by the customers themselves (at least).
+    pub self_service_target: f64,
     /// A customer not written or confirmed for longer is stale.
     pub freshness_days: u32,
     /// The entry error rate counts writes of this many days.
@@ -48,6 +50,7 @@ impl QualityConfig {
             ("duplicate_rate_target", self.duplicate_rate_target),
             ("entry_error_rate_target", self.entry_error_rate_target),
             ("freshness_target", self.freshness_target),
+            ("self_service_target", self.self_service_target),
         ] {
             if !(0.0..=1.0).contains(&v) {
                 return Err((key.into(), "between 0 and 1".into()));
@@ -130,6 +133,7 @@ pub struct QualityReport {
     pub duplicate_rate: Kpi,
     pub entry_error_rate: Kpi,
     pub freshness: Kpi,
+    pub self_service_rate: Kpi,
     /// (field, filled share, applicable customers)
     pub fields: Vec<(String, f64, i64)>,
     pub customers: i64,
@@ -140,12 +144,13 @@ const SCAN_BATCH: u64 = 1000;
 
 impl QualityReport {
     /// The KPIs by their metric label.
-    pub fn kpis(&self) -> [(&'static str, &Kpi); 4] {
+    pub fn kpis(&self) -> [(&'static str, &Kpi); 5] {
         [
             ("completeness", &self.completeness),
             ("duplicate_rate", &self.duplicate_rate),
             ("entry_error_rate", &self.entry_error_rate),
             ("freshness", &self.freshness),
+            ("self_service_rate", &self.self_service_rate),
         ]
     }
 }
@@ -295,11 +300,14 @@ impl Customers {
             .format("%Y-%m-%d")
             .to_string();
         let (accepted, rejected) = records::entry_stats(&self.db, &since).await?;
+        let updates_since = now - Duration::days(i64::from(q.entry_window_days));
+        let (self_service, updates) = records::update_counts(&self.db, updates_since).await?;
         Ok(QualityReport {
             completeness: Kpi::at_least(completeness, customers, q.completeness_target),
             duplicate_rate: Kpi::at_most(open, customers, q.duplicate_rate_target),
             entry_error_rate: Kpi::at_most(rejected, accepted + rejected, q.entry_error_rate_target),
             freshness: Kpi::at_least(fresh as f64, customers, q.freshness_target),
+            self_service_rate: Kpi::at_least(self_service as f64, updates, q.self_service_target),
             fields: weighted
                 .iter()
                 .zip(filled)
@@ -315,6 +323,13 @@ impl Customers {
     pub async fn remind_stale(&self) -> Result<usize> {
         let q = &self.settings.quality;
         let mut sent = 0;
+        let confirm: Vec<String> = self
+            .definitions()
+            .await?
+            .iter()
+            .filter(|d| d.self_editable)
+            .map(|d| d.path.clone())
+            .collect();
         loop {
             let now = super::now();
             let before = now - Duration::days(i64::from(q.freshness_days));
@@ -326,7 +341,7 @@ impl Customers {
             }
             for s in &due {
                 let days = (now - s.confirm_time).num_days();
-                feed::append(&txn, events::stale(s.id, &s.owner_user_id, &s.team_id, days)).await?;
+                feed::append(&txn, events::stale(s.id, &s.owner_user_id, &s.team_id, days, confirm.clone())).await?;
                 records::set_reminded(&txn, s.id, now).await?;
             }
             txn.commit().await?;

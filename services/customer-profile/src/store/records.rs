@@ -826,3 +826,23 @@ pub async fn carry_dismissed<C: ConnectionTrait>(conn: &C, from: CustomerId, to:
     }
     Ok(())
 }
+
+/// Profile updates since `since` on the change feed: (by the customers themselves
+/// through self-service, all).
+pub async fn update_counts<C: ConnectionTrait>(conn: &C, since: DateTime<Utc>) -> Result<(i64, i64)> {
+    let rows = query(
+        conn,
+        "SELECT COUNT(*) AS total, COALESCE(SUM(CASE WHEN actor LIKE 'customers/%' THEN 1 ELSE 0 END), 0) AS own \
+         FROM outbox WHERE event_type = 'crm.customer.v1.CustomerUpdated' AND occur_time >= ?",
+        vec![since.into()],
+    )
+    .await?;
+    Ok(match rows.first() {
+        Some(r) => (
+            r.try_get::<i64>("", "own")
+                .or_else(|_| r.try_get::<i32>("", "own").map(i64::from))?,
+            r.try_get("", "total")?,
+        ),
+        None => (0, 0),
+    })
+}

@@ -19,4 +19,5 @@ mod list;
 mod merge;
 mod quality;
 mod retention;
+mod self_service;
 mod view360;
