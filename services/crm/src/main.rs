@@ -3,6 +3,7 @@
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
+mod backup;
 mod bench;
 mod bench_interactions;
 mod bench_permissions;
@@ -76,6 +77,29 @@ enum Command {
     },
     /// Apply every service's pending database migrations and exit.
     Migrate,
+    /// Copy every service's embedded database into a new directory, consistently and
+    /// while `crm serve` runs, with a manifest of checksums (PostgreSQL: see the README).
+    Backup {
+        /// The new backup directory.
+        #[arg(long)]
+        out: PathBuf,
+        /// Directory of the SQLite files (database.data_dir), default ./data.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Replace the embedded databases with a backup, after checking its checksums.
+    /// Stop `crm serve` first.
+    Restore {
+        /// The backup directory.
+        #[arg(long)]
+        from: PathBuf,
+        /// Directory of the SQLite files (database.data_dir), default ./data.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Replace existing databases.
+        #[arg(long)]
+        force: bool,
+    },
     /// Load a running suite and print a JSON report (throughput, latency percentiles);
     /// `crm bench import` measures bulk import with duplicate detection instead.
     #[command(args_conflicts_with_subcommands = true)]
@@ -318,6 +342,33 @@ async fn main() -> anyhow::Result<()> {
             }
             let _telemetry = crm_platform::telemetry::init("crm", &cfg.platform.log, &cfg.platform.metrics)?;
             serve(cfg).await
+        }
+        Command::Backup { out, data_dir } => {
+            if let Some(dir) = data_dir {
+                cfg.platform.database.data_dir = dir.display().to_string();
+            }
+            let manifest = backup::backup(&cfg.platform.database, &out).await?;
+            for f in &manifest.files {
+                println!(
+                    "{}: {} bytes, sha256 {}, schema {}",
+                    f.file, f.bytes, f.sha256, f.schema_version
+                );
+            }
+            println!("crm: backup written to {}", out.display());
+            Ok(())
+        }
+        Command::Restore { from, data_dir, force } => {
+            if let Some(dir) = data_dir {
+                cfg.platform.database.data_dir = dir.display().to_string();
+            }
+            let manifest = backup::restore(&cfg.platform.database, &from, force)?;
+            println!(
+                "crm: restored {} databases from {} (taken {})",
+                manifest.files.len(),
+                from.display(),
+                manifest.created
+            );
+            Ok(())
         }
         Command::Migrate => {
             let _telemetry = crm_platform::telemetry::init("crm", &cfg.platform.log, &Default::default())?;
