@@ -26,6 +26,21 @@ pub struct Sections {
     deadline: Duration,
 }
 
+/// One page of `ListTickets` as this service's account; the failure in words.
+async fn tickets_page(
+    client: &TicketingServiceClient<Channel>,
+    credentials: &ServiceCredentials,
+    req: ListTicketsRequest,
+) -> Result<crm_proto::crm::ticketing::v1::ListTicketsResponse, String> {
+    let req = credentials.request(req).map_err(|e| e.to_string())?;
+    Ok(client
+        .clone()
+        .list_tickets(req)
+        .await
+        .map_err(|s| format!("ticketing answered {:?}: {}", s.code(), s.message()))?
+        .into_inner())
+}
+
 pub fn available() -> pb::SectionStatus {
     pb::SectionStatus {
         state: pb::SectionState::Available as i32,
@@ -67,8 +82,10 @@ impl Sections {
             let mut total = 0i64;
             let mut token = String::new();
             for _ in 0..MAX_TICKET_PAGES {
-                let req = credentials
-                    .request(ListTicketsRequest {
+                let page = tickets_page(
+                    client,
+                    credentials,
+                    ListTicketsRequest {
                         page_size: 1000,
                         page_token: token.clone(),
                         statuses: [
@@ -81,14 +98,9 @@ impl Sections {
                         .to_vec(),
                         customer: customer.to_owned(),
                         ..Default::default()
-                    })
-                    .map_err(|e| e.to_string())?;
-                let page = client
-                    .clone()
-                    .list_tickets(req)
-                    .await
-                    .map_err(|s| format!("ticketing answered {:?}: {}", s.code(), s.message()))?
-                    .into_inner();
+                    },
+                )
+                .await?;
                 total += page.tickets.len() as i64;
                 if page.next_page_token.is_empty() {
                     break;
@@ -118,20 +130,17 @@ impl Sections {
             let mut out = Vec::new();
             let mut token = String::new();
             for _ in 0..MAX_TICKET_PAGES {
-                let req = credentials
-                    .request(ListTicketsRequest {
+                let page = tickets_page(
+                    client,
+                    credentials,
+                    ListTicketsRequest {
                         page_size: 200,
                         page_token: token.clone(),
                         customer: customer.to_owned(),
                         ..Default::default()
-                    })
-                    .map_err(|e| e.to_string())?;
-                let page = client
-                    .clone()
-                    .list_tickets(req)
-                    .await
-                    .map_err(|s| format!("ticketing answered {:?}: {}", s.code(), s.message()))?
-                    .into_inner();
+                    },
+                )
+                .await?;
                 for t in page.tickets {
                     let Some(created) = t.create_time else { continue };
                     let item = TimelineItem {

@@ -100,6 +100,28 @@ impl Api {
         }))
     }
 
+    /// Cuts `found` (read one past the page) to `size` and returns the token of its
+    /// last item, `(time, id)`; empty on the last page.
+    fn next_token<T>(
+        &self,
+        fingerprint: &str,
+        found: &mut Vec<(i64, T)>,
+        size: u32,
+        name: impl Fn(&T) -> &str,
+    ) -> Result<String, Error> {
+        if found.len() <= size as usize {
+            return Ok(String::new());
+        }
+        found.truncate(size as usize);
+        match found.last() {
+            Some((us, item)) => {
+                let id = name(item).rsplit('/').next().unwrap_or_default().to_owned();
+                self.page_tokens.encode(fingerprint, &(*us, id))
+            }
+            None => Ok(String::new()),
+        }
+    }
+
     /// The customer (and those merged into it) if the caller may read it.
     async fn readable(&self, p: &Principal, customer: CustomerId) -> Result<Vec<CustomerId>, Error> {
         let c = self.load_for(p, "customer.read", customer).await?;
@@ -146,18 +168,7 @@ impl Api {
             limit: u64::from(size) + 1,
         };
         let mut found = self.customers.list_orders(&family, &q).await?;
-        let next_page_token = if found.len() > size as usize {
-            found.truncate(size as usize);
-            match found.last() {
-                Some((us, o)) => {
-                    let id = o.name.rsplit('/').next().unwrap_or_default().to_owned();
-                    self.page_tokens.encode(&fingerprint, &(*us, id))?
-                }
-                None => String::new(),
-            }
-        } else {
-            String::new()
-        };
+        let next_page_token = self.next_token(&fingerprint, &mut found, size, |o| &o.name)?;
         Ok(Response::new(pb::ListOrdersResponse {
             orders: found.into_iter().map(|(_, o)| o).collect(),
             next_page_token,
@@ -202,18 +213,7 @@ impl Api {
             limit: u64::from(size) + 1,
         };
         let mut found = self.customers.list_interactions(&family, &q).await?;
-        let next_page_token = if found.len() > size as usize {
-            found.truncate(size as usize);
-            match found.last() {
-                Some((us, i)) => {
-                    let id = i.name.rsplit('/').next().unwrap_or_default().to_owned();
-                    self.page_tokens.encode(&fingerprint, &(*us, id))?
-                }
-                None => String::new(),
-            }
-        } else {
-            String::new()
-        };
+        let next_page_token = self.next_token(&fingerprint, &mut found, size, |i| &i.name)?;
         Ok(Response::new(pb::ListInteractionsResponse {
             interactions: found.into_iter().map(|(_, i)| i).collect(),
             next_page_token,

@@ -4,25 +4,11 @@
 //! time by [`ensure_partitions`].
 
 use chrono::{DateTime, Datelike, TimeZone, Utc};
-use crm_platform::{Result, migrate::placeholders};
-use sea_orm::{ConnectionTrait, DbBackend, QueryResult, Statement, Value};
+use crm_platform::Result;
+use sea_orm::{ConnectionTrait, DbBackend, QueryResult, Value};
 
+use super::{exec, query};
 use crate::domain::CustomerId;
-
-async fn exec<C: ConnectionTrait>(conn: &C, sql: &str, values: Vec<Value>) -> Result<u64> {
-    let backend = conn.get_database_backend();
-    let r = conn
-        .execute_raw(Statement::from_sql_and_values(backend, placeholders(backend, sql), values))
-        .await?;
-    Ok(r.rows_affected())
-}
-
-async fn query<C: ConnectionTrait>(conn: &C, sql: &str, values: Vec<Value>) -> Result<Vec<QueryResult>> {
-    let backend = conn.get_database_backend();
-    Ok(conn
-        .query_all_raw(Statement::from_sql_and_values(backend, placeholders(backend, sql), values))
-        .await?)
-}
 
 fn marks(n: usize) -> String {
     vec!["?"; n].join(", ")

@@ -1,25 +1,11 @@
 //! Consent: the statement in force per (customer, purpose, channel) and every
 //! statement in the order recorded.
 
-use crm_platform::{Result, migrate::placeholders};
-use sea_orm::{ConnectionTrait, QueryResult, Statement, Value};
+use crm_platform::Result;
+use sea_orm::{ConnectionTrait, Value};
 
+use super::{exec, query};
 use crate::domain::CustomerId;
-
-async fn exec<C: ConnectionTrait>(conn: &C, sql: &str, values: Vec<Value>) -> Result<u64> {
-    let backend = conn.get_database_backend();
-    let r = conn
-        .execute_raw(Statement::from_sql_and_values(backend, placeholders(backend, sql), values))
-        .await?;
-    Ok(r.rows_affected())
-}
-
-async fn query<C: ConnectionTrait>(conn: &C, sql: &str, values: Vec<Value>) -> Result<Vec<QueryResult>> {
-    let backend = conn.get_database_backend();
-    Ok(conn
-        .query_all_raw(Statement::from_sql_and_values(backend, placeholders(backend, sql), values))
-        .await?)
-}
 
 fn key(c: CustomerId) -> Value {
     c.uuid().to_string().into()

@@ -4,8 +4,8 @@
 //! PostgreSQL).
 
 use chrono::{DateTime, Utc};
-use crm_platform::{Error, Result, crypto::Keyring, migrate::placeholders};
-use sea_orm::{ConnectionTrait, QueryResult, Statement, Value};
+use crm_platform::{Error, Result, crypto::Keyring};
+use sea_orm::{ConnectionTrait, QueryResult, Value};
 use serde::{Serialize, de::DeserializeOwned};
 
 use crate::domain::{
@@ -14,20 +14,7 @@ use crate::domain::{
     matching::{BlockingKey, Comparison},
 };
 
-async fn exec<C: ConnectionTrait>(conn: &C, sql: &str, values: Vec<Value>) -> Result<u64> {
-    let backend = conn.get_database_backend();
-    let r = conn
-        .execute_raw(Statement::from_sql_and_values(backend, placeholders(backend, sql), values))
-        .await?;
-    Ok(r.rows_affected())
-}
-
-async fn query<C: ConnectionTrait>(conn: &C, sql: &str, values: Vec<Value>) -> Result<Vec<QueryResult>> {
-    let backend = conn.get_database_backend();
-    Ok(conn
-        .query_all_raw(Statement::from_sql_and_values(backend, placeholders(backend, sql), values))
-        .await?)
-}
+use super::{exec, query};
 
 fn json<T: Serialize>(value: &T) -> Result<String> {
     serde_json::to_string(value).map_err(Error::internal)
