@@ -202,6 +202,7 @@ impl Config {
 pub const LONG_RUNNING: &[&str] = &[
     "/crm.customer.v1.CustomerProfileService/ImportCustomers",
     "/crm.customer.v1.CustomerProfileService/RecordInteractions",
+    "/crm.customer.v1.CustomerProfileService/DownloadExport",
 ];
 
 /// The gRPC service as served, behind the authenticating interceptor.
@@ -228,6 +229,10 @@ pub async fn build(platform: &Platform, cfg: &ServiceConfig) -> anyhow::Result<S
         &cfg.sections.ticketing_ca_path,
         std::time::Duration::from_millis(cfg.sections.deadline_ms),
     )?;
+    // Exports a restart interrupted are assembled again.
+    for job in customers.unfinished_exports().await? {
+        tokio::spawn(sections::run_export(customers.clone(), sections.clone(), job));
+    }
     let api = Api::new(
         customers,
         authz,

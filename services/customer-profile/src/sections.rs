@@ -7,7 +7,7 @@ use std::time::Duration;
 use crm_platform::{Platform, authz::ServiceCredentials};
 use crm_proto::crm::{
     customer::v1 as pb,
-    ticketing::v1::{ListTicketsRequest, TicketStatus, ticketing_service_client::TicketingServiceClient},
+    ticketing::v1::{ListCommentsRequest, ListTicketsRequest, TicketStatus, ticketing_service_client::TicketingServiceClient},
 };
 use tonic::transport::Channel;
 
@@ -172,5 +172,89 @@ impl Sections {
             Ok(result) => result,
             Err(_) => Err(format!("ticketing did not answer within {} ms", self.deadline.as_millis())),
         }
+    }
+
+    /// The customer's tickets with their comments, as JSON for a data export; or why
+    /// they could not be read.
+    pub async fn tickets_for_export(&self, customer: &str) -> Result<Vec<serde_json::Value>, String> {
+        use crate::service::export::time;
+        let (Some(client), Some(credentials)) = (&self.tickets, &self.credentials) else {
+            return Err("no ticketing service is configured (customer_profile.sections.ticketing_url)".into());
+        };
+        let collect = async {
+            let mut out = Vec::new();
+            let mut token = String::new();
+            for _ in 0..MAX_TICKET_PAGES {
+                let page = tickets_page(
+                    client,
+                    credentials,
+                    ListTicketsRequest {
+                        page_size: 200,
+                        page_token: token.clone(),
+                        customer: customer.to_owned(),
+                        ..Default::default()
+                    },
+                )
+                .await?;
+                for t in page.tickets {
+                    let req = credentials
+                        .request(ListCommentsRequest {
+                            parent: t.name.clone(),
+                            page_size: 1000,
+                            page_token: String::new(),
+                        })
+                        .map_err(|e| e.to_string())?;
+                    let comments = client
+                        .clone()
+                        .list_comments(req)
+                        .await
+                        .map_err(|s| format!("ticketing answered {:?}: {}", s.code(), s.message()))?
+                        .into_inner()
+                        .comments;
+                    out.push(serde_json::json!({
+                        "name": t.name,
+                        "channel": crm_proto::crm::common::v1::Channel::try_from(t.channel).map_or("?", |c| c.as_str_name()),
+                        "category": t.category,
+                        "subject": t.subject,
+                        "description": t.description,
+                        "status": TicketStatus::try_from(t.status).map_or("?", |s| s.as_str_name()),
+                        "create_time": time(t.create_time.as_ref()),
+                        "solve_time": time(t.solve_time.as_ref()),
+                        "comments": comments.iter().map(|c| serde_json::json!({
+                            "author": c.author,
+                            "internal": c.internal,
+                            "body": c.body,
+                            "create_time": time(c.create_time.as_ref()),
+                        })).collect::<Vec<_>>(),
+                    }));
+                }
+                if page.next_page_token.is_empty() {
+                    break;
+                }
+                token = page.next_page_token;
+            }
+            Ok(out)
+        };
+        // A larger history than the 360 view reads: ten times its deadline.
+        match tokio::time::timeout(self.deadline * 10, collect).await {
+            Ok(result) => result,
+            Err(_) => Err(format!(
+                "ticketing did not answer within {} ms",
+                (self.deadline * 10).as_millis()
+            )),
+        }
+    }
+}
+
+/// Assembles export job `job` in the background: tickets from ticketing, the rest
+/// from this service; the job records how it ended.
+pub async fn run_export(customers: crate::service::Customers, sections: Sections, job: crate::store::export::JobRow) {
+    let customer = format!("customers/{}", job.customer_id);
+    let Ok(id) = crate::domain::CustomerId::parse_name(&customer, "customer") else {
+        return;
+    };
+    let tickets = sections.tickets_for_export(&customer).await;
+    if let Err(err) = customers.complete_export(&job.id, id, tickets).await {
+        tracing::warn!(%err, job = %job.id, "export job could not be finished; it resumes at the next start");
     }
 }

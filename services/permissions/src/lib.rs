@@ -46,7 +46,7 @@ subject_cache_secs = 30
 version_poll_ms = 500
 expiry_interval_secs = 10
 usage_flush_secs = 30
-self_service_permissions = ["customer.read", "customer.update", "ticket.read", "ticket.create", "ticket.comment", "ticket.rate"]
+self_service_permissions = ["customer.read", "customer.update", "customer.export", "ticket.read", "ticket.create", "ticket.comment", "ticket.rate"]
 
 [[permissions_service.default_roles]]
 name = "admin"

@@ -3,6 +3,7 @@
 pub mod activity;
 pub mod consent;
 pub mod convert;
+mod export;
 pub mod redact;
 mod view360;
 
@@ -890,6 +891,23 @@ impl CustomerProfileService for Api {
             .purge_expired(&principal.user_id, req.get_ref().dry_run, chrono::Utc::now())
             .await?;
         Ok(Response::new(report))
+    }
+
+    async fn export_customer_data(&self, req: Request<pb::ExportCustomerDataRequest>) -> Result<Response<pb::ExportJob>, Status> {
+        self.export_customer_data_call(req).await
+    }
+
+    async fn get_export_job(&self, req: Request<pb::GetExportJobRequest>) -> Result<Response<pb::ExportJob>, Status> {
+        self.get_export_job_call(req).await
+    }
+
+    type DownloadExportStream = ReceiverStream<Result<pb::ExportChunk, Status>>;
+
+    async fn download_export(
+        &self,
+        req: Request<pb::DownloadExportRequest>,
+    ) -> Result<Response<Self::DownloadExportStream>, Status> {
+        self.download_export_call(req).await
     }
 
     type StreamEventsStream = ReceiverStream<Result<StreamEventsResponse, Status>>;

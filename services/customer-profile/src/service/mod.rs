@@ -6,6 +6,7 @@ pub mod activity;
 pub mod consent;
 mod definitions;
 pub mod duplicates;
+pub mod export;
 pub mod ingest;
 mod merge;
 pub mod quality;

@@ -47,6 +47,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "feed events by subject (the customer timeline)",
         up: v8,
     },
+    Migration {
+        version: 9,
+        name: "data export jobs",
+        up: v9,
+    },
 ];
 
 fn v1(d: Dialect) -> Vec<String> {
@@ -192,4 +197,16 @@ fn v7(d: Dialect) -> Vec<String> {
 
 fn v8(_: Dialect) -> Vec<String> {
     vec!["CREATE INDEX outbox_subject ON outbox (subject, occur_time)".into()]
+}
+
+fn v9(d: Dialect) -> Vec<String> {
+    let bytes = d.bytes();
+    vec![
+        format!(
+            "CREATE TABLE export_jobs (id TEXT PRIMARY KEY, customer_id TEXT NOT NULL, state INTEGER NOT NULL, \
+             requested_by TEXT NOT NULL, create_us BIGINT NOT NULL, finish_us BIGINT, sha256 TEXT NOT NULL, \
+             unavailable TEXT NOT NULL, error TEXT NOT NULL, document {bytes})"
+        ),
+        "CREATE INDEX export_jobs_state ON export_jobs (state, create_us)".into(),
+    ]
 }

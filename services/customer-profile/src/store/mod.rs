@@ -5,6 +5,7 @@
 pub mod activity;
 pub mod consent;
 mod entity;
+pub mod export;
 mod migrations;
 pub mod records;
 
