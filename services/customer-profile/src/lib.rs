@@ -231,7 +231,7 @@ pub async fn build(platform: &Platform, cfg: &ServiceConfig) -> anyhow::Result<S
     )?;
     // Exports a restart interrupted are assembled again.
     for job in customers.unfinished_exports().await? {
-        tokio::spawn(sections::run_export(customers.clone(), sections.clone(), job));
+        tokio::spawn(sections::run_export(customers.clone(), sections.clone(), authz.clone(), job));
     }
     let api = Api::new(
         customers,

@@ -246,15 +246,45 @@ impl Sections {
     }
 }
 
-/// Assembles export job `job` in the background: tickets from ticketing, the rest
-/// from this service; the job records how it ended.
-pub async fn run_export(customers: crate::service::Customers, sections: Sections, job: crate::store::export::JobRow) {
+/// Audit entries exported per customer at most (the newest).
+const MAX_AUDIT_ENTRIES: u32 = 10_000;
+
+/// Assembles export job `job` in the background: tickets from ticketing, the audit
+/// trail from the permissions service, the rest from this service; the job records
+/// how it ended.
+pub async fn run_export(
+    customers: crate::service::Customers,
+    sections: Sections,
+    authz: crm_platform::authz::Authz,
+    job: crate::store::export::JobRow,
+) {
+    use crate::service::export::time;
     let customer = format!("customers/{}", job.customer_id);
     let Ok(id) = crate::domain::CustomerId::parse_name(&customer, "customer") else {
         return;
     };
     let tickets = sections.tickets_for_export(&customer).await;
-    if let Err(err) = customers.complete_export(&job.id, id, tickets).await {
+    let audit = authz
+        .audit_trail(&customer, MAX_AUDIT_ENTRIES)
+        .await
+        .map(|entries| {
+            entries
+                .iter()
+                .map(|e| {
+                    serde_json::json!({
+                        "time": time(e.time.as_ref()),
+                        "actor": e.actor,
+                        "action": e.action,
+                        "outcome": crm_proto::crm::permissions::v1::audit_entry::Outcome::try_from(e.outcome)
+                            .map_or("?", |o| o.as_str_name()),
+                        "fields": e.fields,
+                        "source": e.source,
+                    })
+                })
+                .collect()
+        })
+        .map_err(|e| e.to_string());
+    if let Err(err) = customers.complete_export(&job.id, id, tickets, audit).await {
         tracing::warn!(%err, job = %job.id, "export job could not be finished; it resumes at the next start");
     }
 }

@@ -57,7 +57,7 @@ clearance = "confidential"
 [[permissions_service.default_roles]]
 name = "service"
 display_name = "Service account (CRM services)"
-permissions = ["permissions.check", "permissions.events", "audit.write", "customer.read", "ticket.read"]
+permissions = ["permissions.check", "permissions.events", "audit.write", "audit.read", "customer.read", "ticket.read"]
 clearance = "public"
 
 [[permissions_service.default_roles]]
@@ -280,6 +280,10 @@ impl PolicyDecisionPoint for Permissions {
             self.append_audit(chunk.to_vec(), None).await?;
         }
         Ok(())
+    }
+
+    async fn audit_trail(&self, resource: &str, limit: u32) -> crm_platform::Result<Vec<pb::AuditEntry>> {
+        Permissions::audit_trail(self, resource, limit).await
     }
 
     fn epoch(&self) -> watch::Receiver<String> {

@@ -86,6 +86,9 @@ pub trait PolicyDecisionPoint: Send + Sync + std::fmt::Debug {
     async fn field_policy(&self, req: GetFieldPolicyRequest) -> Result<pb::FieldPolicy>;
     /// Appends audit entries durably (idempotent by entry id).
     async fn write_audit(&self, entries: Vec<AuditEntry>) -> Result<()>;
+    /// The newest `limit` audit entries about `resource` (who read or changed it),
+    /// newest first: for a data subject's access request.
+    async fn audit_trail(&self, resource: &str, limit: u32) -> Result<Vec<AuditEntry>>;
     /// Changes whenever the policy may have changed.
     fn epoch(&self) -> watch::Receiver<String>;
 }
@@ -298,6 +301,11 @@ impl Authz {
     }
 
     /// The service's audit spool (sensitive reads are recorded through it).
+    /// The newest audit entries about `resource` (see [`PolicyDecisionPoint::audit_trail`]).
+    pub async fn audit_trail(&self, resource: &str, limit: u32) -> Result<Vec<AuditEntry>> {
+        self.pdp.audit_trail(resource, limit).await.map_err(unavailable)
+    }
+
     pub fn audit(&self) -> &AuditSpool {
         &self.spool
     }
@@ -744,6 +752,22 @@ impl PolicyDecisionPoint for RemotePdp {
         let req = self.request(WriteAuditEntriesRequest { entries })?;
         self.client.clone().write_audit_entries(req).await.map_err(from_status)?;
         Ok(())
+    }
+
+    async fn audit_trail(&self, resource: &str, limit: u32) -> Result<Vec<AuditEntry>> {
+        let req = self.request(pb::ListAuditEntriesRequest {
+            page_size: i32::try_from(limit).unwrap_or(i32::MAX),
+            resource: resource.to_owned(),
+            ..Default::default()
+        })?;
+        Ok(self
+            .client
+            .clone()
+            .list_audit_entries(req)
+            .await
+            .map_err(from_status)?
+            .into_inner()
+            .audit_entries)
     }
 
     fn epoch(&self) -> watch::Receiver<String> {

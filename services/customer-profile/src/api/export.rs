@@ -50,7 +50,12 @@ impl Api {
             .request_export(&Self::requester(&principal), &customer, key)
             .await?;
         if fresh {
-            tokio::spawn(run_export(self.customers.clone(), self.sections.clone(), job.clone()));
+            tokio::spawn(run_export(
+                self.customers.clone(),
+                self.sections.clone(),
+                self.authz.clone(),
+                job.clone(),
+            ));
         }
         Ok(Response::new(job_to_proto(&job)))
     }

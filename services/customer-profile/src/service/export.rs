@@ -157,8 +157,9 @@ impl Customers {
         id: &str,
         customer: CustomerId,
         tickets: std::result::Result<Vec<Value>, String>,
+        audit: std::result::Result<Vec<Value>, String>,
     ) -> Result<()> {
-        let (state, document, unavailable, error) = match self.export_document(customer, &tickets).await {
+        let (state, document, unavailable, error) = match self.export_document(customer, &tickets, &audit).await {
             Ok((doc, unavailable)) => (pb::ExportState::Succeeded, Some(doc), unavailable, String::new()),
             Err(e) => {
                 tracing::warn!(%e, job = id, "export failed");
@@ -192,6 +193,7 @@ impl Customers {
         &self,
         id: CustomerId,
         tickets: &std::result::Result<Vec<Value>, String>,
+        audit: &std::result::Result<Vec<Value>, String>,
     ) -> Result<(Vec<u8>, Vec<String>)> {
         let customer = self.get(id).await?;
         let family = self.merged_family(&customer).await?;
@@ -245,6 +247,13 @@ impl Customers {
                 Value::Null
             }
         };
+        let audit = match audit {
+            Ok(a) => Value::Array(a.clone()),
+            Err(why) => {
+                unavailable.push(format!("audit_trail: {why}"));
+                Value::Null
+            }
+        };
         let doc = json!({
             "format": "crm.customer-export/1",
             "customer": customer.name(),
@@ -255,6 +264,7 @@ impl Customers {
             "interactions": interactions,
             "consent_history": consent,
             "tickets": tickets,
+            "audit_trail": audit,
             "unavailable_sections": unavailable,
         });
         Ok((serde_json::to_vec_pretty(&doc).map_err(Error::internal)?, unavailable))

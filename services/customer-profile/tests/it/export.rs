@@ -105,6 +105,11 @@ async fn a_customer_exports_everything_held_about_it() {
     assert!(text.contains("+8613800138000"), "the record in clear, for its subject");
     assert_eq!(doc["orders"][0]["external_id"], "SO-9");
     assert!(doc["tickets"].is_null());
+    assert!(
+        doc["audit_trail"].is_array(),
+        "the permissions service answered: {}",
+        doc["audit_trail"]
+    );
 
     // Nobody else reaches it.
     let other = app.create(person("Fang", "Li")).await;
