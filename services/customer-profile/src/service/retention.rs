@@ -41,7 +41,7 @@ impl Customers {
             let row = txn
                 .query_one_raw(Statement::from_string(
                     DbBackend::Postgres,
-                    "SELECT pg_try_advisory_xact_lock(hashtext('customer-profile:retention')) AS locked",
+                    "SELECT pg_try_advisory_xact_lock(hashtext(current_schema() || ':retention')) AS locked",
                 ))
                 .await?;
             let locked: bool = match row {
