@@ -147,6 +147,28 @@ fn validate_identifier(name: &str) -> Result<()> {
     }
 }
 
+/// Runs a query written with `?` placeholders (rewritten to `$n` for PostgreSQL).
+pub async fn query<C: ConnectionTrait>(conn: &C, sql: &str, values: Vec<Value>) -> Result<Vec<QueryResult>> {
+    let backend = conn.get_database_backend();
+    Ok(conn
+        .query_all_raw(Statement::from_sql_and_values(backend, placeholders(backend, sql), values))
+        .await?)
+}
+
+/// Runs a statement written with `?` placeholders; returns the rows it changed.
+pub async fn exec<C: ConnectionTrait>(conn: &C, sql: &str, values: Vec<Value>) -> Result<u64> {
+    let backend = conn.get_database_backend();
+    Ok(conn
+        .execute_raw(Statement::from_sql_and_values(backend, placeholders(backend, sql), values))
+        .await?
+        .rows_affected())
+}
+
+/// `n` comma-separated placeholders, for `IN (…)` lists and multi-row inserts.
+pub fn marks(n: usize) -> String {
+    vec!["?"; n].join(", ")
+}
+
 /// Begins a transaction for a write. On SQLite it is `BEGIN IMMEDIATE`, which takes the
 /// write lock at once: a deferred transaction that reads first and writes later can
 /// fail with SQLITE_BUSY when another writer got in between.

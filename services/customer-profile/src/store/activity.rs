@@ -7,12 +7,10 @@ use chrono::{DateTime, Datelike, TimeZone, Utc};
 use crm_platform::Result;
 use sea_orm::{ConnectionTrait, DbBackend, QueryResult, Value};
 
+use crm_platform::db::marks;
+
 use super::{exec, query};
 use crate::domain::CustomerId;
-
-fn marks(n: usize) -> String {
-    vec!["?"; n].join(", ")
-}
 
 /// `customer_id IN (…)` over a customer and the customers merged into it.
 fn owners(ids: &[CustomerId]) -> (String, Vec<Value>) {

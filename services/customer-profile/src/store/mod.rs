@@ -28,35 +28,7 @@ use crate::domain::{
 use entity::{customer, customer_tag};
 pub use migrations::MIGRATIONS;
 
-/// Runs a statement written with `?` placeholders (rewritten for PostgreSQL); returns
-/// the rows it changed.
-pub(crate) async fn exec<C: ConnectionTrait>(conn: &C, sql: &str, values: Vec<sea_orm::Value>) -> Result<u64> {
-    let backend = conn.get_database_backend();
-    let r = conn
-        .execute_raw(sea_orm::Statement::from_sql_and_values(
-            backend,
-            crm_platform::migrate::placeholders(backend, sql),
-            values,
-        ))
-        .await?;
-    Ok(r.rows_affected())
-}
-
-/// Runs a query written with `?` placeholders (rewritten for PostgreSQL).
-pub(crate) async fn query<C: ConnectionTrait>(
-    conn: &C,
-    sql: &str,
-    values: Vec<sea_orm::Value>,
-) -> Result<Vec<sea_orm::QueryResult>> {
-    let backend = conn.get_database_backend();
-    Ok(conn
-        .query_all_raw(sea_orm::Statement::from_sql_and_values(
-            backend,
-            crm_platform::migrate::placeholders(backend, sql),
-            values,
-        ))
-        .await?)
-}
+pub(crate) use crm_platform::db::{exec, query};
 
 /// Where the previous page ended: the sort value and id of its last row.
 #[derive(Debug, Clone, Serialize, Deserialize)]

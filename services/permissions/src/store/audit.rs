@@ -6,7 +6,7 @@ use crm_proto::crm::permissions::v1::AuditEntry;
 use prost::Message;
 use sea_orm::{ConnectionTrait, QueryResult, Value};
 
-use super::{execute, query};
+use super::{exec, query};
 
 /// A protobuf time in microseconds, saturating (times are validated on entry).
 pub fn micros(t: &prost_types::Timestamp) -> i64 {
@@ -56,7 +56,7 @@ pub async fn append<C: ConnectionTrait>(c: &C, entries: Vec<AuditEntry>) -> Resu
         let content = chain::content(&entry);
         let hash = chain::hash(seq, &prev, &content);
         let time_us = entry.time.as_ref().map(micros).unwrap_or_default();
-        execute(
+        exec(
             c,
             "INSERT INTO audit_log (seq, entry_id, actor, resource, outcome, time_us, content, previous_hash, hash) \
              VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",

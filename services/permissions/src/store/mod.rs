@@ -6,7 +6,11 @@
 pub mod audit;
 mod migrations;
 
-use crm_platform::{Error, Result, migrate::placeholders};
+use crm_platform::{
+    Error, Result,
+    db::{exec, query},
+    migrate::placeholders,
+};
 pub use migrations::MIGRATIONS;
 use sea_orm::{ConnectionTrait, DbBackend, QueryResult, Statement, Value};
 
@@ -76,23 +80,6 @@ fn columns(kind: Kind) -> &'static str {
     } else {
         "id, revision, data"
     }
-}
-
-async fn query<C: ConnectionTrait>(c: &C, sql: &str, values: Vec<Value>) -> Result<Vec<QueryResult>> {
-    let backend = c.get_database_backend();
-    Ok(
-        c.query_all_raw(Statement::from_sql_and_values(backend, placeholders(backend, sql), values))
-            .await?,
-    )
-}
-
-async fn execute<C: ConnectionTrait>(c: &C, sql: &str, values: Vec<Value>) -> Result<u64> {
-    let backend = c.get_database_backend();
-    Ok(
-        c.execute_raw(Statement::from_sql_and_values(backend, placeholders(backend, sql), values))
-            .await?
-            .rows_affected(),
-    )
 }
 
 pub async fn get<C: ConnectionTrait>(c: &C, kind: Kind, id: &str) -> Result<Option<Row>> {
@@ -180,14 +167,14 @@ pub async fn update<C: ConnectionTrait>(
     values.push(id.into());
     values.push(revision.into());
     let sql = format!("UPDATE {} SET {sets} WHERE id = ? AND revision = ?", kind.table());
-    if execute(c, &sql, values).await? == 0 {
+    if exec(c, &sql, values).await? == 0 {
         return Err(Error::EtagMismatch { name: name.to_owned() });
     }
     Ok(revision + 1)
 }
 
 pub async fn delete<C: ConnectionTrait>(c: &C, kind: Kind, id: &str) -> Result<u64> {
-    execute(c, &format!("DELETE FROM {} WHERE id = ?", kind.table()), vec![id.into()]).await
+    exec(c, &format!("DELETE FROM {} WHERE id = ?", kind.table()), vec![id.into()]).await
 }
 
 /// Records when bindings or grants were last used (Unix µs), never moving back.
@@ -197,7 +184,7 @@ pub async fn set_last_used<C: ConnectionTrait>(c: &C, kind: Kind, used: &[(Strin
             "UPDATE {} SET last_used_us = ? WHERE id = ? AND (last_used_us IS NULL OR last_used_us < ?)",
             kind.table()
         );
-        execute(c, &sql, vec![(*us).into(), id.clone().into(), (*us).into()]).await?;
+        exec(c, &sql, vec![(*us).into(), id.clone().into(), (*us).into()]).await?;
     }
     Ok(())
 }
@@ -216,7 +203,7 @@ pub async fn expired_grants<C: ConnectionTrait>(c: &C, now_us: i64, state: i32, 
 /// Moves the policy version on: every policy write does, in its transaction, so
 /// other replicas notice the change and caches keyed by version fall away.
 pub async fn bump_version<C: ConnectionTrait>(c: &C) -> Result<i64> {
-    execute(
+    exec(
         c,
         "UPDATE permissions_meta SET value = value + 1 WHERE name = 'policy_version'",
         vec![],
@@ -232,7 +219,7 @@ pub async fn version<C: ConnectionTrait>(c: &C) -> Result<i64> {
 /// Serialises moves in the team hierarchy (SQLite's write lock already does).
 pub async fn lock_teams<C: ConnectionTrait>(c: &C) -> Result<()> {
     if c.get_database_backend() == DbBackend::Postgres {
-        execute(c, "SELECT pg_advisory_xact_lock(7261002)", vec![]).await?;
+        exec(c, "SELECT pg_advisory_xact_lock(7261002)", vec![]).await?;
     }
     Ok(())
 }
@@ -240,7 +227,7 @@ pub async fn lock_teams<C: ConnectionTrait>(c: &C) -> Result<()> {
 /// Serialises writers of the audit chain (SQLite's write lock already does).
 pub async fn lock_chain<C: ConnectionTrait>(c: &C) -> Result<()> {
     if c.get_database_backend() == DbBackend::Postgres {
-        execute(c, "SELECT pg_advisory_xact_lock(7261001)", vec![]).await?;
+        exec(c, "SELECT pg_advisory_xact_lock(7261001)", vec![]).await?;
     }
     Ok(())
 }
@@ -255,7 +242,7 @@ pub async fn meta<C: ConnectionTrait>(c: &C, name: &str) -> Result<i64> {
 }
 
 pub async fn set_meta<C: ConnectionTrait>(c: &C, name: &str, value: i64) -> Result<()> {
-    execute(
+    exec(
         c,
         "UPDATE permissions_meta SET value = ? WHERE name = ?",
         vec![value.into(), name.into()],

@@ -5,7 +5,7 @@
 use crm_platform::{Error, Result};
 use sea_orm::{ConnectionTrait, DbBackend, Value};
 
-use super::{Row, execute, query, row};
+use super::{Row, exec, query, row};
 
 /// The columns of an article that queries filter on.
 #[derive(Debug, Clone)]
@@ -22,8 +22,8 @@ const PUBLISHED: i32 = 2;
 
 async fn index<C: ConnectionTrait>(c: &C, id: &str, terms: &str) -> Result<()> {
     if c.get_database_backend() == DbBackend::Sqlite {
-        execute(c, "DELETE FROM article_search WHERE id = ?", vec![id.into()]).await?;
-        execute(
+        exec(c, "DELETE FROM article_search WHERE id = ?", vec![id.into()]).await?;
+        exec(
             c,
             "INSERT INTO article_search (id, terms) VALUES (?, ?)",
             vec![id.into(), terms.into()],
@@ -35,7 +35,7 @@ async fn index<C: ConnectionTrait>(c: &C, id: &str, terms: &str) -> Result<()> {
 
 /// Inserts an article at revision 1, with its first text revision.
 pub async fn insert<C: ConnectionTrait>(c: &C, id: &str, cols: &ArticleColumns<'_>, data: Vec<u8>) -> Result<()> {
-    execute(
+    exec(
         c,
         "INSERT INTO articles (id, revision, state, category, language, create_us, terms, data) \
          VALUES (?, 1, ?, ?, ?, ?, ?, ?)",
@@ -56,7 +56,7 @@ pub async fn insert<C: ConnectionTrait>(c: &C, id: &str, cols: &ArticleColumns<'
 
 /// Keeps the article's text as it is at `revision`.
 pub async fn add_revision<C: ConnectionTrait>(c: &C, id: &str, revision: i32, data: Vec<u8>) -> Result<()> {
-    execute(
+    exec(
         c,
         "INSERT INTO article_revisions (article_id, revision, data) VALUES (?, ?, ?)",
         vec![id.into(), revision.into(), data.into()],
@@ -74,7 +74,7 @@ pub async fn update<C: ConnectionTrait>(
     cols: &ArticleColumns<'_>,
     data: Vec<u8>,
 ) -> Result<i64> {
-    let changed = execute(
+    let changed = exec(
         c,
         "UPDATE articles SET revision = ?, state = ?, category = ?, language = ?, terms = ?, data = ? \
          WHERE id = ? AND revision = ?",
@@ -115,10 +115,10 @@ pub async fn delete<C: ConnectionTrait>(c: &C, id: &str) -> Result<()> {
         "DELETE FROM deflections WHERE article_id = ?",
         "DELETE FROM articles WHERE id = ?",
     ] {
-        execute(c, sql, vec![id.into()]).await?;
+        exec(c, sql, vec![id.into()]).await?;
     }
     if c.get_database_backend() == DbBackend::Sqlite {
-        execute(c, "DELETE FROM article_search WHERE id = ?", vec![id.into()]).await?;
+        exec(c, "DELETE FROM article_search WHERE id = ?", vec![id.into()]).await?;
     }
     Ok(())
 }
@@ -228,13 +228,13 @@ pub async fn add_deflection<C: ConnectionTrait>(
     question: &str,
     at_us: i64,
 ) -> Result<i64> {
-    execute(
+    exec(
         c,
         "INSERT INTO deflections (id, article_id, customer, query, at_us) VALUES (?, ?, ?, ?, ?)",
         vec![id.into(), article_id.into(), customer.into(), question.into(), at_us.into()],
     )
     .await?;
-    execute(
+    exec(
         c,
         "UPDATE articles SET deflections = deflections + 1 WHERE id = ?",
         vec![article_id.into()],

@@ -6,26 +6,13 @@ pub mod kb;
 mod migrations;
 pub mod sla;
 
-use crm_platform::{Error, Result, migrate::placeholders};
+use crm_platform::{
+    Error, Result,
+    db::{exec, marks, query},
+    migrate::placeholders,
+};
 pub use migrations::MIGRATIONS;
 use sea_orm::{ConnectionTrait, DbBackend, QueryResult, Statement, Value};
-
-async fn query<C: ConnectionTrait>(c: &C, sql: &str, values: Vec<Value>) -> Result<Vec<QueryResult>> {
-    let backend = c.get_database_backend();
-    Ok(
-        c.query_all_raw(Statement::from_sql_and_values(backend, placeholders(backend, sql), values))
-            .await?,
-    )
-}
-
-async fn execute<C: ConnectionTrait>(c: &C, sql: &str, values: Vec<Value>) -> Result<u64> {
-    let backend = c.get_database_backend();
-    Ok(
-        c.execute_raw(Statement::from_sql_and_values(backend, placeholders(backend, sql), values))
-            .await?
-            .rows_affected(),
-    )
-}
 
 /// A kind of configuration object.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -130,7 +117,7 @@ pub async fn update_object<C: ConnectionTrait>(
     revision: i64,
     data: Vec<u8>,
 ) -> Result<i64> {
-    let changed = execute(
+    let changed = exec(
         c,
         "UPDATE objects SET revision = ?, data = ? WHERE kind = ? AND id = ? AND revision = ?",
         vec![
@@ -149,7 +136,7 @@ pub async fn update_object<C: ConnectionTrait>(
 }
 
 pub async fn delete_object<C: ConnectionTrait>(c: &C, kind: Kind, id: &str) -> Result<u64> {
-    execute(
+    exec(
         c,
         "DELETE FROM objects WHERE kind = ? AND id = ?",
         vec![kind.key().into(), id.into()],
@@ -218,7 +205,7 @@ pub async fn insert_ticket<C: ConnectionTrait>(
     data: Vec<u8>,
     sla: String,
 ) -> Result<()> {
-    execute(
+    exec(
         c,
         "INSERT INTO tickets (id, revision, status, queue, assignee, customer, category, sla_policy, create_us, data, sla) \
          VALUES (?, 1, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -249,7 +236,7 @@ pub async fn update_ticket<C: ConnectionTrait>(
     data: Vec<u8>,
     sla: String,
 ) -> Result<i64> {
-    let changed = execute(
+    let changed = exec(
         c,
         "UPDATE tickets SET revision = ?, status = ?, queue = ?, assignee = ?, customer = ?, category = ?, \
          sla_policy = ?, data = ?, sla = ? WHERE id = ? AND revision = ?",
@@ -292,10 +279,6 @@ pub struct TicketScope {
     pub assignees: Vec<String>,
     pub queues: Vec<String>,
     pub ids: Vec<String>,
-}
-
-fn marks(n: usize) -> String {
-    vec!["?"; n].join(", ")
 }
 
 /// A page of tickets, newest first, after `(create_us, id)`.
@@ -423,7 +406,7 @@ pub async fn agent_stats<C: ConnectionTrait>(c: &C) -> Result<std::collections::
 /// Adds `delta` to an agent's load; `assigned_us` records a new assignment.
 pub async fn adjust_agent<C: ConnectionTrait>(c: &C, agent: &str, delta: i64, assigned_us: Option<i64>) -> Result<()> {
     let stamp = assigned_us.unwrap_or(0);
-    execute(
+    exec(
         c,
         "INSERT INTO agent_stats (agent, load, last_assigned_us) VALUES (?, ?, ?) \
          ON CONFLICT (agent) DO UPDATE SET load = agent_stats.load + ?, \
@@ -500,7 +483,7 @@ pub async fn append<C: ConnectionTrait>(c: &C, log: Log, ticket_id: &str, entrie
         values.push((first + i as i64).into());
         values.push(data.into());
     }
-    execute(
+    exec(
         c,
         &format!("INSERT INTO {table} (ticket_id, seq, data) VALUES {marks}"),
         values,
@@ -541,8 +524,8 @@ pub async fn put_survey<C: ConnectionTrait>(
     submit_us: i64,
     data: Vec<u8>,
 ) -> Result<()> {
-    execute(c, "DELETE FROM surveys WHERE ticket_id = ?", vec![ticket_id.into()]).await?;
-    execute(
+    exec(c, "DELETE FROM surveys WHERE ticket_id = ?", vec![ticket_id.into()]).await?;
+    exec(
         c,
         "INSERT INTO surveys (ticket_id, agent, rating, submit_us, data) VALUES (?, ?, ?, ?, ?)",
         vec![ticket_id.into(), agent.into(), rating.into(), submit_us.into(), data.into()],
@@ -589,7 +572,7 @@ pub async fn config_version<C: ConnectionTrait>(c: &C) -> Result<i64> {
 
 /// Moves the configuration version on, in the transaction of a configuration write.
 pub async fn bump_config_version<C: ConnectionTrait>(c: &C) -> Result<()> {
-    execute(
+    exec(
         c,
         "UPDATE ticketing_meta SET value = value + 1 WHERE name = 'config_version'",
         vec![],

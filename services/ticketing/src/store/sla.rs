@@ -9,7 +9,7 @@
 use crm_platform::Result;
 use sea_orm::{ConnectionTrait, Value};
 
-use super::{execute, query};
+use super::{exec, query};
 
 /// A point's identity and due time (µs since the epoch).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,7 +56,7 @@ pub async fn replace_points<C: ConnectionTrait>(c: &C, ticket_id: &str, points: 
     // Pending points no longer wanted, or wanted at another time, go.
     for (old, fired) in &existing {
         if !fired && !points.iter().any(|p| same_key(p, old) && p.due_us == old.due_us) {
-            execute(
+            exec(
                 c,
                 "DELETE FROM sla_points WHERE ticket_id = ? AND metric = ? AND clock_start_us = ? AND percent = ?",
                 vec![
@@ -93,7 +93,7 @@ pub async fn replace_points<C: ConnectionTrait>(c: &C, ticket_id: &str, points: 
             now_us.into(),
         ]);
     }
-    execute(
+    exec(
         c,
         &format!("INSERT INTO sla_points (ticket_id, metric, clock_start_us, percent, due_us, scheduled_us) VALUES {marks}"),
         values,
@@ -149,7 +149,7 @@ pub async fn due_points<C: ConnectionTrait>(c: &C, ticket_id: &str, now_us: i64)
 pub async fn mark_fired<C: ConnectionTrait>(c: &C, due: &Due, now_us: i64) -> Result<bool> {
     let p = due.point;
     // The full primary key first: the planner takes that index.
-    let changed = execute(
+    let changed = exec(
         c,
         "UPDATE sla_points SET fired_us = ? WHERE ticket_id = ? AND metric = ? AND clock_start_us = ? \
          AND percent = ? AND fired_us IS NULL",
