@@ -68,6 +68,25 @@ impl PageTokens {
         ))
     }
 
+    /// Ends a page: `items` was read one past `size`; cuts it to `size` and returns
+    /// the token of its last item (`position`) when more follow, else empty.
+    pub fn cut<T, P: Serialize>(
+        &self,
+        fingerprint: &str,
+        items: &mut Vec<T>,
+        size: u32,
+        position: impl Fn(&T) -> P,
+    ) -> Result<String> {
+        if items.len() <= size as usize {
+            return Ok(String::new());
+        }
+        items.truncate(size as usize);
+        match items.last() {
+            Some(last) => self.encode(fingerprint, &position(last)),
+            None => Ok(String::new()),
+        }
+    }
+
     /// Decodes a token produced by [`encode`](Self::encode) for the same query.
     /// Every failure is INVALID_ARGUMENT on `page_token`.
     pub fn decode<T: DeserializeOwned>(&self, fingerprint: &str, token: &str) -> Result<T> {
@@ -113,6 +132,18 @@ pub fn page_size(requested: i32, default: u32, max: u32) -> Result<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_page_is_cut_and_continues_after_its_last_item() {
+        let tokens = PageTokens::new(b"paging-test-secret-0123456789abcdef");
+        let mut items = vec![1, 2, 3];
+        let next = tokens.cut("q", &mut items, 2, |i| *i).unwrap();
+        assert_eq!(items, vec![1, 2]);
+        assert_eq!(tokens.decode::<i32>("q", &next).unwrap(), 2);
+        let mut last = vec![1, 2];
+        assert_eq!(tokens.cut("q", &mut last, 2, |i| *i).unwrap(), "");
+        assert_eq!(last, vec![1, 2]);
+    }
 
     #[derive(Debug, Serialize, Deserialize, PartialEq)]
     struct Pos {

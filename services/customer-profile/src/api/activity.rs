@@ -100,8 +100,7 @@ impl Api {
         }))
     }
 
-    /// Cuts `found` (read one past the page) to `size` and returns the token of its
-    /// last item, `(time, id)`; empty on the last page.
+    /// Ends a page of `(time, resource)` items: the token is `(time, id)` of the last.
     fn next_token<T>(
         &self,
         fingerprint: &str,
@@ -109,17 +108,9 @@ impl Api {
         size: u32,
         name: impl Fn(&T) -> &str,
     ) -> Result<String, Error> {
-        if found.len() <= size as usize {
-            return Ok(String::new());
-        }
-        found.truncate(size as usize);
-        match found.last() {
-            Some((us, item)) => {
-                let id = name(item).rsplit('/').next().unwrap_or_default().to_owned();
-                self.page_tokens.encode(fingerprint, &(*us, id))
-            }
-            None => Ok(String::new()),
-        }
+        self.page_tokens.cut(fingerprint, found, size, |(us, item)| {
+            (*us, name(item).rsplit('/').next().unwrap_or_default().to_owned())
+        })
     }
 
     /// The customer (and those merged into it) if the caller may read it.

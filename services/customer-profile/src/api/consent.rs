@@ -72,15 +72,7 @@ impl Api {
             .customers
             .consent_history(c.id, purpose, before, u64::from(size) + 1)
             .await?;
-        let next_page_token = if found.len() > size as usize {
-            found.truncate(size as usize);
-            match found.last() {
-                Some((seq, _)) => self.page_tokens.encode(&fingerprint, seq)?,
-                None => String::new(),
-            }
-        } else {
-            String::new()
-        };
+        let next_page_token = self.page_tokens.cut(&fingerprint, &mut found, size, |(seq, _)| *seq)?;
         Ok(Response::new(pb::ListConsentHistoryResponse {
             records: found.into_iter().map(|(_, r)| r).collect(),
             next_page_token,

@@ -352,15 +352,9 @@ impl CustomerProfileService for Api {
         } else {
             self.customers.list(&query).await?
         };
-        let next_page_token = if customers.len() > page_size as usize {
-            customers.truncate(page_size as usize);
-            match customers.last() {
-                Some(last) => self.page_tokens.encode(&fingerprint, &Position::after(last, order))?,
-                None => String::new(),
-            }
-        } else {
-            String::new()
-        };
+        let next_page_token = self
+            .page_tokens
+            .cut(&fingerprint, &mut customers, page_size, |last| Position::after(last, order))?;
         Ok(Response::new(ListCustomersResponse {
             customers: self.present(&principal, &customers, Purpose::Read).await?,
             next_page_token,
@@ -388,15 +382,9 @@ impl CustomerProfileService for Api {
             .filter(|d| d.path > after)
             .take(page_size as usize + 1)
             .collect();
-        let next_page_token = if page.len() > page_size as usize {
-            page.truncate(page_size as usize);
-            match page.last() {
-                Some(last) => self.page_tokens.encode("fieldDefinitions", &last.path)?,
-                None => String::new(),
-            }
-        } else {
-            String::new()
-        };
+        let next_page_token = self
+            .page_tokens
+            .cut("fieldDefinitions", &mut page, page_size, |last| last.path.clone())?;
         Ok(Response::new(pb::ListFieldDefinitionsResponse {
             field_definitions: page.iter().map(convert::definition_to_proto).collect(),
             next_page_token,
@@ -619,15 +607,7 @@ impl CustomerProfileService for Api {
             .customers
             .list_import_rows(id, outcome, after, u64::from(page_size) + 1)
             .await?;
-        let next_page_token = if rows.len() > page_size as usize {
-            rows.truncate(page_size as usize);
-            match rows.last() {
-                Some((seq, _)) => self.page_tokens.encode(&fingerprint, seq)?,
-                None => String::new(),
-            }
-        } else {
-            String::new()
-        };
+        let next_page_token = self.page_tokens.cut(&fingerprint, &mut rows, page_size, |(seq, _)| *seq)?;
         Ok(Response::new(pb::ListImportRowResultsResponse {
             results: rows.iter().map(|(_, r)| convert::row_to_proto(r)).collect(),
             next_page_token,
@@ -749,21 +729,12 @@ impl CustomerProfileService for Api {
             .customers
             .list_candidates(state, customer, after.as_ref(), u64::from(page_size) + 1)
             .await?;
-        let next_page_token = if found.len() > page_size as usize {
-            found.truncate(page_size as usize);
-            match found.last() {
-                Some(last) => self.page_tokens.encode(
-                    &fingerprint,
-                    &CandidatePosition {
-                        probability: last.probability,
-                        id: last.id.to_string(),
-                    },
-                )?,
-                None => String::new(),
-            }
-        } else {
-            String::new()
-        };
+        let next_page_token = self
+            .page_tokens
+            .cut(&fingerprint, &mut found, page_size, |last| CandidatePosition {
+                probability: last.probability,
+                id: last.id.to_string(),
+            })?;
         Ok(Response::new(pb::ListDuplicateCandidatesResponse {
             duplicate_candidates: found.iter().map(convert::candidate_to_proto).collect(),
             next_page_token,

@@ -183,15 +183,7 @@ impl Api {
             Some(Err(why)) => Some(unavailable(why)),
         };
         let mut page = merge_page(items, before.as_ref(), limit);
-        let next_page_token = if page.len() > size as usize {
-            page.truncate(size as usize);
-            match page.last() {
-                Some(last) => self.page_tokens.encode(&fingerprint, &last.cursor())?,
-                None => String::new(),
-            }
-        } else {
-            String::new()
-        };
+        let next_page_token = self.page_tokens.cut(&fingerprint, &mut page, size, |last| last.cursor())?;
         Ok(Response::new(pb::ListTimelineResponse {
             entries: page.iter().map(|i| i.to_proto()).collect(),
             next_page_token,

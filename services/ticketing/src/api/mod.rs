@@ -73,8 +73,7 @@ fn denied(permission: &str, resource: &str) -> Error {
     }
 }
 
-/// A page of `items` with one extra read to tell whether more follow: the page and
-/// the token of its last item.
+/// A page of `items` (read one past `size`) and the token of its last item.
 fn page<T, P: serde::Serialize>(
     tokens: &PageTokens,
     fingerprint: &str,
@@ -82,15 +81,7 @@ fn page<T, P: serde::Serialize>(
     size: u32,
     position: impl Fn(&T) -> P,
 ) -> Result<(Vec<T>, String), Error> {
-    let next = if items.len() > size as usize {
-        items.truncate(size as usize);
-        match items.last() {
-            Some(last) => tokens.encode(fingerprint, &position(last))?,
-            None => String::new(),
-        }
-    } else {
-        String::new()
-    };
+    let next = tokens.cut(fingerprint, &mut items, size, position)?;
     Ok((items, next))
 }
 
