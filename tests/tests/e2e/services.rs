@@ -52,8 +52,19 @@ pub(crate) async fn connect(addr: &str) -> Channel {
 }
 
 pub(crate) fn token(user: &str) -> String {
+    mint(&["--user", user])
+}
+
+/// A self-service token of customer `customer` (its id).
+pub(crate) fn customer_token(customer: &str) -> String {
+    mint(&["--user", "portal", "--customer", customer])
+}
+
+/// `crm token` with `args`, signed with the test secret.
+fn mint(args: &[&str]) -> String {
     let out = Command::new(binary("crm"))
-        .args(["token", "--user", user])
+        .arg("token")
+        .args(args)
         .env("CRM__AUTH__JWT_SECRET", SECRET)
         .output()
         .unwrap();

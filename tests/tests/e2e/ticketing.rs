@@ -2,32 +2,14 @@
 //! configuration and tickets over gRPC, routing and assignment, a customer's
 //! self-service ticket, and everything still there after a restart.
 
-use std::process::Command;
-
-use crm_e2e::{Running, binary, free_port};
+use crm_e2e::{Running, free_port};
 use crm_proto::crm::{
     common::v1::Channel,
     ticketing::v1::{self as pb, ticketing_service_client::TicketingServiceClient},
 };
 use tonic::Code;
 
-use crate::services::{SECRET, as_user, connect, start, storage, token};
-
-fn customer_token(customer: &str) -> String {
-    let out = Command::new(binary("crm"))
-        .args(["token", "--user", "portal", "--customer", customer])
-        .env("CRM__AUTH__JWT_SECRET", SECRET)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .last()
-        .unwrap()
-        .trim()
-        .to_owned()
-}
+use crate::services::{SECRET, as_user, connect, customer_token, start, storage, token};
 
 fn start_ticketing(dir: &std::path::Path, port: u16, permissions_port: u16, storage: &str) -> Running {
     start(

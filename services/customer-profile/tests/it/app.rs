@@ -112,6 +112,17 @@ impl TestApp {
         mint_hs256(SECRET, &principal, Duration::from_secs(600)).unwrap()
     }
 
+    /// A self-service token of the customer `name` (`customers/{id}`).
+    pub fn customer_token(name: &str) -> String {
+        let id = name.trim_start_matches("customers/").to_owned();
+        let principal = Principal {
+            user_id: format!("customer:{id}"),
+            customer_id: Some(id),
+            expires_at: 0,
+        };
+        mint_hs256(SECRET, &principal, Duration::from_secs(600)).unwrap()
+    }
+
     /// A request carrying an admin token.
     pub fn admin<T>(msg: T) -> Request<T> {
         Self::as_user(msg, &Self::token("admin-1"))

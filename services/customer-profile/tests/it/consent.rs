@@ -1,15 +1,10 @@
 //! Consent through the gRPC API, and the shared contact rule applied to what it returns.
 
-use std::time::Duration;
-
-use crm_platform::{
-    auth::{Principal, mint_hs256},
-    consent::may_contact,
-};
+use crm_platform::consent::may_contact;
 use crm_proto::crm::customer::v1::{self as pb, ConsentPurpose, ConsentStatus, ContactChannel};
 use tonic::Code;
 
-use crate::app::{SECRET, TestApp, person, violations};
+use crate::app::{TestApp, person, violations};
 
 fn statement(channel: ContactChannel, status: ConsentStatus, at: i64) -> pb::ConsentRecord {
     pb::ConsentRecord {
@@ -138,17 +133,7 @@ async fn customers_state_their_own_consent() {
     let app = TestApp::spawn().await;
     let c = app.create(person("Wei", "Zhang")).await;
     let other = app.create(person("Fang", "Li")).await;
-    let id = c.name.trim_start_matches("customers/").to_owned();
-    let me = mint_hs256(
-        SECRET,
-        &Principal {
-            user_id: format!("customer:{id}"),
-            customer_id: Some(id),
-            expires_at: 0,
-        },
-        Duration::from_secs(600),
-    )
-    .unwrap();
+    let me = TestApp::customer_token(&c.name);
     let now = chrono::Utc::now().timestamp() - 10;
     let mine = update(
         &app,

@@ -3,26 +3,11 @@
 
 use std::time::Duration;
 
-use crm_platform::auth::{Principal, mint_hs256};
 use crm_proto::crm::customer::v1::{self as pb, customer_reference::Reference};
 use tokio_stream::StreamExt;
 use tonic::Code;
 
-use crate::app::{SECRET, TestApp, person};
-
-fn customer_token(name: &str) -> String {
-    let id = name.trim_start_matches("customers/").to_owned();
-    mint_hs256(
-        SECRET,
-        &Principal {
-            user_id: format!("customer:{id}"),
-            customer_id: Some(id),
-            expires_at: 0,
-        },
-        Duration::from_secs(600),
-    )
-    .unwrap()
-}
+use crate::app::{TestApp, person};
 
 #[tokio::test]
 async fn a_customer_exports_everything_held_about_it() {
@@ -55,7 +40,7 @@ async fn a_customer_exports_everything_held_about_it() {
         }))
         .await
         .unwrap();
-    let me = customer_token(&c.name);
+    let me = TestApp::customer_token(&c.name);
     let request = |request_id: &str, token: &str| {
         let mut client = app.client.clone();
         let (name, token, request_id) = (c.name.clone(), token.to_owned(), request_id.to_owned());
@@ -113,7 +98,7 @@ async fn a_customer_exports_everything_held_about_it() {
 
     // Nobody else reaches it.
     let other = app.create(person("Fang", "Li")).await;
-    let stranger = customer_token(&other.name);
+    let stranger = TestApp::customer_token(&other.name);
     let err = app
         .client
         .clone()

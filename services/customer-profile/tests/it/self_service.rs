@@ -2,28 +2,11 @@
 //! fields only, provenance `self_service`, no internal fields shown, and the
 //! self-service share of updates in the quality report.
 
-use std::time::Duration;
-
-use crm_platform::auth::{Principal, mint_hs256};
 use crm_proto::crm::customer::v1 as pb;
 use prost_types::FieldMask;
 use tonic::Code;
 
-use crate::app::{SECRET, TestApp, person};
-
-fn customer_token(name: &str) -> String {
-    let id = name.trim_start_matches("customers/").to_owned();
-    mint_hs256(
-        SECRET,
-        &Principal {
-            user_id: format!("customer:{id}"),
-            customer_id: Some(id),
-            expires_at: 0,
-        },
-        Duration::from_secs(600),
-    )
-    .unwrap()
-}
+use crate::app::{TestApp, person};
 
 async fn update(app: &TestApp, token: &str, c: pb::Customer, paths: &[&str]) -> Result<pb::Customer, tonic::Status> {
     app.client
@@ -49,7 +32,7 @@ async fn customers_edit_their_contacts_and_see_no_internal_fields() {
     c.team_id = "north".into();
     c.tags = vec!["vip".into()];
     let c = app.create(c).await;
-    let me = customer_token(&c.name);
+    let me = TestApp::customer_token(&c.name);
 
     let mine = app
         .client
