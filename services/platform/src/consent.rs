@@ -19,8 +19,7 @@ pub struct ContactDecision {
 }
 
 fn at(t: Option<&prost_types::Timestamp>) -> Option<DateTime<Utc>> {
-    let t = t?;
-    DateTime::from_timestamp(t.seconds, u32::try_from(t.nanos).ok()?)
+    crate::feed::datetime(t?)
 }
 
 /// Whether `records` (a customer's consent in force, or its whole history) allow

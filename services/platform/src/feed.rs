@@ -541,6 +541,12 @@ pub fn timestamp(t: DateTime<Utc>) -> prost_types::Timestamp {
     }
 }
 
+/// The instant of a protobuf timestamp (the inverse of [`timestamp`]); `None` when
+/// it is out of range or its nanoseconds are not 0 to 999 999 999.
+pub fn datetime(t: &prost_types::Timestamp) -> Option<DateTime<Utc>> {
+    DateTime::from_timestamp(t.seconds, u32::try_from(t.nanos).ok()?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

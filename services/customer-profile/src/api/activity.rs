@@ -51,7 +51,7 @@ pub fn customer_ref(r: Option<pb::CustomerReference>, field: &str) -> Result<Cus
 
 fn micros(t: Option<&prost_types::Timestamp>, field: &str) -> Result<Option<i64>, Error> {
     t.map(|t| {
-        chrono::DateTime::from_timestamp(t.seconds, u32::try_from(t.nanos).unwrap_or(u32::MAX))
+        crm_platform::feed::datetime(t)
             .map(|t| t.timestamp_micros())
             .ok_or_else(|| Error::invalid(field, "out of range"))
     })

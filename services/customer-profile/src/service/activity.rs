@@ -43,7 +43,7 @@ pub enum CustomerRef {
 }
 
 fn micros(t: &prost_types::Timestamp) -> Option<i64> {
-    DateTime::from_timestamp(t.seconds, u32::try_from(t.nanos).ok()?).map(|t| t.timestamp_micros())
+    feed::datetime(t).map(|t| t.timestamp_micros())
 }
 
 fn timestamp(t: DateTime<Utc>) -> prost_types::Timestamp {

@@ -6,7 +6,7 @@ use chrono::{DateTime, Duration, Utc};
 use crm_platform::{
     Error, FieldViolation, Result,
     db::begin_write,
-    feed::{self, NewEvent},
+    feed::{self, NewEvent, datetime as at},
     idempotency::{self, Recorded},
 };
 use crm_proto::crm::customer::v1 as pb;
@@ -17,10 +17,6 @@ use crate::{domain::CustomerId, store::consent as store};
 
 /// Statements per update at most.
 pub const MAX_CHANGES: usize = 50;
-
-fn at(t: &prost_types::Timestamp) -> Option<DateTime<Utc>> {
-    DateTime::from_timestamp(t.seconds, u32::try_from(t.nanos).ok()?)
-}
 
 /// Every problem with the statements of an update at `now`; fills in defaults (the
 /// effective time, the source) and the output-only fields.

@@ -27,7 +27,7 @@ const PAGE: u64 = 1000;
 
 /// A timestamp as RFC 3339 text (null when unset).
 pub fn time(t: Option<&prost_types::Timestamp>) -> Value {
-    t.and_then(|t| DateTime::from_timestamp(t.seconds, u32::try_from(t.nanos).ok()?))
+    t.and_then(crm_platform::feed::datetime)
         .map_or(Value::Null, |t| Value::String(t.to_rfc3339()))
 }
 

@@ -218,11 +218,7 @@ impl Customers {
         }
         if wants(pb::TimelineKind::Consent) {
             for (seq, r) in self.consent_history(customer, None, 0, 1000).await? {
-                let Some(at) = r
-                    .effective_time
-                    .as_ref()
-                    .and_then(|t| DateTime::from_timestamp(t.seconds, t.nanos as u32))
-                else {
+                let Some(at) = r.effective_time.as_ref().and_then(crm_platform::feed::datetime) else {
                     continue;
                 };
                 let purpose = pb::ConsentPurpose::try_from(r.purpose).map_or("?", |p| p.as_str_name());

@@ -85,9 +85,7 @@ pub(crate) fn timestamp(t: DateTime<Utc>) -> prost_types::Timestamp {
     feed::timestamp(t)
 }
 
-pub(crate) fn from_timestamp(t: &prost_types::Timestamp) -> Option<DateTime<Utc>> {
-    DateTime::from_timestamp(t.seconds, u32::try_from(t.nanos).ok()?)
-}
+pub(crate) use feed::datetime as from_timestamp;
 
 fn micros(t: DateTime<Utc>) -> i64 {
     t.timestamp_micros()

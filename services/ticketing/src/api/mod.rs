@@ -28,7 +28,7 @@ use tonic::{Request, Response, Status};
 
 use crate::{
     customers::{CustomerTiers, Tier},
-    service::{AuthorType, NewComment, Ticketing, config::status, update_paths},
+    service::{AuthorType, NewComment, Ticketing, config::status, micros_of, update_paths},
     store::{TicketFilter, TicketScope},
 };
 
@@ -110,10 +110,6 @@ fn in_ticket(e: Error) -> Error {
         Error::InvalidArgument(v) if v.iter().any(|f| f.field == "request_id") => Error::InvalidArgument(v),
         e => e.in_field("ticket"),
     }
-}
-
-fn micros_of(t: Option<&prost_types::Timestamp>) -> i64 {
-    t.map_or(0, |t| t.seconds * 1_000_000 + i64::from(t.nanos / 1000))
 }
 
 impl Api {

@@ -85,10 +85,7 @@ fn columns<'a>(a: &'a pb::Article, terms: &'a str) -> ArticleColumns<'a> {
         state: a.state,
         category: &a.category,
         language: &a.language,
-        create_us: a
-            .create_time
-            .as_ref()
-            .map_or(0, |t| t.seconds * 1_000_000 + i64::from(t.nanos / 1000)),
+        create_us: super::micros_of(a.create_time.as_ref()),
         terms,
     }
 }

@@ -63,6 +63,11 @@ pub fn micros(t: DateTime<Utc>) -> i64 {
     t.timestamp_micros()
 }
 
+/// Microseconds of a stored proto timestamp (0 when unset).
+pub fn micros_of(t: Option<&prost_types::Timestamp>) -> i64 {
+    t.map_or(0, |t| t.seconds * 1_000_000 + i64::from(t.nanos / 1000))
+}
+
 fn decode<M: Message + Default>(bytes: &[u8]) -> Result<M> {
     M::decode(bytes).map_err(Error::internal)
 }

@@ -355,11 +355,7 @@ impl<'t> Work<'t> {
             customer: &self.ticket.customer,
             category: &self.ticket.category,
             sla_policy: &self.ticket.sla_policy,
-            create_us: self
-                .ticket
-                .create_time
-                .as_ref()
-                .map_or(0, |t| t.seconds * 1_000_000 + i64::from(t.nanos / 1000)),
+            create_us: super::micros_of(self.ticket.create_time.as_ref()),
         };
         let name = format!("tickets/{}", self.id);
         let revision = match self.revision {
