@@ -26,6 +26,13 @@ pub struct Sections {
     deadline: Duration,
 }
 
+/// `call`'s answer, or why there is none when ticketing takes longer than `deadline`.
+async fn within<T>(deadline: Duration, call: impl std::future::Future<Output = Result<T, String>>) -> Result<T, String> {
+    tokio::time::timeout(deadline, call)
+        .await
+        .unwrap_or_else(|_| Err(format!("ticketing did not answer within {} ms", deadline.as_millis())))
+}
+
 /// One page of `ListTickets` as this service's account; the failure in words.
 async fn tickets_page(
     client: &TicketingServiceClient<Channel>,
@@ -109,10 +116,7 @@ impl Sections {
             }
             Ok(total)
         };
-        match tokio::time::timeout(self.deadline, count).await {
-            Ok(result) => result,
-            Err(_) => Err(format!("ticketing did not answer within {} ms", self.deadline.as_millis())),
-        }
+        within(self.deadline, count).await
     }
 
     /// The customer's tickets as timeline entries strictly before `before`, newest
@@ -168,10 +172,7 @@ impl Sections {
             }
             Ok(out)
         };
-        match tokio::time::timeout(self.deadline, collect).await {
-            Ok(result) => result,
-            Err(_) => Err(format!("ticketing did not answer within {} ms", self.deadline.as_millis())),
-        }
+        within(self.deadline, collect).await
     }
 
     /// The customer's tickets with their comments, as JSON for a data export; or why
@@ -236,13 +237,7 @@ impl Sections {
             Ok(out)
         };
         // A larger history than the 360 view reads: ten times its deadline.
-        match tokio::time::timeout(self.deadline * 10, collect).await {
-            Ok(result) => result,
-            Err(_) => Err(format!(
-                "ticketing did not answer within {} ms",
-                (self.deadline * 10).as_millis()
-            )),
-        }
+        within(self.deadline * 10, collect).await
     }
 }
 

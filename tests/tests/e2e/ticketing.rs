@@ -121,24 +121,19 @@ service_accounts = ["ticketing"]
 
     // A customer raises a ticket from the app; it is routed and assigned.
     let me = customer_token("c1");
-    let raised = client
-        .create_ticket(as_user(
-            pb::CreateTicketRequest {
-                ticket: Some(pb::Ticket {
-                    customer: "customers/c1".into(),
-                    channel: Channel::App as i32,
-                    category: "product_quality".into(),
-                    subject: "屏幕有坏点".into(),
-                    language: "zh".into(),
-                    ..Default::default()
-                }),
-                request_id: "app-1".into(),
-            },
-            &me,
-        ))
-        .await
-        .unwrap()
-        .into_inner();
+    // The customer's app sends this; after a restart it sends it again.
+    let raise = pb::CreateTicketRequest {
+        ticket: Some(pb::Ticket {
+            customer: "customers/c1".into(),
+            channel: Channel::App as i32,
+            category: "product_quality".into(),
+            subject: "屏幕有坏点".into(),
+            language: "zh".into(),
+            ..Default::default()
+        }),
+        request_id: "app-1".into(),
+    };
+    let raised = client.create_ticket(as_user(raise.clone(), &me)).await.unwrap().into_inner();
     assert!(raised.routing.is_none(), "customers do not see routing");
     let staff_view = client
         .get_ticket(as_user(
@@ -192,24 +187,7 @@ service_accounts = ["ticketing"]
         .entries;
     assert_eq!(history.len(), 3, "{history:?}");
     // The same request_id after the restart still answers with the first ticket.
-    let retried = client
-        .create_ticket(as_user(
-            pb::CreateTicketRequest {
-                ticket: Some(pb::Ticket {
-                    customer: "customers/c1".into(),
-                    channel: Channel::App as i32,
-                    category: "product_quality".into(),
-                    subject: "屏幕有坏点".into(),
-                    language: "zh".into(),
-                    ..Default::default()
-                }),
-                request_id: "app-1".into(),
-            },
-            &me,
-        ))
-        .await
-        .unwrap()
-        .into_inner();
+    let retried = client.create_ticket(as_user(raise, &me)).await.unwrap().into_inner();
     assert_eq!(retried.name, raised.name);
 }
 
