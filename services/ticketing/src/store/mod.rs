@@ -542,23 +542,13 @@ pub async fn get_survey<C: ConnectionTrait>(c: &C, ticket_id: &str) -> Result<Op
 
 /// Ratings of the given tickets: ticket id → rating.
 pub async fn ratings<C: ConnectionTrait>(c: &C, ticket_ids: &[String]) -> Result<std::collections::HashMap<String, i32>> {
-    let mut out = std::collections::HashMap::new();
-    // Bounded statements: at most 200 ids each.
-    for chunk in ticket_ids.chunks(200) {
-        let rows = query(
-            c,
-            &format!(
-                "SELECT ticket_id, rating FROM surveys WHERE ticket_id IN ({})",
-                marks(chunk.len())
-            ),
-            chunk.iter().map(|id| Value::from(id.clone())).collect(),
-        )
-        .await?;
-        for r in &rows {
-            out.insert(r.try_get("", "ticket_id")?, r.try_get("", "rating")?);
-        }
-    }
-    Ok(out)
+    let ids: Vec<&str> = ticket_ids.iter().map(String::as_str).collect();
+    let prefix = "SELECT ticket_id, rating FROM surveys WHERE ticket_id <> ? AND ticket_id";
+    crm_platform::db::in_list(c, prefix, "", &ids)
+        .await?
+        .iter()
+        .map(|r| Ok((r.try_get("", "ticket_id")?, r.try_get("", "rating")?)))
+        .collect()
 }
 
 /// The configuration version (see `ticketing_meta`).
