@@ -12,6 +12,7 @@ const FILES: &[&str] = &[
     "crm/customer/v1/consent.proto",
     "crm/customer/v1/customer.proto",
     "crm/customer/v1/customer360.proto",
+    "crm/customer/v1/erasure.proto",
     "crm/customer/v1/export.proto",
     "crm/customer/v1/retention.proto",
     "crm/customer/v1/customer_service.proto",

@@ -376,7 +376,7 @@ async fn main() -> anyhow::Result<()> {
             let platform = Platform::new(cfg.platform, signal)?.hosting_several();
             let applied = crm_permissions::migrate(&platform).await?;
             println!("{}: applied migrations {applied:?}", crm_permissions::SERVICE);
-            let applied = crm_customer_profile::migrate(&platform).await?;
+            let applied = crm_customer_profile::migrate(&platform, &cfg.customer_profile).await?;
             println!("{}: applied migrations {applied:?}", crm_customer_profile::SERVICE);
             let applied = crm_ticketing::migrate(&platform).await?;
             println!("{}: applied migrations {applied:?}", crm_ticketing::SERVICE);

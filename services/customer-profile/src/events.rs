@@ -6,6 +6,14 @@ use prost::Message;
 
 use crate::{api::convert::customer_to_proto, domain::Customer};
 
+/// Event types that carry no personal data: a consumer asking only for these needs no
+/// clearance for the customer's fields.
+pub const IMPERSONAL: &[&str] = &[
+    "crm.customer.v1.CustomerErased",
+    "crm.customer.v1.DataPurged",
+    "crm.customer.v1.FieldDefinitionChanged",
+];
+
 /// Events carry personal data: their payload is sealed at rest like the row.
 pub fn seal(event: NewEvent, keyring: &Keyring) -> Result<NewEvent> {
     event.sealed(keyring)
@@ -117,5 +125,18 @@ pub fn audited_fields(event: &crm_proto::crm::events::v1::Event) -> Vec<String> 
             .map(|u| u.changed_paths)
             .unwrap_or_default(),
         _ => Vec::new(),
+    }
+}
+
+pub fn erased(erasure: &pb::Erasure, actor: &str) -> NewEvent {
+    let data = pb::CustomerErased {
+        erasure: Some(erasure.clone()),
+    }
+    .encode_to_vec();
+    NewEvent {
+        event_type: "crm.customer.v1.CustomerErased",
+        subject: erasure.customer.clone(),
+        actor: actor.to_owned(),
+        data,
     }
 }

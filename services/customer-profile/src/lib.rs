@@ -36,6 +36,7 @@ pub const DEFAULTS: &str = r#"
 default_region = "CN"
 definitions_refresh_ms = 2000
 reencrypt_interval_secs = 60
+key_store_url = ""
 
 [customer_profile.quality]
 completeness_target = 0.95
@@ -123,6 +124,10 @@ pub struct ServiceConfig {
     pub definitions_refresh_ms: u64,
     /// How often rows sealed with a retired key are looked for and re-sealed.
     pub reencrypt_interval_secs: u64,
+    /// Where the customers' data keys live, apart from the data and its backups:
+    /// empty puts them beside the service's database (`customer-profile-keys.db`, or
+    /// the schema `<schema>_keys`); else a database URL of its own.
+    pub key_store_url: String,
     pub ingest: IngestConfig,
     pub activity: ActivityConfig,
     pub sections: SectionsConfig,
@@ -213,12 +218,19 @@ pub type Service = InterceptedService<CustomerProfileServiceServer<Api>, Authent
 pub async fn build(platform: &Platform, cfg: &ServiceConfig) -> anyhow::Result<Service> {
     let keyring = std::sync::Arc::new(Keyring::from_config(&platform.config.encryption)?);
     let db = platform.database(SERVICE, store::MIGRATIONS).await?;
+    let key_db = platform
+        .open(SERVICE, key_store_target(platform, cfg), store::keys::KEY_MIGRATIONS)
+        .await?;
     let feed = Feed::new(db.clone(), SERVICE, platform.config.feed.clone(), platform.shutdown.clone())
         .with_keyring(keyring.clone())
         .with_audit_hold();
     tokio::spawn(feed.clone().run_retention());
     let authz = platform.authz(SERVICE, &db, &feed, events::audited_fields)?;
-    let customers = Customers::new(db, platform.cache.clone(), feed, keyring, settings(cfg));
+    let keys = store::DataKeys::new(key_db, keyring.clone());
+    let customers = Customers::new(db, platform.cache.clone(), feed, keyring, keys, settings(cfg));
+    // Erasures the data does not show yet (a crash mid-erasure, or a backup restored
+    // from before them) are finished before anything is served.
+    customers.finish_erasures().await?;
     tokio::spawn(customers.clone().run_jobs(platform.shutdown.clone()));
     customers.prepare_partitions().await?;
     tokio::spawn(customers.clone().run_partition_upkeep(platform.shutdown.clone()));
@@ -260,8 +272,24 @@ pub fn settings(cfg: &ServiceConfig) -> Settings {
     }
 }
 
-/// Applies pending migrations and reports what it did.
-pub async fn migrate(platform: &Platform) -> anyhow::Result<Vec<i64>> {
+/// Where the data keys live (`customer_profile.key_store_url`).
+pub fn key_store_target(platform: &Platform, cfg: &ServiceConfig) -> crm_platform::db::Target {
+    if cfg.key_store_url.is_empty() {
+        return platform.database_target(SERVICE).companion("keys");
+    }
+    let own = crm_platform::config::DatabaseConfig {
+        url: cfg.key_store_url.clone(),
+        schema: String::new(),
+        ..platform.config.database.clone()
+    };
+    crm_platform::db::Target::resolve(&own, "customer-profile-keys")
+}
+
+/// Applies pending migrations of the database and of the key store, and reports
+/// the database's.
+pub async fn migrate(platform: &Platform, cfg: &ServiceConfig) -> anyhow::Result<Vec<i64>> {
+    let keys = crm_platform::db::connect(&key_store_target(platform, cfg), 2).await?;
+    migrate::run(&keys, store::keys::KEY_MIGRATIONS).await?;
     let target = platform.database_target(SERVICE);
     let db = crm_platform::db::connect(&target, 2).await?;
     let applied = migrate::run(&db, store::MIGRATIONS).await?;

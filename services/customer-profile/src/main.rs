@@ -18,7 +18,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Migrate => {
             let (_shutdown, signal) = crm_platform::server::shutdown_channel();
             let platform = crm_platform::Platform::new(cfg.platform, signal)?;
-            let applied = crm_customer_profile::migrate(&platform).await?;
+            let applied = crm_customer_profile::migrate(&platform, &cfg.customer_profile).await?;
             println!("{}: applied migrations {applied:?}", crm_customer_profile::SERVICE);
             Ok(())
         }

@@ -667,6 +667,7 @@ async fn follow_policy(
         let attempt = async {
             let mut req = tonic::Request::new(StreamEventsRequest {
                 after_cursor: cursor.clone(),
+                event_types: Vec::new(),
             });
             req.metadata_mut().insert(
                 "authorization",

@@ -112,7 +112,12 @@ impl Platform {
     /// Opens `service`'s database and, when `database.migrate_on_start` is set,
     /// applies its pending migrations.
     pub async fn database(&self, service: &str, migrations: &[Migration]) -> anyhow::Result<DatabaseConnection> {
-        let target = self.database_target(service);
+        self.open(service, self.database_target(service), migrations).await
+    }
+
+    /// Opens `target` (e.g. a [`Target::companion`] store of `service`) as
+    /// [`Platform::database`] does.
+    pub async fn open(&self, service: &str, target: Target, migrations: &[Migration]) -> anyhow::Result<DatabaseConnection> {
         let conn = db::connect(&target, self.config.database.max_connections)
             .await
             .map_err(|e| anyhow::anyhow!("{service}: cannot open database {}: {e}", target.redacted()))?;

@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use aes_gcm::{
     Aes256Gcm, KeyInit,
+    Key,
     aead::{Aead, Generate, Nonce, Payload},
 };
 use base64::Engine;
@@ -122,18 +123,7 @@ impl Keyring {
             .ciphers
             .get(&self.active)
             .ok_or_else(|| Error::internal(anyhow::anyhow!("active key missing from the keyring")))?;
-        let nonce = Nonce::<Aes256Gcm>::generate();
-        let ciphertext = cipher
-            .encrypt(&nonce, Payload { msg: plaintext, aad })
-            .map_err(|_| Error::internal(anyhow::anyhow!("encryption failed")))?;
-        let id = self.active.as_bytes();
-        let mut out = Vec::with_capacity(2 + id.len() + NONCE_LEN + ciphertext.len());
-        out.push(MAGIC);
-        out.push(id.len() as u8);
-        out.extend_from_slice(id);
-        out.extend_from_slice(&nonce);
-        out.extend_from_slice(&ciphertext);
-        Ok(out)
+        seal_with(cipher, &self.active, plaintext, aad)
     }
 
     /// Decrypts a value sealed by [`Keyring::seal`] under any known key with the same `aad`.
@@ -144,11 +134,28 @@ impl Keyring {
                 "data sealed with key `{id}`, which is not in encryption.keys"
             ))
         })?;
-        let (nonce, ciphertext) = rest.split_at(NONCE_LEN);
-        let nonce = Nonce::<Aes256Gcm>::try_from(nonce).map_err(|_| Error::internal(anyhow::anyhow!("bad nonce")))?;
-        cipher
-            .decrypt(&nonce, Payload { msg: ciphertext, aad })
-            .map_err(|_| Error::internal(anyhow::anyhow!("sealed value does not authenticate under key `{id}`")))
+        open_with(cipher, id, rest, aad)
+    }
+
+    /// A fresh data key for one owner (e.g. a customer id as `owner`), and its wrapped
+    /// form to store: sealed under the active key and bound to `owner`.
+    pub fn new_data_key(&self, owner: &[u8]) -> Result<(DataKey, Vec<u8>)> {
+        let key = Key::<Aes256Gcm>::generate();
+        let wrapped = self.seal(key.as_slice(), &wrap_aad(owner))?;
+        Ok((DataKey(Aes256Gcm::new(&key)), wrapped))
+    }
+
+    /// Opens a data key wrapped by [`Keyring::new_data_key`] for `owner`.
+    pub fn unwrap_data_key(&self, wrapped: &[u8], owner: &[u8]) -> Result<DataKey> {
+        let bytes = self.open(wrapped, &wrap_aad(owner))?;
+        let cipher = Aes256Gcm::new_from_slice(&bytes).map_err(|_| Error::internal(anyhow::anyhow!("a wrapped data key is not 32 bytes")))?;
+        Ok(DataKey(cipher))
+    }
+
+    /// A wrapped data key wrapped again under the active key (after a rotation).
+    pub fn rewrap_data_key(&self, wrapped: &[u8], owner: &[u8]) -> Result<Vec<u8>> {
+        let aad = wrap_aad(owner);
+        self.seal(&self.open(wrapped, &aad)?, &aad)
     }
 
     /// A keyed, deterministic digest of `value` in `domain` (e.g. `phone`), as 32 hex
@@ -165,6 +172,67 @@ impl Keyring {
         let digest = mac.finalize().into_bytes();
         digest[..16].iter().map(|b| format!("{b:02x}")).collect()
     }
+}
+
+/// Key id of values sealed under a [`DataKey`].
+pub const DATA_KEY_ID: &str = "dek";
+
+/// A per-owner data key (crypto-shredding): its owner's personal data is sealed under
+/// it, and it is stored only wrapped by the keyring, apart from the data. Destroying
+/// the wrapped copy makes that data unreadable wherever copies of it remain (backups,
+/// caches, replicas).
+#[derive(Clone)]
+pub struct DataKey(Aes256Gcm);
+
+impl std::fmt::Debug for DataKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DataKey(..)")
+    }
+}
+
+impl DataKey {
+    /// Encrypts `plaintext` bound to `aad`; the value names the key id [`DATA_KEY_ID`].
+    pub fn seal(&self, plaintext: &[u8], aad: &[u8]) -> Result<Vec<u8>> {
+        seal_with(&self.0, DATA_KEY_ID, plaintext, aad)
+    }
+
+    /// Decrypts a value sealed by [`DataKey::seal`] with the same `aad`.
+    pub fn open(&self, sealed: &[u8], aad: &[u8]) -> Result<Vec<u8>> {
+        match split(sealed) {
+            Some((DATA_KEY_ID, rest)) => open_with(&self.0, DATA_KEY_ID, rest, aad),
+            Some((other, _)) => Err(Error::internal(anyhow::anyhow!("sealed with key `{other}`, not a data key"))),
+            None => Err(Error::internal(anyhow::anyhow!("not a sealed value"))),
+        }
+    }
+}
+
+fn wrap_aad(owner: &[u8]) -> Vec<u8> {
+    let mut aad = b"data-key:".to_vec();
+    aad.extend_from_slice(owner);
+    aad
+}
+
+fn seal_with(cipher: &Aes256Gcm, id: &str, plaintext: &[u8], aad: &[u8]) -> Result<Vec<u8>> {
+    let nonce = Nonce::<Aes256Gcm>::generate();
+    let ciphertext = cipher
+        .encrypt(&nonce, Payload { msg: plaintext, aad })
+        .map_err(|_| Error::internal(anyhow::anyhow!("encryption failed")))?;
+    let id = id.as_bytes();
+    let mut out = Vec::with_capacity(2 + id.len() + NONCE_LEN + ciphertext.len());
+    out.push(MAGIC);
+    out.push(id.len() as u8);
+    out.extend_from_slice(id);
+    out.extend_from_slice(&nonce);
+    out.extend_from_slice(&ciphertext);
+    Ok(out)
+}
+
+fn open_with(cipher: &Aes256Gcm, id: &str, rest: &[u8], aad: &[u8]) -> Result<Vec<u8>> {
+    let (nonce, ciphertext) = rest.split_at(NONCE_LEN);
+    let nonce = Nonce::<Aes256Gcm>::try_from(nonce).map_err(|_| Error::internal(anyhow::anyhow!("bad nonce")))?;
+    cipher
+        .decrypt(&nonce, Payload { msg: ciphertext, aad })
+        .map_err(|_| Error::internal(anyhow::anyhow!("sealed value does not authenticate under key `{id}`")))
 }
 
 /// The key id a sealed value was sealed with.
@@ -219,6 +287,21 @@ mod tests {
             old.seal(b"x", b"").unwrap(),
             "fresh nonce per seal"
         );
+    }
+
+    #[test]
+    fn data_keys_wrap_per_owner_and_shred() {
+        let r = ring("k1");
+        let (key, wrapped) = r.new_data_key(b"customer-1").unwrap();
+        let sealed = key.seal(b"alice@example.com", b"row").unwrap();
+        assert_eq!(key_id(&sealed), Some(DATA_KEY_ID));
+        let again = ring("k2").unwrap_data_key(&wrapped, b"customer-1").unwrap();
+        assert_eq!(again.open(&sealed, b"row").unwrap(), b"alice@example.com");
+        assert!(r.unwrap_data_key(&wrapped, b"customer-2").is_err(), "bound to its owner");
+        let (other, _) = r.new_data_key(b"customer-1").unwrap();
+        assert!(other.open(&sealed, b"row").is_err(), "another key of the same owner opens nothing");
+        assert!(r.open(&sealed, b"row").is_err(), "the keyring alone opens nothing");
+        assert!(key.open(&r.seal(b"x", b"").unwrap(), b"").is_err());
     }
 
     #[test]

@@ -68,6 +68,27 @@ impl Target {
         }
     }
 
+    /// A second store of the same service with a lifecycle of its own (e.g. a key
+    /// store kept apart from the data and its backups): the SQLite file
+    /// `<name>-<suffix>.db` beside the service's, or the PostgreSQL schema
+    /// `<schema>_<suffix>`.
+    pub fn companion(&self, suffix: &str) -> Self {
+        match self {
+            Target::Sqlite { url } => {
+                let (path, query) = url.split_once('?').map_or((url.as_str(), ""), |(p, q)| (p, q));
+                let base = path.strip_suffix(".db").unwrap_or(path);
+                let query = if query.is_empty() { String::new() } else { format!("?{query}") };
+                Target::Sqlite {
+                    url: format!("{base}-{suffix}.db{query}"),
+                }
+            }
+            Target::Postgres { url, schema } => Target::Postgres {
+                url: url.clone(),
+                schema: format!("{schema}_{}", suffix.replace('-', "_")),
+            },
+        }
+    }
+
     /// The URL without credentials, for logs.
     pub fn redacted(&self) -> String {
         match self {
@@ -256,6 +277,30 @@ mod tests {
             schema: "s".into(),
         };
         assert_eq!(t.redacted(), "postgres://***@db:5432/crm (schema s)");
+    }
+
+    #[test]
+    fn companions_live_beside_their_service() {
+        let sqlite = Target::Sqlite {
+            url: "sqlite:///var/lib/crm/customer-profile.db?mode=rwc".into(),
+        };
+        assert_eq!(
+            sqlite.companion("keys"),
+            Target::Sqlite {
+                url: "sqlite:///var/lib/crm/customer-profile-keys.db?mode=rwc".into()
+            }
+        );
+        let pg = Target::Postgres {
+            url: "postgres://db/crm".into(),
+            schema: "customer_profile".into(),
+        };
+        assert_eq!(
+            pg.companion("keys"),
+            Target::Postgres {
+                url: "postgres://db/crm".into(),
+                schema: "customer_profile_keys".into()
+            }
+        );
     }
 
     #[test]

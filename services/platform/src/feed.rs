@@ -335,12 +335,16 @@ impl Feed {
     /// the client goes away, the server shuts down (UNAVAILABLE: reconnect), or the
     /// caller's token expires at `expires_at` (Unix seconds, 0 = never; UNAUTHENTICATED:
     /// reconnect with a fresh token). Either way the client resumes from its last cursor.
+    /// With `event_types`, only events of those types are sent; heartbeats still move
+    /// the cursor past the others, so a consumer does not read them again.
     pub async fn stream(
         &self,
         after_cursor: &str,
+        event_types: &[String],
         expires_at: u64,
     ) -> Result<ReceiverStream<Result<StreamEventsResponse, Status>>> {
         let start = Cursor::parse(after_cursor)?;
+        let types: std::collections::HashSet<String> = event_types.iter().cloned().collect();
         // Fail fast (as the call's status, not mid-stream) on an expired or unknown cursor.
         self.check_not_ahead(start).await?;
         self.read(start, 1).await?;
@@ -350,13 +354,14 @@ impl Feed {
             let now = u64::try_from(Utc::now().timestamp()).unwrap_or(0);
             tokio::time::Instant::now() + Duration::from_secs(expires_at.saturating_sub(now))
         });
-        tokio::spawn(async move { feed.pump(start, until, tx).await });
+        tokio::spawn(async move { feed.pump(start, types, until, tx).await });
         Ok(ReceiverStream::new(rx))
     }
 
     async fn pump(
         self,
         mut after: Cursor,
+        types: std::collections::HashSet<String>,
         until: Option<tokio::time::Instant>,
         tx: mpsc::Sender<Result<StreamEventsResponse, Status>>,
     ) {
@@ -387,6 +392,10 @@ impl Feed {
                 if let Ok(c) = Cursor::parse(&event.cursor) {
                     after = c;
                 }
+                delivered_since_heartbeat = true;
+                if !types.is_empty() && !types.contains(&event.r#type) {
+                    continue;
+                }
                 if tx
                     .send(Ok(StreamEventsResponse {
                         kind: Some(Kind::Event(event)),
@@ -396,7 +405,6 @@ impl Feed {
                 {
                     return;
                 }
-                delivered_since_heartbeat = true;
             }
             if full {
                 continue;

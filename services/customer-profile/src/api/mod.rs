@@ -3,6 +3,7 @@
 pub mod activity;
 pub mod consent;
 pub mod convert;
+mod erasure;
 mod export;
 pub mod redact;
 mod view360;
@@ -872,6 +873,14 @@ impl CustomerProfileService for Api {
         self.get_export_job_call(req).await
     }
 
+    async fn erase_customer(&self, req: Request<pb::EraseCustomerRequest>) -> Result<Response<pb::Erasure>, Status> {
+        self.erase_customer_call(req).await
+    }
+
+    async fn get_erasure(&self, req: Request<pb::GetErasureRequest>) -> Result<Response<pb::Erasure>, Status> {
+        self.get_erasure_call(req).await
+    }
+
     type DownloadExportStream = ReceiverStream<Result<pb::ExportChunk, Status>>;
 
     async fn download_export(
@@ -886,10 +895,14 @@ impl CustomerProfileService for Api {
     async fn stream_events(&self, req: Request<StreamEventsRequest>) -> Result<Response<Self::StreamEventsStream>, Status> {
         let principal = auth::principal(&req)?;
         self.check(&principal, "customer.events", COLLECTION).await?;
-        // Events carry whole records, unmasked: only for callers cleared for every field.
+        let types = &req.get_ref().event_types;
+        // Events carry whole records, unmasked: only for callers cleared for every field,
+        // unless they ask only for events that carry no personal data.
         let (policy, defs) = self.field_policy(&principal).await?;
         let everywhere = policy.for_record(Resource::named(COLLECTION));
-        if let Some(d) = defs
+        let impersonal = !types.is_empty() && types.iter().all(|t| crate::events::IMPERSONAL.contains(&t.as_str()));
+        if !impersonal
+            && let Some(d) = defs
             .iter()
             .find(|d| everywhere.visibility(&d.path) != crm_platform::authz::Visibility::Visible)
         {
@@ -902,7 +915,7 @@ impl CustomerProfileService for Api {
             }
             .into());
         }
-        let stream = self.feed().stream(&req.get_ref().after_cursor, principal.expires_at).await?;
+        let stream = self.feed().stream(&req.get_ref().after_cursor, types, principal.expires_at).await?;
         Ok(Response::new(stream))
     }
 }

@@ -6,6 +6,7 @@ pub mod activity;
 pub mod consent;
 mod definitions;
 pub mod duplicates;
+pub mod erasure;
 pub mod export;
 pub mod ingest;
 mod merge;
@@ -65,6 +66,8 @@ pub struct Customers {
     cache: Arc<dyn Cache>,
     feed: Feed,
     keyring: Arc<Keyring>,
+    /// Each customer's data key (crypto-shredding), in the key store.
+    keys: store::DataKeys,
     settings: Arc<Settings>,
     definitions: Arc<RwLock<Option<Loaded>>>,
     /// Bumped whenever this replica changes a definition: a load that started before
@@ -88,12 +91,20 @@ fn now() -> chrono::DateTime<Utc> {
 }
 
 impl Customers {
-    pub fn new(db: DatabaseConnection, cache: Arc<dyn Cache>, feed: Feed, keyring: Arc<Keyring>, settings: Settings) -> Self {
+    pub fn new(
+        db: DatabaseConnection,
+        cache: Arc<dyn Cache>,
+        feed: Feed,
+        keyring: Arc<Keyring>,
+        keys: store::DataKeys,
+        settings: Settings,
+    ) -> Self {
         Self {
             db,
             cache,
             feed,
             keyring,
+            keys,
             settings: Arc::new(settings),
             definitions: Arc::new(RwLock::new(None)),
             definitions_generation: Arc::default(),
@@ -141,6 +152,7 @@ impl Customers {
         Sealer {
             keyring: &self.keyring,
             definitions,
+            keys: &self.keys,
         }
     }
 
@@ -207,14 +219,22 @@ impl Customers {
         .map_err(|e| Error::internal(anyhow::anyhow!("commit task failed: {e}")))?
     }
 
-    /// Cached values hold personal data: sealed like the rows (Redis may persist).
+    /// Cached values hold personal data: sealed under the customer's data key like the
+    /// row, so an erasure shreds them too (Redis may persist, or replicate). Only a key
+    /// this process already holds is used; without one nothing is cached.
     fn cache_value(&self, key: &str, customer: &Customer) -> Result<Vec<u8>> {
+        let data_key = self
+            .keys
+            .held(&customer.id.uuid().to_string())
+            .ok_or_else(|| Error::internal(anyhow::anyhow!("no data key in memory")))?;
         let json = serde_json::to_vec(customer).map_err(Error::internal)?;
-        self.keyring.seal(&json, key.as_bytes())
+        data_key.seal(&json, key.as_bytes())
     }
 
-    fn decode_cached(&self, key: &str, bytes: &[u8]) -> Option<Customer> {
-        let json = self.keyring.open(bytes, key.as_bytes()).ok()?;
+    async fn decode_cached(&self, id: CustomerId, key: &str, bytes: &[u8]) -> Option<Customer> {
+        let uuid = id.uuid().to_string();
+        let keys = self.keys.for_read(&[uuid.as_str()]).await.ok()?;
+        let json = keys.get(&uuid)?.open(bytes, key.as_bytes()).ok()?;
         serde_json::from_slice(&json).ok()
     }
 
@@ -296,7 +316,7 @@ impl Customers {
     async fn get_exact(&self, id: CustomerId, defs: &Definitions) -> Result<Customer> {
         let key = cache_key(id);
         if let Some(bytes) = self.cache.get(&key).await {
-            match self.decode_cached(&key, &bytes) {
+            match self.decode_cached(id, &key, &bytes).await {
                 Some(customer) => return Ok(customer),
                 None => tracing::warn!("undecodable cache entry; reading the database"),
             }

@@ -350,12 +350,14 @@ impl Customers {
         }
     }
 
-    /// Re-seals up to `limit` customers still sealed with a retired key; returns how
-    /// many it moved. Data and revisions are unchanged.
+    /// Re-wraps up to `limit` data keys wrapped with a retired keyring key, and re-seals
+    /// up to `limit` customers not yet sealed under their data key (written before data
+    /// keys, or asked to re-seal after a definition change); returns how many it moved.
+    /// Data and revisions are unchanged.
     pub async fn reencrypt(&self, limit: u64) -> Result<usize> {
         let defs = self.definitions().await?;
-        let ids = records::sealed_with_other_key(&self.db, self.keyring.active_key(), limit).await?;
-        let mut moved = 0;
+        let mut moved = self.keys.rewrap_retired(limit).await?;
+        let ids = records::sealed_with_other_key(&self.db, crm_platform::crypto::DATA_KEY_ID, limit).await?;
         for id in ids {
             let txn = begin_write(&self.db).await?;
             if let Some(c) = store::find_for_update(&txn, self.sealer(&defs), id).await?
@@ -405,16 +407,21 @@ impl Customers {
                     }
                     Err(err) => tracing::warn!(%err, "data-quality measurement for the metrics failed; retrying later"),
                 },
-                _ = rekey.tick() => loop {
-                    match self.reencrypt(200).await {
-                        Ok(0) => break,
-                        Ok(n) => tracing::info!(moved = n, "customers re-encrypted under the active key"),
-                        Err(err) => {
-                            tracing::warn!(%err, "re-encryption failed; retrying later");
-                            break;
+                _ = rekey.tick() => {
+                    if let Err(err) = self.finish_erasures().await {
+                        tracing::warn!(%err, "finishing erasures from key-store tombstones failed; retrying later");
+                    }
+                    loop {
+                        match self.reencrypt(200).await {
+                            Ok(0) => break,
+                            Ok(n) => tracing::info!(moved = n, "customers re-encrypted under the active key"),
+                            Err(err) => {
+                                tracing::warn!(%err, "re-encryption failed; retrying later");
+                                break;
+                            }
                         }
                     }
-                },
+                }
             }
         }
     }

@@ -52,6 +52,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "data export jobs",
         up: v9,
     },
+    Migration {
+        version: 10,
+        name: "erasure records",
+        up: v10,
+    },
 ];
 
 fn v1(d: Dialect) -> Vec<String> {
@@ -208,5 +213,14 @@ fn v9(d: Dialect) -> Vec<String> {
              unavailable TEXT NOT NULL, error TEXT NOT NULL, document {bytes})"
         ),
         "CREATE INDEX export_jobs_state ON export_jobs (state, create_us)".into(),
+    ]
+}
+
+fn v10(d: Dialect) -> Vec<String> {
+    let bytes = d.bytes();
+    vec![
+        // One row per erased customer: the erasure record (no personal data).
+        format!("CREATE TABLE erasures (customer_id TEXT PRIMARY KEY, erase_us BIGINT NOT NULL, data {bytes} NOT NULL)"),
+        "CREATE INDEX erasures_time ON erasures (erase_us)".into(),
     ]
 }

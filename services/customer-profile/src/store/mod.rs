@@ -5,7 +5,9 @@
 pub mod activity;
 pub mod consent;
 mod entity;
+pub mod erasure;
 pub mod export;
+pub mod keys;
 mod migrations;
 pub mod records;
 
@@ -26,6 +28,7 @@ use crate::domain::{
     filter::{Comparison, Filter, OrderBy, OrderField},
 };
 use entity::{customer, customer_tag};
+pub use keys::{DataKeys, KeySet};
 pub use migrations::MIGRATIONS;
 
 pub(crate) use crm_platform::db::{exec, query};
@@ -67,12 +70,39 @@ pub struct ListQuery {
     pub scope: crm_platform::authz::ReadScope,
 }
 
-/// Seals the sensitive part of a customer on write and opens it on read. Which
-/// custom attributes are sensitive comes from the field definitions.
+/// Seals the sensitive part of a customer on write and opens it on read, under the
+/// customer's own data key. Which custom attributes are sensitive comes from the
+/// field definitions. Rows sealed under the keyring (before data keys) still open.
 #[derive(Clone, Copy)]
 pub struct Sealer<'a> {
     pub keyring: &'a Keyring,
     pub definitions: &'a Definitions,
+    pub keys: &'a DataKeys,
+}
+
+impl Sealer<'_> {
+    /// Decodes stored rows, with their customers' keys loaded in one batch.
+    async fn decode_all(self, rows: Vec<customer::Model>) -> Result<Vec<Customer>> {
+        let sealed: Vec<&str> = rows
+            .iter()
+            .filter(|m| under_data_key(m.sealed.as_deref()))
+            .map(|m| m.id.as_str())
+            .collect();
+        let keys = self.keys.for_read(&sealed).await?;
+        rows.into_iter().map(|m| decode(m, self, &keys)).collect()
+    }
+
+    async fn decode_one(self, row: Option<customer::Model>) -> Result<Option<Customer>> {
+        Ok(self.decode_all(row.into_iter().collect()).await?.pop())
+    }
+
+    /// Encodes customers for writing, creating the data keys of new ones.
+    async fn encode_all(self, customers: &[&Customer]) -> Result<Vec<customer::ActiveModel>> {
+        let ids: Vec<String> = customers.iter().map(|c| c.id.uuid().to_string()).collect();
+        let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+        let keys = self.keys.for_write(&refs).await?;
+        customers.iter().map(|c| encode(c, self, &keys)).collect()
+    }
 }
 
 /// The columns-and-JSON part of a stored customer.
@@ -136,11 +166,8 @@ fn split(c: &Customer, defs: &Definitions) -> (Plain, Secret) {
 }
 
 pub async fn find<C: ConnectionTrait>(conn: &C, sealer: Sealer<'_>, id: CustomerId) -> Result<Option<Customer>> {
-    customer::Entity::find_by_id(id.uuid().to_string())
-        .one(conn)
-        .await?
-        .map(|m| decode(m, sealer))
-        .transpose()
+    let row = customer::Entity::find_by_id(id.uuid().to_string()).one(conn).await?;
+    sealer.decode_one(row).await
 }
 
 /// Customers by id (any order; missing ids left out).
@@ -148,13 +175,11 @@ pub async fn find_many<C: ConnectionTrait>(conn: &C, sealer: Sealer<'_>, ids: &[
     if ids.is_empty() {
         return Ok(Vec::new());
     }
-    customer::Entity::find()
+    let rows = customer::Entity::find()
         .filter(customer::Column::Id.is_in(ids.iter().map(|id| id.uuid().to_string())))
         .all(conn)
-        .await?
-        .into_iter()
-        .map(|m| decode(m, sealer))
-        .collect()
+        .await?;
+    sealer.decode_all(rows).await
 }
 
 /// Reads a customer for a write and locks its row until the transaction ends
@@ -173,27 +198,21 @@ pub async fn scan_active<C: ConnectionTrait>(
     if let Some(after) = after {
         select = select.filter(customer::Column::Id.gt(after.uuid().to_string()));
     }
-    select
-        .order_by(customer::Column::Id, Order::Asc)
-        .limit(limit)
-        .all(conn)
-        .await?
-        .into_iter()
-        .map(|m| decode(m, sealer))
-        .collect()
+    let rows = select.order_by(customer::Column::Id, Order::Asc).limit(limit).all(conn).await?;
+    sealer.decode_all(rows).await
 }
 
 pub async fn find_for_update<C: ConnectionTrait>(conn: &C, sealer: Sealer<'_>, id: CustomerId) -> Result<Option<Customer>> {
-    customer::Entity::find_by_id(id.uuid().to_string())
+    let row = customer::Entity::find_by_id(id.uuid().to_string())
         .lock_exclusive()
         .one(conn)
-        .await?
-        .map(|m| decode(m, sealer))
-        .transpose()
+        .await?;
+    sealer.decode_one(row).await
 }
 
 pub async fn insert<C: ConnectionTrait>(conn: &C, sealer: Sealer<'_>, c: &Customer) -> Result<()> {
-    customer::Entity::insert(encode(c, sealer)?)
+    let model = sealer.encode_all(&[c]).await?.pop();
+    customer::Entity::insert(model.ok_or_else(|| Error::internal(anyhow::anyhow!("nothing encoded")))?)
         .exec_without_returning(conn)
         .await?;
     insert_tags(conn, c).await
@@ -201,7 +220,7 @@ pub async fn insert<C: ConnectionTrait>(conn: &C, sealer: Sealer<'_>, c: &Custom
 
 /// Inserts new customers with multi-row statements.
 pub async fn insert_many<C: ConnectionTrait>(conn: &C, sealer: Sealer<'_>, customers: &[Customer]) -> Result<()> {
-    let models = customers.iter().map(|c| encode(c, sealer)).collect::<Result<Vec<_>>>()?;
+    let models = sealer.encode_all(&customers.iter().collect::<Vec<_>>()).await?;
     let size = |m: &customer::ActiveModel| {
         let profile = match &m.profile {
             sea_orm::ActiveValue::Set(p) | sea_orm::ActiveValue::Unchanged(p) => p.len(),
@@ -239,8 +258,13 @@ pub async fn insert_many<C: ConnectionTrait>(conn: &C, sealer: Sealer<'_>, custo
 /// Writes `c` if the stored revision is still `expected_revision`; false when another
 /// writer got there first.
 pub async fn update<C: ConnectionTrait>(conn: &C, sealer: Sealer<'_>, c: &Customer, expected_revision: i64) -> Result<bool> {
+    let model = sealer
+        .encode_all(&[c])
+        .await?
+        .pop()
+        .ok_or_else(|| Error::internal(anyhow::anyhow!("nothing encoded")))?;
     let result = customer::Entity::update_many()
-        .set(encode(c, sealer)?)
+        .set(model)
         .filter(customer::Column::Id.eq(c.id.uuid().to_string()))
         .filter(customer::Column::Revision.eq(expected_revision))
         .exec(conn)
@@ -349,18 +373,25 @@ pub async fn list(db: &DatabaseConnection, sealer: Sealer<'_>, q: &ListQuery) ->
         .limit(q.limit)
         .all(db)
         .await?;
-    rows.into_iter().map(|m| decode(m, sealer)).collect()
+    sealer.decode_all(rows).await
 }
 
-fn encode(c: &Customer, sealer: Sealer<'_>) -> Result<customer::ActiveModel> {
+fn under_data_key(sealed: Option<&[u8]>) -> bool {
+    sealed.and_then(crm_platform::crypto::key_id) == Some(crm_platform::crypto::DATA_KEY_ID)
+}
+
+fn encode(c: &Customer, sealer: Sealer<'_>, keys: &KeySet) -> Result<customer::ActiveModel> {
     let (plain, secret) = split(c, sealer.definitions);
     let profile = serde_json::to_string(&plain).map_err(Error::internal)?;
     let secret = serde_json::to_vec(&secret).map_err(Error::internal)?;
     let id = c.id.uuid().to_string();
-    let sealed = sealer.keyring.seal(&secret, id.as_bytes())?;
+    let key = keys
+        .get(&id)
+        .ok_or_else(|| Error::internal(anyhow::anyhow!("customer {id}: no data key to seal with")))?;
+    let sealed = key.seal(&secret, id.as_bytes())?;
     Ok(customer::ActiveModel {
         sealed: Set(Some(sealed)),
-        key_id: Set(sealer.keyring.active_key().to_owned()),
+        key_id: Set(crm_platform::crypto::DATA_KEY_ID.to_owned()),
         confirm_time: Set(Some(c.confirm_time)),
         merged_into: Set(c.merged_into.map(|m| m.uuid().to_string())),
         reminder_time: sea_orm::ActiveValue::NotSet,
@@ -387,7 +418,7 @@ fn label<T: Serialize>(value: &T) -> Result<String> {
     }
 }
 
-fn decode(m: customer::Model, sealer: Sealer<'_>) -> Result<Customer> {
+fn decode(m: customer::Model, sealer: Sealer<'_>, keys: &KeySet) -> Result<Customer> {
     let plain: Plain =
         serde_json::from_str(&m.profile).map_err(|e| Error::internal(anyhow::anyhow!("customer {}: profile: {e}", m.id)))?;
     let mut profile = plain.profile;
@@ -395,7 +426,18 @@ fn decode(m: customer::Model, sealer: Sealer<'_>) -> Result<Customer> {
     // Rows written before encryption (schema v1) have no sealed part yet: their
     // sensitive fields are still in the JSON until the re-encryption job runs.
     if let Some(sealed) = &m.sealed {
-        let bytes = sealer.keyring.open(sealed, m.id.as_bytes())?;
+        // The value names its key (the `key_id` column may be blanked to ask for a re-seal).
+        let bytes = if under_data_key(Some(sealed)) {
+            let key = keys.get(&m.id).ok_or_else(|| {
+                Error::internal(anyhow::anyhow!(
+                    "customer {}: its data key is not in the key store (erased, or the key store is not this data's)",
+                    m.id
+                ))
+            })?;
+            key.open(sealed, m.id.as_bytes())?
+        } else {
+            sealer.keyring.open(sealed, m.id.as_bytes())?
+        };
         let secret: Secret = serde_json::from_slice(&bytes)
             .map_err(|e| Error::internal(anyhow::anyhow!("customer {}: sealed part: {e}", m.id)))?;
         profile.phones = secret.phones;

@@ -17,6 +17,7 @@ async fn events(app: &TestApp, after: &str, count: usize) -> Vec<Event> {
         .clone()
         .stream_events(TestApp::admin(StreamEventsRequest {
             after_cursor: after.into(),
+            ..Default::default()
         }))
         .await
         .unwrap()
@@ -126,6 +127,7 @@ async fn a_malformed_cursor_is_invalid() {
         .clone()
         .stream_events(TestApp::admin(StreamEventsRequest {
             after_cursor: "yesterday".into(),
+            ..Default::default()
         }))
         .await
         .unwrap_err();

@@ -157,6 +157,9 @@ async fn stale_profiles_get_one_reminder_and_count_against_freshness() {
     assert_eq!(fresh.numerator, 2);
 }
 
+/// A row sealed otherwise than under its data key (the keyring's retired key, or
+/// marked for a re-seal) is re-sealed under the customer's data key, which is
+/// wrapped by the active keyring key in the key store.
 #[tokio::test]
 async fn rows_sealed_with_a_retired_key_are_resealed() {
     let app = TestApp::spawn().await;
@@ -173,7 +176,7 @@ async fn rows_sealed_with_a_retired_key_are_resealed() {
             .await
             .unwrap()
             .unwrap();
-        if row.try_get::<String>("", "key_id").unwrap() == "test" {
+        if row.try_get::<String>("", "key_id").unwrap() == crm_platform::crypto::DATA_KEY_ID {
             break;
         }
         assert!(tokio::time::Instant::now() < deadline, "never re-sealed");
@@ -182,6 +185,18 @@ async fn rows_sealed_with_a_retired_key_are_resealed() {
     let got = app.get(&created.name).await;
     assert_eq!(got.etag, created.etag, "re-sealing changes no data");
     assert_eq!(got.national_id, created.national_id);
+    let keys = connect(&app.db.target.companion("keys"), 1).await.unwrap();
+    let row = keys
+        .query_one_raw(Statement::from_string(
+            keys.get_database_backend(),
+            "SELECT wrap_key, wrapped FROM data_keys",
+        ))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(row.try_get::<String>("", "wrap_key").unwrap(), "test");
+    let wrapped: Vec<u8> = row.try_get("", "wrapped").unwrap();
+    assert_eq!(crm_platform::crypto::key_id(&wrapped), Some("test"));
 }
 
 /// Reports are measured once per `report_cache_secs`, whatever the number of callers.

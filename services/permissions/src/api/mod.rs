@@ -451,7 +451,7 @@ impl PermissionsService for Api {
         let stream = self
             .permissions
             .feed()
-            .stream(&req.get_ref().after_cursor, caller.expires_at)
+            .stream(&req.get_ref().after_cursor, &req.get_ref().event_types, caller.expires_at)
             .await?;
         Ok(Response::new(stream))
     }

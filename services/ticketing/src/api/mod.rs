@@ -773,7 +773,7 @@ impl TicketingService for Api {
         let stream = self
             .ticketing
             .feed()
-            .stream(&req.get_ref().after_cursor, principal.expires_at)
+            .stream(&req.get_ref().after_cursor, &req.get_ref().event_types, principal.expires_at)
             .await?;
         Ok(Response::new(stream))
     }

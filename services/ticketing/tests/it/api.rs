@@ -855,6 +855,7 @@ async fn every_change_is_on_the_feed() {
         .clone()
         .stream_events(TestApp::admin(StreamEventsRequest {
             after_cursor: String::new(),
+            ..Default::default()
         }))
         .await
         .unwrap()
