@@ -57,7 +57,7 @@ clearance = "confidential"
 [[permissions_service.default_roles]]
 name = "service"
 display_name = "Service account (CRM services)"
-permissions = ["permissions.check", "permissions.events", "audit.write", "audit.read", "customer.read", "ticket.read"]
+permissions = ["permissions.check", "permissions.events", "audit.write", "audit.read", "customer.read", "customer.events", "ticket.read"]
 clearance = "public"
 
 [[permissions_service.default_roles]]
@@ -94,6 +94,12 @@ clearance = "internal"
 name = "integrator"
 display_name = "Integration (ERP, e-commerce)"
 permissions = ["customer.read", "customer.create", "customer.update", "customer.ingest", "customer.import", "customer.events"]
+clearance = "confidential"
+
+[[permissions_service.default_roles]]
+name = "privacy_officer"
+display_name = "Data-protection officer (data-subject requests, retention)"
+permissions = ["customer.read", "customer.export", "customer.erase", "customer.retention", "audit.read"]
 clearance = "confidential"
 
 [[permissions_service.default_roles]]

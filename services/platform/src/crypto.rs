@@ -10,8 +10,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use aes_gcm::{
-    Aes256Gcm, KeyInit,
-    Key,
+    Aes256Gcm, Key, KeyInit,
     aead::{Aead, Generate, Nonce, Payload},
 };
 use base64::Engine;
@@ -148,7 +147,8 @@ impl Keyring {
     /// Opens a data key wrapped by [`Keyring::new_data_key`] for `owner`.
     pub fn unwrap_data_key(&self, wrapped: &[u8], owner: &[u8]) -> Result<DataKey> {
         let bytes = self.open(wrapped, &wrap_aad(owner))?;
-        let cipher = Aes256Gcm::new_from_slice(&bytes).map_err(|_| Error::internal(anyhow::anyhow!("a wrapped data key is not 32 bytes")))?;
+        let cipher = Aes256Gcm::new_from_slice(&bytes)
+            .map_err(|_| Error::internal(anyhow::anyhow!("a wrapped data key is not 32 bytes")))?;
         Ok(DataKey(cipher))
     }
 
@@ -299,7 +299,10 @@ mod tests {
         assert_eq!(again.open(&sealed, b"row").unwrap(), b"alice@example.com");
         assert!(r.unwrap_data_key(&wrapped, b"customer-2").is_err(), "bound to its owner");
         let (other, _) = r.new_data_key(b"customer-1").unwrap();
-        assert!(other.open(&sealed, b"row").is_err(), "another key of the same owner opens nothing");
+        assert!(
+            other.open(&sealed, b"row").is_err(),
+            "another key of the same owner opens nothing"
+        );
         assert!(r.open(&sealed, b"row").is_err(), "the keyring alone opens nothing");
         assert!(key.open(&r.seal(b"x", b"").unwrap(), b"").is_err());
     }

@@ -77,7 +77,11 @@ impl Target {
             Target::Sqlite { url } => {
                 let (path, query) = url.split_once('?').map_or((url.as_str(), ""), |(p, q)| (p, q));
                 let base = path.strip_suffix(".db").unwrap_or(path);
-                let query = if query.is_empty() { String::new() } else { format!("?{query}") };
+                let query = if query.is_empty() {
+                    String::new()
+                } else {
+                    format!("?{query}")
+                };
                 Target::Sqlite {
                     url: format!("{base}-{suffix}.db{query}"),
                 }
@@ -127,6 +131,9 @@ pub async fn connect(target: &Target, max_connections: u32) -> Result<DatabaseCo
                         .synchronous(SqliteSynchronous::Normal)
                         .busy_timeout(Duration::from_secs(10))
                         .foreign_keys(true)
+                        // Deleted rows are overwritten, not left in free pages: an
+                        // erasure leaves nothing in the file, nor in a copy of it.
+                        .pragma("secure_delete", "ON")
                 });
             let mut db = Database::connect(opts).await?;
             db.set_metric_callback(|info| crate::telemetry::observe_statement("sqlite", info));

@@ -109,6 +109,25 @@ impl NewEvent {
     }
 }
 
+/// Empties the payloads of the events about `subject` and every subject under it
+/// (`subject/...`), for an erasure: the events keep their type, subject, time and
+/// actor, so cursors and the audit trail stay whole. Returns how many changed.
+pub async fn empty_payloads<C: ConnectionTrait>(conn: &C, subject: &str) -> Result<u64> {
+    // `s/` up to `s0` holds every subject under `s` ('0' follows '/').
+    crate::db::exec(
+        conn,
+        "UPDATE outbox SET data = ? WHERE (subject = ? OR (subject >= ? AND subject < ?)) AND data <> ?",
+        vec![
+            Value::from(Vec::<u8>::new()),
+            subject.into(),
+            format!("{subject}/").into(),
+            format!("{subject}0").into(),
+            Value::from(Vec::<u8>::new()),
+        ],
+    )
+    .await
+}
+
 /// Writes `event` inside the caller's transaction. Call [`Feed::committed`] after
 /// the commit to wake this process's streams at once.
 pub async fn append<C: ConnectionTrait>(txn: &C, event: NewEvent) -> Result<()> {

@@ -11,6 +11,7 @@ pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod consent;
+pub mod consumer;
 pub mod context;
 pub mod crypto;
 pub mod db;

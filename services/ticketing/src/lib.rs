@@ -15,7 +15,9 @@ pub mod store;
 use crm_platform::{
     Platform,
     auth::Authenticator,
+    authz::ServiceCredentials,
     config::{ConfigError, PLATFORM_DEFAULTS, PlatformConfig, section},
+    consumer,
     feed::Feed,
     migrate,
     server::{GrpcServer, bind, shutdown_channel},
@@ -56,8 +58,9 @@ pub struct ServiceConfig {
     pub scheduler_batch: u64,
     /// Scheduler workers per replica on PostgreSQL (SQLite runs one).
     pub scheduler_workers: usize,
-    /// customer-profile's gRPC address, for customer tiers; empty: tiers only as
-    /// callers give them (`crm serve` points it at itself).
+    /// customer-profile's gRPC address, for customer tiers and its erasures (whose
+    /// tickets are scrubbed); empty: tiers only as callers give them, and no erasure
+    /// reaches tickets (`crm serve` points it at itself).
     pub customer_profile_url: String,
     /// PEM CA of an `https://` customer-profile URL.
     pub customer_profile_ca_path: String,
@@ -191,6 +194,22 @@ pub async fn build(platform: &Platform, cfg: &ServiceConfig) -> anyhow::Result<S
             std::time::Duration::from_millis(cfg.tier_timeout_ms),
         )?)
     };
+    if !cfg.customer_profile_url.is_empty() {
+        // Erased customers' tickets are scrubbed as customer-profile announces them.
+        let channel = consumer::stream_channel(&cfg.customer_profile_url, &cfg.customer_profile_ca_path)?;
+        tokio::spawn(consumer::follow(
+            ticketing.db().clone(),
+            channel,
+            ServiceCredentials::from_config(&platform.config, SERVICE)?,
+            consumer::Subscription {
+                source: "customer-profile",
+                method: "/crm.customer.v1.CustomerProfileService/StreamEvents",
+                event_types: vec![service::erasure::CUSTOMER_ERASED.into()],
+            },
+            std::sync::Arc::new(service::erasure::Erasures),
+            platform.shutdown.clone(),
+        ));
+    }
     let api = api::Api::new(ticketing, authz, platform.page_tokens.clone(), tiers);
     let limit = platform.config.server.max_message_bytes;
     let tickets = TicketingServiceServer::new(api.clone()).max_decoding_message_size(limit);

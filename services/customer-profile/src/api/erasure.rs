@@ -10,7 +10,10 @@ use super::{Api, COLLECTION};
 use crate::domain::CustomerId;
 
 impl Api {
-    pub(super) async fn erase_customer_call(&self, req: Request<pb::EraseCustomerRequest>) -> Result<Response<pb::Erasure>, Status> {
+    pub(super) async fn erase_customer_call(
+        &self,
+        req: Request<pb::EraseCustomerRequest>,
+    ) -> Result<Response<pb::Erasure>, Status> {
         let principal = auth::principal(&req)?;
         let req = req.into_inner();
         let id = CustomerId::parse_name(&req.name, "name")?;
@@ -19,12 +22,10 @@ impl Api {
             self.check_own_or(&principal, id, "customer.erase").await?;
             return Ok(Response::new(done));
         }
-        let customer = self.load_for(&principal, "customer.erase", id).await?;
-        // `load_for` follows a merge to the survivor; the family is erased either way.
-        let erasure = self
-            .customers
-            .erase(&principal.user_id, customer.id, &req.reason, &req.etag)
-            .await?;
+        // Checked on the survivor (a merged record answers with it); the family is
+        // erased either way, recorded under the id asked for.
+        self.load_for(&principal, "customer.erase", id).await?;
+        let erasure = self.customers.erase(&principal.user_id, id, &req.reason, &req.etag).await?;
         Ok(Response::new(erasure))
     }
 

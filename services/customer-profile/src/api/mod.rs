@@ -903,8 +903,8 @@ impl CustomerProfileService for Api {
         let impersonal = !types.is_empty() && types.iter().all(|t| crate::events::IMPERSONAL.contains(&t.as_str()));
         if !impersonal
             && let Some(d) = defs
-            .iter()
-            .find(|d| everywhere.visibility(&d.path) != crm_platform::authz::Visibility::Visible)
+                .iter()
+                .find(|d| everywhere.visibility(&d.path) != crm_platform::authz::Visibility::Visible)
         {
             return Err(Error::PermissionDenied {
                 permission: format!(
@@ -915,7 +915,10 @@ impl CustomerProfileService for Api {
             }
             .into());
         }
-        let stream = self.feed().stream(&req.get_ref().after_cursor, types, principal.expires_at).await?;
+        let stream = self
+            .feed()
+            .stream(&req.get_ref().after_cursor, types, principal.expires_at)
+            .await?;
         Ok(Response::new(stream))
     }
 }

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use crm_platform::{
     Error, Result,
     db::{exec, in_list, query},
+    feed,
 };
 use crm_proto::crm::customer::v1 as pb;
 use prost::Message;
@@ -13,7 +14,12 @@ use sea_orm::{ConnectionTrait, Value};
 
 /// The erasure record of a customer id (any member of an erased family).
 pub async fn find<C: ConnectionTrait>(conn: &C, customer_id: &str) -> Result<Option<pb::Erasure>> {
-    let rows = query(conn, "SELECT data FROM erasures WHERE customer_id = ?", vec![customer_id.into()]).await?;
+    let rows = query(
+        conn,
+        "SELECT data FROM erasures WHERE customer_id = ?",
+        vec![customer_id.into()],
+    )
+    .await?;
     rows.first()
         .map(|r| {
             let data: Vec<u8> = r.try_get("", "data")?;
@@ -24,7 +30,13 @@ pub async fn find<C: ConnectionTrait>(conn: &C, customer_id: &str) -> Result<Opt
 
 /// Which of `ids` have an erasure record.
 pub async fn recorded<C: ConnectionTrait>(conn: &C, ids: &[&str]) -> Result<std::collections::HashSet<String>> {
-    let rows = in_list(conn, "SELECT customer_id FROM erasures WHERE customer_id > ? AND customer_id", "", ids).await?;
+    let rows = in_list(
+        conn,
+        "SELECT customer_id FROM erasures WHERE customer_id > ? AND customer_id",
+        "",
+        ids,
+    )
+    .await?;
     rows.iter().map(|r| Ok(r.try_get("", "customer_id")?)).collect()
 }
 
@@ -54,7 +66,12 @@ pub async fn save<C: ConnectionTrait>(conn: &C, customer_id: &str, erase_us: i64
 /// Erasure records older than `before_us`: how many, or (not `dry_run`) deleted.
 pub async fn purge_records<C: ConnectionTrait>(conn: &C, before_us: i64, dry_run: bool) -> Result<i64> {
     if dry_run {
-        let rows = query(conn, "SELECT COUNT(*) AS n FROM erasures WHERE erase_us < ?", vec![before_us.into()]).await?;
+        let rows = query(
+            conn,
+            "SELECT COUNT(*) AS n FROM erasures WHERE erase_us < ?",
+            vec![before_us.into()],
+        )
+        .await?;
         return Ok(match rows.first() {
             Some(r) => r.try_get("", "n")?,
             None => 0,
@@ -86,7 +103,12 @@ pub async fn scrub<C: ConnectionTrait>(conn: &C, ids: &[&str]) -> Result<BTreeMa
     delete("tags", "DELETE FROM customer_tags WHERE customer_id = ?", ids).await?;
     delete("blind_indexes", "DELETE FROM customer_keys WHERE customer_id = ?", ids).await?;
     delete("external_ids", "DELETE FROM customer_external_ids WHERE customer_id = ?", ids).await?;
-    delete("duplicate_candidates", "DELETE FROM duplicate_candidates WHERE customer_id = ?", ids).await?;
+    delete(
+        "duplicate_candidates",
+        "DELETE FROM duplicate_candidates WHERE customer_id = ?",
+        ids,
+    )
+    .await?;
     delete(
         "duplicate_candidates",
         "DELETE FROM duplicate_candidates WHERE other_customer_id = ?",
@@ -101,14 +123,28 @@ pub async fn scrub<C: ConnectionTrait>(conn: &C, ids: &[&str]) -> Result<BTreeMa
     )
     .await?;
     delete("merges", "DELETE FROM merges WHERE survivor_id = ?", ids).await?;
-    exec(conn, "DELETE FROM merge_members WHERE merge_id NOT IN (SELECT id FROM merges)", vec![]).await?;
+    exec(
+        conn,
+        "DELETE FROM merge_members WHERE merge_id NOT IN (SELECT id FROM merges)",
+        vec![],
+    )
+    .await?;
     delete("consents", "DELETE FROM consents WHERE customer_id = ?", ids).await?;
     delete("consent_history", "DELETE FROM consent_history WHERE customer_id = ?", ids).await?;
     delete("exports", "DELETE FROM export_jobs WHERE customer_id = ?", ids).await?;
     delete("import_rows", "DELETE FROM import_rows WHERE customer = ?", &name_refs).await?;
-    delete("idempotency_keys", "DELETE FROM idempotency_keys WHERE resource_name = ?", &name_refs).await?;
+    delete(
+        "idempotency_keys",
+        "DELETE FROM idempotency_keys WHERE resource_name = ?",
+        &name_refs,
+    )
+    .await?;
     removed.insert("interactions".into(), scrub_interactions(conn, ids).await?);
-    removed.insert("events".into(), scrub_events(conn, &name_refs).await?);
+    let mut events = 0;
+    for name in &name_refs {
+        events += feed::empty_payloads(conn, name).await?;
+    }
+    removed.insert("events".into(), count(events));
     removed.retain(|_, n| *n > 0);
     Ok(removed)
 }
@@ -148,26 +184,4 @@ async fn scrub_interactions<C: ConnectionTrait>(conn: &C, ids: &[&str]) -> Resul
         }
     }
     Ok(changed)
-}
-
-/// Empties the payloads of the feed events about the customers (their own and those
-/// of their orders, interactions and consents: subjects under their name).
-async fn scrub_events<C: ConnectionTrait>(conn: &C, names: &[&str]) -> Result<i64> {
-    let mut n = 0;
-    for name in names {
-        // `customers/x/` up to `customers/x0`: every subject under the name ('0' follows '/').
-        n += exec(
-            conn,
-            "UPDATE outbox SET data = ? WHERE (subject = ? OR (subject >= ? AND subject < ?)) AND data <> ?",
-            vec![
-                Value::from(Vec::<u8>::new()),
-                (*name).into(),
-                format!("{name}/").into(),
-                format!("{name}0").into(),
-                Value::from(Vec::<u8>::new()),
-            ],
-        )
-        .await?;
-    }
-    Ok(i64::try_from(n).unwrap_or(i64::MAX))
 }

@@ -66,7 +66,12 @@ pub async fn find_many<C: ConnectionTrait>(conn: &C, ids: &[&str]) -> Result<Vec
 
 /// Stores new wrapped keys; a customer that already has one (another replica won
 /// the race) keeps it.
-pub async fn insert_missing<C: ConnectionTrait>(conn: &C, keys: &[(String, Vec<u8>)], wrap_key: &str, at: DateTime<Utc>) -> Result<()> {
+pub async fn insert_missing<C: ConnectionTrait>(
+    conn: &C,
+    keys: &[(String, Vec<u8>)],
+    wrap_key: &str,
+    at: DateTime<Utc>,
+) -> Result<()> {
     for chunk in keys.chunks(200) {
         let rows = vec!["(?, ?, ?, ?)"; chunk.len()].join(", ");
         let mut values: Vec<Value> = Vec::with_capacity(chunk.len() * 4);
@@ -238,7 +243,10 @@ impl DataKeys {
     /// The key of `id` if this process holds it (no database trip).
     pub fn held(&self, id: &str) -> Option<DataKey> {
         let cache = self.cache.lock().ok()?;
-        cache.get(id).filter(|(_, at)| at.elapsed() < CACHE_TTL).map(|(k, _)| k.clone())
+        cache
+            .get(id)
+            .filter(|(_, at)| at.elapsed() < CACHE_TTL)
+            .map(|(k, _)| k.clone())
     }
 
     /// Drops keys from this process's memory (an erasure).

@@ -198,7 +198,11 @@ pub async fn scan_active<C: ConnectionTrait>(
     if let Some(after) = after {
         select = select.filter(customer::Column::Id.gt(after.uuid().to_string()));
     }
-    let rows = select.order_by(customer::Column::Id, Order::Asc).limit(limit).all(conn).await?;
+    let rows = select
+        .order_by(customer::Column::Id, Order::Asc)
+        .limit(limit)
+        .all(conn)
+        .await?;
     sealer.decode_all(rows).await
 }
 

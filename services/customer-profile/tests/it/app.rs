@@ -26,6 +26,8 @@ pub struct TestApp {
     pub permissions: PermissionsServiceClient<Channel>,
     shutdown: Shutdown,
     pub db: TestDatabase,
+    /// The Redis cache the service uses, when the tests run against Redis.
+    pub redis: Option<crm_platform::config::RedisConfig>,
     _permissions_db: TestDatabase,
 }
 
@@ -65,6 +67,7 @@ impl TestApp {
             }
         }
         adjust(&mut cfg);
+        let redis = testing::redis_url().map(|_| cfg.platform.redis.clone());
         let (shutdown, signal) = shutdown_channel();
         let permissions_db = TestDatabase::new("permissions").unwrap();
         let mut permissions_platform = cfg.platform.clone();
@@ -98,6 +101,7 @@ impl TestApp {
             client: CustomerProfileServiceClient::new(channel),
             shutdown,
             db,
+            redis,
             _permissions_db: permissions_db,
         }
     }

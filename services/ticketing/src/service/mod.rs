@@ -5,6 +5,7 @@
 
 mod changes;
 pub mod config;
+pub mod erasure;
 pub mod kb;
 mod queries;
 mod scheduler;

@@ -22,6 +22,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "audit spool (reads and denials waiting for the permissions service)",
         up: crm_platform::audit::migration_sql,
     },
+    Migration {
+        version: 4,
+        name: "feed cursors (customer-profile's erasures)",
+        up: crm_platform::consumer::migration_sql,
+    },
 ];
 
 fn v1(d: Dialect) -> Vec<String> {

@@ -2,6 +2,7 @@
 //! protos with the columns queries filter on, SLA clocks as JSON beside their ticket,
 //! each ticket's history, and the SLA points the scheduler claims.
 
+pub mod erasure;
 pub mod kb;
 mod migrations;
 pub mod sla;

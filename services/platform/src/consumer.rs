@@ -1,0 +1,182 @@
+//! Following another service's change feed with exactly-once effects (DESIGN.md §4):
+//! each event's effect and the consumer's cursor commit in one transaction, so a
+//! crash replays at most the event whose effect did not commit. The stream is read
+//! as this service's own account, reconnecting with backoff; heartbeats move the
+//! cursor past events the subscription filters out.
+
+use std::{sync::Arc, time::Duration};
+
+use async_trait::async_trait;
+use chrono::Utc;
+use crm_proto::crm::events::v1::{Event, StreamEventsRequest, StreamEventsResponse, stream_events_response::Kind};
+use sea_orm::{ConnectionTrait, DatabaseConnection, DatabaseTransaction};
+use tonic::transport::Channel;
+use tonic_types::StatusExt;
+
+use crate::{
+    Result,
+    authz::ServiceCredentials,
+    db::{begin_write, exec, query},
+    migrate::Dialect,
+    server::ShutdownSignal,
+};
+
+/// The cursors table; a consuming service's migration includes it.
+pub fn migration_sql(_: Dialect) -> Vec<String> {
+    vec!["CREATE TABLE feed_cursors (source TEXT PRIMARY KEY, cursor TEXT NOT NULL, update_us BIGINT NOT NULL)".into()]
+}
+
+/// What to follow.
+#[derive(Debug, Clone)]
+pub struct Subscription {
+    /// Name of the source, the cursor's key (e.g. `customer-profile`).
+    pub source: &'static str,
+    /// The source's `StreamEvents` method path, e.g.
+    /// `/crm.customer.v1.CustomerProfileService/StreamEvents`.
+    pub method: &'static str,
+    /// Only these event types (empty: all).
+    pub event_types: Vec<String>,
+}
+
+/// A consumer's effect of one event, inside the transaction that also moves the
+/// cursor. An error rolls both back; the event is delivered again after a backoff.
+#[async_trait]
+pub trait Apply: Send + Sync + 'static {
+    async fn apply(&self, txn: &DatabaseTransaction, event: &Event) -> Result<()>;
+}
+
+/// The stored cursor of `source` (empty: from the feed's start).
+pub async fn cursor<C: ConnectionTrait>(conn: &C, source: &str) -> Result<String> {
+    let rows = query(conn, "SELECT cursor FROM feed_cursors WHERE source = ?", vec![source.into()]).await?;
+    Ok(match rows.first() {
+        Some(r) => r.try_get("", "cursor")?,
+        None => String::new(),
+    })
+}
+
+async fn save_cursor<C: ConnectionTrait>(conn: &C, source: &str, cursor: &str) -> Result<()> {
+    exec(
+        conn,
+        "INSERT INTO feed_cursors (source, cursor, update_us) VALUES (?, ?, ?) \
+         ON CONFLICT (source) DO UPDATE SET cursor = excluded.cursor, update_us = excluded.update_us",
+        vec![source.into(), cursor.into(), Utc::now().timestamp_micros().into()],
+    )
+    .await?;
+    Ok(())
+}
+
+/// A channel for a long-lived stream: a connect timeout, no per-call deadline.
+pub fn stream_channel(url: &str, ca_path: &str) -> anyhow::Result<Channel> {
+    let mut endpoint = tonic::transport::Endpoint::from_shared(url.to_owned())?
+        .connect_timeout(Duration::from_secs(5))
+        .http2_keep_alive_interval(Duration::from_secs(30));
+    if url.starts_with("https://") {
+        let mut tls = tonic::transport::ClientTlsConfig::new();
+        if !ca_path.is_empty() {
+            tls = tls.ca_certificate(tonic::transport::Certificate::from_pem(std::fs::read(ca_path)?));
+        }
+        endpoint = endpoint.tls_config(tls)?;
+    }
+    Ok(endpoint.connect_lazy())
+}
+
+/// Follows `subscription` on `channel` until shutdown, applying each event with
+/// `handler` in `db`.
+pub async fn follow(
+    db: DatabaseConnection,
+    channel: Channel,
+    credentials: ServiceCredentials,
+    subscription: Subscription,
+    handler: Arc<dyn Apply>,
+    mut shutdown: ShutdownSignal,
+) {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        let run = read_stream(&db, &channel, &credentials, &subscription, handler.as_ref());
+        tokio::select! {
+            _ = shutdown.wait() => return,
+            outcome = run => match outcome {
+                Ok(()) => backoff = Duration::from_millis(200),
+                Err(Stop::Expired(message)) => {
+                    // Events were purged before this consumer read them: what they
+                    // asked for is lost here. Say so loudly and go on from the oldest kept.
+                    tracing::error!(source = subscription.source, %message, "feed cursor expired: events were missed; continuing from the oldest retained event");
+                    if let Err(err) = save_cursor(&db, subscription.source, "").await {
+                        tracing::warn!(%err, "cannot reset the feed cursor");
+                    }
+                }
+                Err(Stop::Failed(message)) => {
+                    tracing::warn!(source = subscription.source, %message, retry_in_ms = backoff.as_millis() as u64, "feed consumer interrupted; reconnecting");
+                    tokio::select! {
+                        _ = shutdown.wait() => return,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                }
+            }
+        }
+    }
+}
+
+enum Stop {
+    Expired(String),
+    Failed(String),
+}
+
+impl From<crate::Error> for Stop {
+    fn from(e: crate::Error) -> Self {
+        Stop::Failed(e.to_string())
+    }
+}
+
+impl From<tonic::Status> for Stop {
+    fn from(s: tonic::Status) -> Self {
+        let expired = s
+            .get_error_details()
+            .error_info()
+            .is_some_and(|info| info.reason == "FEED_CURSOR_EXPIRED");
+        if expired {
+            Stop::Expired(s.message().to_owned())
+        } else {
+            Stop::Failed(format!("{:?}: {}", s.code(), s.message()))
+        }
+    }
+}
+
+async fn read_stream(
+    db: &DatabaseConnection,
+    channel: &Channel,
+    credentials: &ServiceCredentials,
+    sub: &Subscription,
+    handler: &dyn Apply,
+) -> std::result::Result<(), Stop> {
+    let mut position = cursor(db, sub.source).await?;
+    let req = credentials.request(StreamEventsRequest {
+        after_cursor: position.clone(),
+        event_types: sub.event_types.clone(),
+    })?;
+    let mut grpc = tonic::client::Grpc::new(channel.clone());
+    grpc.ready()
+        .await
+        .map_err(|e| Stop::Failed(format!("{} unreachable: {e}", sub.source)))?;
+    let path = http::uri::PathAndQuery::from_static(sub.method);
+    let codec = tonic_prost::ProstCodec::<StreamEventsRequest, StreamEventsResponse>::default();
+    let mut stream = grpc.server_streaming(req, path, codec).await?.into_inner();
+    while let Some(msg) = stream.message().await? {
+        match msg.kind {
+            Some(Kind::Event(event)) => {
+                let txn = begin_write(db).await?;
+                handler.apply(&txn, &event).await?;
+                save_cursor(&txn, sub.source, &event.cursor).await?;
+                txn.commit().await.map_err(crate::Error::from)?;
+                position = event.cursor;
+            }
+            Some(Kind::Heartbeat(beat)) if !beat.cursor.is_empty() && beat.cursor != position => {
+                save_cursor(db, sub.source, &beat.cursor).await?;
+                position = beat.cursor;
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
