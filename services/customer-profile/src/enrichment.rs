@@ -16,7 +16,7 @@ const MAX_ANSWER_BYTES: usize = 64 * 1024;
 /// What a lookup found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Answer {
-    Found(Firmographics),
+    Found(Box<Firmographics>),
     /// The endpoint knows nothing of the organisation (404, 204, or an empty answer).
     NoData,
 }
@@ -160,7 +160,7 @@ pub fn classify(status: u16, body: &[u8]) -> Result<Answer, Failure> {
     match status {
         204 | 404 => Ok(Answer::NoData),
         200..=299 => match parse(body) {
-            Ok(Some(found)) => Ok(Answer::Found(found)),
+            Ok(Some(found)) => Ok(Answer::Found(Box::new(found))),
             Ok(None) => Ok(Answer::NoData),
             Err(why) => Err(Failure::retry(why)),
         },

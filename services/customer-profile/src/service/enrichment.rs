@@ -239,7 +239,7 @@ impl Customers {
         let query = Query::of(&customer.profile);
         let result = match endpoint.lookup(&query).await {
             Ok(Answer::NoData) => Ok(None),
-            Ok(Answer::Found(found)) => Ok(Some(found)),
+            Ok(Answer::Found(found)) => Ok(Some(*found)),
             Err(failure) => Err(failure),
         };
         let result = match result {
