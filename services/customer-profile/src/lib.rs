@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod domain;
+pub mod enrichment;
 pub mod events;
 pub mod sections;
 pub mod service;
@@ -63,6 +64,18 @@ ticketing_url = ""
 ticketing_ca_path = ""
 deadline_ms = 300
 behaviour_window_days = 90
+
+[customer_profile.enrichment]
+url = ""
+bearer_token = ""
+timeout_ms = 2000
+interval_secs = 10
+batch = 50
+max_attempts = 8
+retry_base_ms = 30000
+retry_max_ms = 21600000
+industry_attribute = "industry"
+employee_count_attribute = "employee_count"
 
 [customer_profile.ingest]
 source_priority = ["api", "erp", "store", "service_desk", "ecommerce", "app", "web", "wechat", "phone", "email", "import"]
@@ -137,6 +150,8 @@ pub struct ServiceConfig {
     pub matching: domain::matching::MatchConfig,
     /// Data-quality targets and the stale-profile job.
     pub quality: service::quality::QualityConfig,
+    /// Firmographic enrichment of organisations by an HTTP endpoint.
+    pub enrichment: service::enrichment::EnrichmentConfig,
 }
 
 impl ServiceConfig {
@@ -180,6 +195,9 @@ impl ServiceConfig {
         if let Err((key, message)) = self.quality.validate() {
             return Err(ConfigError::invalid(format!("customer_profile.quality.{key}"), message));
         }
+        if let Err((key, message)) = self.enrichment.validate() {
+            return Err(ConfigError::invalid(format!("customer_profile.enrichment.{key}"), message));
+        }
         Ok(())
     }
 }
@@ -214,7 +232,8 @@ pub const LONG_RUNNING: &[&str] = &[
 pub type Service = InterceptedService<CustomerProfileServiceServer<Api>, Authenticator>;
 
 /// Opens the database (migrating it if configured), builds the service and starts
-/// its background jobs (feed retention), which stop with the platform's shutdown.
+/// its background jobs (feed retention, enrichment when configured), which stop with
+/// the platform's shutdown.
 pub async fn build(platform: &Platform, cfg: &ServiceConfig) -> anyhow::Result<Service> {
     let keyring = std::sync::Arc::new(Keyring::from_config(&platform.config.encryption)?);
     let db = platform.database(SERVICE, store::MIGRATIONS).await?;
@@ -235,6 +254,15 @@ pub async fn build(platform: &Platform, cfg: &ServiceConfig) -> anyhow::Result<S
     customers.prepare_partitions().await?;
     tokio::spawn(customers.clone().run_partition_upkeep(platform.shutdown.clone()));
     tokio::spawn(customers.clone().run_retention(platform.shutdown.clone()));
+    if cfg.enrichment.enabled() {
+        let endpoint = enrichment::Endpoint::new(
+            &cfg.enrichment.url,
+            std::time::Duration::from_millis(cfg.enrichment.timeout_ms),
+            &cfg.enrichment.bearer_token,
+        )
+        .map_err(|why| anyhow::anyhow!("customer_profile.enrichment.url: {why}"))?;
+        tokio::spawn(customers.clone().run_enrichment(endpoint, platform.shutdown.clone()));
+    }
     let sections = sections::Sections::connect(
         platform,
         &cfg.sections.ticketing_url,
@@ -269,6 +297,7 @@ pub fn settings(cfg: &ServiceConfig) -> Settings {
         reencrypt_interval: std::time::Duration::from_secs(cfg.reencrypt_interval_secs.max(1)),
         unknown_customer: cfg.activity.unknown_customer,
         retention: cfg.retention,
+        enrichment: cfg.enrichment.clone(),
     }
 }
 

@@ -21,13 +21,18 @@ const MAX_TAGS: usize = 50;
 pub struct SourcePriority(pub Vec<Channel>);
 
 impl SourcePriority {
-    fn rank(&self, channel: Channel) -> usize {
-        self.0.iter().position(|c| *c == channel).unwrap_or(self.0.len())
+    /// Position in the list; unlisted channels rank after the listed ones, and
+    /// enriched values ([`super::enrichment`]) after everything.
+    fn rank(&self, origin: &Provenance) -> usize {
+        if origin.is_enrichment() {
+            return usize::MAX;
+        }
+        self.0.iter().position(|c| *c == origin.channel).unwrap_or(self.0.len())
     }
 
     /// Does a value from `incoming` replace one from `stored`?
     pub fn prefers(&self, incoming: &Provenance, stored: &Provenance) -> bool {
-        let (ri, rs) = (self.rank(incoming.channel), self.rank(stored.channel));
+        let (ri, rs) = (self.rank(incoming), self.rank(stored));
         ri < rs || (ri == rs && incoming.time >= stored.time)
     }
 }

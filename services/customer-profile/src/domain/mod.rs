@@ -5,6 +5,7 @@
 pub mod combine;
 pub mod customer;
 pub mod definitions;
+pub mod enrichment;
 pub mod filter;
 pub mod import;
 pub mod matching;

@@ -301,6 +301,7 @@ impl Customers {
                         let provenance = stamp_all(&full, &origin);
                         let customer = Customer::new(full, source.channel, provenance, vec![link.clone()], full_raw, at);
                         store::insert(txn, self.sealer(defs), &customer).await?;
+                        self.request_enrichment(txn, None, &customer).await?;
                         if !records::link_external_id(txn, &source.system, external_id, customer.id).await? {
                             return Err(concurrent_link(source, external_id));
                         }
@@ -639,6 +640,9 @@ impl Customers {
         }
         let p = std::mem::take(pending);
         store::insert_many(txn, self.sealer(defs), &p.customers).await?;
+        for c in &p.customers {
+            self.request_enrichment(txn, None, c).await?;
+        }
         records::insert_keys_many(txn, &self.keyring, &p.keys).await?;
         records::link_external_ids_many(txn, &p.links).await?;
         feed::append_many(txn, p.events).await?;

@@ -123,6 +123,7 @@ impl Customers {
         if !store::update(&txn, self.sealer(&defs), &next, base.revision).await? {
             return Err(Error::EtagMismatch { name: base.name() });
         }
+        self.request_enrichment(&txn, Some(&base.profile), &next).await?;
         self.index(&txn, &next, &defs).await?;
         feed::append(&txn, self.seal_event(events::merged(&next, &losers, actor))?).await?;
         for loser in &losers {

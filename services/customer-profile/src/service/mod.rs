@@ -6,6 +6,7 @@ pub mod activity;
 pub mod consent;
 mod definitions;
 pub mod duplicates;
+pub mod enrichment;
 pub mod erasure;
 pub mod export;
 pub mod ingest;
@@ -58,6 +59,7 @@ pub struct Settings {
     /// Orders and interactions naming an unknown external id.
     pub unknown_customer: activity::UnknownCustomer,
     pub retention: retention::RetentionConfig,
+    pub enrichment: enrichment::EnrichmentConfig,
 }
 
 #[derive(Clone, Debug)]
@@ -292,6 +294,7 @@ impl Customers {
             return self.get(CustomerId::parse_name(&name, "request_id")?).await;
         }
         store::insert(&txn, self.sealer(&defs), &customer).await?;
+        self.request_enrichment(&txn, None, &customer).await?;
         let found = self.matches(&txn, &defs, &customer.profile, Some(customer.id)).await?;
         self.index_new(&txn, &customer, &defs, found).await?;
         feed::append(&txn, self.seal_event(events::created(&customer, actor))?).await?;
@@ -373,6 +376,7 @@ impl Customers {
         if !store::update(txn, self.sealer(defs), next, current.revision).await? {
             return Err(Error::EtagMismatch { name: current.name() });
         }
+        self.request_enrichment(txn, Some(&current.profile), next).await?;
         if next.delete_time.is_none() && next.profile != current.profile {
             self.index(txn, next, defs).await?;
         }

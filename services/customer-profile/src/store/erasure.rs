@@ -132,6 +132,12 @@ pub async fn scrub<C: ConnectionTrait>(conn: &C, ids: &[&str]) -> Result<BTreeMa
     delete("consents", "DELETE FROM consents WHERE customer_id = ?", ids).await?;
     delete("consent_history", "DELETE FROM consent_history WHERE customer_id = ?", ids).await?;
     delete("exports", "DELETE FROM export_jobs WHERE customer_id = ?", ids).await?;
+    delete(
+        "enrichment_requests",
+        "DELETE FROM enrichment_requests WHERE customer_id = ?",
+        ids,
+    )
+    .await?;
     delete("import_rows", "DELETE FROM import_rows WHERE customer = ?", &name_refs).await?;
     delete(
         "idempotency_keys",

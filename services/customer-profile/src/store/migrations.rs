@@ -57,6 +57,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "erasure records",
         up: v10,
     },
+    Migration {
+        version: 11,
+        name: "enrichment requests",
+        up: v11,
+    },
 ];
 
 fn v1(d: Dialect) -> Vec<String> {
@@ -222,5 +227,19 @@ fn v10(d: Dialect) -> Vec<String> {
         // One row per erased customer: the erasure record (no personal data).
         format!("CREATE TABLE erasures (customer_id TEXT PRIMARY KEY, erase_us BIGINT NOT NULL, data {bytes} NOT NULL)"),
         "CREATE INDEX erasures_time ON erasures (erase_us)".into(),
+    ]
+}
+
+fn v11(_: Dialect) -> Vec<String> {
+    vec![
+        // At most one request per customer: a newer trigger resets it (and bumps
+        // `generation`, so an answer to the older one is discarded). `due_us` is when
+        // the next attempt may start; a claimed row's is pushed past the attempt's
+        // lease, so a replica that dies mid-call leaves it to be claimed again.
+        "CREATE TABLE enrichment_requests (customer_id TEXT PRIMARY KEY, reason TEXT NOT NULL, state TEXT NOT NULL, \
+         generation BIGINT NOT NULL, attempts BIGINT NOT NULL, due_us BIGINT NOT NULL, request_us BIGINT NOT NULL, \
+         last_error TEXT NOT NULL)"
+            .into(),
+        "CREATE INDEX enrichment_requests_due ON enrichment_requests (state, due_us)".into(),
     ]
 }

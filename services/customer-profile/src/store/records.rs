@@ -833,3 +833,173 @@ pub async fn update_counts<C: ConnectionTrait>(conn: &C, since: DateTime<Utc>) -
         None => (0, 0),
     })
 }
+
+// ---- enrichment requests ----------------------------------------------------
+
+const PENDING: &str = "pending";
+const FAILED: &str = "failed";
+
+/// Records (or resets) the enrichment request of `id`, due at `due_us`: one row per
+/// customer, whatever its state, so repeated triggers coalesce.
+pub async fn request_enrichment<C: ConnectionTrait>(conn: &C, id: CustomerId, reason: &str, due_us: i64) -> Result<()> {
+    exec(
+        conn,
+        "INSERT INTO enrichment_requests (customer_id, reason, state, generation, attempts, due_us, request_us, last_error) \
+         VALUES (?, ?, ?, 1, 0, ?, ?, '') ON CONFLICT (customer_id) DO UPDATE SET reason = excluded.reason, \
+         state = excluded.state, generation = enrichment_requests.generation + 1, attempts = 0, \
+         due_us = excluded.due_us, request_us = excluded.request_us, last_error = ''",
+        vec![
+            id.uuid().to_string().into(),
+            reason.into(),
+            PENDING.into(),
+            due_us.into(),
+            due_us.into(),
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+/// A request claimed for one attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnrichmentClaim {
+    pub customer_id: CustomerId,
+    pub generation: i64,
+    /// Including this one.
+    pub attempts: i64,
+    pub reason: String,
+}
+
+/// Claims up to `limit` pending requests due at `now_us` for one attempt each,
+/// pushing their due time to `lease_us` and counting the attempt. Within `txn`:
+/// PostgreSQL skips rows another replica is claiming (`FOR UPDATE SKIP LOCKED`),
+/// SQLite has one writer; the conditional update claims a row at most once either way.
+pub async fn claim_enrichment(
+    txn: &sea_orm::DatabaseTransaction,
+    now_us: i64,
+    lease_us: i64,
+    limit: u64,
+) -> Result<Vec<EnrichmentClaim>> {
+    let lock = if txn.get_database_backend() == sea_orm::DbBackend::Postgres {
+        " FOR UPDATE SKIP LOCKED"
+    } else {
+        ""
+    };
+    let rows = query(
+        txn,
+        &format!(
+            "SELECT customer_id, generation, attempts, reason FROM enrichment_requests \
+             WHERE state = ? AND due_us <= ? ORDER BY due_us, customer_id LIMIT ?{lock}"
+        ),
+        vec![PENDING.into(), now_us.into(), i64::try_from(limit).unwrap_or(i64::MAX).into()],
+    )
+    .await?;
+    let mut claimed = Vec::with_capacity(rows.len());
+    for row in rows {
+        let id: String = row.try_get("", "customer_id")?;
+        let generation: i64 = row.try_get("", "generation")?;
+        let n = exec(
+            txn,
+            "UPDATE enrichment_requests SET attempts = attempts + 1, due_us = ? \
+             WHERE customer_id = ? AND generation = ? AND state = ? AND due_us <= ?",
+            vec![
+                lease_us.into(),
+                id.clone().into(),
+                generation.into(),
+                PENDING.into(),
+                now_us.into(),
+            ],
+        )
+        .await?;
+        if n == 1 {
+            claimed.push(EnrichmentClaim {
+                customer_id: customer_id(&id)?,
+                generation,
+                attempts: row.try_get::<i64>("", "attempts")? + 1,
+                reason: row.try_get("", "reason")?,
+            });
+        }
+    }
+    Ok(claimed)
+}
+
+/// Is `generation` still the request of `id` (no newer trigger reset it)?
+pub async fn enrichment_current<C: ConnectionTrait>(conn: &C, id: CustomerId, generation: i64) -> Result<bool> {
+    let rows = query(
+        conn,
+        "SELECT generation FROM enrichment_requests WHERE customer_id = ? AND generation = ?",
+        vec![id.uuid().to_string().into(), generation.into()],
+    )
+    .await?;
+    Ok(!rows.is_empty())
+}
+
+/// Removes a completed request, unless a newer trigger reset it meanwhile.
+pub async fn finish_enrichment<C: ConnectionTrait>(conn: &C, id: CustomerId, generation: i64) -> Result<()> {
+    exec(
+        conn,
+        "DELETE FROM enrichment_requests WHERE customer_id = ? AND generation = ?",
+        vec![id.uuid().to_string().into(), generation.into()],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Records a failed attempt: due again at `retry_us`, or (`retry_us` = None) kept
+/// as failed for good. Either way with `error`; a request reset meanwhile is left alone.
+pub async fn fail_enrichment<C: ConnectionTrait>(
+    conn: &C,
+    id: CustomerId,
+    generation: i64,
+    retry_us: Option<i64>,
+    error: &str,
+) -> Result<()> {
+    let (state, due) = match retry_us {
+        Some(at) => (PENDING, Some(at)),
+        None => (FAILED, None),
+    };
+    exec(
+        conn,
+        "UPDATE enrichment_requests SET state = ?, due_us = COALESCE(?, due_us), last_error = ? \
+         WHERE customer_id = ? AND generation = ?",
+        vec![
+            state.into(),
+            due.into(),
+            error.into(),
+            id.uuid().to_string().into(),
+            generation.into(),
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+/// An enrichment request as stored, for operators and tests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnrichmentRequest {
+    pub reason: String,
+    /// `pending` or `failed`.
+    pub state: String,
+    pub attempts: i64,
+    pub last_error: String,
+}
+
+/// The request of `id`, if one is pending or failed.
+pub async fn enrichment_request<C: ConnectionTrait>(conn: &C, id: CustomerId) -> Result<Option<EnrichmentRequest>> {
+    let rows = query(
+        conn,
+        "SELECT reason, state, attempts, last_error FROM enrichment_requests WHERE customer_id = ?",
+        vec![id.uuid().to_string().into()],
+    )
+    .await?;
+    rows.first()
+        .map(|r| {
+            Ok(EnrichmentRequest {
+                reason: r.try_get("", "reason")?,
+                state: r.try_get("", "state")?,
+                attempts: r.try_get("", "attempts")?,
+                last_error: r.try_get("", "last_error")?,
+            })
+        })
+        .transpose()
+}

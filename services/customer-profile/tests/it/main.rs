@@ -11,6 +11,7 @@ mod crud;
 mod definitions;
 mod duplicates;
 mod encryption;
+mod enrichment;
 mod erasure;
 mod export;
 mod feed;
