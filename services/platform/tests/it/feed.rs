@@ -153,7 +153,7 @@ async fn stream_replays_then_tails_then_heartbeats() {
     use tokio_stream::StreamExt;
     let (_tdb, db, feed, _shutdown) = setup().await;
     commit_events(&db, &["one", "two"]).await;
-    let mut stream = feed.stream("", 0).await.unwrap();
+    let mut stream = feed.stream("", &[], 0).await.unwrap();
     let mut next = async || {
         tokio::time::timeout(Duration::from_secs(10), stream.next())
             .await
@@ -180,6 +180,50 @@ async fn stream_replays_then_tails_then_heartbeats() {
         panic!("expected the tailed event")
     };
     assert_eq!(third.subject, "three");
+}
+
+/// A stream asked for some event types sends only those; its heartbeat carries the
+/// cursor past the others, and the payloads of an erased subject come out empty.
+#[tokio::test]
+async fn stream_filters_by_type_and_heartbeats_past_the_rest() {
+    use crm_proto::crm::events::v1::stream_events_response::Kind;
+    use tokio_stream::StreamExt;
+    let (_tdb, db, feed, _shutdown) = setup().await;
+    let txn = begin_write(&db).await.unwrap();
+    feed::append(
+        &txn,
+        NewEvent {
+            event_type: "crm.test.v1.Wanted",
+            ..event("customers/1".into())
+        },
+    )
+    .await
+    .unwrap();
+    feed::append(&txn, event("customers/1/orders/9".into())).await.unwrap();
+    feed::append(&txn, event("customers/10".into())).await.unwrap();
+    assert_eq!(feed::empty_payloads(&txn, "customers/1").await.unwrap(), 2);
+    txn.commit().await.unwrap();
+    let all = read_n(&feed, Cursor::default(), 3).await;
+    assert_eq!(all.len(), 3);
+    let events = feed.read(Cursor::default(), 10).await.unwrap();
+    let payloads: Vec<usize> = events.iter().map(|e| e.data.as_ref().unwrap().value.len()).collect();
+    assert_eq!(payloads, vec![0, 0, 3], "only the subject and what is under it are emptied");
+    let mut stream = feed.stream("", &["crm.test.v1.Wanted".into()], 0).await.unwrap();
+    let mut next = async || {
+        tokio::time::timeout(Duration::from_secs(10), stream.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap()
+    };
+    let Some(Kind::Event(wanted)) = next().await.kind else {
+        panic!("expected the wanted event")
+    };
+    assert_eq!(wanted.r#type, "crm.test.v1.Wanted");
+    let Some(Kind::Heartbeat(beat)) = next().await.kind else {
+        panic!("the others are skipped, then a heartbeat")
+    };
+    assert_eq!(beat.cursor, events[2].cursor, "the heartbeat moves past the skipped events");
 }
 
 #[tokio::test]
@@ -242,8 +286,8 @@ where
 async fn a_stream_ends_when_the_token_expires_or_the_server_stops() {
     let (_tdb, _db, feed, shutdown) = setup().await;
     let soon = u64::try_from(chrono::Utc::now().timestamp()).unwrap() + 1;
-    let mut expiring = feed.stream("", soon).await.unwrap();
-    let mut open = feed.stream("", 0).await.unwrap();
+    let mut expiring = feed.stream("", &[], soon).await.unwrap();
+    let mut open = feed.stream("", &[], 0).await.unwrap();
     let status = final_status(&mut expiring).await;
     assert_eq!(status.code(), tonic::Code::Unauthenticated);
     shutdown.trigger();
@@ -258,13 +302,13 @@ async fn a_cursor_beyond_the_head_is_refused() {
     let real = read_n(&feed, Cursor::default(), 1).await;
     assert_eq!(real, vec!["one"]);
     let last = feed.read(Cursor::default(), 1).await.unwrap().remove(0).cursor;
-    assert!(feed.stream(&last, 0).await.is_ok(), "the newest real cursor is fine");
+    assert!(feed.stream(&last, &[], 0).await.is_ok(), "the newest real cursor is fine");
     let bogus = Cursor {
         tx_id: i64::MAX / 2,
         id: i64::MAX / 2,
     }
     .encode();
-    let err = feed.stream(&bogus, 0).await.unwrap_err();
+    let err = feed.stream(&bogus, &[], 0).await.unwrap_err();
     let status = tonic::Status::from(err);
     assert_eq!(status.code(), tonic::Code::FailedPrecondition);
 }

@@ -16,7 +16,8 @@ use sea_orm::{ConnectionTrait, Value};
 
 /// Empties the personal parts of the tickets of `customers` (resource names), their
 /// comments, survey comments and feed payloads, and deletes their knowledge-base
-/// deflection queries. Returns the ids of the tickets changed and counts per class.
+/// deflection queries. Returns the ids of the tickets changed and counts per class;
+/// a ticket with nothing personal left is not changed again.
 pub async fn scrub_customers<C: ConnectionTrait>(conn: &C, customers: &[String]) -> Result<(Vec<String>, BTreeMap<String, i64>)> {
     let mut counts = BTreeMap::new();
     let mut tickets = Vec::new();
@@ -32,10 +33,17 @@ pub async fn scrub_customers<C: ConnectionTrait>(conn: &C, customers: &[String])
             let revision: i64 = r.try_get("", "revision")?;
             let data: Vec<u8> = r.try_get("", "data")?;
             let mut t = pb::Ticket::decode(data.as_slice()).map_err(Error::internal)?;
+            let personal = !(t.subject.is_empty() && t.description.is_empty() && t.custom_fields.is_empty() && t.attachments.is_empty());
             t.subject.clear();
             t.description.clear();
             t.custom_fields.clear();
             t.attachments.clear();
+            let comments = scrub_comments(conn, &id).await?;
+            let surveys = scrub_survey(conn, &id).await?;
+            let events = i64::try_from(feed::empty_payloads(conn, &format!("tickets/{id}")).await?).unwrap_or(i64::MAX);
+            if !personal && comments == 0 && surveys == 0 && events == 0 {
+                continue;
+            }
             exec(
                 conn,
                 "UPDATE tickets SET data = ?, revision = ? WHERE id = ?",
@@ -43,10 +51,9 @@ pub async fn scrub_customers<C: ConnectionTrait>(conn: &C, customers: &[String])
             )
             .await?;
             *counts.entry("tickets".into()).or_insert(0) += 1;
-            *counts.entry("comments".into()).or_insert(0) += scrub_comments(conn, &id).await?;
-            *counts.entry("surveys".into()).or_insert(0) += scrub_survey(conn, &id).await?;
-            *counts.entry("events".into()).or_insert(0) +=
-                i64::try_from(feed::empty_payloads(conn, &format!("tickets/{id}")).await?).unwrap_or(i64::MAX);
+            *counts.entry("comments".into()).or_insert(0) += comments;
+            *counts.entry("surveys".into()).or_insert(0) += surveys;
+            *counts.entry("events".into()).or_insert(0) += events;
             tickets.push(id);
         }
         let n = exec(

@@ -28,7 +28,7 @@ pub struct TestApp {
     pub kb: KnowledgeBaseServiceClient<Channel>,
     pub permissions: PermissionsServiceClient<Channel>,
     shutdown: Shutdown,
-    _db: TestDatabase,
+    pub db: TestDatabase,
     _permissions_db: TestDatabase,
 }
 
@@ -92,7 +92,7 @@ impl TestApp {
             kb: KnowledgeBaseServiceClient::new(channel.clone()),
             permissions: PermissionsServiceClient::new(channel),
             shutdown,
-            _db: db,
+            db,
             _permissions_db: permissions_db,
         }
     }

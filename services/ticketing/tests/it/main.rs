@@ -4,5 +4,6 @@
 
 mod api;
 mod app;
+mod erasure;
 mod setup;
 mod sla;
