@@ -83,12 +83,18 @@ enum Command {
         /// The new backup directory.
         #[arg(long)]
         out: PathBuf,
+        /// Back up the key stores (the customers' data keys) instead of the data: keep
+        /// them apart from data backups and only briefly (an erased customer's key
+        /// lives on in them until they expire).
+        #[arg(long)]
+        keys: bool,
         /// Directory of the SQLite files (database.data_dir), default ./data.
         #[arg(long)]
         data_dir: Option<PathBuf>,
     },
     /// Replace the embedded databases with a backup, after checking its checksums.
-    /// Stop `crm serve` first.
+    /// Stop `crm serve` first. A key-store backup (`crm backup --keys`) is merged into
+    /// the live key store instead: an erasure since the backup stays in force.
     Restore {
         /// The backup directory.
         #[arg(long)]
@@ -343,11 +349,11 @@ async fn main() -> anyhow::Result<()> {
             let _telemetry = crm_platform::telemetry::init("crm", &cfg.platform.log, &cfg.platform.metrics)?;
             serve(cfg).await
         }
-        Command::Backup { out, data_dir } => {
+        Command::Backup { out, data_dir, keys } => {
             if let Some(dir) = data_dir {
                 cfg.platform.database.data_dir = dir.display().to_string();
             }
-            let manifest = backup::backup(&cfg.platform.database, &out).await?;
+            let manifest = backup::backup(&cfg.platform.database, &out, keys).await?;
             for f in &manifest.files {
                 println!(
                     "{}: {} bytes, sha256 {}, schema {}",
@@ -361,13 +367,23 @@ async fn main() -> anyhow::Result<()> {
             if let Some(dir) = data_dir {
                 cfg.platform.database.data_dir = dir.display().to_string();
             }
-            let manifest = backup::restore(&cfg.platform.database, &from, force)?;
-            println!(
-                "crm: restored {} databases from {} (taken {})",
-                manifest.files.len(),
-                from.display(),
-                manifest.created
-            );
+            let restored = backup::restore(&cfg.platform.database, &from, force).await?;
+            let manifest = &restored.manifest;
+            if manifest.keys {
+                println!(
+                    "crm: merged {} data keys from {} (taken {}); keys erased since stay erased",
+                    restored.merged_keys,
+                    from.display(),
+                    manifest.created
+                );
+            } else {
+                println!(
+                    "crm: restored {} databases from {} (taken {})",
+                    manifest.files.len(),
+                    from.display(),
+                    manifest.created
+                );
+            }
             Ok(())
         }
         Command::Migrate => {

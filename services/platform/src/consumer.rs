@@ -43,6 +43,12 @@ pub struct Subscription {
 #[async_trait]
 pub trait Apply: Send + Sync + 'static {
     async fn apply(&self, txn: &DatabaseTransaction, event: &Event) -> Result<()>;
+
+    /// Runs after an applied event committed (e.g. [`crate::db::truncate_log`] after
+    /// removing personal data).
+    async fn committed(&self, _db: &DatabaseConnection) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// The stored cursor of `source` (empty: from the feed's start).
@@ -81,7 +87,8 @@ pub fn stream_channel(url: &str, ca_path: &str) -> anyhow::Result<Channel> {
 }
 
 /// Follows `subscription` on `channel` until shutdown, applying each event with
-/// `handler` in `db`.
+/// `handler` in `db`. Effects must tolerate an event applied again: after the
+/// source's database is restored, the feed is read again from its start.
 pub async fn follow(
     db: DatabaseConnection,
     channel: Channel,
@@ -98,9 +105,10 @@ pub async fn follow(
             outcome = run => match outcome {
                 Ok(()) => backoff = Duration::from_millis(200),
                 Err(Stop::Expired(message)) => {
-                    // Events were purged before this consumer read them: what they
-                    // asked for is lost here. Say so loudly and go on from the oldest kept.
-                    tracing::error!(source = subscription.source, %message, "feed cursor expired: events were missed; continuing from the oldest retained event");
+                    // Events purged before this consumer read them are lost here; after a
+                    // restore of the source, events may come again (effects must be
+                    // idempotent). Say so loudly and go on from the oldest kept.
+                    tracing::error!(source = subscription.source, %message, "feed cursor expired or unknown: continuing from the oldest retained event");
                     if let Err(err) = save_cursor(&db, subscription.source, "").await {
                         tracing::warn!(%err, "cannot reset the feed cursor");
                     }
@@ -131,10 +139,12 @@ impl From<crate::Error> for Stop {
 
 impl From<tonic::Status> for Stop {
     fn from(s: tonic::Status) -> Self {
+        // Purged before it was read, or a cursor the feed never issued (the source's
+        // database was restored from a backup): start over from what the feed holds.
         let expired = s
             .get_error_details()
             .error_info()
-            .is_some_and(|info| info.reason == "FEED_CURSOR_EXPIRED");
+            .is_some_and(|info| info.reason == "FEED_CURSOR_EXPIRED" || info.reason == "FEED_CURSOR_UNKNOWN");
         if expired {
             Stop::Expired(s.message().to_owned())
         } else {
@@ -169,6 +179,7 @@ async fn read_stream(
                 handler.apply(&txn, &event).await?;
                 save_cursor(&txn, sub.source, &event.cursor).await?;
                 txn.commit().await.map_err(crate::Error::from)?;
+                handler.committed(db).await?;
                 position = event.cursor;
             }
             Some(Kind::Heartbeat(beat)) if !beat.cursor.is_empty() && beat.cursor != position => {

@@ -183,6 +183,27 @@ pub async fn query<C: ConnectionTrait>(conn: &C, sql: &str, values: Vec<Value>) 
         .await?)
 }
 
+/// After deleting data that must not survive (an erasure): on SQLite, moves the
+/// write-ahead log into the database and truncates it, so old page images holding
+/// the data are gone from the log file too (deleted rows are zeroed by
+/// `secure_delete`). Waits up to the busy timeout for readers; a checkpoint left
+/// incomplete is logged and done again by SQLite's own checkpoints later. PostgreSQL
+/// keeps its own log and reclaims dead rows by vacuum: nothing to do here.
+pub async fn truncate_log<C: ConnectionTrait>(conn: &C) -> Result<()> {
+    if conn.get_database_backend() != DbBackend::Sqlite {
+        return Ok(());
+    }
+    let rows = query(conn, "PRAGMA wal_checkpoint(TRUNCATE)", vec![]).await?;
+    let busy: i64 = match rows.first() {
+        Some(r) => r.try_get_by_index(0)?,
+        None => 0,
+    };
+    if busy != 0 {
+        tracing::warn!("write-ahead log not truncated (readers busy); SQLite checkpoints it later");
+    }
+    Ok(())
+}
+
 /// Runs a statement written with `?` placeholders; returns the rows it changed.
 pub async fn exec<C: ConnectionTrait>(conn: &C, sql: &str, values: Vec<Value>) -> Result<u64> {
     let backend = conn.get_database_backend();

@@ -1,6 +1,6 @@
-//! `crm backup` while `crm serve` runs, the data directory wiped, `crm restore`, and
-//! everything back: customers with their encrypted fields, tickets, the change feed
-//! and an intact audit chain.
+//! `crm backup` (data, and `--keys` for the data keys) while `crm serve` runs, the
+//! data directory wiped, `crm restore` of both, and everything back: customers with
+//! their encrypted fields, tickets, the change feed and an intact audit chain.
 
 use std::{process::Command, time::Duration};
 
@@ -38,7 +38,7 @@ async fn feed(client: &mut CustomerProfileServiceClient<tonic::transport::Channe
     }
 }
 
-fn crm(args: &[&str]) -> std::process::Output {
+pub(crate) fn crm(args: &[&str]) -> std::process::Output {
     let out = Command::new(binary("crm"))
         .args(args)
         .env_remove("CRM__DATABASE__URL")
@@ -116,15 +116,28 @@ async fn a_backup_restores_everything_after_the_data_is_gone() {
         data.to_str().unwrap(),
     ]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("customer-profile.db"));
-    assert!(server.terminate().success());
-    std::fs::remove_dir_all(&data).unwrap();
-    crm(&[
-        "restore",
-        "--from",
-        saved.to_str().unwrap(),
+    // The data keys are backed up on their own (kept apart, briefly).
+    let saved_keys = root.path().join("keys");
+    let out = crm(&[
+        "backup",
+        "--keys",
+        "--out",
+        saved_keys.to_str().unwrap(),
         "--data-dir",
         data.to_str().unwrap(),
     ]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("customer-profile-keys.db"));
+    assert!(server.terminate().success());
+    std::fs::remove_dir_all(&data).unwrap();
+    for from in [&saved, &saved_keys] {
+        crm(&[
+            "restore",
+            "--from",
+            from.to_str().unwrap(),
+            "--data-dir",
+            data.to_str().unwrap(),
+        ]);
+    }
 
     let (_server, addr) = serve_crm(&data);
     let channel = connect(&addr).await;

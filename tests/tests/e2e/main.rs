@@ -3,6 +3,7 @@
 
 mod backup;
 mod bench;
+mod erasure;
 mod import;
 mod serve;
 mod services;

@@ -119,6 +119,9 @@ impl Customers {
         feed::append(&txn, self.seal_event(events::erased(&erasure, actor))?).await?;
         txn.commit().await?;
         self.feed.committed();
+        // No old page of the erased rows (nor of the destroyed keys) stays in a log file.
+        crm_platform::db::truncate_log(&self.db).await?;
+        crm_platform::db::truncate_log(self.keys.db()).await?;
         for id in family {
             if let Ok(uuid) = uuid::Uuid::parse_str(id) {
                 self.cache.delete(&cache_key(CustomerId::from_uuid(uuid))).await;

@@ -42,4 +42,8 @@ impl Apply for Erasures {
         tracing::info!(erasure = %erasure.name, tickets = tickets.len(), ?counts, "erased customer's tickets scrubbed");
         Ok(())
     }
+
+    async fn committed(&self, db: &sea_orm::DatabaseConnection) -> Result<()> {
+        crm_platform::db::truncate_log(db).await
+    }
 }

@@ -33,7 +33,8 @@ pub async fn scrub_customers<C: ConnectionTrait>(conn: &C, customers: &[String])
             let revision: i64 = r.try_get("", "revision")?;
             let data: Vec<u8> = r.try_get("", "data")?;
             let mut t = pb::Ticket::decode(data.as_slice()).map_err(Error::internal)?;
-            let personal = !(t.subject.is_empty() && t.description.is_empty() && t.custom_fields.is_empty() && t.attachments.is_empty());
+            let personal =
+                !(t.subject.is_empty() && t.description.is_empty() && t.custom_fields.is_empty() && t.attachments.is_empty());
             t.subject.clear();
             t.description.clear();
             t.custom_fields.clear();

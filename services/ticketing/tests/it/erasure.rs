@@ -3,12 +3,7 @@
 //! customer, with a history entry saying why. Applying the event again changes nothing.
 
 use crm_platform::{consumer::Apply, db::begin_write};
-use crm_proto::crm::{
-    common::v1::Channel as SourceChannel,
-    customer::v1 as cpb,
-    events::v1::Event,
-    ticketing::v1 as pb,
-};
+use crm_proto::crm::{common::v1::Channel as SourceChannel, customer::v1 as cpb, events::v1::Event, ticketing::v1 as pb};
 use crm_ticketing::service::erasure::{CUSTOMER_ERASED, Erasures};
 use prost::Message;
 
