@@ -57,6 +57,8 @@ unknown_customer = "reject"
 
 [customer_profile.retention]
 interactions_days = 730
+closed_leads_days = 730
+erased_tombstones_days = 1825
 interval_secs = 3600
 
 [customer_profile.sections]

@@ -191,3 +191,21 @@ async fn scrub_interactions<C: ConnectionTrait>(conn: &C, ids: &[&str]) -> Resul
     }
     Ok(changed)
 }
+
+/// Leads and prospects never converted (no order) that were closed (deleted) before
+/// `cutoff`: ids, up to `limit`.
+pub async fn closed_leads<C: ConnectionTrait>(
+    conn: &C,
+    cutoff: chrono::DateTime<chrono::Utc>,
+    limit: u64,
+) -> Result<Vec<String>> {
+    let rows = query(
+        conn,
+        "SELECT c.id FROM customers c WHERE c.lifecycle_stage IN ('lead', 'prospect') AND c.merged_into IS NULL \
+         AND c.delete_time IS NOT NULL AND c.delete_time < ? \
+         AND NOT EXISTS (SELECT 1 FROM orders o WHERE o.customer_id = c.id) ORDER BY c.id LIMIT ?",
+        vec![cutoff.into(), i64::try_from(limit).unwrap_or(i64::MAX).into()],
+    )
+    .await?;
+    rows.iter().map(|r| Ok(r.try_get("", "id")?)).collect()
+}

@@ -130,3 +130,91 @@ async fn interactions_past_their_period_are_purged() {
         .unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied);
 }
+
+/// Leads closed (deleted) past their period and never converted are erased; a lead
+/// with an order, or still open, stays. Erasure tombstones and records past theirs go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closed_leads_are_erased_and_old_tombstones_dropped() {
+    let app = TestApp::spawn().await;
+    let closed = app.create(person("Closed", "Lead")).await;
+    let open = app.create(person("Open", "Lead")).await;
+    let bought = app.create(person("Bought", "Once")).await;
+    app.client
+        .clone()
+        .upsert_order(TestApp::admin(pb::UpsertOrderRequest {
+            customer: Some(pb::CustomerReference {
+                reference: Some(Reference::Customer(bought.name.clone())),
+            }),
+            order: Some(pb::Order {
+                source: "erp".into(),
+                external_id: "SO-1".into(),
+                status: pb::OrderStatus::Completed as i32,
+                currency: "CNY".into(),
+                total_micros: 1_000_000,
+                place_time: Some(prost_types::Timestamp {
+                    seconds: chrono::Utc::now().timestamp() - 60,
+                    nanos: 0,
+                }),
+                ..Default::default()
+            }),
+        }))
+        .await
+        .unwrap();
+    for c in [&closed, &bought] {
+        app.client
+            .clone()
+            .delete_customer(TestApp::admin(pb::DeleteCustomerRequest {
+                name: c.name.clone(),
+                etag: String::new(),
+            }))
+            .await
+            .unwrap();
+    }
+    let db = connect(&app.db.target, 1).await.unwrap();
+    let long_ago = chrono::Utc::now() - chrono::Duration::days(800);
+    crm_platform::db::exec(
+        &db,
+        "UPDATE customers SET delete_time = ? WHERE delete_time IS NOT NULL",
+        vec![long_ago.into()],
+    )
+    .await
+    .unwrap();
+    let class = |r: &pb::RetentionReport, name: &str| r.classes.iter().find(|c| c.data_class == name).unwrap().rows;
+    let dry = purge(&app, true).await;
+    assert_eq!(class(&dry, "closed_leads"), 1, "only the closed lead without orders");
+    let done = purge(&app, false).await;
+    assert_eq!(class(&done, "closed_leads"), 1);
+    let erasure = |name: &str| {
+        let mut client = app.client.clone();
+        let name = name.replace("customers/", "erasures/");
+        async move { client.get_erasure(TestApp::admin(pb::GetErasureRequest { name })).await }
+    };
+    let record = erasure(&closed.name).await.unwrap().into_inner();
+    assert_eq!(record.actor, "retention");
+    assert_eq!(erasure(&bought.name).await.unwrap_err().code(), Code::NotFound);
+    app.get(&open.name).await;
+    assert_eq!(class(&purge(&app, false).await, "closed_leads"), 0, "nothing left to erase");
+
+    // Five years on, the tombstone and the record go too.
+    let id = closed.name.trim_start_matches("customers/").to_owned();
+    let keys = connect(&app.db.target.companion("keys"), 1).await.unwrap();
+    let ancient = (chrono::Utc::now() - chrono::Duration::days(2000)).timestamp_micros();
+    crm_platform::db::exec(
+        &keys,
+        "UPDATE data_keys SET erase_us = ? WHERE customer_id = ?",
+        vec![ancient.into(), id.clone().into()],
+    )
+    .await
+    .unwrap();
+    crm_platform::db::exec(
+        &db,
+        "UPDATE erasures SET erase_us = ? WHERE customer_id = ?",
+        vec![ancient.into(), id.into()],
+    )
+    .await
+    .unwrap();
+    assert_eq!(class(&purge(&app, true).await, "erased_tombstones"), 1);
+    assert_eq!(class(&purge(&app, false).await, "erased_tombstones"), 1);
+    assert_eq!(erasure(&closed.name).await.unwrap_err().code(), Code::NotFound);
+    assert_eq!(class(&purge(&app, false).await, "erased_tombstones"), 0);
+}
