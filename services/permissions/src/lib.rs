@@ -45,6 +45,8 @@ decision_ttl_secs = 60
 subject_cache_secs = 30
 version_poll_ms = 500
 expiry_interval_secs = 10
+audit_retention_days = 2555
+audit_retention_interval_secs = 3600
 usage_flush_secs = 30
 self_service_permissions = ["customer.read", "customer.update", "customer.export", "ticket.read", "ticket.create", "ticket.comment", "ticket.rate"]
 
@@ -136,6 +138,11 @@ pub struct ServiceConfig {
     pub subject_cache_secs: u64,
     pub version_poll_ms: u64,
     pub expiry_interval_secs: u64,
+    /// Audit entries older than this many days are purged (the chain continues from
+    /// the last purged entry's hash); 0 keeps them forever.
+    pub audit_retention_days: u32,
+    /// How often the audit retention runs.
+    pub audit_retention_interval_secs: u64,
     pub usage_flush_secs: u64,
     /// What a customer self-service token may do with its own record.
     pub self_service_permissions: Vec<String>,
@@ -167,6 +174,7 @@ impl ServiceConfig {
             ("decision_ttl_secs", self.decision_ttl_secs),
             ("version_poll_ms", self.version_poll_ms),
             ("expiry_interval_secs", self.expiry_interval_secs),
+            ("audit_retention_interval_secs", self.audit_retention_interval_secs),
             ("usage_flush_secs", self.usage_flush_secs),
         ] {
             if v == 0 {
@@ -221,6 +229,8 @@ impl ServiceConfig {
             subject_cache: std::time::Duration::from_secs(self.subject_cache_secs),
             version_poll: std::time::Duration::from_millis(self.version_poll_ms),
             expiry_interval: std::time::Duration::from_secs(self.expiry_interval_secs),
+            audit_retention_days: self.audit_retention_days,
+            audit_retention_interval: std::time::Duration::from_secs(self.audit_retention_interval_secs),
             usage_flush: std::time::Duration::from_secs(self.usage_flush_secs),
         }
     }

@@ -440,6 +440,7 @@ impl PermissionsService for Api {
             problem: v.problem,
             head_hash: v.head_hash,
             head_sequence: v.head_sequence,
+            anchor_sequence: v.anchor_sequence,
         }))
     }
 

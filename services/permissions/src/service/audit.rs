@@ -22,6 +22,8 @@ pub const MAX_BATCH: usize = 1000;
 /// Result of walking the chain.
 #[derive(Debug, Clone)]
 pub struct Verification {
+    /// The last entry purged by retention; verification starts after it.
+    pub anchor_sequence: i64,
     pub intact: bool,
     pub checked: i64,
     pub first_broken: Option<i64>,
@@ -155,19 +157,61 @@ impl Permissions {
         Ok(Page { items, next })
     }
 
+    /// Retention: removes the entries older than `days` before `now` (a prefix of the
+    /// chain), keeps the last one's hash as the anchor verification starts from, and
+    /// records the purge as an entry of the chain itself, so moving the anchor later
+    /// shows. Under the chain lock: one run at a time across replicas. Returns how
+    /// many entries went (or, with `dry_run`, would go).
+    pub async fn purge_audit(&self, days: u32, now: chrono::DateTime<chrono::Utc>, dry_run: bool) -> Result<i64> {
+        if days == 0 {
+            return Ok(0);
+        }
+        let cutoff = now - chrono::Duration::days(i64::from(days));
+        let txn = begin_write(self.db()).await?;
+        store::lock_chain(&txn).await?;
+        let Some((seq, hash, count)) = log::expired_prefix(&txn, cutoff.timestamp_micros()).await? else {
+            txn.rollback().await?;
+            return Ok(0);
+        };
+        if dry_run {
+            txn.rollback().await?;
+            return Ok(count);
+        }
+        log::purge_through(&txn, seq, &hash, now.timestamp_micros()).await?;
+        let entry = pb::AuditEntry {
+            id: uuid::Uuid::now_v7().to_string(),
+            time: Some(crm_platform::feed::timestamp(now)),
+            source: crate::SERVICE.into(),
+            submitter: crate::SERVICE.into(),
+            actor: crate::SERVICE.into(),
+            action: "audit.purge".into(),
+            resource: "auditEntries".into(),
+            outcome: Outcome::Success as i32,
+            reason: format!(
+                "retention ({days} days): {count} entries through auditEntries/{seq} removed; the chain continues from its hash {hash}"
+            ),
+            ..pb::AuditEntry::default()
+        };
+        log::append(&txn, vec![entry]).await?;
+        txn.commit().await?;
+        Ok(count)
+    }
+
     pub async fn verify_audit(&self, caller: &Caller) -> Result<Verification> {
         self.require(caller, "audit.read", "auditEntries").await?;
         self.verify_chain().await
     }
 
-    /// Walks the chain from the start in batches.
+    /// Walks the chain in batches from its start: the retention anchor, if any.
     pub async fn verify_chain(&self) -> Result<Verification> {
-        let (mut seq, mut hash) = (0i64, String::new());
+        let (mut seq, mut hash) = log::anchor(self.db()).await?;
+        let anchor_sequence = seq;
         let mut checked = 0i64;
         loop {
             let batch = log::links(self.db(), seq, VERIFY_BATCH).await?;
             if batch.is_empty() {
                 return Ok(Verification {
+                    anchor_sequence,
                     intact: true,
                     checked,
                     first_broken: None,
@@ -185,20 +229,22 @@ impl Permissions {
                     }
                     Ok(_) => {
                         return Ok(broken(
+                            anchor_sequence,
                             checked,
                             link.sequence,
                             "search columns edited: they differ from the hashed entry",
                         ));
                     }
-                    Err(b) => return Ok(broken(checked, b.sequence, &b.problem)),
+                    Err(b) => return Ok(broken(anchor_sequence, checked, b.sequence, &b.problem)),
                 }
             }
         }
     }
 }
 
-fn broken(checked: i64, sequence: i64, problem: &str) -> Verification {
+fn broken(anchor_sequence: i64, checked: i64, sequence: i64, problem: &str) -> Verification {
     Verification {
+        anchor_sequence,
         intact: false,
         checked,
         first_broken: Some(sequence),

@@ -54,6 +54,9 @@ pub struct Settings {
     pub subject_cache: Duration,
     pub version_poll: Duration,
     pub expiry_interval: Duration,
+    /// Audit entries older than this many days are purged; 0 keeps them.
+    pub audit_retention_days: u32,
+    pub audit_retention_interval: Duration,
     pub usage_flush: Duration,
 }
 
@@ -210,12 +213,13 @@ impl Permissions {
     }
 
     /// Background work until shutdown: noticing other replicas' policy changes,
-    /// expiring grants, recording usage.
+    /// expiring grants, recording usage, audit retention.
     pub async fn run_jobs(self, mut shutdown: ShutdownSignal) {
         let s = self.settings().clone();
         let mut poll = tokio::time::interval(s.version_poll);
         let mut expiry = tokio::time::interval(s.expiry_interval);
         let mut usage = tokio::time::interval(s.usage_flush);
+        let mut retention = tokio::time::interval(s.audit_retention_interval);
         loop {
             tokio::select! {
                 _ = poll.tick() => {
@@ -227,6 +231,13 @@ impl Permissions {
                 _ = expiry.tick() => {
                     if let Err(err) = self.expire_grants().await {
                         tracing::warn!(%err, "grant expiry failed; retrying");
+                    }
+                }
+                _ = retention.tick() => {
+                    match self.purge_audit(s.audit_retention_days, chrono::Utc::now(), false).await {
+                        Ok(0) => {}
+                        Ok(n) => tracing::info!(entries = n, "audit entries past their retention purged"),
+                        Err(err) => tracing::warn!(%err, "audit retention failed; retrying at the next interval"),
                     }
                 }
                 _ = usage.tick() => {

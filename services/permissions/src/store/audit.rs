@@ -14,13 +14,64 @@ pub fn micros(t: &prost_types::Timestamp) -> i64 {
 }
 use crate::domain::chain::{self, Link};
 
-/// The last link: (sequence, hash); (0, "") for an empty log.
+/// The last link: (sequence, hash); for an empty log the retention anchor, or (0, "").
 pub async fn head<C: ConnectionTrait>(c: &C) -> Result<(i64, String)> {
     let rows = query(c, "SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1", vec![]).await?;
+    match rows.first() {
+        Some(r) => Ok((r.try_get("", "seq")?, r.try_get("", "hash")?)),
+        None => anchor(c).await,
+    }
+}
+
+/// Where the chain starts: the last entry retention purged (sequence, hash), or (0, "").
+pub async fn anchor<C: ConnectionTrait>(c: &C) -> Result<(i64, String)> {
+    let rows = query(c, "SELECT seq, hash FROM audit_anchor WHERE singleton = 1", vec![]).await?;
     Ok(match rows.first() {
         Some(r) => (r.try_get("", "seq")?, r.try_get("", "hash")?),
         None => (0, String::new()),
     })
+}
+
+/// The last entry of the prefix older than `cutoff_us` (every entry up to it is
+/// older): its sequence and hash, and how many entries the prefix holds after the
+/// anchor. `None` when there is nothing to purge.
+pub async fn expired_prefix<C: ConnectionTrait>(c: &C, cutoff_us: i64) -> Result<Option<(i64, String, i64)>> {
+    let (start, _) = anchor(c).await?;
+    let rows = query(
+        c,
+        "SELECT MIN(seq) AS first_kept FROM audit_log WHERE time_us >= ?",
+        vec![cutoff_us.into()],
+    )
+    .await?;
+    let first_kept: Option<i64> = match rows.first() {
+        Some(r) => r.try_get("", "first_kept")?,
+        None => None,
+    };
+    let last = match first_kept {
+        Some(kept) => kept - 1,
+        None => head(c).await?.0,
+    };
+    if last <= start {
+        return Ok(None);
+    }
+    let rows = query(c, "SELECT hash FROM audit_log WHERE seq = ?", vec![last.into()]).await?;
+    let Some(r) = rows.first() else {
+        return Ok(None);
+    };
+    Ok(Some((last, r.try_get("", "hash")?, last - start)))
+}
+
+/// Deletes the entries up to `seq` and makes `(seq, hash)` the anchor.
+pub async fn purge_through<C: ConnectionTrait>(c: &C, seq: i64, hash: &str, now_us: i64) -> Result<()> {
+    exec(c, "DELETE FROM audit_log WHERE seq <= ?", vec![seq.into()]).await?;
+    exec(
+        c,
+        "INSERT INTO audit_anchor (singleton, seq, hash, purge_us) VALUES (1, ?, ?, ?) \
+         ON CONFLICT (singleton) DO UPDATE SET seq = excluded.seq, hash = excluded.hash, purge_us = excluded.purge_us",
+        vec![seq.into(), hash.into(), now_us.into()],
+    )
+    .await?;
+    Ok(())
 }
 
 /// Which of `ids` are already in the log.

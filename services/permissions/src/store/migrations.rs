@@ -6,11 +6,18 @@ use crm_platform::{
     migrate::{Dialect, Migration},
 };
 
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "users, teams, roles, role bindings, grants, audit log, outbox",
-    up: v1,
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "users, teams, roles, role bindings, grants, audit log, outbox",
+        up: v1,
+    },
+    Migration {
+        version: 2,
+        name: "audit retention: the anchor the chain continues from, entries by time",
+        up: v2,
+    },
+];
 
 fn v1(d: Dialect) -> Vec<String> {
     let bytes = d.bytes();
@@ -46,4 +53,14 @@ fn v1(d: Dialect) -> Vec<String> {
     sql.extend(feed::migration_sql(d));
     sql.extend(idempotency::migration_sql(d));
     sql
+}
+
+fn v2(_: Dialect) -> Vec<String> {
+    vec![
+        // The last entry purged by retention: verification starts from its hash.
+        "CREATE TABLE audit_anchor (singleton INTEGER PRIMARY KEY CHECK (singleton = 1), seq BIGINT NOT NULL, \
+         hash TEXT NOT NULL, purge_us BIGINT NOT NULL)"
+            .into(),
+        "CREATE INDEX audit_log_time ON audit_log (time_us, seq)".into(),
+    ]
 }

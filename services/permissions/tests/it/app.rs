@@ -21,10 +21,17 @@ pub struct TestApp {
     pub config: Config,
     shutdown: Shutdown,
     pub db: TestDatabase,
+    /// The use cases, for jobs the API does not trigger.
+    pub service: crm_permissions::service::Permissions,
 }
 
 impl TestApp {
     pub async fn spawn() -> Self {
+        Self::spawn_with(|_| {}).await
+    }
+
+    /// A server whose configuration `adjust` changes after the test defaults.
+    pub async fn spawn_with(adjust: impl FnOnce(&mut Config)) -> Self {
         let db = TestDatabase::new("permissions").unwrap();
         let value = crm_platform::config::load(&[PLATFORM_DEFAULTS, DEFAULTS], None).unwrap();
         let mut cfg = Config {
@@ -45,9 +52,10 @@ impl TestApp {
         s.version_poll_ms = 100;
         s.expiry_interval_secs = 1;
         s.usage_flush_secs = 1;
+        adjust(&mut cfg);
         let (shutdown, signal) = shutdown_channel();
         let platform = Platform::new(cfg.platform.clone(), signal.clone()).unwrap();
-        let (service, _) = crm_permissions::build(&platform, &cfg.permissions_service)
+        let (service, permissions) = crm_permissions::build(&platform, &cfg.permissions_service)
             .await
             .expect("service must start (is the test database reachable?)");
         let mut server = GrpcServer::new(platform.config.server.clone());
@@ -66,6 +74,7 @@ impl TestApp {
             config: cfg,
             shutdown,
             db,
+            service: permissions,
         }
     }
 

@@ -179,3 +179,55 @@ async fn entries_are_listed_newest_first_with_filters() {
     }
     assert_eq!(seen, vec!["test-4", "test-3", "test-2", "test-1", "test-0"]);
 }
+
+/// Retention removes the entries past their period, a prefix of the chain; the chain
+/// stays verifiable from the last removed entry's hash, the purge is itself an entry,
+/// and moving the anchor afterwards shows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_retention_purges_a_prefix_and_the_chain_still_verifies() {
+    let app = TestApp::spawn().await;
+    write(&app, (0..5).map(entry).collect()).await;
+    let before = verify(&app).await;
+    assert!(before.intact && before.anchor_sequence == 0);
+    // A year and a month from now, with a year's retention, all of it is past.
+    let later = chrono::Utc::now() + chrono::Duration::days(400);
+    let dry = app.service.purge_audit(365, later, true).await.unwrap();
+    assert_eq!(dry, before.head_sequence);
+    assert_eq!(verify(&app).await.anchor_sequence, 0, "a dry run removes nothing");
+    assert_eq!(app.service.purge_audit(365, later, false).await.unwrap(), dry);
+    assert_eq!(
+        app.service.purge_audit(365, later, false).await.unwrap(),
+        0,
+        "nothing left to purge"
+    );
+    write(&app, (5..7).map(entry).collect()).await;
+    let v = verify(&app).await;
+    assert!(v.intact, "{v:?}");
+    assert_eq!(v.anchor_sequence, before.head_sequence);
+    assert_eq!(v.entries_checked, 3, "the purge entry and the two new ones");
+    let listed = app
+        .client
+        .clone()
+        .list_audit_entries(TestApp::root(pb::ListAuditEntriesRequest {
+            page_size: 100,
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .audit_entries;
+    let ids: Vec<&str> = listed.iter().map(|e| e.id.as_str()).collect();
+    assert_eq!(ids.len(), 3);
+    assert!(ids.contains(&"test-5") && ids.contains(&"test-6"), "{ids:?}");
+    let purge = listed
+        .iter()
+        .find(|e| e.action == "audit.purge")
+        .expect("the purge is an entry");
+    assert!(
+        purge.reason.contains(&format!("auditEntries/{}", before.head_sequence)),
+        "{}",
+        purge.reason
+    );
+    tamper(&app, "UPDATE audit_anchor SET hash = 'forged'").await;
+    assert!(!verify(&app).await.intact, "a moved anchor breaks the chain");
+}
