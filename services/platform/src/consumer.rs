@@ -98,12 +98,18 @@ pub async fn follow(
     mut shutdown: ShutdownSignal,
 ) {
     let mut backoff = Duration::from_millis(200);
+    // A source starting alongside (`crm serve`) is briefly unreachable: only repeated
+    // failures are worth a warning.
+    let mut failures = 0u32;
     loop {
         let run = read_stream(&db, &channel, &credentials, &subscription, handler.as_ref());
         tokio::select! {
             _ = shutdown.wait() => return,
             outcome = run => match outcome {
-                Ok(()) => backoff = Duration::from_millis(200),
+                Ok(()) => {
+                    backoff = Duration::from_millis(200);
+                    failures = 0;
+                }
                 Err(Stop::Expired(message)) => {
                     // Events purged before this consumer read them are lost here; after a
                     // restore of the source, events may come again (effects must be
@@ -114,7 +120,13 @@ pub async fn follow(
                     }
                 }
                 Err(Stop::Failed(message)) => {
-                    tracing::warn!(source = subscription.source, %message, retry_in_ms = backoff.as_millis() as u64, "feed consumer interrupted; reconnecting");
+                    failures += 1;
+                    let retry_in_ms = backoff.as_millis() as u64;
+                    if failures >= 3 {
+                        tracing::warn!(source = subscription.source, %message, retry_in_ms, failures, "feed consumer interrupted; reconnecting");
+                    } else {
+                        tracing::debug!(source = subscription.source, %message, retry_in_ms, "feed consumer interrupted; reconnecting");
+                    }
                     tokio::select! {
                         _ = shutdown.wait() => return,
                         _ = tokio::time::sleep(backoff) => {}

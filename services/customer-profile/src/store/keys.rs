@@ -65,13 +65,14 @@ pub async fn find_many<C: ConnectionTrait>(conn: &C, ids: &[&str]) -> Result<Vec
 }
 
 /// Stores new wrapped keys; a customer that already has one (another replica won
-/// the race) keeps it.
+/// the race) keeps it. Returns the ids stored by this call.
 pub async fn insert_missing<C: ConnectionTrait>(
     conn: &C,
     keys: &[(String, Vec<u8>)],
     wrap_key: &str,
     at: DateTime<Utc>,
-) -> Result<()> {
+) -> Result<std::collections::HashSet<String>> {
+    let mut stored = std::collections::HashSet::with_capacity(keys.len());
     for chunk in keys.chunks(200) {
         let rows = vec!["(?, ?, ?, ?)"; chunk.len()].join(", ");
         let mut values: Vec<Value> = Vec::with_capacity(chunk.len() * 4);
@@ -81,16 +82,20 @@ pub async fn insert_missing<C: ConnectionTrait>(
             values.push(wrap_key.into());
             values.push(at.timestamp_micros().into());
         }
-        exec(
+        let inserted = query(
             conn,
             &format!(
-                "INSERT INTO data_keys (customer_id, wrapped, wrap_key, create_us) VALUES {rows} ON CONFLICT (customer_id) DO NOTHING"
+                "INSERT INTO data_keys (customer_id, wrapped, wrap_key, create_us) VALUES {rows} \
+                 ON CONFLICT (customer_id) DO NOTHING RETURNING customer_id"
             ),
             values,
         )
         .await?;
+        for r in &inserted {
+            stored.insert(r.try_get("", "customer_id")?);
+        }
     }
-    Ok(())
+    Ok(stored)
 }
 
 /// Destroys the keys of `ids` and leaves their tombstones (also for customers that
@@ -260,53 +265,74 @@ impl DataKeys {
 
     /// The live keys of `ids`; erased or unknown customers are absent.
     pub async fn for_read(&self, ids: &[&str]) -> Result<KeySet> {
+        Ok(self.load(ids).await?.0)
+    }
+
+    /// The keys of `ids` this process holds or the store has (unwrapped and held),
+    /// the ids the store has no row for, and the erased ones.
+    async fn load(&self, ids: &[&str]) -> Result<(KeySet, Vec<String>, Vec<String>)> {
         let mut out = KeySet::new();
-        let missing = self.cached(ids, &mut out);
+        let mut missing = self.cached(ids, &mut out);
+        let mut erased = Vec::new();
         if missing.is_empty() {
-            return Ok(out);
+            return Ok((out, missing, erased));
         }
         let refs: Vec<&str> = missing.iter().map(String::as_str).collect();
         let mut loaded = KeySet::new();
         for k in find_many(&self.db, &refs).await? {
-            if let Some(wrapped) = k.wrapped {
-                let key = self.keyring.unwrap_data_key(&wrapped, k.customer_id.as_bytes())?;
-                loaded.insert(k.customer_id, key);
+            match k.wrapped {
+                Some(wrapped) => {
+                    let key = self.keyring.unwrap_data_key(&wrapped, k.customer_id.as_bytes())?;
+                    loaded.insert(k.customer_id, key);
+                }
+                None => erased.push(k.customer_id),
             }
         }
         self.remember(&loaded);
+        missing.retain(|id| !loaded.contains_key(id) && !erased.contains(id));
         out.extend(loaded);
-        Ok(out)
+        Ok((out, missing, erased))
     }
 
-    /// The keys of `ids`, created for those without one. An erased customer is
-    /// refused: nothing is sealed for it again.
+    /// The keys of `ids`, created for those without one: one read and, for new
+    /// customers, one insert per call. An erased customer is refused: nothing is
+    /// sealed for it again.
     pub async fn for_write(&self, ids: &[&str]) -> Result<KeySet> {
-        let mut out = self.for_read(ids).await?;
-        let absent: Vec<&str> = ids.iter().copied().filter(|id| !out.contains_key(*id)).collect();
-        if absent.is_empty() {
-            return Ok(out);
-        }
-        if let Some(erased) = find_many(&self.db, &absent).await?.into_iter().find(|k| k.wrapped.is_none()) {
+        let (mut out, missing, erased) = self.load(ids).await?;
+        if let Some(id) = erased.first() {
             return Err(Error::FailedPrecondition {
                 reason: "CUSTOMER_ERASED",
-                subject: format!("customers/{}", erased.customer_id),
+                subject: format!("customers/{id}"),
                 message: "this customer was erased: its data cannot be written again".into(),
             });
         }
-        let mut fresh = Vec::with_capacity(absent.len());
-        for id in &absent {
-            let (_, wrapped) = self.keyring.new_data_key(id.as_bytes())?;
-            fresh.push(((*id).to_owned(), wrapped));
+        if missing.is_empty() {
+            return Ok(out);
         }
-        insert_missing(&self.db, &fresh, self.keyring.active_key(), Utc::now()).await?;
-        // Read back: a concurrent writer's key may have won.
-        let again = self.for_read(&absent).await?;
-        for id in &absent {
-            if !again.contains_key(*id) {
+        let mut fresh = Vec::with_capacity(missing.len());
+        let mut made = KeySet::new();
+        for id in &missing {
+            let (key, wrapped) = self.keyring.new_data_key(id.as_bytes())?;
+            made.insert(id.clone(), key);
+            fresh.push((id.clone(), wrapped));
+        }
+        let stored = insert_missing(&self.db, &fresh, self.keyring.active_key(), Utc::now()).await?;
+        // A key this insert did not store was stored first by a concurrent writer.
+        let lost: Vec<&str> = missing
+            .iter()
+            .filter(|id| !stored.contains(*id))
+            .map(String::as_str)
+            .collect();
+        made.retain(|id, _| stored.contains(id));
+        self.remember(&made);
+        out.extend(made);
+        if !lost.is_empty() {
+            let (theirs, still_missing, erased) = self.load(&lost).await?;
+            if let Some(id) = still_missing.first().or(erased.first()) {
                 return Err(Error::internal(anyhow::anyhow!("customer {id}: data key not stored")));
             }
+            out.extend(theirs);
         }
-        out.extend(again);
         Ok(out)
     }
 
