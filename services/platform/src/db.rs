@@ -213,6 +213,26 @@ pub async fn exec<C: ConnectionTrait>(conn: &C, sql: &str, values: Vec<Value>) -
         .rows_affected())
 }
 
+/// The rows of `table` matching `condition` (with `?` placeholders): counted with
+/// `dry_run`, else deleted; returns how many. For retention runs and their dry runs.
+pub async fn count_or_delete<C: ConnectionTrait>(
+    conn: &C,
+    table: &str,
+    condition: &str,
+    values: Vec<Value>,
+    dry_run: bool,
+) -> Result<i64> {
+    if dry_run {
+        let rows = query(conn, &format!("SELECT COUNT(*) AS n FROM {table} WHERE {condition}"), values).await?;
+        return Ok(match rows.first() {
+            Some(r) => r.try_get("", "n")?,
+            None => 0,
+        });
+    }
+    let n = exec(conn, &format!("DELETE FROM {table} WHERE {condition}"), values).await?;
+    Ok(i64::try_from(n).unwrap_or(i64::MAX))
+}
+
 /// `n` comma-separated placeholders, for `IN (…)` lists and multi-row inserts.
 pub fn marks(n: usize) -> String {
     vec!["?"; n].join(", ")

@@ -65,20 +65,7 @@ pub async fn save<C: ConnectionTrait>(conn: &C, customer_id: &str, erase_us: i64
 
 /// Erasure records older than `before_us`: how many, or (not `dry_run`) deleted.
 pub async fn purge_records<C: ConnectionTrait>(conn: &C, before_us: i64, dry_run: bool) -> Result<i64> {
-    if dry_run {
-        let rows = query(
-            conn,
-            "SELECT COUNT(*) AS n FROM erasures WHERE erase_us < ?",
-            vec![before_us.into()],
-        )
-        .await?;
-        return Ok(match rows.first() {
-            Some(r) => r.try_get("", "n")?,
-            None => 0,
-        });
-    }
-    let n = exec(conn, "DELETE FROM erasures WHERE erase_us < ?", vec![before_us.into()]).await?;
-    Ok(i64::try_from(n).unwrap_or(i64::MAX))
+    crm_platform::db::count_or_delete(conn, "erasures", "erase_us < ?", vec![before_us.into()], dry_run).await
 }
 
 /// Removes the personal data of the customers `ids` (uuid text) and returns what went,

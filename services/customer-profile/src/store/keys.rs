@@ -14,7 +14,7 @@ use chrono::{DateTime, Utc};
 use crm_platform::{
     Error, Result,
     crypto::{DataKey, Keyring},
-    db::{exec, in_list, query},
+    db::{count_or_delete, exec, in_list, query},
     migrate::{Dialect, Migration},
 };
 use sea_orm::{ConnectionTrait, Value};
@@ -45,6 +45,17 @@ pub struct StoredKey {
     pub wrapped: Option<Vec<u8>>,
 }
 
+fn stored_keys(rows: &[sea_orm::QueryResult]) -> Result<Vec<StoredKey>> {
+    rows.iter()
+        .map(|r| {
+            Ok(StoredKey {
+                customer_id: r.try_get("", "customer_id")?,
+                wrapped: r.try_get("", "wrapped")?,
+            })
+        })
+        .collect()
+}
+
 /// The keys of `ids` that exist (erased ones with `wrapped: None`).
 pub async fn find_many<C: ConnectionTrait>(conn: &C, ids: &[&str]) -> Result<Vec<StoredKey>> {
     let rows = in_list(
@@ -54,14 +65,7 @@ pub async fn find_many<C: ConnectionTrait>(conn: &C, ids: &[&str]) -> Result<Vec
         ids,
     )
     .await?;
-    rows.iter()
-        .map(|r| {
-            Ok(StoredKey {
-                customer_id: r.try_get("", "customer_id")?,
-                wrapped: r.try_get("", "wrapped")?,
-            })
-        })
-        .collect()
+    stored_keys(&rows)
 }
 
 /// Stores new wrapped keys; a customer that already has one (another replica won
@@ -131,26 +135,14 @@ pub async fn tombstones<C: ConnectionTrait>(conn: &C, after: &str, limit: u64) -
 
 /// Tombstones older than `before`: how many, or (not `dry_run`) deleted.
 pub async fn purge_tombstones<C: ConnectionTrait>(conn: &C, before: DateTime<Utc>, dry_run: bool) -> Result<i64> {
-    let cutoff = before.timestamp_micros();
-    if dry_run {
-        let rows = query(
-            conn,
-            "SELECT COUNT(*) AS n FROM data_keys WHERE erase_us IS NOT NULL AND erase_us < ?",
-            vec![cutoff.into()],
-        )
-        .await?;
-        return Ok(match rows.first() {
-            Some(r) => r.try_get("", "n")?,
-            None => 0,
-        });
-    }
-    let n = exec(
+    count_or_delete(
         conn,
-        "DELETE FROM data_keys WHERE erase_us IS NOT NULL AND erase_us < ?",
-        vec![cutoff.into()],
+        "data_keys",
+        "erase_us IS NOT NULL AND erase_us < ?",
+        vec![before.timestamp_micros().into()],
+        dry_run,
     )
-    .await?;
-    Ok(i64::try_from(n).unwrap_or(i64::MAX))
+    .await
 }
 
 /// Live keys wrapped with another keyring key than `active` (after a rotation).
@@ -161,14 +153,7 @@ pub async fn wrapped_with_other<C: ConnectionTrait>(conn: &C, active: &str, limi
         vec![active.into(), i64::try_from(limit).unwrap_or(i64::MAX).into()],
     )
     .await?;
-    rows.iter()
-        .map(|r| {
-            Ok(StoredKey {
-                customer_id: r.try_get("", "customer_id")?,
-                wrapped: r.try_get("", "wrapped")?,
-            })
-        })
-        .collect()
+    stored_keys(&rows)
 }
 
 /// Replaces a live key's wrapping (same key, wrapped anew).
