@@ -6,14 +6,6 @@ use prost::Message;
 
 use crate::{api::convert::customer_to_proto, domain::Customer};
 
-/// Event types that carry no personal data: a consumer asking only for these needs no
-/// clearance for the customer's fields.
-pub const IMPERSONAL: &[&str] = &[
-    "crm.customer.v1.CustomerErased",
-    "crm.customer.v1.DataPurged",
-    "crm.customer.v1.FieldDefinitionChanged",
-];
-
 /// Events carry personal data: their payload is sealed at rest like the row.
 pub fn seal(event: NewEvent, keyring: &Keyring) -> Result<NewEvent> {
     event.sealed(keyring)

@@ -5,6 +5,7 @@ pub mod consent;
 pub mod convert;
 mod erasure;
 mod export;
+mod feed;
 pub mod redact;
 mod view360;
 
@@ -896,30 +897,22 @@ impl CustomerProfileService for Api {
         let principal = auth::principal(&req)?;
         self.check(&principal, "customer.events", COLLECTION).await?;
         let types = &req.get_ref().event_types;
-        // Events carry whole records, unmasked: only for callers cleared for every field,
-        // unless they ask only for events that carry no personal data.
         let (policy, defs) = self.field_policy(&principal).await?;
         let everywhere = policy.for_record(Resource::named(COLLECTION));
-        let impersonal = !types.is_empty() && types.iter().all(|t| crate::events::IMPERSONAL.contains(&t.as_str()));
-        if !impersonal
-            && let Some(d) = defs
-                .iter()
-                .find(|d| everywhere.visibility(&d.path) != crm_platform::authz::Visibility::Visible)
-        {
-            return Err(Error::PermissionDenied {
-                permission: format!(
-                    "customer.events (the feed carries `{}`, classified above your clearance)",
-                    d.path
-                ),
-                resource: COLLECTION.into(),
-            }
-            .into());
-        }
+        let cleared = defs
+            .iter()
+            .all(|d| everywhere.visibility(&d.path) == crm_platform::authz::Visibility::Visible);
         let stream = self
             .feed()
             .stream(&req.get_ref().after_cursor, types, principal.expires_at)
             .await?;
-        Ok(Response::new(stream))
+        // Events carry whole records: as stored for a caller cleared for every field,
+        // else masked record by record like a read.
+        if cleared {
+            Ok(Response::new(stream))
+        } else {
+            Ok(Response::new(feed::masked(stream, policy, defs)))
+        }
     }
 }
 

@@ -12,13 +12,20 @@ use tonic::Code;
 use crate::app::{TestApp, person, violations};
 
 async fn events(app: &TestApp, after: &str, count: usize) -> Vec<Event> {
+    events_as(app, &TestApp::token("admin-1"), after, count).await
+}
+
+async fn events_as(app: &TestApp, token: &str, after: &str, count: usize) -> Vec<Event> {
     let mut stream = app
         .client
         .clone()
-        .stream_events(TestApp::admin(StreamEventsRequest {
-            after_cursor: after.into(),
-            ..Default::default()
-        }))
+        .stream_events(TestApp::as_user(
+            StreamEventsRequest {
+                after_cursor: after.into(),
+                ..Default::default()
+            },
+            token,
+        ))
         .await
         .unwrap()
         .into_inner();
@@ -133,4 +140,44 @@ async fn a_malformed_cursor_is_invalid() {
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     assert_eq!(violations(&err), vec!["after_cursor"]);
+}
+
+/// A caller not cleared for every field (a service account at public clearance) gets
+/// the feed with each record masked as a read would show it; the admin gets it clear.
+#[tokio::test]
+async fn the_feed_is_masked_to_the_callers_clearance() {
+    let app = TestApp::spawn().await;
+    let mut c = person("Wei", "Zhang");
+    c.phone_numbers = vec![pb::PhoneNumber {
+        number: "13812345678".into(),
+        ..Default::default()
+    }];
+    c.national_id = "11010519491231002X".into();
+    let created = app.create(c).await;
+    let svc = app
+        .user("segmentation-1", &[], "service", crm_proto::crm::permissions::v1::Scope::All)
+        .await;
+    let decode = |e: &Event| {
+        pb::CustomerCreated::decode(e.data.as_ref().unwrap().value.as_slice())
+            .unwrap()
+            .customer
+            .unwrap()
+    };
+    let masked = decode(&events_as(&app, &svc, "", 1).await[0]);
+    assert!(masked.national_id.is_empty(), "hidden: {}", masked.national_id);
+    assert!(
+        masked.phone_numbers.iter().all(|p| !p.number.contains("12345678")),
+        "{:?}",
+        masked.phone_numbers
+    );
+    assert!(masked.redacted_fields.iter().any(|f| f == "national_id"));
+    assert_eq!(masked.name, created.name);
+    assert_eq!(masked.create_time, created.create_time, "what is not classified above stays");
+    assert!(
+        masked.display_name.contains('*'),
+        "an internal field one level up is masked: {}",
+        masked.display_name
+    );
+    let clear = decode(&events(&app, "", 1).await[0]);
+    assert_eq!(clear.national_id, "11010519491231002X");
 }
