@@ -29,6 +29,11 @@ pub mod crm {
             tonic::include_proto!("crm.ticketing.v1");
         }
     }
+    pub mod segmentation {
+        pub mod v1 {
+            tonic::include_proto!("crm.segmentation.v1");
+        }
+    }
 }
 
 /// Every CRM contract (and the well-known types they import) as an encoded

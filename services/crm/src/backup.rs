@@ -21,6 +21,7 @@ pub const SERVICES: &[&str] = &[
     crm_permissions::SERVICE,
     crm_customer_profile::SERVICE,
     crm_ticketing::SERVICE,
+    crm_segmentation::SERVICE,
 ];
 
 /// The services with a key store (`<service>-keys.db`), which `--keys` backs up.

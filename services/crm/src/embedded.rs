@@ -106,6 +106,8 @@ impl Embedded {
             .drop(&[
                 crm_permissions::SERVICE,
                 crm_customer_profile::SERVICE,
+                // customer-profile's key store, beside its schema.
+                &format!("{}-keys", crm_customer_profile::SERVICE),
                 crm_ticketing::SERVICE,
             ])
             .await

@@ -34,9 +34,9 @@ jwt_secret = "crm-dev-secret-not-for-production-use"
 # The users `crm serve` prints a token for and the operator commands (bench,
 # import, eval-dedup) act as.
 bootstrap_admins = ["dev", "bench", "import", "eval"]
-# ticketing reads customer tiers, customer-profile counts open tickets, each with
-# its own account.
-service_accounts = ["ticketing", "customer-profile"]
+# ticketing reads customer tiers, customer-profile counts open tickets, segmentation
+# follows customer-profile's feed, each with its own account.
+service_accounts = ["ticketing", "customer-profile", "marketing-segmentation"]
 
 [encryption]
 active_key = "dev"
@@ -271,6 +271,7 @@ struct Config {
     customer_profile: crm_customer_profile::ServiceConfig,
     permissions_service: crm_permissions::ServiceConfig,
     ticketing: crm_ticketing::ServiceConfig,
+    segmentation: crm_segmentation::ServiceConfig,
 }
 
 fn load(file: Option<&std::path::Path>) -> Result<Config, ConfigError> {
@@ -281,6 +282,7 @@ fn load(file: Option<&std::path::Path>) -> Result<Config, ConfigError> {
             DEV_DEFAULTS,
             crm_customer_profile::DEFAULTS,
             crm_ticketing::DEFAULTS,
+            crm_segmentation::DEFAULTS,
         ],
         file,
     )?;
@@ -289,12 +291,14 @@ fn load(file: Option<&std::path::Path>) -> Result<Config, ConfigError> {
         customer_profile: crm_customer_profile::ServiceConfig::from_document(&doc)?,
         permissions_service: crm_permissions::ServiceConfig::from_document(&doc)?,
         ticketing: crm_ticketing::ServiceConfig::from_document(&doc)?,
+        segmentation: crm_segmentation::ServiceConfig::from_document(&doc)?,
     })
 }
 
 /// In one process, the services that call each other (ticketing reads customer
-/// tiers, customer-profile counts open tickets) do so through the server's own
-/// address (plaintext servers on a fixed port).
+/// tiers, customer-profile counts open tickets, segmentation follows
+/// customer-profile's feed) do so through the server's own address (plaintext
+/// servers on a fixed port).
 fn point_services_at_each_other(cfg: &mut Config) {
     let listen = cfg.platform.server.listen;
     if cfg.platform.server.tls.enabled() || listen.port() == 0 {
@@ -308,6 +312,9 @@ fn point_services_at_each_other(cfg: &mut Config) {
     let own = format!("http://{}", std::net::SocketAddr::new(host, listen.port()));
     if cfg.ticketing.customer_profile_url.is_empty() {
         cfg.ticketing.customer_profile_url.clone_from(&own);
+    }
+    if cfg.segmentation.customer_profile_url.is_empty() {
+        cfg.segmentation.customer_profile_url.clone_from(&own);
     }
     if cfg.customer_profile.sections.ticketing_url.is_empty() {
         cfg.customer_profile.sections.ticketing_url = own;
@@ -331,6 +338,15 @@ async fn host_suite(platform: Platform, cfg: &Config, server: &mut GrpcServer) -
         .await
         .allow_long_running(crm_ticketing::LONG_RUNNING);
     server.add_service(kb).await;
+    if cfg.segmentation.customer_profile_url.is_empty() {
+        tracing::warn!(
+            "marketing-segmentation not hosted: set segmentation.customer_profile_url (with TLS or port 0 it cannot be derived)"
+        );
+    } else {
+        server
+            .add_service(crm_segmentation::build(&platform, &cfg.segmentation).await?)
+            .await;
+    }
     Ok(platform)
 }
 
@@ -756,7 +772,7 @@ async fn serve(mut cfg: Config) -> anyhow::Result<()> {
     let platform = host_suite(platform, &cfg, &mut server).await?;
     let listener = bind(platform.config.server.listen).await?;
     let addr = listener.local_addr()?;
-    println!("crm: serving permissions, customer-profile and ticketing on {addr}");
+    println!("crm: serving permissions, customer-profile, ticketing and marketing-segmentation on {addr}");
     // The built-in secret is public: print a ready token for it (local development),
     // never for a secret the operator chose, whose tokens must not land in logs.
     if platform.config.auth.jwt_secret == DEV_SECRET {

@@ -60,7 +60,7 @@ clearance = "confidential"
 name = "service"
 display_name = "Service account (CRM services)"
 permissions = ["permissions.check", "permissions.events", "audit.write", "audit.read", "customer.read", "customer.events", "ticket.read"]
-clearance = "public"
+clearance = "internal"
 
 [[permissions_service.default_roles]]
 name = "sales_rep"

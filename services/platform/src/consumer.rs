@@ -23,7 +23,57 @@ use crate::{
 
 /// The cursors table; a consuming service's migration includes it.
 pub fn migration_sql(_: Dialect) -> Vec<String> {
-    vec!["CREATE TABLE feed_cursors (source TEXT PRIMARY KEY, cursor TEXT NOT NULL, update_us BIGINT NOT NULL)".into()]
+    vec![
+        // `event_us`: occurrence time of the last event applied; `heartbeat_us`: when the
+        // source last said this consumer was caught up; `applied`: events applied.
+        "CREATE TABLE feed_cursors (source TEXT PRIMARY KEY, cursor TEXT NOT NULL, update_us BIGINT NOT NULL, \
+         event_us BIGINT NOT NULL DEFAULT 0, heartbeat_us BIGINT NOT NULL DEFAULT 0, applied BIGINT NOT NULL DEFAULT 0)"
+            .into(),
+    ]
+}
+
+/// Where a consumer stands on one source.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CursorStatus {
+    pub cursor: String,
+    /// When the cursor last moved (microseconds).
+    pub update_us: i64,
+    /// Occurrence time of the last event applied (microseconds; 0: none yet).
+    pub event_us: i64,
+    /// When the source last reported this consumer caught up (microseconds; 0: never).
+    pub heartbeat_us: i64,
+    /// Events applied since the consumer started from the feed's start.
+    pub applied: i64,
+}
+
+impl CursorStatus {
+    /// How stale the consumer's view may be at `now_us`: since the newer of the last
+    /// applied event and the last "caught up" from the source (0 when never in touch).
+    pub fn lag_us(&self, now_us: i64) -> i64 {
+        let known = self.event_us.max(self.heartbeat_us);
+        if known == 0 { 0 } else { (now_us - known).max(0) }
+    }
+}
+
+/// The stored position of `source`, if the consumer ever moved.
+pub async fn status<C: ConnectionTrait>(conn: &C, source: &str) -> Result<Option<CursorStatus>> {
+    let rows = query(
+        conn,
+        "SELECT cursor, update_us, event_us, heartbeat_us, applied FROM feed_cursors WHERE source = ?",
+        vec![source.into()],
+    )
+    .await?;
+    rows.first()
+        .map(|r| {
+            Ok(CursorStatus {
+                cursor: r.try_get("", "cursor")?,
+                update_us: r.try_get("", "update_us")?,
+                event_us: r.try_get("", "event_us")?,
+                heartbeat_us: r.try_get("", "heartbeat_us")?,
+                applied: r.try_get("", "applied")?,
+            })
+        })
+        .transpose()
 }
 
 /// What to follow.
@@ -60,15 +110,45 @@ pub async fn cursor<C: ConnectionTrait>(conn: &C, source: &str) -> Result<String
     })
 }
 
-async fn save_cursor<C: ConnectionTrait>(conn: &C, source: &str, cursor: &str) -> Result<()> {
+/// Moves the cursor past an applied event (`event_us`: its occurrence time).
+async fn save_event<C: ConnectionTrait>(conn: &C, source: &str, cursor: &str, event_us: i64) -> Result<()> {
     exec(
         conn,
-        "INSERT INTO feed_cursors (source, cursor, update_us) VALUES (?, ?, ?) \
-         ON CONFLICT (source) DO UPDATE SET cursor = excluded.cursor, update_us = excluded.update_us",
-        vec![source.into(), cursor.into(), Utc::now().timestamp_micros().into()],
+        "INSERT INTO feed_cursors (source, cursor, update_us, event_us, applied) VALUES (?, ?, ?, ?, 1) \
+         ON CONFLICT (source) DO UPDATE SET cursor = excluded.cursor, update_us = excluded.update_us, \
+         event_us = excluded.event_us, applied = feed_cursors.applied + 1",
+        vec![
+            source.into(),
+            cursor.into(),
+            Utc::now().timestamp_micros().into(),
+            event_us.into(),
+        ],
     )
     .await?;
     Ok(())
+}
+
+/// Moves the cursor to a heartbeat's (`heartbeat_us`: when the source sent it), or
+/// back to the start (`""`, with 0).
+async fn save_cursor<C: ConnectionTrait>(conn: &C, source: &str, cursor: &str, heartbeat_us: i64) -> Result<()> {
+    exec(
+        conn,
+        "INSERT INTO feed_cursors (source, cursor, update_us, heartbeat_us) VALUES (?, ?, ?, ?) \
+         ON CONFLICT (source) DO UPDATE SET cursor = excluded.cursor, update_us = excluded.update_us, \
+         heartbeat_us = excluded.heartbeat_us",
+        vec![
+            source.into(),
+            cursor.into(),
+            Utc::now().timestamp_micros().into(),
+            heartbeat_us.into(),
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+fn micros(t: &prost_types::Timestamp) -> i64 {
+    t.seconds.saturating_mul(1_000_000).saturating_add(i64::from(t.nanos / 1000))
 }
 
 /// A channel for a long-lived stream: a connect timeout, no per-call deadline.
@@ -115,7 +195,7 @@ pub async fn follow(
                     // restore of the source, events may come again (effects must be
                     // idempotent). Say so loudly and go on from the oldest kept.
                     tracing::error!(source = subscription.source, %message, "feed cursor expired or unknown: continuing from the oldest retained event");
-                    if let Err(err) = save_cursor(&db, subscription.source, "").await {
+                    if let Err(err) = save_cursor(&db, subscription.source, "", 0).await {
                         tracing::warn!(%err, "cannot reset the feed cursor");
                     }
                 }
@@ -172,9 +252,8 @@ async fn read_stream(
     sub: &Subscription,
     handler: &dyn Apply,
 ) -> std::result::Result<(), Stop> {
-    let mut position = cursor(db, sub.source).await?;
     let req = credentials.request(StreamEventsRequest {
-        after_cursor: position.clone(),
+        after_cursor: cursor(db, sub.source).await?,
         event_types: sub.event_types.clone(),
     })?;
     let mut grpc = tonic::client::Grpc::new(channel.clone());
@@ -189,14 +268,14 @@ async fn read_stream(
             Some(Kind::Event(event)) => {
                 let txn = begin_write(db).await?;
                 handler.apply(&txn, &event).await?;
-                save_cursor(&txn, sub.source, &event.cursor).await?;
+                let event_us = event.time.as_ref().map(micros).unwrap_or_default();
+                save_event(&txn, sub.source, &event.cursor, event_us).await?;
                 txn.commit().await.map_err(crate::Error::from)?;
                 handler.committed(db).await?;
-                position = event.cursor;
             }
-            Some(Kind::Heartbeat(beat)) if !beat.cursor.is_empty() && beat.cursor != position => {
-                save_cursor(db, sub.source, &beat.cursor).await?;
-                position = beat.cursor;
+            Some(Kind::Heartbeat(beat)) => {
+                let at = beat.time.as_ref().map(micros).unwrap_or_default();
+                save_cursor(db, sub.source, &beat.cursor, at).await?;
             }
             _ => {}
         }

@@ -1,0 +1,130 @@
+//! marketing-segmentation: segments, tags and RFM over this service's own projection
+//! of the customer data, fed by customer-profile's change feed.
+
+pub mod api;
+pub mod projection;
+pub mod store;
+
+use crm_platform::{
+    Platform,
+    auth::Authenticator,
+    authz::ServiceCredentials,
+    config::{ConfigError, PLATFORM_DEFAULTS, PlatformConfig, section},
+    consumer,
+    feed::Feed,
+    migrate,
+    server::{GrpcServer, bind, shutdown_channel},
+};
+use crm_proto::crm::segmentation::v1::segmentation_service_server::SegmentationServiceServer;
+use serde::Deserialize;
+use tonic::service::interceptor::InterceptedService;
+
+/// Name of the service: binary, database file, schema, event source.
+pub const SERVICE: &str = "marketing-segmentation";
+
+/// Defaults of this service's own section.
+pub const DEFAULTS: &str = r#"
+[segmentation]
+customer_profile_url = ""
+customer_profile_ca_path = ""
+"#;
+
+/// `[segmentation]` settings.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ServiceConfig {
+    /// customer-profile's gRPC address, whose change feed the projection follows
+    /// (`crm serve` points it at itself). Required to start.
+    pub customer_profile_url: String,
+    /// PEM CA of an `https://` customer-profile URL.
+    pub customer_profile_ca_path: String,
+}
+
+impl ServiceConfig {
+    /// The `[segmentation]` section of a loaded document, validated.
+    pub fn from_document(doc: &serde_json::Value) -> Result<Self, ConfigError> {
+        let cfg: Self = section(doc, Some("segmentation"))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let url = &self.customer_profile_url;
+        if !(url.is_empty() || url.starts_with("http://") || url.starts_with("https://")) {
+            return Err(ConfigError::invalid(
+                "segmentation.customer_profile_url",
+                "starting with http:// or https://",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Configuration of the standalone `segmentation` binary.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub platform: PlatformConfig,
+    pub segmentation: ServiceConfig,
+}
+
+impl Config {
+    /// Loads and validates: defaults, then `file`, then `CRM__*` variables.
+    pub fn load(file: Option<&std::path::Path>) -> Result<Self, ConfigError> {
+        let doc = crm_platform::config::load(&[PLATFORM_DEFAULTS, DEFAULTS], file)?;
+        Ok(Self {
+            platform: PlatformConfig::from_document(&doc)?,
+            segmentation: ServiceConfig::from_document(&doc)?,
+        })
+    }
+}
+
+/// The gRPC service as served, behind the authenticating interceptor.
+pub type Service = InterceptedService<SegmentationServiceServer<api::Api>, Authenticator>;
+
+/// Opens (and migrates, if configured) the database, starts following
+/// customer-profile's feed into the projection (until the platform's shutdown), and
+/// builds the service.
+pub async fn build(platform: &Platform, cfg: &ServiceConfig) -> anyhow::Result<Service> {
+    anyhow::ensure!(
+        !cfg.customer_profile_url.is_empty(),
+        "configuration key `segmentation.customer_profile_url`: required: customer-profile's address (the projection follows its feed)"
+    );
+    let db = platform.database(SERVICE, store::MIGRATIONS).await?;
+    let feed = Feed::new(db.clone(), SERVICE, platform.config.feed.clone(), platform.shutdown.clone());
+    tokio::spawn(feed.clone().run_retention());
+    let authz = platform.authz(SERVICE, &db, &feed, |_| Vec::new())?;
+    let channel = consumer::stream_channel(&cfg.customer_profile_url, &cfg.customer_profile_ca_path)?;
+    tokio::spawn(consumer::follow(
+        db.clone(),
+        channel,
+        ServiceCredentials::from_config(&platform.config, SERVICE)?,
+        consumer::Subscription {
+            source: projection::SOURCE,
+            method: projection::METHOD,
+            event_types: projection::EVENT_TYPES.iter().map(|t| (*t).to_owned()).collect(),
+        },
+        std::sync::Arc::new(projection::Projection),
+        platform.shutdown.clone(),
+    ));
+    let api = api::Api::new(db, authz);
+    let server = SegmentationServiceServer::new(api).max_decoding_message_size(platform.config.server.max_message_bytes);
+    Ok(InterceptedService::new(server, platform.authenticator.clone()))
+}
+
+/// Applies pending migrations and reports what it did.
+pub async fn migrate(platform: &Platform) -> anyhow::Result<Vec<i64>> {
+    let target = platform.database_target(SERVICE);
+    let db = crm_platform::db::connect(&target, 2).await?;
+    Ok(migrate::run(&db, store::MIGRATIONS).await?)
+}
+
+/// Runs the service alone until SIGTERM/SIGINT.
+pub async fn run(cfg: Config) -> anyhow::Result<()> {
+    let (shutdown, signal) = shutdown_channel();
+    let platform = Platform::new(cfg.platform, signal.clone())?;
+    let mut server = GrpcServer::new(platform.config.server.clone());
+    server.metrics_endpoint(&platform.config.metrics)?;
+    server.add_service(build(&platform, &cfg.segmentation).await?).await;
+    let listener = bind(platform.config.server.listen).await?;
+    server.stop_on_os_signal(shutdown);
+    server.serve(listener, signal).await
+}

@@ -1,0 +1,262 @@
+//! Applying customer-profile's events to the projection, each in the transaction that
+//! moves the feed cursor (exactly-once effects). Applying the whole feed again from
+//! its start gives the same projection: every effect is an upsert, a replacement or
+//! a deletion keyed by the source's ids.
+
+use async_trait::async_trait;
+use crm_platform::{Error, Result, consumer::Apply};
+use crm_proto::crm::{customer::v1 as pb, events::v1::Event};
+use prost::Message;
+use sea_orm::DatabaseTransaction;
+
+use crate::store::{self, ConsentRow, CustomerRow, InteractionRow, OrderRow};
+
+/// The source followed, the cursor's key.
+pub const SOURCE: &str = "customer-profile";
+
+/// customer-profile's `StreamEvents`.
+pub const METHOD: &str = "/crm.customer.v1.CustomerProfileService/StreamEvents";
+
+/// The event types the projection reads.
+pub const EVENT_TYPES: &[&str] = &[
+    "crm.customer.v1.CustomerCreated",
+    "crm.customer.v1.CustomerUpdated",
+    "crm.customer.v1.CustomerDeleted",
+    "crm.customer.v1.CustomersMerged",
+    "crm.customer.v1.CustomersUnmerged",
+    "crm.customer.v1.CustomerErased",
+    "crm.customer.v1.OrderChanged",
+    "crm.customer.v1.InteractionRecorded",
+    "crm.customer.v1.ConsentChanged",
+    "crm.customer.v1.DataPurged",
+];
+
+/// Applies customer-profile's events to the projection.
+pub struct Projection;
+
+fn micros(t: Option<&prost_types::Timestamp>) -> i64 {
+    t.map_or(0, |t| {
+        t.seconds.saturating_mul(1_000_000).saturating_add(i64::from(t.nanos / 1000))
+    })
+}
+
+/// The id of a resource name `customers/{id}` (or `customers/{id}/...`).
+fn customer_id(name: &str) -> Result<String> {
+    name.strip_prefix("customers/")
+        .and_then(|rest| rest.split('/').next())
+        .filter(|id| !id.is_empty())
+        .map(str::to_owned)
+        .ok_or_else(|| Error::internal(anyhow::anyhow!("not a customer name: {name}")))
+}
+
+/// The last segment of a resource name.
+fn leaf(name: &str) -> String {
+    name.rsplit('/').next().unwrap_or_default().to_owned()
+}
+
+/// A customer as the projection keeps it: only what the feed showed in clear (a
+/// field in `redacted_fields` was masked or withheld for this service's account).
+pub fn customer_row(c: &pb::Customer) -> Result<CustomerRow> {
+    let redacted = |path: &str| c.redacted_fields.iter().any(|f| f == path);
+    let address = c
+        .addresses
+        .iter()
+        .find(|a| a.primary)
+        .or(c.addresses.first())
+        .and_then(|a| a.postal_address.as_ref())
+        .filter(|_| !redacted("addresses"));
+    Ok(CustomerRow {
+        id: customer_id(&c.name)?,
+        kind: c.r#type,
+        lifecycle_stage: if redacted("lifecycle_stage") { 0 } else { c.lifecycle_stage },
+        source_channel: c.source_channel,
+        owner_user_id: c.owner_user_id.clone(),
+        team_id: c.team_id.clone(),
+        region: address.map(|a| a.region_code.clone()).unwrap_or_default(),
+        locality: address.map(|a| a.locality.clone()).unwrap_or_default(),
+        tags: if redacted("tags") { Vec::new() } else { c.tags.clone() },
+        attributes: c
+            .custom_attributes
+            .iter()
+            .filter(|(k, _)| !redacted(&format!("custom_attributes.{k}")))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        create_us: micros(c.create_time.as_ref()),
+        update_us: micros(c.update_time.as_ref()),
+        deleted: c.delete_time.is_some(),
+    })
+}
+
+fn order_row(customer: &str, o: &pb::Order) -> Result<OrderRow> {
+    let mut categories: Vec<String> = o.lines.iter().map(|l| l.category.clone()).filter(|c| !c.is_empty()).collect();
+    categories.sort();
+    categories.dedup();
+    Ok(OrderRow {
+        id: leaf(&o.name),
+        customer_id: customer_id(customer)?,
+        status: o.status,
+        currency: o.currency.clone(),
+        total_micros: o.total_micros,
+        place_us: micros(o.place_time.as_ref()),
+        categories,
+    })
+}
+
+fn interaction_row(customer: &str, i: &pb::Interaction) -> Result<InteractionRow> {
+    Ok(InteractionRow {
+        id: leaf(&i.name),
+        customer_id: customer_id(customer)?,
+        kind: i.kind,
+        channel: i.channel,
+        occur_us: micros(i.occur_time.as_ref()),
+        category: i.properties.get("category").cloned().unwrap_or_default(),
+        campaign: i.campaign.clone(),
+    })
+}
+
+fn consent_rows(c: &pb::Consent) -> Vec<ConsentRow> {
+    c.records
+        .iter()
+        .map(|r| ConsentRow {
+            purpose: r.purpose,
+            channel: r.channel,
+            status: r.status,
+            effective_us: micros(r.effective_time.as_ref()),
+            expire_us: r.expire_time.as_ref().map(|t| micros(Some(t))),
+        })
+        .collect()
+}
+
+fn decode<M: Message + Default>(event: &Event) -> Result<M> {
+    let data = event.data.as_ref().map(|d| d.value.as_slice()).unwrap_or_default();
+    M::decode(data).map_err(|e| Error::internal(anyhow::anyhow!("event {} ({}): {e}", event.id, event.r#type)))
+}
+
+async fn upsert(txn: &DatabaseTransaction, c: Option<&pb::Customer>) -> Result<()> {
+    match c {
+        Some(c) => store::upsert_customer(txn, &customer_row(c)?).await,
+        // An erased customer's earlier events are emptied at the source: nothing to apply.
+        None => Ok(()),
+    }
+}
+
+#[async_trait]
+impl Apply for Projection {
+    async fn apply(&self, txn: &DatabaseTransaction, event: &Event) -> Result<()> {
+        let kind = event.r#type.strip_prefix("crm.customer.v1.").unwrap_or_default();
+        match kind {
+            "CustomerCreated" => upsert(txn, decode::<pb::CustomerCreated>(event)?.customer.as_ref()).await,
+            "CustomerUpdated" => upsert(txn, decode::<pb::CustomerUpdated>(event)?.customer.as_ref()).await,
+            "CustomerDeleted" => upsert(txn, decode::<pb::CustomerDeleted>(event)?.customer.as_ref()).await,
+            "CustomersMerged" => {
+                let e = decode::<pb::CustomersMerged>(event)?;
+                let Some(survivor) = e.survivor else { return Ok(()) };
+                let row = customer_row(&survivor)?;
+                store::upsert_customer(txn, &row).await?;
+                let merged = e.merged.iter().map(|m| customer_id(m)).collect::<Result<Vec<_>>>()?;
+                store::set_merged_into(txn, &merged, Some(&row.id)).await?;
+                store::reassign_people(txn, &[row.id]).await
+            }
+            "CustomersUnmerged" => {
+                let e = decode::<pb::CustomersUnmerged>(event)?;
+                let Some(survivor) = e.survivor else { return Ok(()) };
+                let row = customer_row(&survivor)?;
+                store::upsert_customer(txn, &row).await?;
+                let mut roots = vec![row.id];
+                for c in &e.restored {
+                    let restored = customer_row(c)?;
+                    store::upsert_customer(txn, &restored).await?;
+                    store::set_merged_into(txn, std::slice::from_ref(&restored.id), None).await?;
+                    roots.push(restored.id);
+                }
+                store::reassign_people(txn, &roots).await
+            }
+            "CustomerErased" => {
+                let Some(erasure) = decode::<pb::CustomerErased>(event)?.erasure else {
+                    return Ok(());
+                };
+                let ids = erasure
+                    .erased_customers
+                    .iter()
+                    .map(|c| customer_id(c))
+                    .collect::<Result<Vec<_>>>()?;
+                store::erase(txn, &ids).await
+            }
+            "OrderChanged" => {
+                let e = decode::<pb::OrderChanged>(event)?;
+                match e.order {
+                    Some(o) => store::upsert_order(txn, &order_row(&e.customer, &o)?).await,
+                    None => Ok(()),
+                }
+            }
+            "InteractionRecorded" => {
+                let e = decode::<pb::InteractionRecorded>(event)?;
+                match e.interaction {
+                    Some(i) => store::insert_interaction(txn, &interaction_row(&e.customer, &i)?).await,
+                    None => Ok(()),
+                }
+            }
+            "ConsentChanged" => {
+                let e = decode::<pb::ConsentChanged>(event)?;
+                match e.consent {
+                    Some(c) => store::replace_consent(txn, &customer_id(&e.customer)?, &consent_rows(&c)).await,
+                    None => Ok(()),
+                }
+            }
+            "DataPurged" => {
+                let report = decode::<pb::DataPurged>(event)?.report.unwrap_or_default();
+                for class in report.classes.iter().filter(|c| c.data_class == "interactions") {
+                    if let Some(cutoff) = &class.cutoff_time {
+                        store::delete_interactions_before(txn, micros(Some(cutoff))).await?;
+                    }
+                }
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_what_the_feed_showed_in_clear_is_kept() {
+        let c = pb::Customer {
+            name: "customers/abc".into(),
+            lifecycle_stage: pb::LifecycleStage::Customer as i32,
+            tags: vec!["vip".into()],
+            custom_attributes: [
+                ("tier".to_owned(), "gold".to_owned()),
+                ("income".to_owned(), "9*****".to_owned()),
+            ]
+            .into(),
+            redacted_fields: vec!["custom_attributes.income".into(), "addresses".into()],
+            addresses: vec![pb::Address {
+                postal_address: Some(crm_proto::crm::common::v1::PostalAddress {
+                    region_code: "CN".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let row = customer_row(&c).unwrap();
+        assert_eq!(row.id, "abc");
+        assert_eq!(row.attributes.keys().collect::<Vec<_>>(), vec!["tier"]);
+        assert_eq!(row.region, "", "a withheld address is not kept");
+        assert_eq!(row.tags, vec!["vip".to_owned()]);
+        assert!(
+            customer_row(&pb::Customer::default()).is_err(),
+            "a customer without a name is an error"
+        );
+    }
+
+    #[test]
+    fn names_resolve_to_ids() {
+        assert_eq!(customer_id("customers/x/orders/1").unwrap(), "x");
+        assert_eq!(leaf("customers/x/orders/o-1"), "o-1");
+        assert!(customer_id("orders/1").is_err());
+    }
+}

@@ -1,0 +1,139 @@
+//! `TestApp`: permissions, customer-profile and marketing-segmentation on one server,
+//! segmentation following customer-profile's feed through the server's own address.
+
+use std::time::Duration;
+
+use crm_platform::{
+    Platform,
+    auth::{Principal, mint_hs256},
+    config::{PLATFORM_DEFAULTS, section},
+    server::{GrpcServer, Shutdown, shutdown_channel},
+    testing::{self, TestDatabase},
+};
+use crm_proto::crm::{
+    customer::v1::customer_profile_service_client::CustomerProfileServiceClient,
+    segmentation::v1::{self as pb, segmentation_service_client::SegmentationServiceClient},
+};
+use tonic::{Request, transport::Channel};
+
+pub const SECRET: &str = "segmentation-test-secret-0123456789abcdef";
+
+pub struct TestApp {
+    pub customers: CustomerProfileServiceClient<Channel>,
+    pub segmentation: SegmentationServiceClient<Channel>,
+    shutdown: Shutdown,
+    pub db: TestDatabase,
+    _customers_db: TestDatabase,
+    _permissions_db: TestDatabase,
+}
+
+impl TestApp {
+    pub async fn spawn() -> Self {
+        let value = crm_platform::config::load(
+            &[
+                PLATFORM_DEFAULTS,
+                crm_permissions::DEFAULTS,
+                crm_customer_profile::DEFAULTS,
+                crm_segmentation::DEFAULTS,
+            ],
+            None,
+        )
+        .unwrap();
+        let mut platform_cfg: crm_platform::config::PlatformConfig = section(&value, None).unwrap();
+        platform_cfg.auth.jwt_secret = SECRET.into();
+        platform_cfg.encryption = testing::encryption();
+        platform_cfg.feed.poll_interval_ms = 50;
+        platform_cfg.feed.heartbeat_secs = 1;
+        if let Some(url) = testing::redis_url() {
+            platform_cfg.redis.url = url;
+            platform_cfg.redis.key_prefix = testing::unique_key_prefix();
+        }
+        let mut permissions: crm_permissions::ServiceConfig = section(&value, Some("permissions_service")).unwrap();
+        permissions.bootstrap_admins = vec!["admin-1".into()];
+        permissions.service_accounts = vec![crm_segmentation::SERVICE.into()];
+        permissions.version_poll_ms = 100;
+        let customers_cfg: crm_customer_profile::ServiceConfig = section(&value, Some("customer_profile")).unwrap();
+        let mut segmentation: crm_segmentation::ServiceConfig = section(&value, Some("segmentation")).unwrap();
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        segmentation.customer_profile_url = format!("http://{addr}");
+
+        let (shutdown, signal) = shutdown_channel();
+        let open = |service: &str| {
+            let db = TestDatabase::new(service).unwrap();
+            let mut cfg = platform_cfg.clone();
+            db.configure(&mut cfg.database);
+            (db, Platform::new(cfg, signal.clone()).unwrap())
+        };
+        let (permissions_db, permissions_platform) = open("permissions");
+        let (customers_db, customers_platform) = open("customer-profile");
+        let (db, platform) = open("marketing-segmentation");
+        let (perms, decisions) = crm_permissions::build(&permissions_platform, &permissions)
+            .await
+            .expect("permissions must start (is the test database reachable?)");
+        let policy = crm_permissions::decision_point(&decisions);
+        let customer_service = crm_customer_profile::build(&customers_platform.with_policy(policy.clone()), &customers_cfg)
+            .await
+            .expect("customer-profile must start");
+        let segmentation_service = crm_segmentation::build(&platform.with_policy(policy), &segmentation)
+            .await
+            .expect("segmentation must start");
+        let mut server = GrpcServer::new(permissions_platform.config.server.clone());
+        server.add_service(perms).await;
+        server
+            .add_service(customer_service)
+            .await
+            .allow_long_running(crm_customer_profile::LONG_RUNNING);
+        server.add_service(segmentation_service).await;
+        tokio::spawn(server.serve(listener, signal));
+        let channel = Channel::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        Self {
+            customers: CustomerProfileServiceClient::new(channel.clone()),
+            segmentation: SegmentationServiceClient::new(channel),
+            shutdown,
+            db,
+            _customers_db: customers_db,
+            _permissions_db: permissions_db,
+        }
+    }
+
+    pub fn token(user: &str) -> String {
+        let principal = Principal {
+            user_id: user.into(),
+            customer_id: None,
+            expires_at: 0,
+        };
+        mint_hs256(SECRET, &principal, Duration::from_secs(600)).unwrap()
+    }
+
+    pub fn admin<T>(msg: T) -> Request<T> {
+        Self::as_user(msg, &Self::token("admin-1"))
+    }
+
+    pub fn as_user<T>(msg: T, token: &str) -> Request<T> {
+        let mut req = Request::new(msg);
+        req.metadata_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        req
+    }
+
+    pub async fn status(&self) -> pb::ProjectionStatus {
+        self.segmentation
+            .clone()
+            .get_projection_status(Self::admin(pb::GetProjectionStatusRequest {}))
+            .await
+            .unwrap()
+            .into_inner()
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.shutdown.trigger();
+    }
+}
