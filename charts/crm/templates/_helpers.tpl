@@ -88,6 +88,13 @@ included, wins (sprig's mergeOverwrite skips those). */}}
 {{- $_ := set $base "ticketing" (dict "customer_profile_url" (printf "http://%s:%v" (include "crm.fullname" (list $root "customer-profile")) $profiles.port)) -}}
 {{- end }}
 {{- end }}
+{{- /* marketing-segmentation follows customer-profile's change feed. */ -}}
+{{- if eq $service "marketing-segmentation" }}
+{{- $profiles := include "crm.settings" (list $root "customer-profile") | fromYaml -}}
+{{- if $profiles.enabled }}
+{{- $_ := set $base "segmentation" (dict "customer_profile_url" (printf "http://%s:%v" (include "crm.fullname" (list $root "customer-profile")) $profiles.port)) -}}
+{{- end }}
+{{- end }}
 {{- /* customer-profile counts open tickets for the 360 view. */ -}}
 {{- if eq $service "customer-profile" }}
 {{- $ticketing := include "crm.settings" (list $root "ticketing") | fromYaml -}}

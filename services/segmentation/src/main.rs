@@ -1,4 +1,4 @@
-//! `segmentation`: the marketing-segmentation service alone, for containers.
+//! `marketing-segmentation`: the service alone, for containers.
 
 use clap::Parser;
 use crm_platform::cli::{Command, ServiceCli};
