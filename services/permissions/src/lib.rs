@@ -95,7 +95,7 @@ clearance = "internal"
 [[permissions_service.default_roles]]
 name = "integrator"
 display_name = "Integration (ERP, e-commerce)"
-permissions = ["customer.read", "customer.create", "customer.update", "customer.ingest", "customer.import", "customer.events"]
+permissions = ["customer.read", "customer.create", "customer.update", "customer.ingest", "customer.import", "customer.events", "segment.events"]
 clearance = "confidential"
 
 [[permissions_service.default_roles]]

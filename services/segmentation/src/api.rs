@@ -1,27 +1,47 @@
-//! The gRPC handlers: authorize, translate, call the store.
+//! The gRPC handlers: authorize, translate, call the use cases.
 
 use chrono::Utc;
 use crm_platform::{
     Error, auth,
+    auth::Principal,
     authz::{Authz, Resource},
     consumer,
     feed::timestamp,
+    paging::{PageTokens, page_size},
 };
-use crm_proto::crm::segmentation::v1::{self as pb, segmentation_service_server::SegmentationService};
+use crm_proto::crm::{
+    events::v1::{StreamEventsRequest, StreamEventsResponse},
+    segmentation::v1::{self as pb, segmentation_service_server::SegmentationService},
+};
 use sea_orm::DatabaseConnection;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use crate::{projection, store};
+use crate::{
+    projection, store,
+    tags::{self, Tags, assignment_to_proto, to_proto},
+};
 
 #[derive(Clone)]
 pub struct Api {
     db: DatabaseConnection,
     authz: Authz,
+    tags: Tags,
+    page_tokens: PageTokens,
 }
 
 impl Api {
-    pub fn new(db: DatabaseConnection, authz: Authz) -> Self {
-        Self { db, authz }
+    pub fn new(db: DatabaseConnection, authz: Authz, tags: Tags, page_tokens: PageTokens) -> Self {
+        Self {
+            db,
+            authz,
+            tags,
+            page_tokens,
+        }
+    }
+
+    async fn check(&self, p: &Principal, permission: &str, name: &str) -> Result<(), Error> {
+        self.authz.check(p, permission, Resource::named(name)).await
     }
 }
 
@@ -39,9 +59,7 @@ impl SegmentationService for Api {
         req: Request<pb::GetProjectionStatusRequest>,
     ) -> Result<Response<pb::ProjectionStatus>, Status> {
         let principal = auth::principal(&req)?;
-        self.authz
-            .check(&principal, "segment.read", Resource::named("projectionStatus"))
-            .await?;
+        self.check(&principal, "segment.read", "projectionStatus").await?;
         let status = consumer::status(&self.db, projection::SOURCE).await?.unwrap_or_default();
         let counts = store::counts(&self.db).await?;
         let lag_us = status.lag_us(Utc::now().timestamp_micros());
@@ -60,5 +78,126 @@ impl SegmentationService for Api {
             interactions: counts.interactions,
             consents: counts.consents,
         }))
+    }
+
+    async fn create_tag(&self, req: Request<pb::CreateTagRequest>) -> Result<Response<pb::Tag>, Status> {
+        let principal = auth::principal(&req)?;
+        self.check(&principal, "segment.manage", "tags").await?;
+        let req = req.into_inner();
+        let tag = req.tag.ok_or_else(|| Error::invalid("tag", "required"))?;
+        let row = self.tags.create(&principal.user_id, &req.tag_id, &tag).await?;
+        Ok(Response::new(to_proto(&row)))
+    }
+
+    async fn get_tag(&self, req: Request<pb::GetTagRequest>) -> Result<Response<pb::Tag>, Status> {
+        let principal = auth::principal(&req)?;
+        self.check(&principal, "segment.read", "tags").await?;
+        let id = tags::tag_id(&req.get_ref().name, "name")?;
+        Ok(Response::new(to_proto(&self.tags.get(id).await?)))
+    }
+
+    async fn list_tags(&self, req: Request<pb::ListTagsRequest>) -> Result<Response<pb::ListTagsResponse>, Status> {
+        let principal = auth::principal(&req)?;
+        self.check(&principal, "segment.read", "tags").await?;
+        let req = req.into_inner();
+        let parent = if req.parent.is_empty() {
+            None
+        } else {
+            Some(tags::tag_id(&req.parent, "parent")?)
+        };
+        let size = page_size(req.page_size, 100, 1000)?;
+        let fingerprint = format!("tags:{}", req.parent);
+        let after: String = if req.page_token.is_empty() {
+            String::new()
+        } else {
+            self.page_tokens.decode(&fingerprint, &req.page_token)?
+        };
+        let mut rows = self.tags.list(parent, &after, u64::from(size) + 1).await?;
+        let next_page_token = self.page_tokens.cut(&fingerprint, &mut rows, size, |t| t.id.clone())?;
+        Ok(Response::new(pb::ListTagsResponse {
+            tags: rows.iter().map(to_proto).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn update_tag(&self, req: Request<pb::UpdateTagRequest>) -> Result<Response<pb::Tag>, Status> {
+        let principal = auth::principal(&req)?;
+        self.check(&principal, "segment.manage", "tags").await?;
+        let req = req.into_inner();
+        let tag = req.tag.ok_or_else(|| Error::invalid("tag", "required"))?;
+        let paths = match req.update_mask {
+            Some(m) if !m.paths.is_empty() => m.paths,
+            // An empty mask means the fields that are set.
+            _ => [
+                ("display_name", !tag.display_name.is_empty()),
+                ("description", !tag.description.is_empty()),
+            ]
+            .into_iter()
+            .filter(|(_, set)| *set)
+            .map(|(p, _)| p.to_owned())
+            .collect(),
+        };
+        let row = self.tags.update(&principal.user_id, &tag, &paths).await?;
+        Ok(Response::new(to_proto(&row)))
+    }
+
+    async fn delete_tag(&self, req: Request<pb::DeleteTagRequest>) -> Result<Response<pb::DeleteTagResponse>, Status> {
+        let principal = auth::principal(&req)?;
+        self.check(&principal, "segment.manage", "tags").await?;
+        let req = req.into_inner();
+        self.tags.delete(&principal.user_id, &req.name, &req.etag).await?;
+        Ok(Response::new(pb::DeleteTagResponse {}))
+    }
+
+    async fn tag_customers(&self, req: Request<pb::TagCustomersRequest>) -> Result<Response<pb::TagCustomersResponse>, Status> {
+        let principal = auth::principal(&req)?;
+        self.check(&principal, "segment.manage", "tags").await?;
+        let req = req.into_inner();
+        let (tagged, again) = self
+            .tags
+            .tag(&principal.user_id, &req.tag, &req.customers, req.expire_time.as_ref())
+            .await?;
+        Ok(Response::new(pb::TagCustomersResponse {
+            tagged: i32::try_from(tagged).unwrap_or(i32::MAX),
+            already_tagged: i32::try_from(again).unwrap_or(i32::MAX),
+        }))
+    }
+
+    async fn untag_customers(
+        &self,
+        req: Request<pb::UntagCustomersRequest>,
+    ) -> Result<Response<pb::UntagCustomersResponse>, Status> {
+        let principal = auth::principal(&req)?;
+        self.check(&principal, "segment.manage", "tags").await?;
+        let req = req.into_inner();
+        let n = self.tags.untag(&principal.user_id, &req.tag, &req.customers).await?;
+        Ok(Response::new(pb::UntagCustomersResponse {
+            untagged: i32::try_from(n).unwrap_or(i32::MAX),
+        }))
+    }
+
+    async fn list_customer_tags(
+        &self,
+        req: Request<pb::ListCustomerTagsRequest>,
+    ) -> Result<Response<pb::ListCustomerTagsResponse>, Status> {
+        let principal = auth::principal(&req)?;
+        self.check(&principal, "segment.read", "tags").await?;
+        let found = self.tags.of_customer(&req.get_ref().customer).await?;
+        Ok(Response::new(pb::ListCustomerTagsResponse {
+            tags: found.iter().map(assignment_to_proto).collect(),
+        }))
+    }
+
+    type StreamEventsStream = ReceiverStream<Result<StreamEventsResponse, Status>>;
+
+    async fn stream_events(&self, req: Request<StreamEventsRequest>) -> Result<Response<Self::StreamEventsStream>, Status> {
+        let principal = auth::principal(&req)?;
+        self.check(&principal, "segment.events", "events").await?;
+        let stream = self
+            .tags
+            .feed()
+            .stream(&req.get_ref().after_cursor, &req.get_ref().event_types, principal.expires_at)
+            .await?;
+        Ok(Response::new(stream))
     }
 }

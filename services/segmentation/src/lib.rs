@@ -4,6 +4,7 @@
 pub mod api;
 pub mod projection;
 pub mod store;
+pub mod tags;
 
 use crm_platform::{
     Platform,
@@ -27,6 +28,7 @@ pub const DEFAULTS: &str = r#"
 [segmentation]
 customer_profile_url = ""
 customer_profile_ca_path = ""
+tag_expiry_interval_secs = 60
 "#;
 
 /// `[segmentation]` settings.
@@ -37,6 +39,8 @@ pub struct ServiceConfig {
     pub customer_profile_url: String,
     /// PEM CA of an `https://` customer-profile URL.
     pub customer_profile_ca_path: String,
+    /// How often tags past their expiry are taken off.
+    pub tag_expiry_interval_secs: u64,
 }
 
 impl ServiceConfig {
@@ -54,6 +58,9 @@ impl ServiceConfig {
                 "segmentation.customer_profile_url",
                 "starting with http:// or https://",
             ));
+        }
+        if self.tag_expiry_interval_secs == 0 {
+            return Err(ConfigError::invalid("segmentation.tag_expiry_interval_secs", "at least 1"));
         }
         Ok(())
     }
@@ -76,6 +83,10 @@ impl Config {
         })
     }
 }
+
+/// Methods exempt from the server's request timeout: they last as long as the
+/// client's stream.
+pub const LONG_RUNNING: &[&str] = &["/crm.segmentation.v1.SegmentationService/StreamEvents"];
 
 /// The gRPC service as served, behind the authenticating interceptor.
 pub type Service = InterceptedService<SegmentationServiceServer<api::Api>, Authenticator>;
@@ -105,7 +116,12 @@ pub async fn build(platform: &Platform, cfg: &ServiceConfig) -> anyhow::Result<S
         std::sync::Arc::new(projection::Projection),
         platform.shutdown.clone(),
     ));
-    let api = api::Api::new(db, authz);
+    let tags = tags::Tags::new(db.clone(), feed);
+    tokio::spawn(tags.clone().run_expiry(
+        std::time::Duration::from_secs(cfg.tag_expiry_interval_secs),
+        platform.shutdown.clone(),
+    ));
+    let api = api::Api::new(db, authz, tags, platform.page_tokens.clone());
     let server = SegmentationServiceServer::new(api).max_decoding_message_size(platform.config.server.max_message_bytes);
     Ok(InterceptedService::new(server, platform.authenticator.clone()))
 }
@@ -123,7 +139,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let platform = Platform::new(cfg.platform, signal.clone())?;
     let mut server = GrpcServer::new(platform.config.server.clone());
     server.metrics_endpoint(&platform.config.metrics)?;
-    server.add_service(build(&platform, &cfg.segmentation).await?).await;
+    server
+        .add_service(build(&platform, &cfg.segmentation).await?)
+        .await
+        .allow_long_running(LONG_RUNNING);
     let listener = bind(platform.config.server.listen).await?;
     server.stop_on_os_signal(shutdown);
     server.serve(listener, signal).await

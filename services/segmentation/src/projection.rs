@@ -180,6 +180,7 @@ impl Apply for Projection {
                     .iter()
                     .map(|c| customer_id(c))
                     .collect::<Result<Vec<_>>>()?;
+                crate::tags::remove_erased(txn, &ids).await?;
                 store::erase(txn, &ids).await
             }
             "OrderChanged" => {

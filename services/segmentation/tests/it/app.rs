@@ -12,6 +12,7 @@ use crm_platform::{
 };
 use crm_proto::crm::{
     customer::v1::customer_profile_service_client::CustomerProfileServiceClient,
+    permissions::v1::permissions_service_client::PermissionsServiceClient,
     segmentation::v1::{self as pb, segmentation_service_client::SegmentationServiceClient},
 };
 use tonic::{Request, transport::Channel};
@@ -19,6 +20,7 @@ use tonic::{Request, transport::Channel};
 pub const SECRET: &str = "segmentation-test-secret-0123456789abcdef";
 
 pub struct TestApp {
+    pub permissions: PermissionsServiceClient<Channel>,
     pub customers: CustomerProfileServiceClient<Channel>,
     pub segmentation: SegmentationServiceClient<Channel>,
     shutdown: Shutdown,
@@ -58,6 +60,7 @@ impl TestApp {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         segmentation.customer_profile_url = format!("http://{addr}");
+        segmentation.tag_expiry_interval_secs = 1;
 
         let (shutdown, signal) = shutdown_channel();
         let open = |service: &str| {
@@ -85,7 +88,10 @@ impl TestApp {
             .add_service(customer_service)
             .await
             .allow_long_running(crm_customer_profile::LONG_RUNNING);
-        server.add_service(segmentation_service).await;
+        server
+            .add_service(segmentation_service)
+            .await
+            .allow_long_running(crm_segmentation::LONG_RUNNING);
         tokio::spawn(server.serve(listener, signal));
         let channel = Channel::from_shared(format!("http://{addr}"))
             .unwrap()
@@ -93,6 +99,7 @@ impl TestApp {
             .await
             .unwrap();
         Self {
+            permissions: PermissionsServiceClient::new(channel.clone()),
             customers: CustomerProfileServiceClient::new(channel.clone()),
             segmentation: SegmentationServiceClient::new(channel),
             shutdown,

@@ -5,3 +5,4 @@
 
 mod app;
 mod projection;
+mod tags;

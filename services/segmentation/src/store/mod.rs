@@ -16,11 +16,20 @@ use crm_platform::{
 };
 use sea_orm::{ConnectionTrait, Value};
 
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "projection of customer-profile (customers, orders, interactions, consent), feed cursor, outbox, audit spool",
-    up: v1,
-}];
+pub mod tags;
+
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "projection of customer-profile (customers, orders, interactions, consent), feed cursor, outbox, audit spool",
+        up: v1,
+    },
+    Migration {
+        version: 2,
+        name: "tag taxonomy and tags on customers",
+        up: tags::migration,
+    },
+];
 
 fn v1(d: Dialect) -> Vec<String> {
     let mut sql = vec![
@@ -285,6 +294,14 @@ pub async fn replace_consent<C: ConnectionTrait>(conn: &C, customer_id: &str, ro
         .await?;
     }
     Ok(())
+}
+
+/// Which of `ids` the projection knows (not erased), and each one's person.
+pub async fn people_of<C: ConnectionTrait>(conn: &C, ids: &[&str]) -> Result<BTreeMap<String, String>> {
+    let rows = in_list(conn, "SELECT id, person_id FROM customers WHERE id <> ? AND id", "", ids).await?;
+    rows.iter()
+        .map(|r| Ok((r.try_get("", "id")?, r.try_get("", "person_id")?)))
+        .collect()
 }
 
 /// Removes everything projected about the erased customers `ids`.
