@@ -28,15 +28,17 @@ pub struct Api {
     authz: Authz,
     tags: Tags,
     page_tokens: PageTokens,
+    rfm: crate::rfm::RfmConfig,
 }
 
 impl Api {
-    pub fn new(db: DatabaseConnection, authz: Authz, tags: Tags, page_tokens: PageTokens) -> Self {
+    pub fn new(db: DatabaseConnection, authz: Authz, tags: Tags, page_tokens: PageTokens, rfm: crate::rfm::RfmConfig) -> Self {
         Self {
             db,
             authz,
             tags,
             page_tokens,
+            rfm,
         }
     }
 
@@ -185,6 +187,57 @@ impl SegmentationService for Api {
         let found = self.tags.of_customer(&req.get_ref().customer).await?;
         Ok(Response::new(pb::ListCustomerTagsResponse {
             tags: found.iter().map(assignment_to_proto).collect(),
+        }))
+    }
+
+    async fn get_customer_rfm(&self, req: Request<pb::GetCustomerRfmRequest>) -> Result<Response<pb::Rfm>, Status> {
+        let principal = auth::principal(&req)?;
+        self.check(&principal, "segment.read", "rfm").await?;
+        let name = &req.get_ref().customer;
+        let not_found = || Error::NotFound {
+            resource_type: "crm.segmentation.v1.Rfm",
+            name: name.clone(),
+        };
+        let id = name
+            .strip_prefix("customers/")
+            .filter(|id| !id.is_empty() && !id.contains('/'))
+            .ok_or_else(|| Error::invalid("customer", "must be `customers/{customer}`"))?;
+        let person = store::people_of(&self.db, &[id]).await?.remove(id).ok_or_else(not_found)?;
+        let (s, compute_us) = store::rfm::get(&self.db, &person).await?.ok_or_else(not_found)?;
+        Ok(Response::new(pb::Rfm {
+            customer: format!("customers/{person}"),
+            recency_days: s.raw.recency_days,
+            frequency: s.raw.frequency,
+            monetary_micros: s.raw.monetary_micros,
+            currency: self.rfm.currency.clone(),
+            recency_score: s.recency_score,
+            frequency_score: s.frequency_score,
+            monetary_score: s.monetary_score,
+            group: s.group as i32,
+            compute_time: time(compute_us),
+        }))
+    }
+
+    async fn get_rfm_summary(&self, req: Request<pb::GetRfmSummaryRequest>) -> Result<Response<pb::RfmSummary>, Status> {
+        let principal = auth::principal(&req)?;
+        self.check(&principal, "segment.read", "rfm").await?;
+        let bounds = store::rfm::boundaries(&self.db).await?.unwrap_or_default();
+        let groups = store::rfm::group_counts(&self.db).await?;
+        Ok(Response::new(pb::RfmSummary {
+            window_days: i32::try_from(self.rfm.window_days).unwrap_or(i32::MAX),
+            currency: self.rfm.currency.clone(),
+            population: bounds.population,
+            recency_boundaries: bounds.recency.to_vec(),
+            frequency_boundaries: bounds.frequency.to_vec(),
+            monetary_boundaries: bounds.monetary.to_vec(),
+            compute_time: time(bounds.compute_us),
+            groups: groups
+                .into_iter()
+                .map(|(g, n)| pb::RfmGroupCount {
+                    group: g as i32,
+                    customers: n,
+                })
+                .collect(),
         }))
     }
 

@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod projection;
+pub mod rfm;
 pub mod store;
 pub mod tags;
 
@@ -29,6 +30,11 @@ pub const DEFAULTS: &str = r#"
 customer_profile_url = ""
 customer_profile_ca_path = ""
 tag_expiry_interval_secs = 60
+
+[segmentation.rfm]
+window_days = 365
+currency = "CNY"
+recompute_interval_secs = 3600
 "#;
 
 /// `[segmentation]` settings.
@@ -41,6 +47,8 @@ pub struct ServiceConfig {
     pub customer_profile_ca_path: String,
     /// How often tags past their expiry are taken off.
     pub tag_expiry_interval_secs: u64,
+    /// RFM: the window, the currency of monetary values, the full computation's period.
+    pub rfm: rfm::RfmConfig,
 }
 
 impl ServiceConfig {
@@ -61,6 +69,19 @@ impl ServiceConfig {
         }
         if self.tag_expiry_interval_secs == 0 {
             return Err(ConfigError::invalid("segmentation.tag_expiry_interval_secs", "at least 1"));
+        }
+        if !(1..=3650).contains(&self.rfm.window_days) {
+            return Err(ConfigError::invalid("segmentation.rfm.window_days", "1 to 3650"));
+        }
+        let c = &self.rfm.currency;
+        if c.len() != 3 || !c.chars().all(|ch| ch.is_ascii_uppercase()) {
+            return Err(ConfigError::invalid(
+                "segmentation.rfm.currency",
+                "an ISO 4217 code such as CNY",
+            ));
+        }
+        if self.rfm.recompute_interval_secs == 0 {
+            return Err(ConfigError::invalid("segmentation.rfm.recompute_interval_secs", "at least 1"));
         }
         Ok(())
     }
@@ -113,17 +134,43 @@ pub async fn build(platform: &Platform, cfg: &ServiceConfig) -> anyhow::Result<S
             method: projection::METHOD,
             event_types: projection::EVENT_TYPES.iter().map(|t| (*t).to_owned()).collect(),
         },
-        std::sync::Arc::new(projection::Projection),
+        std::sync::Arc::new(projection::Projection::new(cfg.rfm.clone())),
         platform.shutdown.clone(),
     ));
+    let feed_for_rfm = feed.clone();
     let tags = tags::Tags::new(db.clone(), feed);
     tokio::spawn(tags.clone().run_expiry(
         std::time::Duration::from_secs(cfg.tag_expiry_interval_secs),
         platform.shutdown.clone(),
     ));
-    let api = api::Api::new(db, authz, tags, platform.page_tokens.clone());
+    tokio::spawn(run_rfm(db.clone(), feed_for_rfm, cfg.rfm.clone(), platform.shutdown.clone()));
+    let api = api::Api::new(db, authz, tags, platform.page_tokens.clone(), cfg.rfm.clone());
     let server = SegmentationServiceServer::new(api).max_decoding_message_size(platform.config.server.max_message_bytes);
     Ok(InterceptedService::new(server, platform.authenticator.clone()))
+}
+
+/// The full RFM computation at start and every `recompute_interval_secs`.
+async fn run_rfm(
+    db: sea_orm::DatabaseConnection,
+    feed: Feed,
+    cfg: rfm::RfmConfig,
+    mut shutdown: crm_platform::server::ShutdownSignal,
+) {
+    let every = std::time::Duration::from_secs(cfg.recompute_interval_secs.max(1));
+    loop {
+        match rfm::recompute(&db, &cfg, chrono::Utc::now()).await {
+            Ok(population) if population >= 0 => {
+                feed.committed();
+                tracing::info!(population, "RFM recomputed");
+            }
+            Ok(_) => tracing::debug!("RFM recomputation running on another replica"),
+            Err(err) => tracing::warn!(%err, "RFM recomputation failed; retrying at the next interval"),
+        }
+        tokio::select! {
+            _ = shutdown.wait() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+    }
 }
 
 /// Applies pending migrations and reports what it did.

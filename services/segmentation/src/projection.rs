@@ -31,8 +31,21 @@ pub const EVENT_TYPES: &[&str] = &[
     "crm.customer.v1.DataPurged",
 ];
 
-/// Applies customer-profile's events to the projection.
-pub struct Projection;
+/// Applies customer-profile's events to the projection (and rescores the RFM of the
+/// people they touch).
+pub struct Projection {
+    rfm: crate::rfm::RfmConfig,
+}
+
+impl Projection {
+    pub fn new(rfm: crate::rfm::RfmConfig) -> Self {
+        Self { rfm }
+    }
+
+    async fn rescore(&self, txn: &DatabaseTransaction, people: &[String]) -> Result<()> {
+        crate::rfm::refresh(txn, &self.rfm, people, chrono::Utc::now()).await
+    }
+}
 
 fn micros(t: Option<&prost_types::Timestamp>) -> i64 {
     t.map_or(0, |t| {
@@ -155,7 +168,10 @@ impl Apply for Projection {
                 store::upsert_customer(txn, &row).await?;
                 let merged = e.merged.iter().map(|m| customer_id(m)).collect::<Result<Vec<_>>>()?;
                 store::set_merged_into(txn, &merged, Some(&row.id)).await?;
-                store::reassign_people(txn, &[row.id]).await
+                store::reassign_people(txn, std::slice::from_ref(&row.id)).await?;
+                let mut people = merged;
+                people.push(row.id);
+                self.rescore(txn, &people).await
             }
             "CustomersUnmerged" => {
                 let e = decode::<pb::CustomersUnmerged>(event)?;
@@ -169,7 +185,8 @@ impl Apply for Projection {
                     store::set_merged_into(txn, std::slice::from_ref(&restored.id), None).await?;
                     roots.push(restored.id);
                 }
-                store::reassign_people(txn, &roots).await
+                store::reassign_people(txn, &roots).await?;
+                self.rescore(txn, &roots).await
             }
             "CustomerErased" => {
                 let Some(erasure) = decode::<pb::CustomerErased>(event)?.erasure else {
@@ -181,14 +198,16 @@ impl Apply for Projection {
                     .map(|c| customer_id(c))
                     .collect::<Result<Vec<_>>>()?;
                 crate::tags::remove_erased(txn, &ids).await?;
-                store::erase(txn, &ids).await
+                store::erase(txn, &ids).await?;
+                self.rescore(txn, &ids).await
             }
             "OrderChanged" => {
                 let e = decode::<pb::OrderChanged>(event)?;
-                match e.order {
-                    Some(o) => store::upsert_order(txn, &order_row(&e.customer, &o)?).await,
-                    None => Ok(()),
-                }
+                let Some(o) = e.order else { return Ok(()) };
+                let row = order_row(&e.customer, &o)?;
+                store::upsert_order(txn, &row).await?;
+                let person = store::person_of(txn, &row.customer_id).await?;
+                self.rescore(txn, &[person]).await
             }
             "InteractionRecorded" => {
                 let e = decode::<pb::InteractionRecorded>(event)?;

@@ -16,6 +16,7 @@ use crm_platform::{
 };
 use sea_orm::{ConnectionTrait, Value};
 
+pub mod rfm;
 pub mod tags;
 
 pub const MIGRATIONS: &[Migration] = &[
@@ -28,6 +29,11 @@ pub const MIGRATIONS: &[Migration] = &[
         version: 2,
         name: "tag taxonomy and tags on customers",
         up: tags::migration,
+    },
+    Migration {
+        version: 3,
+        name: "RFM per person and the quintile boundaries",
+        up: rfm::migration,
     },
 ];
 

@@ -5,4 +5,5 @@
 
 mod app;
 mod projection;
+mod rfm;
 mod tags;

@@ -253,10 +253,15 @@ async fn the_projection_follows_the_feed_and_a_replay_rebuilds_it() {
         .await
         .unwrap();
     let events = feed(&app).await;
+    let projection = Projection::new(crm_segmentation::rfm::RfmConfig {
+        window_days: 365,
+        currency: "CNY".into(),
+        recompute_interval_secs: 3600,
+    });
     for _ in 0..2 {
         for e in &events {
             let txn = begin_write(&rebuilt).await.unwrap();
-            Projection.apply(&txn, e).await.unwrap();
+            projection.apply(&txn, e).await.unwrap();
             txn.commit().await.unwrap();
         }
         assert_eq!(dump(&rebuilt).await, rows, "a replay rebuilds the same projection");
