@@ -90,13 +90,19 @@ impl Running {
 /// `crm serve` on a free loopback port with its SQLite files under `data_dir` (no
 /// external database or cache), ready; returns it and its `http://` address.
 pub fn serve_crm(data_dir: &std::path::Path) -> (Running, String) {
+    serve_crm_with(data_dir, &[])
+}
+
+/// [`serve_crm`] with extra environment (`CRM__SECTION__KEY` overrides).
+pub fn serve_crm_with(data_dir: &std::path::Path, env: &[(&str, &str)]) -> (Running, String) {
     let listen = format!("127.0.0.1:{}", free_port());
     let mut serve = Command::new(binary("crm"));
     serve
         .args(["serve", "--listen", &listen])
         .env("CRM__DATABASE__DATA_DIR", data_dir)
         .env_remove("CRM__DATABASE__URL")
-        .env_remove("CRM__REDIS__URL");
+        .env_remove("CRM__REDIS__URL")
+        .envs(env.iter().copied());
     let server = Running::start(serve);
     server.wait_for_line("serving", Duration::from_secs(60));
     (server, format!("http://{listen}"))

@@ -35,6 +35,7 @@ tag_expiry_interval_secs = 60
 window_days = 365
 currency = "CNY"
 recompute_interval_secs = 3600
+drift_check_secs = 60
 "#;
 
 /// `[segmentation]` settings.
@@ -82,6 +83,9 @@ impl ServiceConfig {
         }
         if self.rfm.recompute_interval_secs == 0 {
             return Err(ConfigError::invalid("segmentation.rfm.recompute_interval_secs", "at least 1"));
+        }
+        if self.rfm.drift_check_secs == 0 {
+            return Err(ConfigError::invalid("segmentation.rfm.drift_check_secs", "at least 1"));
         }
         Ok(())
     }
@@ -149,28 +153,53 @@ pub async fn build(platform: &Platform, cfg: &ServiceConfig) -> anyhow::Result<S
     Ok(InterceptedService::new(server, platform.authenticator.clone()))
 }
 
-/// The full RFM computation at start and every `recompute_interval_secs`.
+/// The full RFM computation at start, every `recompute_interval_secs`, and sooner
+/// when the population drifts (checked every `drift_check_secs`).
 async fn run_rfm(
     db: sea_orm::DatabaseConnection,
     feed: Feed,
     cfg: rfm::RfmConfig,
     mut shutdown: crm_platform::server::ShutdownSignal,
 ) {
-    let every = std::time::Duration::from_secs(cfg.recompute_interval_secs.max(1));
+    let period = std::time::Duration::from_secs(cfg.recompute_interval_secs.max(1));
+    let check = std::time::Duration::from_secs(cfg.drift_check_secs.max(1)).min(period);
+    let mut last: Option<std::time::Instant> = None;
     loop {
-        match rfm::recompute(&db, &cfg, chrono::Utc::now()).await {
-            Ok(population) if population >= 0 => {
-                feed.committed();
-                tracing::info!(population, "RFM recomputed");
+        let due = match last {
+            None => true,
+            Some(at) if at.elapsed() >= period => true,
+            Some(_) => match rfm_drifted(&db, &cfg).await {
+                Ok(drifted) => drifted,
+                Err(err) => {
+                    tracing::warn!(%err, "RFM drift check failed");
+                    false
+                }
+            },
+        };
+        if due {
+            match rfm::recompute(&db, &cfg, chrono::Utc::now()).await {
+                Ok(population) if population >= 0 => {
+                    feed.committed();
+                    last = Some(std::time::Instant::now());
+                    tracing::info!(population, "RFM recomputed");
+                }
+                Ok(_) => tracing::debug!("RFM recomputation running on another replica"),
+                Err(err) => tracing::warn!(%err, "RFM recomputation failed; retrying"),
             }
-            Ok(_) => tracing::debug!("RFM recomputation running on another replica"),
-            Err(err) => tracing::warn!(%err, "RFM recomputation failed; retrying at the next interval"),
         }
         tokio::select! {
             _ = shutdown.wait() => return,
-            _ = tokio::time::sleep(every) => {}
+            _ = tokio::time::sleep(check) => {}
         }
     }
+}
+
+async fn rfm_drifted(db: &sea_orm::DatabaseConnection, cfg: &rfm::RfmConfig) -> crm_platform::Result<bool> {
+    let now = chrono::Utc::now().timestamp_micros();
+    let since = now - i64::from(cfg.window_days) * 86_400_000_000;
+    let bounds = store::rfm::boundaries(db).await?;
+    let active = store::rfm::active(db, since, now).await?;
+    Ok(rfm::drifted(bounds.as_ref(), active))
 }
 
 /// Applies pending migrations and reports what it did.

@@ -32,6 +32,18 @@ pub struct RfmConfig {
     pub currency: String,
     /// How often the full computation (new boundaries, every customer) runs.
     pub recompute_interval_secs: u64,
+    /// How often the population is compared with the one the boundaries were computed
+    /// on: a first order, or a population grown or shrunk by a tenth, computes anew
+    /// without waiting for the period.
+    pub drift_check_secs: u64,
+}
+
+/// Whether the boundaries are out of date for a population of `active` people.
+pub fn drifted(bounds: Option<&Boundaries>, active: i64) -> bool {
+    match bounds {
+        None => active > 0,
+        Some(b) => (active - b.population).abs() * 10 > b.population.max(1),
+    }
 }
 
 /// The four boundaries between the fifths of each measure, ascending.
@@ -193,6 +205,19 @@ pub async fn recompute(db: &DatabaseConnection, cfg: &RfmConfig, now: DateTime<U
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn drift_is_a_first_order_or_a_tenth() {
+        assert!(!drifted(None, 0));
+        assert!(drifted(None, 1));
+        let b = Boundaries {
+            population: 100,
+            ..Boundaries::default()
+        };
+        assert!(!drifted(Some(&b), 105));
+        assert!(drifted(Some(&b), 111));
+        assert!(drifted(Some(&b), 89));
+    }
 
     fn raw(person: &str, r: i64, f: i64, m: i64) -> Raw {
         Raw {

@@ -214,3 +214,17 @@ pub async fn save_boundaries<C: ConnectionTrait>(conn: &C, b: &Boundaries) -> Re
     .await?;
     Ok(())
 }
+
+/// People with an order that counts in the window.
+pub async fn active<C: ConnectionTrait>(conn: &C, since_us: i64, now_us: i64) -> Result<i64> {
+    let rows = query(
+        conn,
+        &format!("SELECT COUNT(DISTINCT person_id) AS n FROM orders WHERE {COUNTED}"),
+        vec![since_us.into(), now_us.into()],
+    )
+    .await?;
+    Ok(match rows.first() {
+        Some(r) => r.try_get("", "n")?,
+        None => 0,
+    })
+}

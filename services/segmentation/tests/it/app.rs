@@ -61,7 +61,8 @@ impl TestApp {
         let addr = listener.local_addr().unwrap();
         segmentation.customer_profile_url = format!("http://{addr}");
         segmentation.tag_expiry_interval_secs = 1;
-        segmentation.rfm.recompute_interval_secs = 1;
+        segmentation.rfm.recompute_interval_secs = 3600;
+        segmentation.rfm.drift_check_secs = 1;
 
         let (shutdown, signal) = shutdown_channel();
         let open = |service: &str| {

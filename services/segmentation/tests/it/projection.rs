@@ -257,6 +257,7 @@ async fn the_projection_follows_the_feed_and_a_replay_rebuilds_it() {
         window_days: 365,
         currency: "CNY".into(),
         recompute_interval_secs: 3600,
+        drift_check_secs: 60,
     });
     for _ in 0..2 {
         for e in &events {
