@@ -15,8 +15,6 @@ use crm_platform::{
     config::{ConfigError, PLATFORM_DEFAULTS, PlatformConfig, section},
     crypto::Keyring,
     feed::Feed,
-    migrate,
-    server::{GrpcServer, bind, shutdown_channel},
 };
 use crm_proto::crm::customer::v1::customer_profile_service_server::CustomerProfileServiceServer;
 use serde::Deserialize;
@@ -319,25 +317,22 @@ pub fn key_store_target(platform: &Platform, cfg: &ServiceConfig) -> crm_platfor
 /// Applies pending migrations of the database and of the key store, and reports
 /// the database's.
 pub async fn migrate(platform: &Platform, cfg: &ServiceConfig) -> anyhow::Result<Vec<i64>> {
-    let keys = crm_platform::db::connect(&key_store_target(platform, cfg), 2).await?;
-    migrate::run(&keys, store::keys::KEY_MIGRATIONS).await?;
-    let target = platform.database_target(SERVICE);
-    let db = crm_platform::db::connect(&target, 2).await?;
-    let applied = migrate::run(&db, store::MIGRATIONS).await?;
-    Ok(applied)
+    platform
+        .migrate_target(&key_store_target(platform, cfg), store::keys::KEY_MIGRATIONS)
+        .await?;
+    platform
+        .migrate_target(&platform.database_target(SERVICE), store::MIGRATIONS)
+        .await
 }
 
 /// Runs the service alone until SIGTERM/SIGINT.
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
-    let (shutdown, signal) = shutdown_channel();
-    let platform = Platform::new(cfg.platform, signal.clone())?;
-    let mut server = GrpcServer::new(platform.config.server.clone());
-    server.metrics_endpoint(&platform.config.metrics)?;
-    server
-        .add_service(build(&platform, &cfg.customer_profile).await?)
-        .await
-        .allow_long_running(LONG_RUNNING);
-    let listener = bind(platform.config.server.listen).await?;
-    server.stop_on_os_signal(shutdown);
-    server.serve(listener, signal).await
+    crm_platform::context::serve_alone(cfg.platform, async |platform, server| {
+        server
+            .add_service(build(platform, &cfg.customer_profile).await?)
+            .await
+            .allow_long_running(LONG_RUNNING);
+        Ok(())
+    })
+    .await
 }

@@ -16,8 +16,6 @@ use crm_platform::{
     authz::PolicyDecisionPoint,
     config::{ConfigError, PLATFORM_DEFAULTS, PlatformConfig, section},
     feed::Feed,
-    migrate,
-    server::{GrpcServer, bind, shutdown_channel},
 };
 use crm_proto::crm::permissions::v1::{self as pb, permissions_service_server::PermissionsServiceServer};
 use serde::Deserialize;
@@ -309,22 +307,19 @@ impl PolicyDecisionPoint for Permissions {
 
 /// Applies pending migrations and reports what it did.
 pub async fn migrate(platform: &Platform) -> anyhow::Result<Vec<i64>> {
-    let target = platform.database_target(SERVICE);
-    let db = crm_platform::db::connect(&target, 2).await?;
-    Ok(migrate::run(&db, store::MIGRATIONS).await?)
+    platform
+        .migrate_target(&platform.database_target(SERVICE), store::MIGRATIONS)
+        .await
 }
 
 /// Runs the service alone until SIGTERM/SIGINT.
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
-    let (shutdown, signal) = shutdown_channel();
-    let platform = Platform::new(cfg.platform, signal.clone())?;
-    let (service, _) = build(&platform, &cfg.permissions_service).await?;
-    let mut server = GrpcServer::new(platform.config.server.clone());
-    server.metrics_endpoint(&platform.config.metrics)?;
-    server.add_service(service).await;
-    let listener = bind(platform.config.server.listen).await?;
-    server.stop_on_os_signal(shutdown);
-    server.serve(listener, signal).await
+    crm_platform::context::serve_alone(cfg.platform, async |platform, server| {
+        let (service, _) = build(platform, &cfg.permissions_service).await?;
+        server.add_service(service).await;
+        Ok(())
+    })
+    .await
 }
 
 /// Keeps `Arc` in scope for trait objects built from [`Permissions`].

@@ -14,7 +14,7 @@ use crate::{
     db::{self, Target},
     migrate::{self, Migration},
     paging::PageTokens,
-    server::ShutdownSignal,
+    server::{GrpcServer, ShutdownSignal, bind, shutdown_channel},
 };
 
 #[derive(Clone, Debug)]
@@ -139,4 +139,30 @@ impl Platform {
         tracing::info!(service, database = %target.redacted(), "database ready");
         Ok(conn)
     }
+}
+
+impl Platform {
+    /// Applies the pending migrations of `target` (a service's database, or a
+    /// companion store of it) and reports them: `<binary> migrate`.
+    pub async fn migrate_target(&self, target: &Target, migrations: &[Migration]) -> anyhow::Result<Vec<i64>> {
+        let db = db::connect(target, 2).await?;
+        Ok(migrate::run(&db, migrations).await?)
+    }
+}
+
+/// Runs one service alone until SIGTERM/SIGINT (`<binary> serve`): the platform, a
+/// server with the metrics endpoint, the services `add` puts on it, listening on
+/// `server.listen`.
+pub async fn serve_alone(
+    config: PlatformConfig,
+    add: impl AsyncFnOnce(&Platform, &mut GrpcServer) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let (shutdown, signal) = shutdown_channel();
+    let platform = Platform::new(config, signal.clone())?;
+    let mut server = GrpcServer::new(platform.config.server.clone());
+    server.metrics_endpoint(&platform.config.metrics)?;
+    add(&platform, &mut server).await?;
+    let listener = bind(platform.config.server.listen).await?;
+    server.stop_on_os_signal(shutdown);
+    server.serve(listener, signal).await
 }

@@ -14,8 +14,6 @@ use crm_platform::{
     config::{ConfigError, PLATFORM_DEFAULTS, PlatformConfig, section},
     consumer,
     feed::Feed,
-    migrate,
-    server::{GrpcServer, bind, shutdown_channel},
 };
 use crm_proto::crm::segmentation::v1::segmentation_service_server::SegmentationServiceServer;
 use serde::Deserialize;
@@ -204,22 +202,19 @@ async fn rfm_drifted(db: &sea_orm::DatabaseConnection, cfg: &rfm::RfmConfig) -> 
 
 /// Applies pending migrations and reports what it did.
 pub async fn migrate(platform: &Platform) -> anyhow::Result<Vec<i64>> {
-    let target = platform.database_target(SERVICE);
-    let db = crm_platform::db::connect(&target, 2).await?;
-    Ok(migrate::run(&db, store::MIGRATIONS).await?)
+    platform
+        .migrate_target(&platform.database_target(SERVICE), store::MIGRATIONS)
+        .await
 }
 
 /// Runs the service alone until SIGTERM/SIGINT.
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
-    let (shutdown, signal) = shutdown_channel();
-    let platform = Platform::new(cfg.platform, signal.clone())?;
-    let mut server = GrpcServer::new(platform.config.server.clone());
-    server.metrics_endpoint(&platform.config.metrics)?;
-    server
-        .add_service(build(&platform, &cfg.segmentation).await?)
-        .await
-        .allow_long_running(LONG_RUNNING);
-    let listener = bind(platform.config.server.listen).await?;
-    server.stop_on_os_signal(shutdown);
-    server.serve(listener, signal).await
+    crm_platform::context::serve_alone(cfg.platform, async |platform, server| {
+        server
+            .add_service(build(platform, &cfg.segmentation).await?)
+            .await
+            .allow_long_running(LONG_RUNNING);
+        Ok(())
+    })
+    .await
 }

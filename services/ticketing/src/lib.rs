@@ -19,8 +19,6 @@ use crm_platform::{
     config::{ConfigError, PLATFORM_DEFAULTS, PlatformConfig, section},
     consumer,
     feed::Feed,
-    migrate,
-    server::{GrpcServer, bind, shutdown_channel},
 };
 use crm_proto::crm::ticketing::v1::{
     self as pb, knowledge_base_service_server::KnowledgeBaseServiceServer, ticketing_service_server::TicketingServiceServer,
@@ -222,21 +220,18 @@ pub async fn build(platform: &Platform, cfg: &ServiceConfig) -> anyhow::Result<S
 
 /// Applies pending migrations and reports what it did.
 pub async fn migrate(platform: &Platform) -> anyhow::Result<Vec<i64>> {
-    let target = platform.database_target(SERVICE);
-    let db = crm_platform::db::connect(&target, 2).await?;
-    Ok(migrate::run(&db, store::MIGRATIONS).await?)
+    platform
+        .migrate_target(&platform.database_target(SERVICE), store::MIGRATIONS)
+        .await
 }
 
 /// Runs the service alone until SIGTERM/SIGINT.
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
-    let (shutdown, signal) = shutdown_channel();
-    let platform = Platform::new(cfg.platform, signal.clone())?;
-    let mut server = GrpcServer::new(platform.config.server.clone());
-    server.metrics_endpoint(&platform.config.metrics)?;
-    let (tickets, kb) = build(&platform, &cfg.ticketing).await?;
-    server.add_service(tickets).await.allow_long_running(LONG_RUNNING);
-    server.add_service(kb).await;
-    let listener = bind(platform.config.server.listen).await?;
-    server.stop_on_os_signal(shutdown);
-    server.serve(listener, signal).await
+    crm_platform::context::serve_alone(cfg.platform, async |platform, server| {
+        let (tickets, kb) = build(platform, &cfg.ticketing).await?;
+        server.add_service(tickets).await.allow_long_running(LONG_RUNNING);
+        server.add_service(kb).await;
+        Ok(())
+    })
+    .await
 }
