@@ -241,6 +241,38 @@ impl SegmentationService for Api {
         }))
     }
 
+    async fn get_customer_traits(
+        &self,
+        req: Request<pb::GetCustomerTraitsRequest>,
+    ) -> Result<Response<pb::CustomerTraits>, Status> {
+        let principal = auth::principal(&req)?;
+        self.check(&principal, "segment.read", "traits").await?;
+        let name = &req.get_ref().customer;
+        let id = name
+            .strip_prefix("customers/")
+            .filter(|id| !id.is_empty() && !id.contains('/'))
+            .ok_or_else(|| Error::invalid("customer", "must be `customers/{customer}`"))?;
+        let person = store::people_of(&self.db, &[id])
+            .await?
+            .remove(id)
+            .ok_or_else(|| Error::NotFound {
+                resource_type: "crm.customer.v1.Customer",
+                name: name.clone(),
+            })?;
+        let traits = crate::traits::of_person(&self.db, &person).await?;
+        Ok(Response::new(pb::CustomerTraits {
+            customer: format!("customers/{person}"),
+            traits: traits
+                .into_iter()
+                .map(|(name, value, at)| pb::ComputedTrait {
+                    name,
+                    value,
+                    update_time: time(at),
+                })
+                .collect(),
+        }))
+    }
+
     type StreamEventsStream = ReceiverStream<Result<StreamEventsResponse, Status>>;
 
     async fn stream_events(&self, req: Request<StreamEventsRequest>) -> Result<Response<Self::StreamEventsStream>, Status> {

@@ -6,6 +6,7 @@ pub mod projection;
 pub mod rfm;
 pub mod store;
 pub mod tags;
+pub mod traits;
 
 use crm_platform::{
     Platform,
@@ -28,6 +29,8 @@ pub const DEFAULTS: &str = r#"
 customer_profile_url = ""
 customer_profile_ca_path = ""
 tag_expiry_interval_secs = 60
+traits = ["orders.count_90d", "orders.total_365d", "last_order_at", "favourite_category", "preferred_channel", "events.product_view.count_7d"]
+traits_refresh_interval_secs = 3600
 
 [segmentation.rfm]
 window_days = 365
@@ -48,6 +51,20 @@ pub struct ServiceConfig {
     pub tag_expiry_interval_secs: u64,
     /// RFM: the window, the currency of monetary values, the full computation's period.
     pub rfm: rfm::RfmConfig,
+    /// The computed traits kept per person (see `traits::parse`).
+    pub traits: Vec<String>,
+    /// How often every person's traits are computed anew (time windows move).
+    pub traits_refresh_interval_secs: u64,
+}
+
+impl ServiceConfig {
+    /// The traits in force, parsed (validated on load).
+    pub fn traits(&self) -> traits::Traits {
+        traits::Traits::new(&self.traits, &self.rfm.currency).unwrap_or_else(|_| traits::Traits {
+            traits: Vec::new(),
+            currency: self.rfm.currency.clone(),
+        })
+    }
 }
 
 impl ServiceConfig {
@@ -81,6 +98,15 @@ impl ServiceConfig {
         }
         if self.rfm.recompute_interval_secs == 0 {
             return Err(ConfigError::invalid("segmentation.rfm.recompute_interval_secs", "at least 1"));
+        }
+        if let Err((i, message)) = traits::Traits::new(&self.traits, &self.rfm.currency) {
+            return Err(ConfigError::invalid(format!("segmentation.traits[{i}]"), message));
+        }
+        if self.traits_refresh_interval_secs == 0 {
+            return Err(ConfigError::invalid(
+                "segmentation.traits_refresh_interval_secs",
+                "at least 1",
+            ));
         }
         if self.rfm.drift_check_secs == 0 {
             return Err(ConfigError::invalid("segmentation.rfm.drift_check_secs", "at least 1"));
@@ -136,7 +162,7 @@ pub async fn build(platform: &Platform, cfg: &ServiceConfig) -> anyhow::Result<S
             method: projection::METHOD,
             event_types: projection::EVENT_TYPES.iter().map(|t| (*t).to_owned()).collect(),
         },
-        std::sync::Arc::new(projection::Projection::new(cfg.rfm.clone())),
+        std::sync::Arc::new(projection::Projection::new(cfg.rfm.clone(), cfg.traits())),
         platform.shutdown.clone(),
     ));
     let feed_for_rfm = feed.clone();
@@ -146,6 +172,12 @@ pub async fn build(platform: &Platform, cfg: &ServiceConfig) -> anyhow::Result<S
         platform.shutdown.clone(),
     ));
     tokio::spawn(run_rfm(db.clone(), feed_for_rfm, cfg.rfm.clone(), platform.shutdown.clone()));
+    tokio::spawn(run_traits(
+        db.clone(),
+        cfg.traits(),
+        std::time::Duration::from_secs(cfg.traits_refresh_interval_secs),
+        platform.shutdown.clone(),
+    ));
     let api = api::Api::new(db, authz, tags, platform.page_tokens.clone(), cfg.rfm.clone());
     let server = SegmentationServiceServer::new(api).max_decoding_message_size(platform.config.server.max_message_bytes);
     Ok(InterceptedService::new(server, platform.authenticator.clone()))
@@ -188,6 +220,42 @@ async fn run_rfm(
         tokio::select! {
             _ = shutdown.wait() => return,
             _ = tokio::time::sleep(check) => {}
+        }
+    }
+}
+
+/// Every person's traits computed anew every `every` (the windows move), in
+/// batches of their own transactions.
+async fn run_traits(
+    db: sea_orm::DatabaseConnection,
+    traits: traits::Traits,
+    every: std::time::Duration,
+    mut shutdown: crm_platform::server::ShutdownSignal,
+) {
+    loop {
+        tokio::select! {
+            _ = shutdown.wait() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        let mut after = String::new();
+        loop {
+            let step = async {
+                let people = traits::people_after(&db, &after, 200).await?;
+                let txn = crm_platform::db::begin_write(&db).await?;
+                traits.refresh(&txn, &people, false, chrono::Utc::now()).await?;
+                txn.commit().await?;
+                Ok::<_, crm_platform::Error>(people)
+            };
+            match step.await {
+                Ok(people) => match people.last() {
+                    Some(last) => after = last.clone(),
+                    None => break,
+                },
+                Err(err) => {
+                    tracing::warn!(%err, "computed traits refresh failed; retrying at the next interval");
+                    break;
+                }
+            }
         }
     }
 }

@@ -35,15 +35,20 @@ pub const EVENT_TYPES: &[&str] = &[
 /// people they touch).
 pub struct Projection {
     rfm: crate::rfm::RfmConfig,
+    traits: crate::traits::Traits,
 }
 
 impl Projection {
-    pub fn new(rfm: crate::rfm::RfmConfig) -> Self {
-        Self { rfm }
+    pub fn new(rfm: crate::rfm::RfmConfig, traits: crate::traits::Traits) -> Self {
+        Self { rfm, traits }
     }
 
-    async fn rescore(&self, txn: &DatabaseTransaction, people: &[String]) -> Result<()> {
-        crate::rfm::refresh(txn, &self.rfm, people, chrono::Utc::now()).await
+    /// RFM and computed traits of `people` anew (only the order traits with
+    /// `orders_only`).
+    async fn rescore(&self, txn: &DatabaseTransaction, people: &[String], orders_only: bool) -> Result<()> {
+        let now = chrono::Utc::now();
+        crate::rfm::refresh(txn, &self.rfm, people, now).await?;
+        self.traits.refresh(txn, people, orders_only, now).await
     }
 }
 
@@ -171,7 +176,7 @@ impl Apply for Projection {
                 store::reassign_people(txn, std::slice::from_ref(&row.id)).await?;
                 let mut people = merged;
                 people.push(row.id);
-                self.rescore(txn, &people).await
+                self.rescore(txn, &people, false).await
             }
             "CustomersUnmerged" => {
                 let e = decode::<pb::CustomersUnmerged>(event)?;
@@ -186,7 +191,7 @@ impl Apply for Projection {
                     roots.push(restored.id);
                 }
                 store::reassign_people(txn, &roots).await?;
-                self.rescore(txn, &roots).await
+                self.rescore(txn, &roots, false).await
             }
             "CustomerErased" => {
                 let Some(erasure) = decode::<pb::CustomerErased>(event)?.erasure else {
@@ -199,7 +204,8 @@ impl Apply for Projection {
                     .collect::<Result<Vec<_>>>()?;
                 crate::tags::remove_erased(txn, &ids).await?;
                 store::erase(txn, &ids).await?;
-                self.rescore(txn, &ids).await
+                crate::traits::remove(txn, &ids).await?;
+                crate::rfm::refresh(txn, &self.rfm, &ids, chrono::Utc::now()).await
             }
             "OrderChanged" => {
                 let e = decode::<pb::OrderChanged>(event)?;
@@ -207,14 +213,15 @@ impl Apply for Projection {
                 let row = order_row(&e.customer, &o)?;
                 store::upsert_order(txn, &row).await?;
                 let person = store::person_of(txn, &row.customer_id).await?;
-                self.rescore(txn, &[person]).await
+                self.rescore(txn, &[person], true).await
             }
             "InteractionRecorded" => {
                 let e = decode::<pb::InteractionRecorded>(event)?;
-                match e.interaction {
-                    Some(i) => store::insert_interaction(txn, &interaction_row(&e.customer, &i)?).await,
-                    None => Ok(()),
-                }
+                let Some(i) = e.interaction else { return Ok(()) };
+                let row = interaction_row(&e.customer, &i)?;
+                store::insert_interaction(txn, &row).await?;
+                let person = store::person_of(txn, &row.customer_id).await?;
+                self.traits.refresh(txn, &[person], false, chrono::Utc::now()).await
             }
             "ConsentChanged" => {
                 let e = decode::<pb::ConsentChanged>(event)?;

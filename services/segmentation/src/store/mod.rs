@@ -35,6 +35,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "RFM per person and the quintile boundaries",
         up: rfm::migration,
     },
+    Migration {
+        version: 4,
+        name: "computed traits per person",
+        up: crate::traits::migration,
+    },
 ];
 
 fn v1(d: Dialect) -> Vec<String> {

@@ -7,3 +7,4 @@ mod app;
 mod projection;
 mod rfm;
 mod tags;
+mod traits;

@@ -253,12 +253,15 @@ async fn the_projection_follows_the_feed_and_a_replay_rebuilds_it() {
         .await
         .unwrap();
     let events = feed(&app).await;
-    let projection = Projection::new(crm_segmentation::rfm::RfmConfig {
-        window_days: 365,
-        currency: "CNY".into(),
-        recompute_interval_secs: 3600,
-        drift_check_secs: 60,
-    });
+    let projection = Projection::new(
+        crm_segmentation::rfm::RfmConfig {
+            window_days: 365,
+            currency: "CNY".into(),
+            recompute_interval_secs: 3600,
+            drift_check_secs: 60,
+        },
+        crm_segmentation::traits::Traits::new(&[], "CNY").unwrap(),
+    );
     for _ in 0..2 {
         for e in &events {
             let txn = begin_write(&rebuilt).await.unwrap();

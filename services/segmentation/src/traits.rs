@@ -1,0 +1,302 @@
+//! Computed traits: per-person aggregates named in configuration
+//! (`segmentation.traits`), e.g. `orders.count_90d`, `orders.total_365d`,
+//! `last_order_at`, `favourite_category`, `preferred_channel`,
+//! `events.product_view.count_7d`. They are recomputed for a person in the
+//! projection's transaction when an order, an interaction, a merge or an erasure
+//! touches it, and for everyone on a schedule (time windows move).
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use crm_platform::{
+    Result,
+    db::{exec, query},
+    migrate::Dialect,
+};
+use crm_proto::crm::{common::v1::Channel, customer::v1::InteractionKind};
+use sea_orm::{ConnectionTrait, Value};
+
+pub fn migration(_: Dialect) -> Vec<String> {
+    vec![
+        "CREATE TABLE traits (person_id TEXT NOT NULL, name TEXT NOT NULL, value TEXT NOT NULL, update_us BIGINT NOT NULL, \
+         PRIMARY KEY (person_id, name))"
+            .into(),
+        "CREATE INDEX traits_name ON traits (name, value)".into(),
+    ]
+}
+
+/// What a trait computes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Trait {
+    /// Orders (not cancelled or refunded) in the last `days`.
+    OrdersCount { days: u32 },
+    /// Their total in the RFM currency, in millionths.
+    OrdersTotal { days: u32 },
+    /// When the last order was placed (RFC 3339).
+    LastOrderAt,
+    /// The category bought most often (ties: the first by name).
+    FavouriteCategory,
+    /// The channel with most interactions (ties: the first by number).
+    PreferredChannel,
+    /// Interactions of a kind in the last `days`.
+    EventsCount { kind: i32, days: u32 },
+}
+
+impl Trait {
+    /// Does an order change it?
+    pub fn reads_orders(&self) -> bool {
+        matches!(
+            self,
+            Self::OrdersCount { .. } | Self::OrdersTotal { .. } | Self::LastOrderAt | Self::FavouriteCategory
+        )
+    }
+}
+
+fn days(text: &str, name: &str) -> std::result::Result<u32, String> {
+    let n = text
+        .strip_prefix("count_")
+        .or_else(|| text.strip_prefix("total_"))
+        .and_then(|t| t.strip_suffix('d'))
+        .ok_or_else(|| format!("`{name}`: a window is written like count_90d"))?;
+    match n.parse::<u32>() {
+        Ok(d) if (1..=3650).contains(&d) => Ok(d),
+        _ => Err(format!("`{name}`: the window is 1 to 3650 days")),
+    }
+}
+
+/// Parses a trait name.
+pub fn parse(name: &str) -> std::result::Result<Trait, String> {
+    match name {
+        "last_order_at" => return Ok(Trait::LastOrderAt),
+        "favourite_category" => return Ok(Trait::FavouriteCategory),
+        "preferred_channel" => return Ok(Trait::PreferredChannel),
+        _ => {}
+    }
+    let parts: Vec<&str> = name.split('.').collect();
+    match parts.as_slice() {
+        ["orders", w] if w.starts_with("count_") => Ok(Trait::OrdersCount { days: days(w, name)? }),
+        ["orders", w] if w.starts_with("total_") => Ok(Trait::OrdersTotal { days: days(w, name)? }),
+        ["events", kind, w] if w.starts_with("count_") => {
+            let k = InteractionKind::from_str_name(&format!("INTERACTION_KIND_{}", kind.to_uppercase()))
+                .filter(|k| *k != InteractionKind::Unspecified)
+                .ok_or_else(|| format!("`{name}`: `{kind}` is not an interaction kind (page_view, product_view, cart, …)"))?;
+            Ok(Trait::EventsCount {
+                kind: k as i32,
+                days: days(w, name)?,
+            })
+        }
+        _ => Err(format!(
+            "`{name}` is not a trait: orders.count_<N>d, orders.total_<N>d, last_order_at, favourite_category, preferred_channel, events.<kind>.count_<N>d"
+        )),
+    }
+}
+
+/// The traits in force, parsed once.
+#[derive(Debug, Clone)]
+pub struct Traits {
+    pub traits: Vec<(String, Trait)>,
+    pub currency: String,
+}
+
+impl Traits {
+    /// Parses `names`; an error names the index and says why.
+    pub fn new(names: &[String], currency: &str) -> std::result::Result<Self, (usize, String)> {
+        let mut traits = Vec::with_capacity(names.len());
+        for (i, n) in names.iter().enumerate() {
+            traits.push((n.clone(), parse(n).map_err(|e| (i, e))?));
+        }
+        Ok(Self {
+            traits,
+            currency: currency.to_owned(),
+        })
+    }
+
+    /// Recomputes the traits of `people` (those reading orders only, when
+    /// `orders_only`) at `now`, in the caller's transaction.
+    pub async fn refresh<C: ConnectionTrait>(
+        &self,
+        conn: &C,
+        people: &[String],
+        orders_only: bool,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        let now_us = now.timestamp_micros();
+        for person in people {
+            for (name, t) in &self.traits {
+                if orders_only && !t.reads_orders() {
+                    continue;
+                }
+                match compute(conn, person, t, &self.currency, now_us).await? {
+                    Some(value) => {
+                        exec(
+                            conn,
+                            "INSERT INTO traits (person_id, name, value, update_us) VALUES (?, ?, ?, ?) \
+                             ON CONFLICT (person_id, name) DO UPDATE SET value = excluded.value, update_us = excluded.update_us",
+                            vec![person.as_str().into(), name.as_str().into(), value.into(), now_us.into()],
+                        )
+                        .await?;
+                    }
+                    None => {
+                        exec(
+                            conn,
+                            "DELETE FROM traits WHERE person_id = ? AND name = ?",
+                            vec![person.as_str().into(), name.as_str().into()],
+                        )
+                        .await?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+const COUNTED: &str = "status NOT IN (5, 6)";
+
+async fn scalar<C: ConnectionTrait>(conn: &C, sql: &str, values: Vec<Value>) -> Result<Option<i64>> {
+    let rows = query(conn, sql, values).await?;
+    Ok(match rows.first() {
+        Some(r) => r.try_get("", "v")?,
+        None => None,
+    })
+}
+
+/// One trait of one person; `None` when it has no value (nothing to count from).
+async fn compute<C: ConnectionTrait>(conn: &C, person: &str, t: &Trait, currency: &str, now_us: i64) -> Result<Option<String>> {
+    let since = |d: u32| now_us - i64::from(d) * 86_400_000_000;
+    Ok(match t {
+        Trait::OrdersCount { days } => scalar(
+            conn,
+            &format!("SELECT COUNT(*) AS v FROM orders WHERE person_id = ? AND place_us >= ? AND {COUNTED}"),
+            vec![person.into(), since(*days).into()],
+        )
+        .await?
+        .map(|n| n.to_string()),
+        Trait::OrdersTotal { days } => scalar(
+            conn,
+            &format!(
+                "SELECT CAST(COALESCE(SUM(total_micros), 0) AS BIGINT) AS v FROM orders \
+                 WHERE person_id = ? AND place_us >= ? AND currency = ? AND {COUNTED}"
+            ),
+            vec![person.into(), since(*days).into(), currency.into()],
+        )
+        .await?
+        .map(|n| n.to_string()),
+        Trait::LastOrderAt => scalar(
+            conn,
+            &format!("SELECT MAX(place_us) AS v FROM orders WHERE person_id = ? AND {COUNTED}"),
+            vec![person.into()],
+        )
+        .await?
+        .and_then(DateTime::from_timestamp_micros)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+        Trait::FavouriteCategory => {
+            let rows = query(
+                conn,
+                &format!("SELECT categories FROM orders WHERE person_id = ? AND {COUNTED}"),
+                vec![person.into()],
+            )
+            .await?;
+            let mut counts: BTreeMap<String, i64> = BTreeMap::new();
+            for r in &rows {
+                let text: String = r.try_get("", "categories")?;
+                let cats: Vec<String> = serde_json::from_str(&text).map_err(crm_platform::Error::internal)?;
+                for c in cats {
+                    *counts.entry(c).or_default() += 1;
+                }
+            }
+            // The most frequent; among equals the first by name (BTreeMap order).
+            counts
+                .into_iter()
+                .fold(None::<(String, i64)>, |best, (c, n)| match best {
+                    Some((_, m)) if m >= n => best,
+                    _ => Some((c, n)),
+                })
+                .map(|(c, _)| c)
+        }
+        Trait::PreferredChannel => {
+            let rows = query(
+                conn,
+                "SELECT channel, COUNT(*) AS n FROM interactions WHERE person_id = ? GROUP BY channel ORDER BY n DESC, channel LIMIT 1",
+                vec![person.into()],
+            )
+            .await?;
+            match rows.first() {
+                Some(r) => {
+                    let channel: i32 = r.try_get("", "channel")?;
+                    Channel::try_from(channel)
+                        .ok()
+                        .map(|c| c.as_str_name().trim_start_matches("CHANNEL_").to_lowercase())
+                }
+                None => None,
+            }
+        }
+        Trait::EventsCount { kind, days } => scalar(
+            conn,
+            "SELECT COUNT(*) AS v FROM interactions WHERE person_id = ? AND kind = ? AND occur_us >= ?",
+            vec![person.into(), (*kind).into(), since(*days).into()],
+        )
+        .await?
+        .map(|n| n.to_string()),
+    })
+}
+
+/// Every person with an order or an interaction, in batches after `after`.
+pub async fn people_after<C: ConnectionTrait>(conn: &C, after: &str, limit: u64) -> Result<Vec<String>> {
+    query(
+        conn,
+        "SELECT id FROM customers WHERE id = person_id AND id > ? ORDER BY id LIMIT ?",
+        vec![after.into(), i64::try_from(limit).unwrap_or(i64::MAX).into()],
+    )
+    .await?
+    .iter()
+    .map(|r| Ok(r.try_get("", "id")?))
+    .collect()
+}
+
+/// The stored traits of a person, by name.
+pub async fn of_person<C: ConnectionTrait>(conn: &C, person: &str) -> Result<Vec<(String, String, i64)>> {
+    query(
+        conn,
+        "SELECT name, value, update_us FROM traits WHERE person_id = ? ORDER BY name",
+        vec![person.into()],
+    )
+    .await?
+    .iter()
+    .map(|r| Ok((r.try_get("", "name")?, r.try_get("", "value")?, r.try_get("", "update_us")?)))
+    .collect()
+}
+
+/// Drops the traits of the persons `ids` (erased).
+pub async fn remove<C: ConnectionTrait>(conn: &C, ids: &[String]) -> Result<()> {
+    for id in ids {
+        exec(conn, "DELETE FROM traits WHERE person_id = ?", vec![id.as_str().into()]).await?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_parse_or_say_why_not() {
+        assert_eq!(parse("orders.count_90d").unwrap(), Trait::OrdersCount { days: 90 });
+        assert_eq!(parse("orders.total_365d").unwrap(), Trait::OrdersTotal { days: 365 });
+        assert_eq!(
+            parse("events.product_view.count_7d").unwrap(),
+            Trait::EventsCount {
+                kind: InteractionKind::ProductView as i32,
+                days: 7
+            }
+        );
+        assert_eq!(parse("favourite_category").unwrap(), Trait::FavouriteCategory);
+        assert!(parse("events.teleport.count_7d").unwrap_err().contains("teleport"));
+        assert!(parse("orders.count_0d").unwrap_err().contains("1 to 3650"));
+        assert!(parse("orders.count").unwrap_err().contains("orders.count_<N>d"));
+        assert!(parse("orders.count_x").unwrap_err().contains("count_90d"));
+        assert!(parse("shoe_size").unwrap_err().contains("not a trait"));
+        let err = Traits::new(&["last_order_at".into(), "bogus".into()], "CNY").unwrap_err();
+        assert_eq!(err.0, 1);
+    }
+}
