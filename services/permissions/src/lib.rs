@@ -203,7 +203,7 @@ impl ServiceConfig {
         Ok(())
     }
 
-    fn role(&self, r: &DefaultRole) -> Option<pb::Role> {
+    pub fn role(&self, r: &DefaultRole) -> Option<pb::Role> {
         Some(pb::Role {
             name: format!("roles/{}", r.name),
             display_name: r.display_name.clone(),

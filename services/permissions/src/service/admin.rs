@@ -730,8 +730,9 @@ impl Permissions {
     }
 }
 
-/// First start: the default roles (once), then the configured administrators
-/// (role `admin`, scope ALL) and service accounts (role `service`, scope ALL).
+/// Every start: the default roles this database has not seen yet, the `service`
+/// role's default permissions, then the configured administrators (role `admin`,
+/// scope ALL) and service accounts (role `service`, scope ALL).
 pub(super) async fn bootstrap(p: &Permissions, defaults: &[pb::Role], admins: &[String], services: &[String]) -> Result<()> {
     let system = Caller {
         user_id: String::new(),
@@ -739,18 +740,46 @@ pub(super) async fn bootstrap(p: &Permissions, defaults: &[pb::Role], admins: &[
     };
     let txn = begin_write(p.db()).await?;
     let mut changes = Vec::new();
-    let seeded = store::meta(&txn, "roles_seeded").await? != 0;
-    if !seeded {
-        for role in defaults {
-            if store::get(&txn, Kind::Role, role.name.trim_start_matches("roles/"))
-                .await?
-                .is_none()
-            {
-                let (_, change) = p.insert_role(&txn, role.clone()).await?;
-                changes.push(change);
+    // Each default role is created once, the first time this version knows it (so
+    // a role added by an upgrade appears; one an administrator deleted stays gone).
+    for role in defaults {
+        let id = role.name.trim_start_matches("roles/");
+        let marker = format!("role_seeded:{id}");
+        if store::meta(&txn, &marker).await? != 0 {
+            continue;
+        }
+        if store::get(&txn, Kind::Role, id).await?.is_none() {
+            let (_, change) = p.insert_role(&txn, role.clone()).await?;
+            changes.push(change);
+        }
+        store::set_meta(&txn, &marker, 1).await?;
+    }
+    // The `service` role is the system's own: it keeps at least its default
+    // permissions and clearance, which an upgrade may have widened.
+    if let Some(default) = defaults.iter().find(|r| r.name == "roles/service")
+        && let Some(row) = store::get(&txn, Kind::Role, "service").await?
+    {
+        let mut role: pb::Role = decode(&row.data)?;
+        let before = role.clone();
+        for perm in &default.permissions {
+            if !role.permissions.contains(perm) {
+                role.permissions.push(perm.clone());
             }
         }
-        store::set_meta(&txn, "roles_seeded", 1).await?;
+        role.clearance = role.clearance.max(default.clearance);
+        if role != before {
+            role.update_time = Some(timestamp(now()));
+            let data = encode(&role);
+            store::update(&txn, Kind::Role, "service", &role.name, row.revision, data.clone(), &[]).await?;
+            changes.push(role_change(
+                &role,
+                false,
+                "permissions.roles.update",
+                vec!["permissions".into(), "clearance".into()],
+                Some(row.data),
+                Some(data),
+            ));
+        }
     }
     for (users, role) in [(admins, "admin"), (services, "service")] {
         for user in users {

@@ -244,8 +244,8 @@ pub async fn meta<C: ConnectionTrait>(c: &C, name: &str) -> Result<i64> {
 pub async fn set_meta<C: ConnectionTrait>(c: &C, name: &str, value: i64) -> Result<()> {
     exec(
         c,
-        "UPDATE permissions_meta SET value = ? WHERE name = ?",
-        vec![value.into(), name.into()],
+        "INSERT INTO permissions_meta (name, value) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+        vec![name.into(), value.into()],
     )
     .await?;
     Ok(())

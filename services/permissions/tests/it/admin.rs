@@ -284,3 +284,66 @@ async fn an_update_without_a_mask_changes_only_the_fields_it_sets() {
     assert_eq!(renamed.teams, vec!["teams/east"], "and the teams");
     assert_eq!(renamed.display_name, "U");
 }
+
+/// Every start seeds the default roles this database has not seen (an upgrade's new
+/// role appears), never brings back one an administrator deleted, and keeps the
+/// system's `service` role at least at its defaults.
+#[tokio::test]
+async fn restarts_seed_new_default_roles_and_keep_the_service_role_whole() {
+    let app = TestApp::spawn().await;
+    let mut client = app.client.clone();
+    let cfg = &app.config.permissions_service;
+    let defaults: Vec<pb::Role> = cfg.default_roles.iter().filter_map(|r| cfg.role(r)).collect();
+    let restart = || app.service.bootstrap(&defaults, &cfg.bootstrap_admins, &cfg.service_accounts);
+    let role = |name: &str| {
+        let mut c = app.client.clone();
+        let name = name.to_owned();
+        async move { c.get_role(TestApp::root(pb::GetRoleRequest { name })).await }
+    };
+    client
+        .delete_role(TestApp::root(pb::DeleteRoleRequest {
+            name: "roles/privacy_officer".into(),
+            etag: String::new(),
+        }))
+        .await
+        .unwrap();
+    client
+        .update_role(TestApp::root(pb::UpdateRoleRequest {
+            role: Some(pb::Role {
+                name: "roles/service".into(),
+                permissions: vec!["permissions.check".into()],
+                clearance: pb::Classification::Public as i32,
+                ..Default::default()
+            }),
+            update_mask: None,
+        }))
+        .await
+        .unwrap();
+    restart().await.unwrap();
+    assert_eq!(
+        role("roles/privacy_officer").await.unwrap_err().code(),
+        Code::NotFound,
+        "a deleted role stays deleted"
+    );
+    let service = role("roles/service").await.unwrap().into_inner();
+    assert!(
+        service.permissions.iter().any(|p| p == "customer.events"),
+        "{:?}",
+        service.permissions
+    );
+    assert_eq!(service.clearance, pb::Classification::Internal as i32);
+    // A version that introduces privacy_officer: this database has never seen it.
+    let db = crm_platform::db::connect(&app.db.target, 1).await.unwrap();
+    crm_platform::db::exec(
+        &db,
+        "DELETE FROM permissions_meta WHERE name = ?",
+        vec!["role_seeded:privacy_officer".into()],
+    )
+    .await
+    .unwrap();
+    restart().await.unwrap();
+    assert!(
+        role("roles/privacy_officer").await.is_ok(),
+        "a role new to this database is created"
+    );
+}
