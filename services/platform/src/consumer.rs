@@ -17,6 +17,7 @@ use crate::{
     Result,
     authz::ServiceCredentials,
     db::{begin_write, exec, query},
+    feed::micros,
     migrate::Dialect,
     server::ShutdownSignal,
 };
@@ -145,10 +146,6 @@ async fn save_cursor<C: ConnectionTrait>(conn: &C, source: &str, cursor: &str, h
     )
     .await?;
     Ok(())
-}
-
-fn micros(t: &prost_types::Timestamp) -> i64 {
-    t.seconds.saturating_mul(1_000_000).saturating_add(i64::from(t.nanos / 1000))
 }
 
 /// A channel for a long-lived stream: a connect timeout, no per-call deadline.

@@ -568,6 +568,12 @@ pub fn timestamp(t: DateTime<Utc>) -> prost_types::Timestamp {
     }
 }
 
+/// A protobuf timestamp in microseconds since the epoch, saturating (for times
+/// already validated, or read from events).
+pub fn micros(t: &prost_types::Timestamp) -> i64 {
+    t.seconds.saturating_mul(1_000_000).saturating_add(i64::from(t.nanos / 1000))
+}
+
 /// The instant of a protobuf timestamp (the inverse of [`timestamp`]); `None` when
 /// it is out of range or its nanoseconds are not 0 to 999 999 999.
 pub fn datetime(t: &prost_types::Timestamp) -> Option<DateTime<Utc>> {

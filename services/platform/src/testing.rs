@@ -72,6 +72,46 @@ pub fn encryption() -> crate::crypto::EncryptionConfig {
     }
 }
 
+/// `msg` with `authorization: Bearer <token>`.
+pub fn with_bearer<T>(msg: T, token: &str) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(msg);
+    if let Ok(v) = format!("Bearer {token}").parse() {
+        req.metadata_mut().insert("authorization", v);
+    }
+    req
+}
+
+/// An HS256 token signed with `secret` for `user`, valid ten minutes; with `customer`
+/// (an id), a customer's self-service token.
+pub fn mint(secret: &str, user: &str, customer: Option<&str>) -> String {
+    let principal = crate::auth::Principal {
+        user_id: user.into(),
+        customer_id: customer.map(str::to_owned),
+        expires_at: 0,
+    };
+    crate::auth::mint_hs256(secret, &principal, std::time::Duration::from_secs(600)).unwrap_or_default()
+}
+
+/// The events a change-feed stream replays before its first heartbeat (the stream is
+/// caught up then); each message is awaited at most ten seconds.
+pub async fn replay(
+    mut stream: tonic::Streaming<crm_proto::crm::events::v1::StreamEventsResponse>,
+) -> anyhow::Result<Vec<crm_proto::crm::events::v1::Event>> {
+    use crm_proto::crm::events::v1::stream_events_response::Kind;
+    let mut out = Vec::new();
+    loop {
+        let msg = tokio::time::timeout(std::time::Duration::from_secs(10), stream.message())
+            .await
+            .map_err(|_| anyhow::anyhow!("no feed message within 10 s"))??
+            .ok_or_else(|| anyhow::anyhow!("the feed ended before catching up"))?;
+        match msg.kind {
+            Some(Kind::Event(e)) => out.push(e),
+            Some(Kind::Heartbeat(_)) => return Ok(out),
+            None => {}
+        }
+    }
+}
+
 /// Policy set-up through the permissions API, as an administrator would (tests of
 /// every service need users, teams and role bindings).
 pub mod policy {
@@ -79,11 +119,7 @@ pub mod policy {
     use tonic::{Request, transport::Channel};
 
     fn as_admin<T>(msg: T, admin_token: &str) -> Request<T> {
-        let mut req = Request::new(msg);
-        if let Ok(v) = format!("Bearer {admin_token}").parse() {
-            req.metadata_mut().insert("authorization", v);
-        }
-        req
+        super::with_bearer(msg, admin_token)
     }
 
     /// Creates team `id` below `parent` (empty: top level).

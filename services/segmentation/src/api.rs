@@ -6,7 +6,6 @@ use crm_platform::{
     auth::Principal,
     authz::{Authz, Resource},
     consumer,
-    feed::timestamp,
     paging::{PageTokens, page_size},
 };
 use crm_proto::crm::{
@@ -19,7 +18,7 @@ use tonic::{Request, Response, Status};
 
 use crate::{
     projection, store,
-    tags::{self, Tags, assignment_to_proto, to_proto},
+    tags::{self, Tags, assignment_to_proto, time, to_proto},
 };
 
 #[derive(Clone)]
@@ -45,13 +44,21 @@ impl Api {
     async fn check(&self, p: &Principal, permission: &str, name: &str) -> Result<(), Error> {
         self.authz.check(p, permission, Resource::named(name)).await
     }
-}
 
-fn time(us: i64) -> Option<prost_types::Timestamp> {
-    (us > 0)
-        .then(|| chrono::DateTime::from_timestamp_micros(us))
-        .flatten()
-        .map(timestamp)
+    /// The person a customer name (field `customer`) counts for in the projection.
+    async fn person(&self, name: &str) -> Result<String, Error> {
+        let id = name
+            .strip_prefix("customers/")
+            .filter(|id| !id.is_empty() && !id.contains('/'))
+            .ok_or_else(|| Error::invalid("customer", "must be `customers/{customer}`"))?;
+        store::people_of(&self.db, &[id])
+            .await?
+            .remove(id)
+            .ok_or_else(|| Error::NotFound {
+                resource_type: "crm.customer.v1.Customer",
+                name: name.to_owned(),
+            })
+    }
 }
 
 #[tonic::async_trait]
@@ -194,16 +201,11 @@ impl SegmentationService for Api {
         let principal = auth::principal(&req)?;
         self.check(&principal, "segment.read", "rfm").await?;
         let name = &req.get_ref().customer;
-        let not_found = || Error::NotFound {
+        let person = self.person(name).await?;
+        let (s, compute_us) = store::rfm::get(&self.db, &person).await?.ok_or_else(|| Error::NotFound {
             resource_type: "crm.segmentation.v1.Rfm",
             name: name.clone(),
-        };
-        let id = name
-            .strip_prefix("customers/")
-            .filter(|id| !id.is_empty() && !id.contains('/'))
-            .ok_or_else(|| Error::invalid("customer", "must be `customers/{customer}`"))?;
-        let person = store::people_of(&self.db, &[id]).await?.remove(id).ok_or_else(not_found)?;
-        let (s, compute_us) = store::rfm::get(&self.db, &person).await?.ok_or_else(not_found)?;
+        })?;
         Ok(Response::new(pb::Rfm {
             customer: format!("customers/{person}"),
             recency_days: s.raw.recency_days,
@@ -247,18 +249,7 @@ impl SegmentationService for Api {
     ) -> Result<Response<pb::CustomerTraits>, Status> {
         let principal = auth::principal(&req)?;
         self.check(&principal, "segment.read", "traits").await?;
-        let name = &req.get_ref().customer;
-        let id = name
-            .strip_prefix("customers/")
-            .filter(|id| !id.is_empty() && !id.contains('/'))
-            .ok_or_else(|| Error::invalid("customer", "must be `customers/{customer}`"))?;
-        let person = store::people_of(&self.db, &[id])
-            .await?
-            .remove(id)
-            .ok_or_else(|| Error::NotFound {
-                resource_type: "crm.customer.v1.Customer",
-                name: name.clone(),
-            })?;
+        let person = self.person(&req.get_ref().customer).await?;
         let traits = crate::traits::of_person(&self.db, &person).await?;
         Ok(Response::new(pb::CustomerTraits {
             customer: format!("customers/{person}"),

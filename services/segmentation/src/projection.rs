@@ -53,9 +53,7 @@ impl Projection {
 }
 
 fn micros(t: Option<&prost_types::Timestamp>) -> i64 {
-    t.map_or(0, |t| {
-        t.seconds.saturating_mul(1_000_000).saturating_add(i64::from(t.nanos / 1000))
-    })
+    t.map_or(0, crm_platform::feed::micros)
 }
 
 /// The id of a resource name `customers/{id}` (or `customers/{id}/...`).
@@ -211,16 +209,14 @@ impl Apply for Projection {
                 let e = decode::<pb::OrderChanged>(event)?;
                 let Some(o) = e.order else { return Ok(()) };
                 let row = order_row(&e.customer, &o)?;
-                store::upsert_order(txn, &row).await?;
-                let person = store::person_of(txn, &row.customer_id).await?;
+                let person = store::upsert_order(txn, &row).await?;
                 self.rescore(txn, &[person], true).await
             }
             "InteractionRecorded" => {
                 let e = decode::<pb::InteractionRecorded>(event)?;
                 let Some(i) = e.interaction else { return Ok(()) };
                 let row = interaction_row(&e.customer, &i)?;
-                store::insert_interaction(txn, &row).await?;
-                let person = store::person_of(txn, &row.customer_id).await?;
+                let person = store::insert_interaction(txn, &row).await?;
                 self.traits.refresh(txn, &[person], false, chrono::Utc::now()).await
             }
             "ConsentChanged" => {

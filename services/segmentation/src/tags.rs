@@ -28,8 +28,12 @@ pub fn etag(revision: i64) -> String {
     format!("\"{revision}\"")
 }
 
-fn time(us: i64) -> Option<prost_types::Timestamp> {
-    chrono::DateTime::from_timestamp_micros(us).map(feed::timestamp)
+/// A stored time (microseconds) as a protobuf timestamp; `None` for 0 (never).
+pub fn time(us: i64) -> Option<prost_types::Timestamp> {
+    (us > 0)
+        .then(|| chrono::DateTime::from_timestamp_micros(us))
+        .flatten()
+        .map(feed::timestamp)
 }
 
 pub fn to_proto(t: &TagRow) -> pb::Tag {

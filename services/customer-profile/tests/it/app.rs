@@ -5,7 +5,6 @@ use std::time::Duration;
 use crm_customer_profile::{Config, DEFAULTS};
 use crm_platform::{
     Platform,
-    auth::{Principal, mint_hs256},
     cache::RedisCache,
     config::{PLATFORM_DEFAULTS, section},
     server::{GrpcServer, Shutdown, shutdown_channel},
@@ -108,23 +107,13 @@ impl TestApp {
 
     /// A token for `user`; what it may do is the permissions service's business.
     pub fn token(user: &str) -> String {
-        let principal = Principal {
-            user_id: user.into(),
-            customer_id: None,
-            expires_at: 0,
-        };
-        mint_hs256(SECRET, &principal, Duration::from_secs(600)).unwrap()
+        testing::mint(SECRET, user, None)
     }
 
     /// A self-service token of the customer `name` (`customers/{id}`).
     pub fn customer_token(name: &str) -> String {
-        let id = name.trim_start_matches("customers/").to_owned();
-        let principal = Principal {
-            user_id: format!("customer:{id}"),
-            customer_id: Some(id),
-            expires_at: 0,
-        };
-        mint_hs256(SECRET, &principal, Duration::from_secs(600)).unwrap()
+        let id = name.trim_start_matches("customers/");
+        testing::mint(SECRET, &format!("customer:{id}"), Some(id))
     }
 
     /// A request carrying an admin token.
@@ -133,10 +122,7 @@ impl TestApp {
     }
 
     pub fn as_user<T>(msg: T, token: &str) -> Request<T> {
-        let mut req = Request::new(msg);
-        req.metadata_mut()
-            .insert("authorization", format!("Bearer {token}").parse().unwrap());
-        req
+        testing::with_bearer(msg, token)
     }
 
     /// Creates `customer` as an admin, without a request_id.

@@ -9,7 +9,7 @@ use std::time::Duration;
 use crm_platform::{cache::Cache, db::connect, testing::TestDatabase};
 use crm_proto::crm::{
     customer::v1::{self as pb, ConsentPurpose, ConsentStatus, ContactChannel, customer_reference::Reference},
-    events::v1::{StreamEventsRequest, stream_events_response::Kind},
+    events::v1::StreamEventsRequest,
 };
 use sea_orm::{ConnectionTrait, Statement};
 use tokio_stream::StreamExt;
@@ -83,26 +83,19 @@ fn holds_needle(haystack: &str) -> bool {
 }
 
 async fn feed_payloads(app: &TestApp) -> Vec<(String, Vec<u8>)> {
-    let mut stream = app
+    let stream = app
         .client
         .clone()
         .stream_events(TestApp::admin(StreamEventsRequest::default()))
         .await
         .unwrap()
         .into_inner();
-    let mut out = Vec::new();
-    loop {
-        let msg = tokio::time::timeout(Duration::from_secs(10), stream.next())
-            .await
-            .expect("feed in time")
-            .unwrap()
-            .unwrap();
-        match msg.kind {
-            Some(Kind::Event(e)) => out.push((e.r#type, e.data.map(|d| d.value).unwrap_or_default())),
-            Some(Kind::Heartbeat(_)) => return out,
-            None => {}
-        }
-    }
+    crm_platform::testing::replay(stream)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.r#type, e.data.map(|d| d.value).unwrap_or_default()))
+        .collect()
 }
 
 /// A customer with the needle in every kind of personal field, an order, an

@@ -8,11 +8,9 @@ use sea_orm::{ConnectionTrait, QueryResult, Value};
 
 use super::{exec, query};
 
-/// A protobuf time in microseconds, saturating (times are validated on entry).
-pub fn micros(t: &prost_types::Timestamp) -> i64 {
-    t.seconds.saturating_mul(1_000_000).saturating_add(i64::from(t.nanos / 1000))
-}
 use crate::domain::chain::{self, Link};
+/// A protobuf time in microseconds, saturating (times are validated on entry).
+pub use crm_platform::feed::micros;
 
 /// The last link: (sequence, hash); for an empty log the retention anchor, or (0, "").
 pub async fn head<C: ConnectionTrait>(c: &C) -> Result<(i64, String)> {

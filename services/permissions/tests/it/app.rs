@@ -1,11 +1,8 @@
 //! `TestApp`: the permissions service started in-process with its own database.
 
-use std::time::Duration;
-
 use crm_permissions::{Config, DEFAULTS};
 use crm_platform::{
     Platform,
-    auth::{Principal, mint_hs256},
     config::{PLATFORM_DEFAULTS, section},
     server::{GrpcServer, Shutdown, shutdown_channel},
     testing::{self, TestDatabase},
@@ -83,19 +80,11 @@ impl TestApp {
     }
 
     pub fn token(user: &str) -> String {
-        let principal = Principal {
-            user_id: user.into(),
-            customer_id: None,
-            expires_at: 0,
-        };
-        mint_hs256(SECRET, &principal, Duration::from_secs(600)).unwrap()
+        testing::mint(SECRET, user, None)
     }
 
     pub fn as_user<T>(msg: T, user: &str) -> Request<T> {
-        let mut req = Request::new(msg);
-        req.metadata_mut()
-            .insert("authorization", format!("Bearer {}", Self::token(user)).parse().unwrap());
-        req
+        testing::with_bearer(msg, &Self::token(user))
     }
 
     pub fn root<T>(msg: T) -> Request<T> {

@@ -212,7 +212,8 @@ pub struct OrderRow {
     pub categories: Vec<String>,
 }
 
-pub async fn upsert_order<C: ConnectionTrait>(conn: &C, o: &OrderRow) -> Result<()> {
+/// Stores an order; returns the person it counts for.
+pub async fn upsert_order<C: ConnectionTrait>(conn: &C, o: &OrderRow) -> Result<String> {
     let person = person_of(conn, &o.customer_id).await?;
     exec(
         conn,
@@ -223,7 +224,7 @@ pub async fn upsert_order<C: ConnectionTrait>(conn: &C, o: &OrderRow) -> Result<
         vec![
             o.id.as_str().into(),
             o.customer_id.as_str().into(),
-            person.into(),
+            person.as_str().into(),
             o.status.into(),
             o.currency.as_str().into(),
             o.total_micros.into(),
@@ -232,7 +233,7 @@ pub async fn upsert_order<C: ConnectionTrait>(conn: &C, o: &OrderRow) -> Result<
         ],
     )
     .await?;
-    Ok(())
+    Ok(person)
 }
 
 /// An interaction of the projection.
@@ -247,7 +248,8 @@ pub struct InteractionRow {
     pub campaign: String,
 }
 
-pub async fn insert_interaction<C: ConnectionTrait>(conn: &C, i: &InteractionRow) -> Result<()> {
+/// Stores an interaction (once); returns the person it counts for.
+pub async fn insert_interaction<C: ConnectionTrait>(conn: &C, i: &InteractionRow) -> Result<String> {
     let person = person_of(conn, &i.customer_id).await?;
     exec(
         conn,
@@ -256,7 +258,7 @@ pub async fn insert_interaction<C: ConnectionTrait>(conn: &C, i: &InteractionRow
         vec![
             i.id.as_str().into(),
             i.customer_id.as_str().into(),
-            person.into(),
+            person.as_str().into(),
             i.kind.into(),
             i.channel.into(),
             i.occur_us.into(),
@@ -265,7 +267,7 @@ pub async fn insert_interaction<C: ConnectionTrait>(conn: &C, i: &InteractionRow
         ],
     )
     .await?;
-    Ok(())
+    Ok(person)
 }
 
 /// Interactions that occurred before `cutoff_us` go (the source purged them).

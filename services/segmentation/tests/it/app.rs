@@ -1,11 +1,8 @@
 //! `TestApp`: permissions, customer-profile and marketing-segmentation on one server,
 //! segmentation following customer-profile's feed through the server's own address.
 
-use std::time::Duration;
-
 use crm_platform::{
     Platform,
-    auth::{Principal, mint_hs256},
     config::{PLATFORM_DEFAULTS, section},
     server::{GrpcServer, Shutdown, shutdown_channel},
     testing::{self, TestDatabase},
@@ -112,12 +109,7 @@ impl TestApp {
     }
 
     pub fn token(user: &str) -> String {
-        let principal = Principal {
-            user_id: user.into(),
-            customer_id: None,
-            expires_at: 0,
-        };
-        mint_hs256(SECRET, &principal, Duration::from_secs(600)).unwrap()
+        testing::mint(SECRET, user, None)
     }
 
     pub fn admin<T>(msg: T) -> Request<T> {
@@ -125,10 +117,7 @@ impl TestApp {
     }
 
     pub fn as_user<T>(msg: T, token: &str) -> Request<T> {
-        let mut req = Request::new(msg);
-        req.metadata_mut()
-            .insert("authorization", format!("Bearer {token}").parse().unwrap());
-        req
+        testing::with_bearer(msg, token)
     }
 
     pub async fn status(&self) -> pb::ProjectionStatus {

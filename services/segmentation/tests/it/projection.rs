@@ -9,7 +9,7 @@ use crm_platform::{consumer::Apply, db::begin_write, testing::TestDatabase};
 use crm_proto::crm::{
     common::v1::Channel as SourceChannel,
     customer::v1::{self as pb, ConsentPurpose, ConsentStatus, ContactChannel, customer_reference::Reference},
-    events::v1::{Event, StreamEventsRequest, stream_events_response::Kind},
+    events::v1::{Event, StreamEventsRequest},
     segmentation::v1 as spb,
 };
 use crm_segmentation::projection::{EVENT_TYPES, Projection};
@@ -108,7 +108,7 @@ async fn dump(db: &DatabaseConnection) -> Vec<String> {
 
 /// customer-profile's feed from its start, as the segmentation account reads it.
 async fn feed(app: &TestApp) -> Vec<Event> {
-    let mut stream = app
+    let stream = app
         .customers
         .clone()
         .stream_events(TestApp::as_user(
@@ -121,19 +121,7 @@ async fn feed(app: &TestApp) -> Vec<Event> {
         .await
         .unwrap()
         .into_inner();
-    let mut out = Vec::new();
-    loop {
-        let msg = tokio::time::timeout(Duration::from_secs(10), stream.next())
-            .await
-            .expect("feed in time")
-            .unwrap()
-            .unwrap();
-        match msg.kind {
-            Some(Kind::Event(e)) => out.push(e),
-            Some(Kind::Heartbeat(_)) => return out,
-            None => {}
-        }
-    }
+    crm_platform::testing::replay(stream).await.unwrap()
 }
 
 async fn until(app: &TestApp, what: &str, done: impl Fn(&spb::ProjectionStatus) -> bool) -> spb::ProjectionStatus {

@@ -6,11 +6,10 @@ use std::time::Duration;
 
 use crm_proto::crm::{
     customer::v1::{self as cpb, customer_reference::Reference},
-    events::v1::{StreamEventsRequest, stream_events_response::Kind},
+    events::v1::StreamEventsRequest,
     segmentation::v1::{self as pb, RfmGroup},
 };
 use prost::Message;
-use tokio_stream::StreamExt;
 
 use crate::app::TestApp;
 
@@ -146,7 +145,7 @@ async fn groups_follow_the_quintiles_and_a_new_order_rescores_at_once() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // Every group change is on the feed; the last one for this customer says where it went.
-    let mut stream = app
+    let stream = app
         .segmentation
         .clone()
         .stream_events(TestApp::admin(StreamEventsRequest {
@@ -156,25 +155,13 @@ async fn groups_follow_the_quintiles_and_a_new_order_rescores_at_once() {
         .await
         .unwrap()
         .into_inner();
-    let mut last = None;
-    loop {
-        let msg = tokio::time::timeout(Duration::from_secs(10), stream.next())
-            .await
-            .expect("feed in time")
-            .unwrap()
-            .unwrap();
-        match msg.kind {
-            Some(Kind::Event(e)) => {
-                let change = pb::RfmGroupChanged::decode(e.data.unwrap().value.as_slice()).unwrap();
-                if change.customer == names[4] {
-                    last = Some(change);
-                }
-            }
-            Some(Kind::Heartbeat(_)) => break,
-            None => {}
-        }
-    }
-    let last = last.expect("an event for the customer");
+    let last = crm_platform::testing::replay(stream)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| pb::RfmGroupChanged::decode(e.data.unwrap().value.as_slice()).unwrap())
+        .rfind(|change| change.customer == names[4])
+        .expect("an event for the customer");
     assert_eq!(last.group, RfmGroup::PotentialLoyalist as i32);
     assert_eq!(last.previous, RfmGroup::Lost as i32);
 }

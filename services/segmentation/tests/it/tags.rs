@@ -6,11 +6,10 @@ use std::time::Duration;
 
 use crm_proto::crm::{
     customer::v1 as cpb,
-    events::v1::{Event, StreamEventsRequest, stream_events_response::Kind},
+    events::v1::{Event, StreamEventsRequest},
     segmentation::v1::{self as pb, UntagReason},
 };
 use prost::Message;
-use tokio_stream::StreamExt;
 use tonic::Code;
 
 use crate::app::TestApp;
@@ -93,26 +92,14 @@ async fn tag(
 
 /// This service's feed from the start until it is caught up.
 async fn feed(app: &TestApp) -> Vec<Event> {
-    let mut stream = app
+    let stream = app
         .segmentation
         .clone()
         .stream_events(TestApp::admin(StreamEventsRequest::default()))
         .await
         .unwrap()
         .into_inner();
-    let mut out = Vec::new();
-    loop {
-        let msg = tokio::time::timeout(Duration::from_secs(10), stream.next())
-            .await
-            .expect("feed in time")
-            .unwrap()
-            .unwrap();
-        match msg.kind {
-            Some(Kind::Event(e)) => out.push(e),
-            Some(Kind::Heartbeat(_)) => return out,
-            None => {}
-        }
-    }
+    crm_platform::testing::replay(stream).await.unwrap()
 }
 
 async fn until_projected(app: &TestApp, customers: i64) {

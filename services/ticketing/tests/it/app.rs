@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use crm_platform::{
     Platform,
-    auth::{Principal, mint_hs256},
     cache::RedisCache,
     config::{PLATFORM_DEFAULTS, section},
     server::{GrpcServer, Shutdown, shutdown_channel},
@@ -98,22 +97,12 @@ impl TestApp {
     }
 
     pub fn token(user: &str) -> String {
-        let principal = Principal {
-            user_id: user.into(),
-            customer_id: None,
-            expires_at: 0,
-        };
-        mint_hs256(SECRET, &principal, Duration::from_secs(600)).unwrap()
+        testing::mint(SECRET, user, None)
     }
 
     /// A self-service token of customer `id`.
     pub fn customer_token(id: &str) -> String {
-        let principal = Principal {
-            user_id: format!("customer:{id}"),
-            customer_id: Some(id.into()),
-            expires_at: 0,
-        };
-        mint_hs256(SECRET, &principal, Duration::from_secs(600)).unwrap()
+        testing::mint(SECRET, &format!("customer:{id}"), Some(id))
     }
 
     pub fn admin<T>(msg: T) -> Request<T> {
@@ -121,10 +110,7 @@ impl TestApp {
     }
 
     pub fn as_user<T>(msg: T, token: &str) -> Request<T> {
-        let mut req = Request::new(msg);
-        req.metadata_mut()
-            .insert("authorization", format!("Bearer {token}").parse().unwrap());
-        req
+        testing::with_bearer(msg, token)
     }
 
     pub async fn team(&self, id: &str) {
