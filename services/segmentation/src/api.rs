@@ -17,7 +17,9 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::{
-    projection, store,
+    projection, rule,
+    segments::{self, Segments, segment_id},
+    store,
     tags::{self, Tags, assignment_to_proto, time, to_proto},
 };
 
@@ -26,16 +28,25 @@ pub struct Api {
     db: DatabaseConnection,
     authz: Authz,
     tags: Tags,
+    segments: Segments,
     page_tokens: PageTokens,
     rfm: crate::rfm::RfmConfig,
 }
 
 impl Api {
-    pub fn new(db: DatabaseConnection, authz: Authz, tags: Tags, page_tokens: PageTokens, rfm: crate::rfm::RfmConfig) -> Self {
+    pub fn new(
+        db: DatabaseConnection,
+        authz: Authz,
+        tags: Tags,
+        segments: Segments,
+        page_tokens: PageTokens,
+        rfm: crate::rfm::RfmConfig,
+    ) -> Self {
         Self {
             db,
             authz,
             tags,
+            segments,
             page_tokens,
             rfm,
         }
@@ -43,6 +54,15 @@ impl Api {
 
     async fn check(&self, p: &Principal, permission: &str, name: &str) -> Result<(), Error> {
         self.authz.check(p, permission, Resource::named(name)).await
+    }
+
+    /// The page after `token` (for the request `fingerprint`).
+    fn after(&self, fingerprint: &str, token: &str) -> Result<String, Error> {
+        if token.is_empty() {
+            Ok(String::new())
+        } else {
+            self.page_tokens.decode(fingerprint, token)
+        }
     }
 
     /// The person a customer name (field `customer`) counts for in the projection.
@@ -259,6 +279,181 @@ impl SegmentationService for Api {
                     name,
                     value,
                     update_time: time(at),
+                })
+                .collect(),
+        }))
+    }
+
+    async fn list_segment_templates(
+        &self,
+        req: Request<pb::ListSegmentTemplatesRequest>,
+    ) -> Result<Response<pb::ListSegmentTemplatesResponse>, Status> {
+        let principal = auth::principal(&req)?;
+        self.check(&principal, "segment.read", "segmentTemplates").await?;
+        Ok(Response::new(pb::ListSegmentTemplatesResponse {
+            templates: segments::TEMPLATES.iter().map(segments::template_to_proto).collect(),
+        }))
+    }
+
+    async fn preview_segment(
+        &self,
+        req: Request<pb::PreviewSegmentRequest>,
+    ) -> Result<Response<pb::PreviewSegmentResponse>, Status> {
+        let principal = auth::principal(&req)?;
+        self.check(&principal, "segment.read", "segments").await?;
+        let req = req.into_inner();
+        let p = self.segments.preview(req.rule.as_ref(), &req.filter, req.sample_size).await?;
+        Ok(Response::new(pb::PreviewSegmentResponse {
+            count: p.count,
+            sample: p.sample.iter().map(|c| format!("customers/{c}")).collect(),
+            filter: rule::print(&p.rule),
+            rule: Some(rule::to_proto(&p.rule)),
+        }))
+    }
+
+    async fn create_segment(&self, req: Request<pb::CreateSegmentRequest>) -> Result<Response<pb::Segment>, Status> {
+        let principal = auth::principal(&req)?;
+        self.check(&principal, "segment.manage", "segments").await?;
+        let req = req.into_inner();
+        let segment = req.segment.ok_or_else(|| Error::invalid("segment", "required"))?;
+        let row = self.segments.create(&principal.user_id, &req.segment_id, &segment).await?;
+        Ok(Response::new(segments::to_proto(&row)))
+    }
+
+    async fn get_segment(&self, req: Request<pb::GetSegmentRequest>) -> Result<Response<pb::Segment>, Status> {
+        let principal = auth::principal(&req)?;
+        self.check(&principal, "segment.read", "segments").await?;
+        let id = segment_id(&req.get_ref().name, "name")?;
+        Ok(Response::new(segments::to_proto(&self.segments.get(id).await?)))
+    }
+
+    async fn list_segments(&self, req: Request<pb::ListSegmentsRequest>) -> Result<Response<pb::ListSegmentsResponse>, Status> {
+        let principal = auth::principal(&req)?;
+        self.check(&principal, "segment.read", "segments").await?;
+        let req = req.into_inner();
+        let size = page_size(req.page_size, 100, 1000)?;
+        let after = self.after("segments", &req.page_token)?;
+        let mut rows = self.segments.list(&after, u64::from(size) + 1).await?;
+        let next_page_token = self.page_tokens.cut("segments", &mut rows, size, |s| s.id.clone())?;
+        Ok(Response::new(pb::ListSegmentsResponse {
+            segments: rows.iter().map(segments::to_proto).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn update_segment(&self, req: Request<pb::UpdateSegmentRequest>) -> Result<Response<pb::Segment>, Status> {
+        let principal = auth::principal(&req)?;
+        self.check(&principal, "segment.manage", "segments").await?;
+        let req = req.into_inner();
+        let segment = req.segment.ok_or_else(|| Error::invalid("segment", "required"))?;
+        let paths = match req.update_mask {
+            Some(m) if !m.paths.is_empty() => m.paths,
+            // An empty mask means the fields that are set.
+            _ => [
+                ("display_name", !segment.display_name.is_empty()),
+                ("description", !segment.description.is_empty()),
+                ("strategy", !segment.strategy.is_empty()),
+                ("rule", segment.rule.is_some() || !segment.filter.is_empty()),
+            ]
+            .into_iter()
+            .filter(|(_, set)| *set)
+            .map(|(p, _)| p.to_owned())
+            .collect(),
+        };
+        let row = self.segments.update(&principal.user_id, &segment, &paths).await?;
+        Ok(Response::new(segments::to_proto(&row)))
+    }
+
+    async fn delete_segment(
+        &self,
+        req: Request<pb::DeleteSegmentRequest>,
+    ) -> Result<Response<pb::DeleteSegmentResponse>, Status> {
+        let principal = auth::principal(&req)?;
+        self.check(&principal, "segment.manage", "segments").await?;
+        let req = req.into_inner();
+        self.segments.delete(&principal.user_id, &req.name, &req.etag).await?;
+        Ok(Response::new(pb::DeleteSegmentResponse {}))
+    }
+
+    async fn list_segment_versions(
+        &self,
+        req: Request<pb::ListSegmentVersionsRequest>,
+    ) -> Result<Response<pb::ListSegmentVersionsResponse>, Status> {
+        let principal = auth::principal(&req)?;
+        self.check(&principal, "segment.read", "segments").await?;
+        let id = segment_id(&req.get_ref().segment, "segment")?;
+        let versions = self.segments.versions(id).await?;
+        Ok(Response::new(pb::ListSegmentVersionsResponse {
+            versions: versions
+                .into_iter()
+                .map(|v| pb::SegmentVersion {
+                    version: v.version,
+                    filter: v.filter,
+                    actor: v.actor,
+                    create_time: time(v.create_us),
+                })
+                .collect(),
+        }))
+    }
+
+    async fn list_segment_members(
+        &self,
+        req: Request<pb::ListSegmentMembersRequest>,
+    ) -> Result<Response<pb::ListSegmentMembersResponse>, Status> {
+        let principal = auth::principal(&req)?;
+        self.check(&principal, "segment.read", "segments").await?;
+        let req = req.into_inner();
+        let id = segment_id(&req.segment, "segment")?;
+        let size = page_size(req.page_size, 100, 1000)?;
+        let fingerprint = format!("members:{id}");
+        let after = self.after(&fingerprint, &req.page_token)?;
+        let (segment, mut rows) = self.segments.members(id, &after, u64::from(size) + 1).await?;
+        let next_page_token = self.page_tokens.cut(&fingerprint, &mut rows, size, |(p, _)| p.clone())?;
+        Ok(Response::new(pb::ListSegmentMembersResponse {
+            members: rows
+                .into_iter()
+                .map(|(p, at)| pb::SegmentMember {
+                    customer: format!("customers/{p}"),
+                    enter_time: time(at),
+                })
+                .collect(),
+            next_page_token,
+            version: segment.evaluated_version,
+        }))
+    }
+
+    async fn check_membership(
+        &self,
+        req: Request<pb::CheckMembershipRequest>,
+    ) -> Result<Response<pb::CheckMembershipResponse>, Status> {
+        let principal = auth::principal(&req)?;
+        self.check(&principal, "segment.read", "segments").await?;
+        let id = segment_id(&req.get_ref().segment, "segment")?;
+        let person = self.person(&req.get_ref().customer).await?;
+        let (segment, entered) = self.segments.check(id, &person).await?;
+        Ok(Response::new(pb::CheckMembershipResponse {
+            member: entered.is_some(),
+            enter_time: entered.and_then(time),
+            customer: format!("customers/{person}"),
+            version: segment.evaluated_version,
+        }))
+    }
+
+    async fn list_customer_segments(
+        &self,
+        req: Request<pb::ListCustomerSegmentsRequest>,
+    ) -> Result<Response<pb::ListCustomerSegmentsResponse>, Status> {
+        let principal = auth::principal(&req)?;
+        self.check(&principal, "segment.read", "segments").await?;
+        let person = self.person(&req.get_ref().customer).await?;
+        let found = self.segments.of_person(&person).await?;
+        Ok(Response::new(pb::ListCustomerSegmentsResponse {
+            customer: format!("customers/{person}"),
+            segments: found
+                .into_iter()
+                .map(|(s, at)| pb::CustomerSegment {
+                    segment: format!("segments/{s}"),
+                    enter_time: time(at),
                 })
                 .collect(),
         }))

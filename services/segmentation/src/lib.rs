@@ -4,6 +4,8 @@
 pub mod api;
 pub mod projection;
 pub mod rfm;
+pub mod rule;
+pub mod segments;
 pub mod store;
 pub mod tags;
 pub mod traits;
@@ -32,6 +34,10 @@ tag_expiry_interval_secs = 60
 traits = ["orders.count_90d", "orders.total_365d", "last_order_at", "favourite_category", "preferred_channel", "events.product_view.count_7d"]
 traits_refresh_interval_secs = 3600
 
+[segmentation.segments]
+refresh_interval_secs = 900
+poll_interval_ms = 1000
+
 [segmentation.rfm]
 window_days = 365
 currency = "CNY"
@@ -55,6 +61,8 @@ pub struct ServiceConfig {
     pub traits: Vec<String>,
     /// How often every person's traits are computed anew (time windows move).
     pub traits_refresh_interval_secs: u64,
+    /// Segment evaluation.
+    pub segments: segments::SegmentsConfig,
 }
 
 impl ServiceConfig {
@@ -108,6 +116,12 @@ impl ServiceConfig {
                 "at least 1",
             ));
         }
+        if self.segments.refresh_interval_secs == 0 {
+            return Err(ConfigError::invalid("segmentation.segments.refresh_interval_secs", "at least 1"));
+        }
+        if self.segments.poll_interval_ms == 0 {
+            return Err(ConfigError::invalid("segmentation.segments.poll_interval_ms", "at least 1"));
+        }
         if self.rfm.drift_check_secs == 0 {
             return Err(ConfigError::invalid("segmentation.rfm.drift_check_secs", "at least 1"));
         }
@@ -152,6 +166,9 @@ pub async fn build(platform: &Platform, cfg: &ServiceConfig) -> anyhow::Result<S
     let feed = Feed::new(db.clone(), SERVICE, platform.config.feed.clone(), platform.shutdown.clone());
     tokio::spawn(feed.clone().run_retention());
     let authz = platform.authz(SERVICE, &db, &feed, |_| Vec::new())?;
+    let evaluator = segments::Evaluator {
+        currency: cfg.rfm.currency.clone(),
+    };
     let channel = consumer::stream_channel(&cfg.customer_profile_url, &cfg.customer_profile_ca_path)?;
     tokio::spawn(consumer::follow(
         db.clone(),
@@ -162,11 +179,19 @@ pub async fn build(platform: &Platform, cfg: &ServiceConfig) -> anyhow::Result<S
             method: projection::METHOD,
             event_types: projection::EVENT_TYPES.iter().map(|t| (*t).to_owned()).collect(),
         },
-        std::sync::Arc::new(projection::Projection::new(cfg.rfm.clone(), cfg.traits())),
+        std::sync::Arc::new(projection::Projection::new(cfg.rfm.clone(), cfg.traits(), evaluator.clone())),
         platform.shutdown.clone(),
     ));
     let feed_for_rfm = feed.clone();
-    let tags = tags::Tags::new(db.clone(), feed);
+    let segments = segments::Segments::new(
+        db.clone(),
+        feed.clone(),
+        rule::Context::new(&cfg.traits()),
+        evaluator.clone(),
+        cfg.segments.clone(),
+    );
+    tokio::spawn(segments.clone().run(platform.shutdown.clone()));
+    let tags = tags::Tags::new(db.clone(), feed, evaluator);
     tokio::spawn(tags.clone().run_expiry(
         std::time::Duration::from_secs(cfg.tag_expiry_interval_secs),
         platform.shutdown.clone(),
@@ -178,7 +203,7 @@ pub async fn build(platform: &Platform, cfg: &ServiceConfig) -> anyhow::Result<S
         std::time::Duration::from_secs(cfg.traits_refresh_interval_secs),
         platform.shutdown.clone(),
     ));
-    let api = api::Api::new(db, authz, tags, platform.page_tokens.clone(), cfg.rfm.clone());
+    let api = api::Api::new(db, authz, tags, segments, platform.page_tokens.clone(), cfg.rfm.clone());
     let server = SegmentationServiceServer::new(api).max_decoding_message_size(platform.config.server.max_message_bytes);
     Ok(InterceptedService::new(server, platform.authenticator.clone()))
 }

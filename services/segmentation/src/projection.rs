@@ -9,7 +9,10 @@ use crm_proto::crm::{customer::v1 as pb, events::v1::Event};
 use prost::Message;
 use sea_orm::DatabaseTransaction;
 
-use crate::store::{self, ConsentRow, CustomerRow, InteractionRow, OrderRow};
+use crate::{
+    rule::deps,
+    store::{self, ConsentRow, CustomerRow, InteractionRow, OrderRow},
+};
 
 /// The source followed, the cursor's key.
 pub const SOURCE: &str = "customer-profile";
@@ -36,11 +39,19 @@ pub const EVENT_TYPES: &[&str] = &[
 pub struct Projection {
     rfm: crate::rfm::RfmConfig,
     traits: crate::traits::Traits,
+    segments: crate::segments::Evaluator,
 }
 
 impl Projection {
-    pub fn new(rfm: crate::rfm::RfmConfig, traits: crate::traits::Traits) -> Self {
-        Self { rfm, traits }
+    pub fn new(rfm: crate::rfm::RfmConfig, traits: crate::traits::Traits, segments: crate::segments::Evaluator) -> Self {
+        Self { rfm, traits, segments }
+    }
+
+    /// The customer's (or, when merged, its survivor's) segments anew.
+    async fn customer_changed(&self, txn: &DatabaseTransaction, c: Option<&pb::Customer>) -> Result<()> {
+        let Some(c) = c else { return Ok(()) };
+        let person = store::person_of(txn, &customer_id(&c.name)?).await?;
+        self.segments.on_change(txn, &[person], deps::CUSTOMER).await
     }
 
     /// RFM and computed traits of `people` anew (only the order traits with
@@ -161,9 +172,15 @@ impl Apply for Projection {
     async fn apply(&self, txn: &DatabaseTransaction, event: &Event) -> Result<()> {
         let kind = event.r#type.strip_prefix("crm.customer.v1.").unwrap_or_default();
         match kind {
-            "CustomerCreated" => upsert(txn, decode::<pb::CustomerCreated>(event)?.customer.as_ref()).await,
-            "CustomerUpdated" => upsert(txn, decode::<pb::CustomerUpdated>(event)?.customer.as_ref()).await,
-            "CustomerDeleted" => upsert(txn, decode::<pb::CustomerDeleted>(event)?.customer.as_ref()).await,
+            "CustomerCreated" | "CustomerUpdated" | "CustomerDeleted" => {
+                let customer = match kind {
+                    "CustomerCreated" => decode::<pb::CustomerCreated>(event)?.customer,
+                    "CustomerUpdated" => decode::<pb::CustomerUpdated>(event)?.customer,
+                    _ => decode::<pb::CustomerDeleted>(event)?.customer,
+                };
+                upsert(txn, customer.as_ref()).await?;
+                self.customer_changed(txn, customer.as_ref()).await
+            }
             "CustomersMerged" => {
                 let e = decode::<pb::CustomersMerged>(event)?;
                 let Some(survivor) = e.survivor else { return Ok(()) };
@@ -174,7 +191,8 @@ impl Apply for Projection {
                 store::reassign_people(txn, std::slice::from_ref(&row.id)).await?;
                 let mut people = merged;
                 people.push(row.id);
-                self.rescore(txn, &people, false).await
+                self.rescore(txn, &people, false).await?;
+                self.segments.on_change(txn, &people, deps::ALL).await
             }
             "CustomersUnmerged" => {
                 let e = decode::<pb::CustomersUnmerged>(event)?;
@@ -189,7 +207,8 @@ impl Apply for Projection {
                     roots.push(restored.id);
                 }
                 store::reassign_people(txn, &roots).await?;
-                self.rescore(txn, &roots, false).await
+                self.rescore(txn, &roots, false).await?;
+                self.segments.on_change(txn, &roots, deps::ALL).await
             }
             "CustomerErased" => {
                 let Some(erasure) = decode::<pb::CustomerErased>(event)?.erasure else {
@@ -203,34 +222,43 @@ impl Apply for Projection {
                 crate::tags::remove_erased(txn, &ids).await?;
                 store::erase(txn, &ids).await?;
                 crate::traits::remove(txn, &ids).await?;
-                crate::rfm::refresh(txn, &self.rfm, &ids, chrono::Utc::now()).await
+                crate::rfm::refresh(txn, &self.rfm, &ids, chrono::Utc::now()).await?;
+                self.segments.on_change(txn, &ids, deps::ALL).await
             }
             "OrderChanged" => {
                 let e = decode::<pb::OrderChanged>(event)?;
                 let Some(o) = e.order else { return Ok(()) };
                 let row = order_row(&e.customer, &o)?;
                 let person = store::upsert_order(txn, &row).await?;
-                self.rescore(txn, &[person], true).await
+                self.rescore(txn, std::slice::from_ref(&person), true).await?;
+                self.segments
+                    .on_change(txn, &[person], deps::ORDERS | deps::RFM | deps::TRAITS)
+                    .await
             }
             "InteractionRecorded" => {
                 let e = decode::<pb::InteractionRecorded>(event)?;
                 let Some(i) = e.interaction else { return Ok(()) };
                 let row = interaction_row(&e.customer, &i)?;
                 let person = store::insert_interaction(txn, &row).await?;
-                self.traits.refresh(txn, &[person], false, chrono::Utc::now()).await
+                self.traits
+                    .refresh(txn, std::slice::from_ref(&person), false, chrono::Utc::now())
+                    .await?;
+                self.segments.on_change(txn, &[person], deps::INTERACTIONS | deps::TRAITS).await
             }
             "ConsentChanged" => {
                 let e = decode::<pb::ConsentChanged>(event)?;
-                match e.consent {
-                    Some(c) => store::replace_consent(txn, &customer_id(&e.customer)?, &consent_rows(&c)).await,
-                    None => Ok(()),
-                }
+                let Some(c) = e.consent else { return Ok(()) };
+                let id = customer_id(&e.customer)?;
+                store::replace_consent(txn, &id, &consent_rows(&c)).await?;
+                let person = store::person_of(txn, &id).await?;
+                self.segments.on_change(txn, &[person], deps::CONSENT).await
             }
             "DataPurged" => {
                 let report = decode::<pb::DataPurged>(event)?.report.unwrap_or_default();
                 for class in report.classes.iter().filter(|c| c.data_class == "interactions") {
                     if let Some(cutoff) = &class.cutoff_time {
                         store::delete_interactions_before(txn, micros(Some(cutoff))).await?;
+                        crate::store::segments::mark_stale(txn, deps::INTERACTIONS).await?;
                     }
                 }
                 Ok(())

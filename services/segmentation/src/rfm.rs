@@ -198,6 +198,8 @@ pub async fn recompute(db: &DatabaseConnection, cfg: &RfmConfig, now: DateTime<U
         }
     }
     store::save_boundaries(&txn, &bounds).await?;
+    // Scores and groups moved for everyone: segments reading RFM are evaluated anew.
+    crate::store::segments::mark_stale(&txn, crate::rule::deps::RFM).await?;
     txn.commit().await?;
     Ok(bounds.population)
 }

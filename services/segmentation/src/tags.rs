@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 
 use chrono::Utc;
+use crate::rule::deps::TAGS;
 use crm_platform::{
     Error, FieldViolation, Result,
     db::begin_write,
@@ -81,7 +82,7 @@ pub fn tag_id<'a>(name: &'a str, field: &str) -> Result<&'a str> {
         .ok_or_else(|| Error::invalid(field, "must be a tag name `tags/{tag}`"))
 }
 
-fn check_text(v: &mut Vec<FieldViolation>, field: &str, value: &str, max: usize, required: bool) {
+pub(crate) fn check_text(v: &mut Vec<FieldViolation>, field: &str, value: &str, max: usize, required: bool) {
     let n = value.chars().count();
     if required && value.trim().is_empty() {
         v.push(FieldViolation::new(field, "required"));
@@ -151,11 +152,12 @@ pub async fn remove_erased<C: ConnectionTrait>(conn: &C, ids: &[String]) -> Resu
 pub struct Tags {
     db: DatabaseConnection,
     feed: Feed,
+    segments: crate::segments::Evaluator,
 }
 
 impl Tags {
-    pub fn new(db: DatabaseConnection, feed: Feed) -> Self {
-        Self { db, feed }
+    pub fn new(db: DatabaseConnection, feed: Feed, segments: crate::segments::Evaluator) -> Self {
+        Self { db, feed, segments }
     }
 
     pub fn feed(&self) -> &Feed {
@@ -408,6 +410,7 @@ impl Tags {
             },
         )
         .await?;
+        self.segments.on_change(&txn, &people, TAGS).await?;
         txn.commit().await?;
         self.feed.committed();
         Ok((fresh, again))
@@ -425,6 +428,7 @@ impl Tags {
             }
         }
         let n = removed.len();
+        self.segments.on_change(&txn, &removed, TAGS).await?;
         untagged(&txn, id, removed, pb::UntagReason::Manual, actor).await?;
         txn.commit().await?;
         self.feed.committed();
@@ -454,6 +458,8 @@ impl Tags {
                 by_tag.entry(a.tag_id.clone()).or_default().push(a.customer_id.clone());
             }
         }
+        let people: Vec<String> = due.iter().map(|a| a.customer_id.clone()).collect();
+        self.segments.on_change(&txn, &people, TAGS).await?;
         for (tag, customers) in by_tag {
             untagged(&txn, &tag, customers, pb::UntagReason::Expired, crate::SERVICE).await?;
         }

@@ -17,6 +17,7 @@ use crm_platform::{
 use sea_orm::{ConnectionTrait, Value};
 
 pub mod rfm;
+pub mod segments;
 pub mod tags;
 
 pub const MIGRATIONS: &[Migration] = &[
@@ -39,6 +40,11 @@ pub const MIGRATIONS: &[Migration] = &[
         version: 4,
         name: "computed traits per person",
         up: crate::traits::migration,
+    },
+    Migration {
+        version: 5,
+        name: "segments, their rule versions and membership; time indexes for activity conditions",
+        up: segments::migration,
     },
 ];
 
