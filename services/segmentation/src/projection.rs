@@ -229,10 +229,10 @@ impl Apply for Projection {
                 let e = decode::<pb::OrderChanged>(event)?;
                 let Some(o) = e.order else { return Ok(()) };
                 let row = order_row(&e.customer, &o)?;
-                let person = store::upsert_order(txn, &row).await?;
-                self.rescore(txn, std::slice::from_ref(&person), true).await?;
+                let people = store::upsert_order(txn, &row).await?;
+                self.rescore(txn, &people, true).await?;
                 self.segments
-                    .on_change(txn, &[person], deps::ORDERS | deps::RFM | deps::TRAITS)
+                    .on_change(txn, &people, deps::ORDERS | deps::RFM | deps::TRAITS)
                     .await
             }
             "InteractionRecorded" => {

@@ -218,9 +218,15 @@ pub struct OrderRow {
     pub categories: Vec<String>,
 }
 
-/// Stores an order; returns the person it counts for.
-pub async fn upsert_order<C: ConnectionTrait>(conn: &C, o: &OrderRow) -> Result<String> {
+/// Stores an order; returns the persons it changes: the one it counts for, and the
+/// one it counted for before when the order moved to another customer.
+pub async fn upsert_order<C: ConnectionTrait>(conn: &C, o: &OrderRow) -> Result<Vec<String>> {
     let person = person_of(conn, &o.customer_id).await?;
+    let before: Option<String> = query(conn, "SELECT person_id FROM orders WHERE id = ?", vec![o.id.as_str().into()])
+        .await?
+        .first()
+        .map(|r| r.try_get("", "person_id"))
+        .transpose()?;
     exec(
         conn,
         "INSERT INTO orders (id, customer_id, person_id, status, currency, total_micros, place_us, categories) \
@@ -239,7 +245,10 @@ pub async fn upsert_order<C: ConnectionTrait>(conn: &C, o: &OrderRow) -> Result<
         ],
     )
     .await?;
-    Ok(person)
+    Ok(match before {
+        Some(b) if b != person => vec![person, b],
+        _ => vec![person],
+    })
 }
 
 /// An interaction of the projection.

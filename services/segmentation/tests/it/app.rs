@@ -60,6 +60,7 @@ impl TestApp {
         segmentation.tag_expiry_interval_secs = 1;
         segmentation.rfm.recompute_interval_secs = 3600;
         segmentation.rfm.drift_check_secs = 1;
+        segmentation.segments.poll_interval_ms = 100;
 
         let (shutdown, signal) = shutdown_channel();
         let open = |service: &str| {

@@ -6,5 +6,7 @@
 mod app;
 mod projection;
 mod rfm;
+mod segments;
+mod segments_property;
 mod tags;
 mod traits;

@@ -1,0 +1,505 @@
+//! Segments through the API: rules in both forms with precise errors, membership that
+//! follows interactions, orders and tags as they arrive, with entered/exited events;
+//! versions, templates, paging, per-customer answers.
+
+use std::time::Duration;
+
+use crm_proto::crm::{
+    customer::v1::{self as cpb, customer_reference::Reference},
+    events::v1::StreamEventsRequest,
+    segmentation::v1::{self as pb, segment_condition::Subject, segment_rule::Kind},
+};
+use prost::Message;
+use tokio_stream::StreamExt;
+use tonic::Code;
+use tonic_types::StatusExt;
+
+use crate::app::TestApp;
+
+fn reference(name: &str) -> Option<cpb::CustomerReference> {
+    Some(cpb::CustomerReference {
+        reference: Some(Reference::Customer(name.into())),
+    })
+}
+
+async fn customer(app: &TestApp, name: &str) -> String {
+    app.customers
+        .clone()
+        .create_customer(TestApp::admin(cpb::CreateCustomerRequest {
+            customer: Some(cpb::Customer {
+                display_name: name.into(),
+                ..Default::default()
+            }),
+            request_id: String::new(),
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .name
+}
+
+async fn views(app: &TestApp, customer: &str, category: &str, n: usize, prefix: &str) {
+    let now = chrono::Utc::now().timestamp();
+    let interactions = (0..n)
+        .map(|i| cpb::InteractionInput {
+            customer: reference(customer),
+            interaction: Some(cpb::Interaction {
+                kind: cpb::InteractionKind::ProductView as i32,
+                channel: crm_proto::crm::common::v1::Channel::App as i32,
+                occur_time: Some(prost_types::Timestamp {
+                    seconds: now - 3600 * (i as i64 + 1),
+                    nanos: 0,
+                }),
+                source: "app".into(),
+                external_id: format!("{prefix}-{i}"),
+                properties: [("category".to_owned(), category.to_owned())].into(),
+                ..Default::default()
+            }),
+        })
+        .collect();
+    let _: Vec<_> = app
+        .customers
+        .clone()
+        .record_interactions(TestApp::admin(tokio_stream::iter(vec![cpb::RecordInteractionsRequest {
+            batch_id: prefix.into(),
+            interactions,
+        }])))
+        .await
+        .unwrap()
+        .into_inner()
+        .collect()
+        .await;
+}
+
+async fn order(app: &TestApp, customer: &str, id: &str) {
+    app.customers
+        .clone()
+        .upsert_order(TestApp::admin(cpb::UpsertOrderRequest {
+            customer: reference(customer),
+            order: Some(cpb::Order {
+                source: "shop".into(),
+                external_id: id.into(),
+                status: cpb::OrderStatus::Completed as i32,
+                currency: "CNY".into(),
+                total_micros: 300_000_000,
+                place_time: Some(prost_types::Timestamp {
+                    seconds: chrono::Utc::now().timestamp() - 60,
+                    nanos: 0,
+                }),
+                ..Default::default()
+            }),
+        }))
+        .await
+        .unwrap();
+}
+
+async fn create(app: &TestApp, id: &str, filter: &str) -> Result<pb::Segment, tonic::Status> {
+    app.segmentation
+        .clone()
+        .create_segment(TestApp::admin(pb::CreateSegmentRequest {
+            segment: Some(pb::Segment {
+                display_name: id.into(),
+                filter: filter.into(),
+                ..Default::default()
+            }),
+            segment_id: id.into(),
+        }))
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+async fn member(app: &TestApp, segment: &str, customer: &str) -> bool {
+    app.segmentation
+        .clone()
+        .check_membership(TestApp::admin(pb::CheckMembershipRequest {
+            segment: format!("segments/{segment}"),
+            customer: customer.into(),
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .member
+}
+
+/// Waits until `customer`'s membership of `segment` is `want`.
+async fn until_member(app: &TestApp, segment: &str, customer: &str, want: bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while member(app, segment, customer).await != want {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{customer} never {} {segment}",
+            if want { "entered" } else { "left" }
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn violations(status: &tonic::Status) -> Vec<(String, String)> {
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    status
+        .get_details_bad_request()
+        .expect("a BadRequest detail")
+        .field_violations
+        .into_iter()
+        .map(|v| (v.field, v.description))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn membership_follows_behaviour_orders_and_tags_with_events() {
+    let app = TestApp::spawn().await;
+    let browser = customer(&app, "Browser").await;
+    let casual = customer(&app, "Casual").await;
+    // The seeds' rule: viewed shoes at least 3 times in the last 7 days, no order since.
+    let seg = create(&app, "shoe-browsers", "interactions(product_view, 7d, \"shoes\") >= 3 AND orders(7d) = 0")
+        .await
+        .unwrap();
+    assert_eq!(seg.version, 1);
+    assert!(seg.time_dependent);
+    assert_eq!(seg.filter, "interactions(product_view, 7d, \"shoes\") >= 3 AND orders(7d) = 0");
+    assert!(matches!(seg.rule.as_ref().and_then(|r| r.kind.as_ref()), Some(Kind::AllOf(_))));
+
+    views(&app, &browser, "shoes", 3, "b").await;
+    views(&app, &casual, "shoes", 2, "c").await;
+    views(&app, &casual, "hats", 5, "c-hats").await;
+    until_member(&app, "shoe-browsers", &browser, true).await;
+    assert!(!member(&app, "shoe-browsers", &casual).await);
+
+    // An order takes the browser out at once.
+    order(&app, &browser, "o-1").await;
+    until_member(&app, "shoe-browsers", &browser, false).await;
+
+    // A tag rule follows TagCustomers / UntagCustomers.
+    app.segmentation
+        .clone()
+        .create_tag(TestApp::admin(pb::CreateTagRequest {
+            tag: Some(pb::Tag {
+                display_name: "VIP".into(),
+                ..Default::default()
+            }),
+            tag_id: "vip".into(),
+        }))
+        .await
+        .unwrap();
+    create(&app, "vips", "tags:vip AND NOT orders(30d) >= 1").await.unwrap();
+    app.segmentation
+        .clone()
+        .tag_customers(TestApp::admin(pb::TagCustomersRequest {
+            tag: "tags/vip".into(),
+            customers: vec![casual.clone(), browser.clone()],
+            expire_time: None,
+        }))
+        .await
+        .unwrap();
+    until_member(&app, "vips", &casual, true).await;
+    assert!(!member(&app, "vips", &browser).await, "the browser ordered in the last 30 days");
+    let listed = app
+        .segmentation
+        .clone()
+        .list_customer_segments(TestApp::admin(pb::ListCustomerSegmentsRequest {
+            customer: casual.clone(),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        listed.segments.iter().map(|s| s.segment.as_str()).collect::<Vec<_>>(),
+        vec!["segments/vips"]
+    );
+    app.segmentation
+        .clone()
+        .untag_customers(TestApp::admin(pb::UntagCustomersRequest {
+            tag: "tags/vip".into(),
+            customers: vec![casual.clone()],
+        }))
+        .await
+        .unwrap();
+    until_member(&app, "vips", &casual, false).await;
+    // The tag is in use by a segment's rule; the rule must name existing tags.
+    let err = create(&app, "ghosts", "tags:ghost").await.unwrap_err();
+    assert_eq!(violations(&err), vec![("segment.filter".into(), "tags/ghost does not exist".into())]);
+
+    // The feed told who entered and who left.
+    let events = crm_platform::testing::replay(
+        app.segmentation
+            .clone()
+            .stream_events(TestApp::admin(StreamEventsRequest {
+                after_cursor: String::new(),
+                event_types: vec!["crm.segmentation.v1.SegmentMembershipChanged".into()],
+            }))
+            .await
+            .unwrap()
+            .into_inner(),
+    )
+    .await
+    .unwrap();
+    let changes: Vec<(String, Vec<String>, Vec<String>)> = events
+        .iter()
+        .map(|e| {
+            let m = pb::SegmentMembershipChanged::decode(e.data.as_ref().unwrap().value.as_slice()).unwrap();
+            (m.segment, m.entered, m.exited)
+        })
+        .collect();
+    assert_eq!(
+        changes,
+        vec![
+            ("segments/shoe-browsers".into(), vec![browser.clone()], vec![]),
+            ("segments/shoe-browsers".into(), vec![], vec![browser.clone()]),
+            ("segments/vips".into(), vec![casual.clone()], vec![]),
+            ("segments/vips".into(), vec![], vec![casual.clone()]),
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rules_are_validated_versioned_previewed_and_listed() {
+    let app = TestApp::spawn().await;
+    // Customer i viewed shoes i + 1 times.
+    let mut created = Vec::new();
+    for i in 0..3 {
+        let c = customer(&app, &format!("C{i}")).await;
+        views(&app, &c, "shoes", i + 1, &format!("v{i}")).await;
+        created.push(c);
+    }
+    let mut names = created.clone();
+    names.sort();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while app.status().await.interactions < 6 {
+        assert!(std::time::Instant::now() < deadline, "the projection never caught up");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Text errors point at the column; tree errors at the field path.
+    let err = create(&app, "bad", "interactions(product_view, 7d) >= lots").await.unwrap_err();
+    assert_eq!(
+        violations(&err),
+        vec![("segment.filter".into(), "at column 1 (value): `lots` is not an integer".into())]
+    );
+    let err = create(&app, "Bad Id", "rfm.group = LOST").await.unwrap_err();
+    assert_eq!(violations(&err)[0].0, "segment_id");
+    let tree = |subject: Subject, op: i32, value: &str| pb::SegmentRule {
+        kind: Some(Kind::Condition(pb::SegmentCondition {
+            subject: Some(subject),
+            operator: op,
+            value: value.into(),
+        })),
+    };
+    let err = app
+        .segmentation
+        .clone()
+        .create_segment(TestApp::admin(pb::CreateSegmentRequest {
+            segment: Some(pb::Segment {
+                display_name: "x".into(),
+                rule: Some(pb::SegmentRule {
+                    kind: Some(Kind::Not(Box::new(tree(Subject::Rfm("group".into()), 5, "LOYAL")))),
+                }),
+                ..Default::default()
+            }),
+            segment_id: "tree".into(),
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        violations(&err),
+        vec![(
+            "segment.rule.not.condition.operator".into(),
+            "this subject compares with = or != only".into()
+        )]
+    );
+    let err = app
+        .segmentation
+        .clone()
+        .preview_segment(TestApp::admin(pb::PreviewSegmentRequest {
+            rule: Some(tree(Subject::Field("region".into()), 1, "CN")),
+            filter: "region = CN".into(),
+            sample_size: 0,
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(violations(&err)[0].0, "filter");
+
+    // A preview counts and samples without saving.
+    let preview = app
+        .segmentation
+        .clone()
+        .preview_segment(TestApp::admin(pb::PreviewSegmentRequest {
+            rule: None,
+            filter: "interactions(product_view, 7d, shoes) >= 2".into(),
+            sample_size: 1,
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(preview.count, 2);
+    assert_eq!(preview.sample.len(), 1);
+    assert_eq!(preview.filter, "interactions(product_view, 7d, \"shoes\") >= 2");
+
+    // Created, computed in the background, listed in pages.
+    let seg = create(&app, "viewers", "interactions(product_view, 7d) >= 1").await.unwrap();
+    assert_eq!(seg.state, pb::SegmentState::Computing as i32);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let seg = loop {
+        let s = app
+            .segmentation
+            .clone()
+            .get_segment(TestApp::admin(pb::GetSegmentRequest {
+                name: "segments/viewers".into(),
+            }))
+            .await
+            .unwrap()
+            .into_inner();
+        if s.state == pb::SegmentState::Active as i32 {
+            break s;
+        }
+        assert!(std::time::Instant::now() < deadline, "never computed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(seg.member_count, 3);
+    let mut seen = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = app
+            .segmentation
+            .clone()
+            .list_segment_members(TestApp::admin(pb::ListSegmentMembersRequest {
+                segment: "segments/viewers".into(),
+                page_size: 2,
+                page_token: token.clone(),
+            }))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(page.version, 1);
+        seen.extend(page.members.into_iter().map(|m| m.customer));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    assert_eq!(seen, names);
+
+    // A new rule is a new version; its membership is computed anew.
+    let updated = app
+        .segmentation
+        .clone()
+        .update_segment(TestApp::admin(pb::UpdateSegmentRequest {
+            segment: Some(pb::Segment {
+                name: "segments/viewers".into(),
+                filter: "interactions(product_view, 7d) >= 3".into(),
+                etag: seg.etag.clone(),
+                ..Default::default()
+            }),
+            update_mask: None,
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(updated.version, 2);
+    let stale = app
+        .segmentation
+        .clone()
+        .update_segment(TestApp::admin(pb::UpdateSegmentRequest {
+            segment: Some(pb::Segment {
+                name: "segments/viewers".into(),
+                strategy: "x".into(),
+                etag: seg.etag.clone(),
+                ..Default::default()
+            }),
+            update_mask: None,
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(stale.code(), Code::Aborted, "{stale:?}");
+    until_member(&app, "viewers", &created[0], false).await;
+    until_member(&app, "viewers", &created[1], false).await;
+    assert!(member(&app, "viewers", &created[2]).await);
+    let versions = app
+        .segmentation
+        .clone()
+        .list_segment_versions(TestApp::admin(pb::ListSegmentVersionsRequest {
+            segment: "segments/viewers".into(),
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .versions;
+    assert_eq!(
+        versions.iter().map(|v| (v.version, v.filter.as_str())).collect::<Vec<_>>(),
+        vec![
+            (2, "interactions(product_view, 7d) >= 3"),
+            (1, "interactions(product_view, 7d) >= 1")
+        ]
+    );
+
+    // Templates create the seeds' segments.
+    let templates = app
+        .segmentation
+        .clone()
+        .list_segment_templates(TestApp::admin(pb::ListSegmentTemplatesRequest {}))
+        .await
+        .unwrap()
+        .into_inner()
+        .templates;
+    assert_eq!(templates.len(), 3);
+    for t in &templates {
+        let s = app
+            .segmentation
+            .clone()
+            .create_segment(TestApp::admin(pb::CreateSegmentRequest {
+                segment: Some(pb::Segment {
+                    template: t.name.clone(),
+                    ..Default::default()
+                }),
+                segment_id: t.name.trim_start_matches("segmentTemplates/").into(),
+            }))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!((s.filter.as_str(), s.strategy.as_str()), (t.filter.as_str(), t.strategy.as_str()));
+    }
+    let listed = app
+        .segmentation
+        .clone()
+        .list_segments(TestApp::admin(pb::ListSegmentsRequest {
+            page_size: 0,
+            page_token: String::new(),
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .segments;
+    assert_eq!(listed.len(), 4);
+
+    // Deleted with its membership; reading needs segment.read.
+    app.segmentation
+        .clone()
+        .delete_segment(TestApp::admin(pb::DeleteSegmentRequest {
+            name: "segments/viewers".into(),
+            etag: String::new(),
+        }))
+        .await
+        .unwrap();
+    let gone = app
+        .segmentation
+        .clone()
+        .check_membership(TestApp::admin(pb::CheckMembershipRequest {
+            segment: "segments/viewers".into(),
+            customer: names[0].clone(),
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(gone.code(), Code::NotFound);
+    let denied = app
+        .segmentation
+        .clone()
+        .list_segments(TestApp::as_user(
+            pb::ListSegmentsRequest {
+                page_size: 0,
+                page_token: String::new(),
+            },
+            &TestApp::token("nobody"),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), Code::PermissionDenied);
+}
