@@ -1,5 +1,6 @@
 //! marketing-segmentation inside `crm serve`: customers and orders written to
-//! customer-profile reach its projection through the feed, and RFM groups appear.
+//! customer-profile reach its projection through the feed, RFM groups appear, and
+//! segments (one from a built-in template) publish who entered them.
 
 use std::time::Duration;
 
@@ -12,7 +13,7 @@ use crm_proto::crm::{
 use crate::services::{as_user, connect};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn orders_written_to_customer_profile_become_rfm_groups() {
+async fn orders_written_to_customer_profile_become_rfm_groups_and_segment_members() {
     let root = tempfile::tempdir().unwrap();
     let (server, addr) = serve_crm_with(root.path(), &[("CRM__SEGMENTATION__RFM__DRIFT_CHECK_SECS", "1")]);
     let line = server.wait_for_line("development admin token", Duration::from_secs(5));
@@ -27,6 +28,38 @@ async fn orders_written_to_customer_profile_become_rfm_groups() {
             .as_secs(),
     )
     .unwrap();
+    // Two segments before any data: the seeds' high-value template, and every buyer.
+    for (id, template, filter) in [
+        ("high-value", "segmentTemplates/high-value-repeat-buyers", ""),
+        ("buyers", "", "orders(365d) >= 1"),
+    ] {
+        segmentation
+            .create_segment(as_user(
+                spb::CreateSegmentRequest {
+                    segment: Some(spb::Segment {
+                        display_name: id.into(),
+                        template: template.into(),
+                        filter: filter.into(),
+                        ..Default::default()
+                    }),
+                    segment_id: id.into(),
+                },
+                &dev,
+            ))
+            .await
+            .unwrap();
+    }
+    let mut membership = segmentation
+        .stream_events(as_user(
+            crm_proto::crm::events::v1::StreamEventsRequest {
+                after_cursor: String::new(),
+                event_types: vec!["crm.segmentation.v1.SegmentMembershipChanged".into()],
+            },
+            &dev,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
     // Five buyers: the first bought often and lately, the last once, long ago.
     let mut names = Vec::new();
     for (i, orders) in [5i64, 4, 3, 2, 1].iter().enumerate() {
@@ -106,4 +139,38 @@ async fn orders_written_to_customer_profile_become_rfm_groups() {
         .unwrap()
         .into_inner();
     assert_eq!((status.customers, status.orders), (5, 15));
+
+    // Membership events: every buyer entered `buyers` as its first order arrived; the
+    // champion entered `high-value` once the RFM computation ran.
+    let mut entered: std::collections::BTreeMap<String, std::collections::BTreeSet<String>> = Default::default();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !(entered.get("segments/buyers").is_some_and(|m| m.len() == 5)
+        && entered.get("segments/high-value").is_some_and(|m| m.contains(&names[0])))
+    {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        assert!(!left.is_zero(), "membership events never came: {entered:?}");
+        let Ok(msg) = tokio::time::timeout(left, membership.message()).await else {
+            continue;
+        };
+        if let Some(crm_proto::crm::events::v1::stream_events_response::Kind::Event(e)) = msg.unwrap().unwrap().kind {
+            let m = <spb::SegmentMembershipChanged as prost::Message>::decode(e.data.unwrap().value.as_slice()).unwrap();
+            entered.entry(m.segment).or_default().extend(m.entered);
+        }
+    }
+    assert!(
+        !entered["segments/high-value"].contains(&names[4]),
+        "the lost customer is not high-value"
+    );
+    let member = segmentation
+        .check_membership(as_user(
+            spb::CheckMembershipRequest {
+                segment: "segments/high-value".into(),
+                customer: names[0].clone(),
+            },
+            &dev,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(member.member);
 }
