@@ -7,6 +7,7 @@ mod backup;
 mod bench;
 mod bench_interactions;
 mod bench_permissions;
+mod bench_segments;
 mod bench_sla;
 mod embedded;
 mod eval;
@@ -220,6 +221,34 @@ enum BenchKind {
         /// Concurrent ticket creators during set-up (PostgreSQL only).
         #[arg(long, default_value_t = 8)]
         writers: usize,
+    },
+    /// marketing-segmentation at scale: fills its projection (temporary SQLite, or a
+    /// scratch schema of --database-url) with generated customers, orders and
+    /// interactions, then times the full RFM computation, PreviewSegment of a
+    /// five-condition rule, the segment's full evaluation, and order events applied
+    /// through to their membership event; prints JSON.
+    Segments {
+        /// Customers.
+        #[arg(long, default_value_t = 1_000_000)]
+        customers: usize,
+        /// Orders, spread over the customers and the last two years.
+        #[arg(long, default_value_t = 10_000_000)]
+        orders: usize,
+        /// Interactions, spread over the customers and the last 180 days.
+        #[arg(long, default_value_t = 20_000_000)]
+        interactions: usize,
+        /// PreviewSegment runs.
+        #[arg(long, default_value_t = 20)]
+        previews: usize,
+        /// Order events applied for the incremental lag.
+        #[arg(long, default_value_t = 500)]
+        events: usize,
+        /// PostgreSQL URL; a scratch schema is created and dropped. SQLite when absent.
+        #[arg(long)]
+        database_url: Option<String>,
+        /// Keep the scratch schema (to inspect query plans).
+        #[arg(long)]
+        keep: bool,
     },
     /// Interaction ingest through RecordInteractions streams into an in-process
     /// customer-profile (temporary SQLite, or a scratch schema of --database-url);
@@ -448,6 +477,30 @@ async fn main() -> anyhow::Result<()> {
             let report = bench_permissions::run(service.channel.clone(), &token, service.backend, shape).await;
             service.stop().await?;
             println!("{}", report?);
+            Ok(())
+        }
+        Command::Bench {
+            kind:
+                Some(BenchKind::Segments {
+                    customers,
+                    orders,
+                    interactions,
+                    previews,
+                    events,
+                    database_url,
+                    keep,
+                }),
+            ..
+        } => {
+            let shape = bench_segments::Shape {
+                customers,
+                orders,
+                interactions,
+                previews,
+                events,
+                keep,
+            };
+            println!("{}", bench_segments::run(&cfg, database_url.as_deref(), shape).await?);
             Ok(())
         }
         Command::Bench {

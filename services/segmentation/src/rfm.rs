@@ -185,18 +185,22 @@ pub async fn recompute(db: &DatabaseConnection, cfg: &RfmConfig, now: DateTime<U
         store::upsert(&txn, chunk, now_us).await?;
     }
     let active: std::collections::HashSet<&str> = raws.iter().map(|r| r.person.as_str()).collect();
+    let mut events = Vec::new();
+    let mut gone = Vec::new();
     for (person, previous) in &before {
         if !active.contains(person.as_str()) {
-            store::remove(&txn, person).await?;
-            feed::append(&txn, changed(person, *previous, pb::RfmGroup::Unspecified)).await?;
+            gone.push(person.clone());
+            events.push(changed(person, *previous, pb::RfmGroup::Unspecified));
         }
     }
+    store::remove_all(&txn, &gone).await?;
     for s in &scored {
         let previous = before.get(&s.raw.person).copied().unwrap_or(pb::RfmGroup::Unspecified);
         if previous != s.group {
-            feed::append(&txn, changed(&s.raw.person, previous, s.group)).await?;
+            events.push(changed(&s.raw.person, previous, s.group));
         }
     }
+    feed::append_many(&txn, events).await?;
     store::save_boundaries(&txn, &bounds).await?;
     // Scores and groups moved for everyone: segments reading RFM are evaluated anew.
     crate::store::segments::mark_stale(&txn, crate::rule::deps::RFM).await?;

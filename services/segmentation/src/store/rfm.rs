@@ -125,6 +125,19 @@ pub async fn upsert<C: ConnectionTrait>(conn: &C, scored: &[Scored], compute_us:
     Ok(())
 }
 
+/// Drops the RFM of `people`.
+pub async fn remove_all<C: ConnectionTrait>(conn: &C, people: &[String]) -> Result<()> {
+    for chunk in people.chunks(500) {
+        exec(
+            conn,
+            &format!("DELETE FROM rfm WHERE person_id IN ({})", crm_platform::db::marks(chunk.len())),
+            chunk.iter().map(|p| Value::from(p.as_str())).collect(),
+        )
+        .await?;
+    }
+    Ok(())
+}
+
 pub async fn remove<C: ConnectionTrait>(conn: &C, person: &str) -> Result<()> {
     exec(conn, "DELETE FROM rfm WHERE person_id = ?", vec![person.into()]).await?;
     Ok(())
