@@ -249,8 +249,8 @@ async fn run_rfm(
     }
 }
 
-/// Every person's traits computed anew every `every` (the windows move), in
-/// batches of their own transactions.
+/// Every person's traits computed anew every `every` (the windows move), set-based,
+/// in one transaction.
 async fn run_traits(
     db: sea_orm::DatabaseConnection,
     traits: traits::Traits,
@@ -262,25 +262,16 @@ async fn run_traits(
             _ = shutdown.wait() => return,
             _ = tokio::time::sleep(every) => {}
         }
-        let mut after = String::new();
-        loop {
-            let step = async {
-                let people = traits::people_after(&db, &after, 200).await?;
-                let txn = crm_platform::db::begin_write(&db).await?;
-                traits.refresh(&txn, &people, false, chrono::Utc::now()).await?;
-                txn.commit().await?;
-                Ok::<_, crm_platform::Error>(people)
-            };
-            match step.await {
-                Ok(people) => match people.last() {
-                    Some(last) => after = last.clone(),
-                    None => break,
-                },
-                Err(err) => {
-                    tracing::warn!(%err, "computed traits refresh failed; retrying at the next interval");
-                    break;
-                }
-            }
+        let run = async {
+            let txn = crm_platform::db::begin_write(&db).await?;
+            traits.refresh_all(&txn, chrono::Utc::now()).await?;
+            // Segments reading traits follow the new values.
+            store::segments::mark_stale(&txn, rule::deps::TRAITS).await?;
+            txn.commit().await?;
+            Ok::<_, crm_platform::Error>(())
+        };
+        if let Err(err) = run.await {
+            tracing::warn!(%err, "computed traits refresh failed; retrying at the next interval");
         }
     }
 }

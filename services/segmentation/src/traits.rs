@@ -121,7 +121,19 @@ impl Traits {
         now: DateTime<Utc>,
     ) -> Result<()> {
         let now_us = now.timestamp_micros();
+        // One that is no longer a person (merged into another) keeps no traits.
+        let refs: Vec<&str> = people.iter().map(String::as_str).collect();
+        let persons: std::collections::BTreeSet<String> =
+            crm_platform::db::in_list(conn, "SELECT id FROM customers WHERE id <> ? AND merged_into IS NULL AND id", "", &refs)
+                .await?
+                .iter()
+                .map(|r| r.try_get("", "id"))
+                .collect::<std::result::Result<_, _>>()?;
         for person in people {
+            if !persons.contains(person) {
+                exec(conn, "DELETE FROM traits WHERE person_id = ?", vec![person.as_str().into()]).await?;
+                continue;
+            }
             for (name, t) in &self.traits {
                 if orders_only && !t.reads_orders() {
                     continue;
@@ -152,6 +164,131 @@ impl Traits {
 }
 
 const COUNTED: &str = "status NOT IN (5, 6)";
+
+/// Persons (customers not merged into another), as the per-person refresh reaches
+/// them.
+const PERSONS: &str = "customers c WHERE c.merged_into IS NULL";
+
+impl Traits {
+    /// Every person's traits anew at `now`, one set-based query per trait (what the
+    /// schedule runs: the per-person path is for the few persons a change touches).
+    /// Gives the same values as [`Traits::refresh`] for everyone; a trait row nobody
+    /// rewrote (no value any more) goes.
+    pub async fn refresh_all<C: ConnectionTrait>(&self, conn: &C, now: DateTime<Utc>) -> Result<()> {
+        let now_us = now.timestamp_micros();
+        for (name, t) in &self.traits {
+            let values = values_all(conn, t, &self.currency, now_us).await?;
+            for chunk in values.chunks(250) {
+                let rows = vec!["(?, ?, ?, ?)"; chunk.len()].join(", ");
+                let mut params: Vec<Value> = Vec::with_capacity(chunk.len() * 4);
+                for (person, value) in chunk {
+                    params.extend([person.as_str().into(), name.as_str().into(), value.as_str().into(), now_us.into()]);
+                }
+                exec(
+                    conn,
+                    &format!(
+                        "INSERT INTO traits (person_id, name, value, update_us) VALUES {rows} \
+                         ON CONFLICT (person_id, name) DO UPDATE SET value = excluded.value, update_us = excluded.update_us"
+                    ),
+                    params,
+                )
+                .await?;
+            }
+            exec(
+                conn,
+                "DELETE FROM traits WHERE name = ? AND update_us < ?",
+                vec![name.as_str().into(), now_us.into()],
+            )
+            .await?;
+        }
+        Ok(())
+    }
+}
+
+/// (person, value) of every person with a value of `t`.
+async fn values_all<C: ConnectionTrait>(conn: &C, t: &Trait, currency: &str, now_us: i64) -> Result<Vec<(String, String)>> {
+    let since = |d: u32| now_us - i64::from(d) * 86_400_000_000;
+    let pg = conn.get_database_backend() == sea_orm::DbBackend::Postgres;
+    let (sql, values): (String, Vec<Value>) = match t {
+        Trait::OrdersCount { days } => (
+            format!(
+                "SELECT c.id AS person_id, COALESCE(o.v, 0) AS v FROM customers c LEFT JOIN (SELECT person_id, COUNT(*) AS v \
+                 FROM orders WHERE place_us >= ? AND {COUNTED} GROUP BY person_id) o ON o.person_id = c.id WHERE c.merged_into IS NULL"
+            ),
+            vec![since(*days).into()],
+        ),
+        Trait::OrdersTotal { days } => (
+            format!(
+                "SELECT c.id AS person_id, COALESCE(o.v, 0) AS v FROM customers c LEFT JOIN (SELECT person_id, \
+                 CAST(SUM(total_micros) AS BIGINT) AS v FROM orders WHERE place_us >= ? AND currency = ? AND {COUNTED} \
+                 GROUP BY person_id) o ON o.person_id = c.id WHERE c.merged_into IS NULL"
+            ),
+            vec![since(*days).into(), currency.into()],
+        ),
+        Trait::EventsCount { kind, days } => (
+            "SELECT c.id AS person_id, COALESCE(i.v, 0) AS v FROM customers c LEFT JOIN (SELECT person_id, COUNT(*) AS v \
+             FROM interactions WHERE kind = ? AND occur_us >= ? GROUP BY person_id) i ON i.person_id = c.id \
+             WHERE c.merged_into IS NULL"
+                .to_owned(),
+            vec![(*kind).into(), since(*days).into()],
+        ),
+        Trait::LastOrderAt => (
+            format!(
+                "SELECT o.person_id AS person_id, MAX(o.place_us) AS v FROM orders o WHERE o.{COUNTED} \
+                 AND o.person_id IN (SELECT c.id FROM {PERSONS}) GROUP BY o.person_id"
+            ),
+            vec![],
+        ),
+        Trait::FavouriteCategory => {
+            let (each, value, collate) = if pg {
+                ("jsonb_array_elements_text(o.categories::jsonb) AS e(value)", "e.value", " COLLATE \"C\"")
+            } else {
+                ("json_each(o.categories) AS e", "e.value", "")
+            };
+            (
+                format!(
+                    "SELECT person_id, v FROM (SELECT o.person_id AS person_id, {value} AS v, ROW_NUMBER() OVER \
+                     (PARTITION BY o.person_id ORDER BY COUNT(*) DESC, {value}{collate}) AS r FROM orders o CROSS JOIN {each} \
+                     WHERE o.{COUNTED} AND o.person_id IN (SELECT c.id FROM {PERSONS}) GROUP BY o.person_id, {value}) x WHERE r = 1"
+                ),
+                vec![],
+            )
+        }
+        Trait::PreferredChannel => (
+            format!(
+                "SELECT person_id, channel AS v FROM (SELECT i.person_id AS person_id, i.channel AS channel, ROW_NUMBER() OVER \
+                 (PARTITION BY i.person_id ORDER BY COUNT(*) DESC, i.channel) AS r FROM interactions i \
+                 WHERE i.person_id IN (SELECT c.id FROM {PERSONS}) GROUP BY i.person_id, i.channel) x WHERE r = 1"
+            ),
+            vec![],
+        ),
+    };
+    let rows = query(conn, &sql, values).await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for r in &rows {
+        let person: String = r.try_get("", "person_id")?;
+        let value = match t {
+            Trait::FavouriteCategory => Some(r.try_get::<String>("", "v")?),
+            Trait::PreferredChannel => channel_name(r.try_get::<i32>("", "v")?),
+            Trait::LastOrderAt => time_text(r.try_get::<i64>("", "v")?),
+            _ => Some(r.try_get::<i64>("", "v")?.to_string()),
+        };
+        if let Some(v) = value {
+            out.push((person, v));
+        }
+    }
+    Ok(out)
+}
+
+fn channel_name(channel: i32) -> Option<String> {
+    Channel::try_from(channel)
+        .ok()
+        .map(|c| c.as_str_name().trim_start_matches("CHANNEL_").to_lowercase())
+}
+
+fn time_text(us: i64) -> Option<String> {
+    DateTime::from_timestamp_micros(us).map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+}
 
 async fn scalar<C: ConnectionTrait>(conn: &C, sql: &str, values: Vec<Value>) -> Result<Option<i64>> {
     let rows = query(conn, sql, values).await?;
@@ -188,8 +325,7 @@ async fn compute<C: ConnectionTrait>(conn: &C, person: &str, t: &Trait, currency
             vec![person.into()],
         )
         .await?
-        .and_then(DateTime::from_timestamp_micros)
-        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+        .and_then(time_text),
         Trait::FavouriteCategory => {
             let rows = query(
                 conn,
@@ -222,12 +358,7 @@ async fn compute<C: ConnectionTrait>(conn: &C, person: &str, t: &Trait, currency
             )
             .await?;
             match rows.first() {
-                Some(r) => {
-                    let channel: i32 = r.try_get("", "channel")?;
-                    Channel::try_from(channel)
-                        .ok()
-                        .map(|c| c.as_str_name().trim_start_matches("CHANNEL_").to_lowercase())
-                }
+                Some(r) => channel_name(r.try_get("", "channel")?),
                 None => None,
             }
         }

@@ -51,6 +51,31 @@ impl Rng {
 }
 
 const TRAITS: [&str; 3] = ["orders.count_90d", "events.product_view.count_7d", "favourite_category"];
+/// Every kind of trait, for the set-based refresh's comparison.
+const ALL_TRAITS: [&str; 6] = [
+    "orders.count_90d",
+    "orders.total_365d",
+    "last_order_at",
+    "favourite_category",
+    "preferred_channel",
+    "events.product_view.count_7d",
+];
+
+/// Every stored trait value.
+async fn trait_rows(db: &sea_orm::DatabaseConnection) -> Vec<(String, String, String)> {
+    crm_platform::db::query(db, "SELECT person_id, name, value FROM traits ORDER BY person_id, name", vec![])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r.try_get("", "person_id").unwrap(),
+                r.try_get("", "name").unwrap(),
+                r.try_get("", "value").unwrap(),
+            )
+        })
+        .collect()
+}
 const CATEGORIES: [&str; 3] = ["shoes", "hats", "bags"];
 
 /// Conditions of every kind; thresholds chosen so each splits the population.
@@ -383,5 +408,18 @@ async fn incremental_membership_equals_full_evaluation() {
             }
         }
         assert!(nonempty >= 3, "seed {seed}: too few rules split the population to test anything");
+
+        // The scheduled, set-based trait refresh gives what the per-person one gives.
+        let all = Traits::new(&ALL_TRAITS.map(str::to_owned), "CNY").unwrap();
+        let people = crm_segmentation::traits::people_after(&db, "", 1_000_000).await.unwrap();
+        let txn = begin_write(&db).await.unwrap();
+        all.refresh(&txn, &people, false, chrono::Utc::now()).await.unwrap();
+        txn.commit().await.unwrap();
+        let per_person = trait_rows(&db).await;
+        let txn = begin_write(&db).await.unwrap();
+        all.refresh_all(&txn, chrono::Utc::now()).await.unwrap();
+        txn.commit().await.unwrap();
+        assert_eq!(trait_rows(&db).await, per_person, "seed {seed}: set-based traits differ from per-person ones");
+        assert!(per_person.len() > people.len(), "seed {seed}: traits were computed");
     }
 }
