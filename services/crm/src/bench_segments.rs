@@ -220,10 +220,11 @@ pub async fn run(cfg: &crate::Config, database_url: Option<&str>, shape: Shape) 
     let evaluator = Evaluator {
         currency: rfm.currency.clone(),
     };
+    let registry = crm_segmentation::traits::Registry::new(seg_cfg.traits());
     let segments = Segments::new(
         db.clone(),
         feed.clone(),
-        Context::new(&seg_cfg.traits()),
+        registry.clone(),
         evaluator.clone(),
         SegmentsConfig {
             refresh_interval_secs: 86_400,
@@ -259,7 +260,7 @@ pub async fn run(cfg: &crate::Config, database_url: Option<&str>, shape: Shape) 
     let ctx = Context::new(&seg_cfg.traits());
     let near = crm_segmentation::segments::resolve(None, ONE_ORDER_AWAY, &ctx, "")?;
     let near: Vec<String> = evaluator.matching(&db, &near, Scope::All).await?.into_iter().collect();
-    let projection = Projection::new(rfm.clone(), seg_cfg.traits(), evaluator);
+    let projection = Projection::new(rfm.clone(), registry, evaluator);
     let mut rng = Rng::new(0x5E6);
     let (mut lag_ms, mut entering_ms) = (Vec::new(), Vec::new());
     let mut changed = 0;

@@ -29,6 +29,7 @@ pub struct Api {
     authz: Authz,
     tags: Tags,
     segments: Segments,
+    traits: crate::traits::Registry,
     page_tokens: PageTokens,
     rfm: crate::rfm::RfmConfig,
 }
@@ -39,6 +40,7 @@ impl Api {
         authz: Authz,
         tags: Tags,
         segments: Segments,
+        traits: crate::traits::Registry,
         page_tokens: PageTokens,
         rfm: crate::rfm::RfmConfig,
     ) -> Self {
@@ -47,6 +49,7 @@ impl Api {
             authz,
             tags,
             segments,
+            traits,
             page_tokens,
             rfm,
         }
@@ -78,6 +81,16 @@ impl Api {
                 resource_type: "crm.customer.v1.Customer",
                 name: name.to_owned(),
             })
+    }
+}
+
+fn definition_to_proto(d: &crate::traits::Definition) -> pb::ComputedTraitDefinition {
+    pb::ComputedTraitDefinition {
+        name: format!("computedTraits/{}", d.name),
+        source: pb::TraitSource::Api as i32,
+        actor: d.actor.clone(),
+        create_time: time(d.create_us),
+        backfill_time: time(d.backfill_us),
     }
 }
 
@@ -282,6 +295,58 @@ impl SegmentationService for Api {
                 })
                 .collect(),
         }))
+    }
+
+    async fn list_computed_traits(
+        &self,
+        req: Request<pb::ListComputedTraitsRequest>,
+    ) -> Result<Response<pb::ListComputedTraitsResponse>, Status> {
+        let principal = auth::principal(&req)?;
+        self.check(&principal, "segment.read", "computedTraits").await?;
+        let declared = crate::traits::declared(&self.db).await?;
+        let mut traits: Vec<pb::ComputedTraitDefinition> = self
+            .traits
+            .current()
+            .traits
+            .iter()
+            .filter(|(n, _)| self.traits.is_configured(n))
+            .map(|(n, _)| pb::ComputedTraitDefinition {
+                name: format!("computedTraits/{n}"),
+                source: pb::TraitSource::Config as i32,
+                ..Default::default()
+            })
+            .collect();
+        traits.extend(declared.into_iter().map(|d| definition_to_proto(&d)));
+        Ok(Response::new(pb::ListComputedTraitsResponse { traits }))
+    }
+
+    async fn create_computed_trait(
+        &self,
+        req: Request<pb::CreateComputedTraitRequest>,
+    ) -> Result<Response<pb::ComputedTraitDefinition>, Status> {
+        let principal = auth::principal(&req)?;
+        self.check(&principal, "segment.manage", "computedTraits").await?;
+        let d = self
+            .traits
+            .declare(&self.db, &principal.user_id, req.get_ref().computed_trait_id.trim())
+            .await?;
+        Ok(Response::new(definition_to_proto(&d)))
+    }
+
+    async fn delete_computed_trait(
+        &self,
+        req: Request<pb::DeleteComputedTraitRequest>,
+    ) -> Result<Response<pb::DeleteComputedTraitResponse>, Status> {
+        let principal = auth::principal(&req)?;
+        self.check(&principal, "segment.manage", "computedTraits").await?;
+        let name = req
+            .get_ref()
+            .name
+            .strip_prefix("computedTraits/")
+            .filter(|n| !n.is_empty())
+            .ok_or_else(|| Error::invalid("name", "must be `computedTraits/{trait}`"))?;
+        self.traits.remove(&self.db, name).await?;
+        Ok(Response::new(pb::DeleteComputedTraitResponse {}))
     }
 
     async fn list_segment_templates(

@@ -166,6 +166,8 @@ pub async fn build(platform: &Platform, cfg: &ServiceConfig) -> anyhow::Result<S
     let feed = Feed::new(db.clone(), SERVICE, platform.config.feed.clone(), platform.shutdown.clone());
     tokio::spawn(feed.clone().run_retention());
     let authz = platform.authz(SERVICE, &db, &feed, |_| Vec::new())?;
+    let traits = traits::Registry::new(cfg.traits());
+    traits.reload(&db).await?;
     let evaluator = segments::Evaluator {
         currency: cfg.rfm.currency.clone(),
     };
@@ -179,14 +181,14 @@ pub async fn build(platform: &Platform, cfg: &ServiceConfig) -> anyhow::Result<S
             method: projection::METHOD,
             event_types: projection::EVENT_TYPES.iter().map(|t| (*t).to_owned()).collect(),
         },
-        std::sync::Arc::new(projection::Projection::new(cfg.rfm.clone(), cfg.traits(), evaluator.clone())),
+        std::sync::Arc::new(projection::Projection::new(cfg.rfm.clone(), traits.clone(), evaluator.clone())),
         platform.shutdown.clone(),
     ));
     let feed_for_rfm = feed.clone();
     let segments = segments::Segments::new(
         db.clone(),
         feed.clone(),
-        rule::Context::new(&cfg.traits()),
+        traits.clone(),
         evaluator.clone(),
         cfg.segments.clone(),
     );
@@ -199,11 +201,11 @@ pub async fn build(platform: &Platform, cfg: &ServiceConfig) -> anyhow::Result<S
     tokio::spawn(run_rfm(db.clone(), feed_for_rfm, cfg.rfm.clone(), platform.shutdown.clone()));
     tokio::spawn(run_traits(
         db.clone(),
-        cfg.traits(),
+        traits.clone(),
         std::time::Duration::from_secs(cfg.traits_refresh_interval_secs),
         platform.shutdown.clone(),
     ));
-    let api = api::Api::new(db, authz, tags, segments, platform.page_tokens.clone(), cfg.rfm.clone());
+    let api = api::Api::new(db, authz, tags, segments, traits, platform.page_tokens.clone(), cfg.rfm.clone());
     let server = SegmentationServiceServer::new(api).max_decoding_message_size(platform.config.server.max_message_bytes);
     Ok(InterceptedService::new(server, platform.authenticator.clone()))
 }
@@ -253,18 +255,25 @@ async fn run_rfm(
 /// in one transaction.
 async fn run_traits(
     db: sea_orm::DatabaseConnection,
-    traits: traits::Traits,
+    traits: traits::Registry,
     every: std::time::Duration,
     mut shutdown: crm_platform::server::ShutdownSignal,
 ) {
+    let mut next = tokio::time::Instant::now() + every;
     loop {
+        // Traits declared before a restart may still wait for their first computation.
+        if let Err(err) = traits.backfill(&db).await {
+            tracing::warn!(%err, "computing declared traits failed; retrying");
+        }
         tokio::select! {
             _ = shutdown.wait() => return,
-            _ = tokio::time::sleep(every) => {}
+            _ = traits.declared_one() => continue,
+            _ = tokio::time::sleep_until(next) => {}
         }
+        next = tokio::time::Instant::now() + every;
         let run = async {
             let txn = crm_platform::db::begin_write(&db).await?;
-            traits.refresh_all(&txn, chrono::Utc::now()).await?;
+            traits.current().refresh_all(&txn, chrono::Utc::now()).await?;
             // Segments reading traits follow the new values.
             store::segments::mark_stale(&txn, rule::deps::TRAITS).await?;
             txn.commit().await?;

@@ -38,12 +38,12 @@ pub const EVENT_TYPES: &[&str] = &[
 /// people they touch).
 pub struct Projection {
     rfm: crate::rfm::RfmConfig,
-    traits: crate::traits::Traits,
+    traits: crate::traits::Registry,
     segments: crate::segments::Evaluator,
 }
 
 impl Projection {
-    pub fn new(rfm: crate::rfm::RfmConfig, traits: crate::traits::Traits, segments: crate::segments::Evaluator) -> Self {
+    pub fn new(rfm: crate::rfm::RfmConfig, traits: crate::traits::Registry, segments: crate::segments::Evaluator) -> Self {
         Self { rfm, traits, segments }
     }
 
@@ -59,7 +59,7 @@ impl Projection {
     async fn rescore(&self, txn: &DatabaseTransaction, people: &[String], orders_only: bool) -> Result<()> {
         let now = chrono::Utc::now();
         crate::rfm::refresh(txn, &self.rfm, people, now).await?;
-        self.traits.refresh(txn, people, orders_only, now).await
+        self.traits.current().refresh(txn, people, orders_only, now).await
     }
 }
 
@@ -241,6 +241,7 @@ impl Apply for Projection {
                 let row = interaction_row(&e.customer, &i)?;
                 let person = store::insert_interaction(txn, &row).await?;
                 self.traits
+                    .current()
                     .refresh(txn, std::slice::from_ref(&person), false, chrono::Utc::now())
                     .await?;
                 self.segments.on_change(txn, &[person], deps::INTERACTIONS | deps::TRAITS).await

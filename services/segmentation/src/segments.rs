@@ -244,7 +244,7 @@ pub struct Preview {
 pub struct Segments {
     db: DatabaseConnection,
     feed: Feed,
-    ctx: Context,
+    traits: crate::traits::Registry,
     evaluator: Evaluator,
     cfg: SegmentsConfig,
     wake: Arc<Notify>,
@@ -313,15 +313,26 @@ pub fn template_to_proto(t: &Template) -> pb::SegmentTemplate {
 }
 
 impl Segments {
-    pub fn new(db: DatabaseConnection, feed: Feed, ctx: Context, evaluator: Evaluator, cfg: SegmentsConfig) -> Self {
+    pub fn new(
+        db: DatabaseConnection,
+        feed: Feed,
+        traits: crate::traits::Registry,
+        evaluator: Evaluator,
+        cfg: SegmentsConfig,
+    ) -> Self {
         Self {
             db,
             feed,
-            ctx,
+            traits,
             evaluator,
             cfg,
             wake: Arc::new(Notify::new()),
         }
+    }
+
+    /// What rules are validated against: the traits in force now.
+    fn ctx(&self) -> Context {
+        Context::new(&self.traits.current())
     }
 
     /// The rule of a create or update: tree, text or (create) template.
@@ -329,7 +340,7 @@ impl Segments {
         match template {
             Some(t) if s.rule.is_none() && s.filter.trim().is_empty() => Ok((*stored_rule(t.filter)?).clone()),
             Some(_) => Err(Error::invalid("segment.template", "give a template or a rule, not both")),
-            None => resolve(s.rule.as_ref(), &s.filter, &self.ctx, "segment"),
+            None => resolve(s.rule.as_ref(), &s.filter, &self.ctx(), "segment"),
         }
     }
 
@@ -344,7 +355,7 @@ impl Segments {
     }
 
     pub async fn preview(&self, tree: Option<&pb::SegmentRule>, filter: &str, sample: i32) -> Result<Preview> {
-        let rule = resolve(tree, filter, &self.ctx, "")?;
+        let rule = resolve(tree, filter, &self.ctx(), "")?;
         let sample = match sample {
             0 => 10,
             n if (1..=MAX_SAMPLE).contains(&n) => n,
@@ -492,7 +503,7 @@ impl Segments {
             v.push(FieldViolation::new("segment.template", "templates are for CreateSegment"));
         }
         let rule = if wants("rule") || wants("filter") {
-            match resolve(patch.rule.as_ref(), &patch.filter, &self.ctx, "segment") {
+            match resolve(patch.rule.as_ref(), &patch.filter, &self.ctx(), "segment") {
                 Ok(r) => Some(r),
                 Err(Error::InvalidArgument(mut found)) => {
                     v.append(&mut found);
@@ -618,6 +629,10 @@ impl Segments {
     pub async fn run(self, mut shutdown: ShutdownSignal) {
         let poll = Duration::from_millis(self.cfg.poll_interval_ms.max(10));
         loop {
+            // Traits another replica declared.
+            if let Err(err) = self.traits.reload(&self.db).await {
+                tracing::warn!(%err, "reading declared traits failed; retrying");
+            }
             if let Err(err) = self.evaluate_due().await {
                 tracing::warn!(%err, "segment evaluation failed; retrying");
             }

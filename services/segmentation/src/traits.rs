@@ -5,12 +5,15 @@
 //! projection's transaction when an order, an interaction, a merge or an erasure
 //! touches it, and for everyone on a schedule (time windows move).
 
-use std::collections::BTreeMap;
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, RwLock},
+};
 
 use chrono::{DateTime, Utc};
 use crm_platform::{
-    Result,
-    db::{exec, query},
+    Error, Result,
+    db::{begin_write, exec, query},
     migrate::Dialect,
 };
 use crm_proto::crm::{common::v1::Channel, customer::v1::InteractionKind};
@@ -23,6 +26,182 @@ pub fn migration(_: Dialect) -> Vec<String> {
             .into(),
         "CREATE INDEX traits_name ON traits (name, value)".into(),
     ]
+}
+
+/// Traits declared over the API, and how far their first computation got.
+pub fn definitions_migration(_: Dialect) -> Vec<String> {
+    vec![
+        "CREATE TABLE trait_definitions (name TEXT PRIMARY KEY, actor TEXT NOT NULL, create_us BIGINT NOT NULL, \
+         backfill_us BIGINT NOT NULL)"
+            .into(),
+    ]
+}
+
+/// A trait declared over the API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Definition {
+    pub name: String,
+    pub actor: String,
+    pub create_us: i64,
+    /// When everyone's value was first computed; 0 while pending.
+    pub backfill_us: i64,
+}
+
+pub async fn declared<C: ConnectionTrait>(conn: &C) -> Result<Vec<Definition>> {
+    query(conn, "SELECT name, actor, create_us, backfill_us FROM trait_definitions ORDER BY name", vec![])
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(Definition {
+                name: r.try_get("", "name")?,
+                actor: r.try_get("", "actor")?,
+                create_us: r.try_get("", "create_us")?,
+                backfill_us: r.try_get("", "backfill_us")?,
+            })
+        })
+        .collect()
+}
+
+/// The traits in force: the configured ones, then those declared over the API. The
+/// projection, rule validation and the schedule share one registry; it reloads the
+/// declared ones from the database (another replica may have declared one).
+#[derive(Debug, Clone)]
+pub struct Registry {
+    configured: Traits,
+    current: Arc<RwLock<Traits>>,
+    wake: Arc<tokio::sync::Notify>,
+}
+
+impl Registry {
+    pub fn new(configured: Traits) -> Self {
+        Self {
+            current: Arc::new(RwLock::new(configured.clone())),
+            configured,
+            wake: Arc::new(tokio::sync::Notify::new()),
+        }
+    }
+
+    /// The traits in force now.
+    pub fn current(&self) -> Traits {
+        self.current.read().map_or_else(|p| p.into_inner().clone(), |t| t.clone())
+    }
+
+    pub fn is_configured(&self, name: &str) -> bool {
+        self.configured.traits.iter().any(|(n, _)| n == name)
+    }
+
+    /// Resolves when a trait was declared here (its backfill is due).
+    pub async fn declared_one(&self) {
+        self.wake.notified().await;
+    }
+
+    /// Reads the declared traits anew.
+    pub async fn reload<C: ConnectionTrait>(&self, conn: &C) -> Result<()> {
+        let mut next = self.configured.clone();
+        for d in declared(conn).await? {
+            match parse(&d.name) {
+                Ok(t) if !self.is_configured(&d.name) => next.traits.push((d.name, t)),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(trait_name = %d.name, error = %e, "declared trait ignored"),
+            }
+        }
+        if let Ok(mut current) = self.current.write() {
+            *current = next;
+        }
+        Ok(())
+    }
+
+    /// Declares a trait (computed for everyone in the background).
+    pub async fn declare(&self, db: &sea_orm::DatabaseConnection, actor: &str, name: &str) -> Result<Definition> {
+        parse(name).map_err(|e| Error::invalid("computed_trait_id", e))?;
+        let exists = || Error::AlreadyExists {
+            resource_type: "crm.segmentation.v1.ComputedTraitDefinition",
+            name: format!("computedTraits/{name}"),
+        };
+        if self.is_configured(name) {
+            return Err(exists());
+        }
+        let d = Definition {
+            name: name.to_owned(),
+            actor: actor.to_owned(),
+            create_us: Utc::now().timestamp_micros(),
+            backfill_us: 0,
+        };
+        let txn = begin_write(db).await?;
+        let n = exec(
+            &txn,
+            "INSERT INTO trait_definitions (name, actor, create_us, backfill_us) VALUES (?, ?, ?, 0) ON CONFLICT (name) DO NOTHING",
+            vec![name.into(), actor.into(), d.create_us.into()],
+        )
+        .await?;
+        if n != 1 {
+            return Err(exists());
+        }
+        txn.commit().await?;
+        self.reload(db).await?;
+        self.wake.notify_one();
+        Ok(d)
+    }
+
+    /// Removes a declared trait and its values, unless a segment's rule reads it.
+    pub async fn remove(&self, db: &sea_orm::DatabaseConnection, name: &str) -> Result<()> {
+        let not_found = || Error::NotFound {
+            resource_type: "crm.segmentation.v1.ComputedTraitDefinition",
+            name: format!("computedTraits/{name}"),
+        };
+        if self.is_configured(name) {
+            return Err(Error::FailedPrecondition {
+                reason: "CONFIGURED",
+                subject: format!("computedTraits/{name}"),
+                message: "a configured trait is removed from `segmentation.traits`, not over the API".into(),
+            });
+        }
+        let txn = begin_write(db).await?;
+        for (segment, filter) in crate::store::segments::filters(&txn).await? {
+            let rule = crate::segments::stored_rule(&filter)?;
+            if rule
+                .conditions()
+                .iter()
+                .any(|c| matches!(&c.subject, crate::rule::Subject::Trait { name: n, .. } if n == name))
+            {
+                return Err(Error::FailedPrecondition {
+                    reason: "RESOURCE_IN_USE",
+                    subject: format!("computedTraits/{name}"),
+                    message: format!("segments/{segment} reads this trait: change its rule first"),
+                });
+            }
+        }
+        if exec(&txn, "DELETE FROM trait_definitions WHERE name = ?", vec![name.into()]).await? == 0 {
+            return Err(not_found());
+        }
+        exec(&txn, "DELETE FROM traits WHERE name = ?", vec![name.into()]).await?;
+        txn.commit().await?;
+        self.reload(db).await
+    }
+
+    /// Computes every pending declared trait for everyone; returns how many.
+    pub async fn backfill(&self, db: &sea_orm::DatabaseConnection) -> Result<usize> {
+        let pending: Vec<Definition> = declared(db).await?.into_iter().filter(|d| d.backfill_us == 0).collect();
+        for d in &pending {
+            let Ok(t) = parse(&d.name) else { continue };
+            let one = Traits {
+                traits: vec![(d.name.clone(), t)],
+                currency: self.configured.currency.clone(),
+            };
+            let txn = begin_write(db).await?;
+            let now = Utc::now();
+            one.refresh_all(&txn, now).await?;
+            exec(
+                &txn,
+                "UPDATE trait_definitions SET backfill_us = ? WHERE name = ?",
+                vec![now.timestamp_micros().into(), d.name.as_str().into()],
+            )
+            .await?;
+            crate::store::segments::mark_stale(&txn, crate::rule::deps::TRAITS).await?;
+            txn.commit().await?;
+        }
+        Ok(pending.len())
+    }
 }
 
 /// What a trait computes.

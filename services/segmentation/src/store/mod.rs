@@ -46,6 +46,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "segments, their rule versions and membership; time indexes for activity conditions",
         up: segments::migration,
     },
+    Migration {
+        version: 6,
+        name: "computed traits declared over the API",
+        up: crate::traits::definitions_migration,
+    },
 ];
 
 fn v1(d: Dialect) -> Vec<String> {

@@ -248,7 +248,7 @@ async fn the_projection_follows_the_feed_and_a_replay_rebuilds_it() {
             recompute_interval_secs: 3600,
             drift_check_secs: 60,
         },
-        crm_segmentation::traits::Traits::new(&[], "CNY").unwrap(),
+        crm_segmentation::traits::Registry::new(crm_segmentation::traits::Traits::new(&[], "CNY").unwrap()),
         crm_segmentation::segments::Evaluator { currency: "CNY".into() },
     );
     for _ in 0..2 {

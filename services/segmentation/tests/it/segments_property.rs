@@ -23,7 +23,7 @@ use crm_proto::crm::{
 use crm_segmentation::{
     projection::Projection,
     rfm::RfmConfig,
-    rule::{self, Context, Scope},
+    rule::{self, Scope},
     segments::{Evaluator, Segments, SegmentsConfig, stored_rule},
     store::{self, tags::Assignment},
     traits::Traits,
@@ -327,11 +327,12 @@ async fn incremental_membership_equals_full_evaluation() {
             drift_check_secs: 60,
         };
         let evaluator = Evaluator { currency: "CNY".into() };
-        let projection = Projection::new(rfm.clone(), traits.clone(), evaluator.clone());
+        let registry = crm_segmentation::traits::Registry::new(traits.clone());
+        let projection = Projection::new(rfm.clone(), registry.clone(), evaluator.clone());
         let segments = Segments::new(
             db.clone(),
             feed,
-            Context::new(&traits),
+            registry,
             evaluator.clone(),
             SegmentsConfig {
                 refresh_interval_secs: 86_400,

@@ -129,3 +129,155 @@ async fn traits_follow_orders_and_interactions() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traits_declared_over_the_api_are_backfilled_and_guarded() {
+    let app = TestApp::spawn().await;
+    let c = app
+        .customers
+        .clone()
+        .create_customer(TestApp::admin(cpb::CreateCustomerRequest {
+            customer: Some(cpb::Customer {
+                display_name: "Li".into(),
+                ..Default::default()
+            }),
+            request_id: String::new(),
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .name;
+    app.customers
+        .clone()
+        .upsert_order(TestApp::admin(cpb::UpsertOrderRequest {
+            customer: reference(&c),
+            order: Some(cpb::Order {
+                source: "shop".into(),
+                external_id: "o-1".into(),
+                status: cpb::OrderStatus::Completed as i32,
+                currency: "CNY".into(),
+                total_micros: 5_000_000,
+                place_time: Some(prost_types::Timestamp {
+                    seconds: chrono::Utc::now().timestamp() - 86_400,
+                    nanos: 0,
+                }),
+                ..Default::default()
+            }),
+        }))
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while app.status().await.orders < 1 {
+        assert!(std::time::Instant::now() < deadline, "the order never arrived");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut seg = app.segmentation.clone();
+    // A trait not in force is not usable in a rule yet.
+    let err = seg
+        .preview_segment(TestApp::admin(pb::PreviewSegmentRequest {
+            rule: None,
+            filter: "traits.orders.count_2d >= 1".into(),
+            sample_size: 0,
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+
+    let declared = seg
+        .create_computed_trait(TestApp::admin(pb::CreateComputedTraitRequest {
+            computed_trait_id: "orders.count_2d".into(),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(declared.name, "computedTraits/orders.count_2d");
+    assert_eq!(declared.source, pb::TraitSource::Api as i32);
+    // Existing customers get it without any new event (the backfill).
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let traits = seg
+            .get_customer_traits(TestApp::admin(pb::GetCustomerTraitsRequest { customer: c.clone() }))
+            .await
+            .unwrap()
+            .into_inner()
+            .traits;
+        if traits.iter().any(|t| t.name == "orders.count_2d" && t.value == "1") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never backfilled: {traits:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let listed = seg
+        .list_computed_traits(TestApp::admin(pb::ListComputedTraitsRequest {}))
+        .await
+        .unwrap()
+        .into_inner()
+        .traits;
+    let api: Vec<_> = listed.iter().filter(|t| t.source == pb::TraitSource::Api as i32).collect();
+    assert_eq!(api.len(), 1);
+    assert!(api[0].backfill_time.is_some());
+    assert!(listed.iter().any(|t| t.name == "computedTraits/orders.count_90d" && t.source == pb::TraitSource::Config as i32));
+
+    // Usable in rules now, and then guarded against removal.
+    let preview = seg
+        .preview_segment(TestApp::admin(pb::PreviewSegmentRequest {
+            rule: None,
+            filter: "traits.orders.count_2d >= 1".into(),
+            sample_size: 0,
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(preview.sample, vec![c.clone()]);
+    seg.create_segment(TestApp::admin(pb::CreateSegmentRequest {
+        segment: Some(pb::Segment {
+            display_name: "recent".into(),
+            filter: "traits.orders.count_2d >= 1".into(),
+            ..Default::default()
+        }),
+        segment_id: "recent".into(),
+    }))
+    .await
+    .unwrap();
+    let delete = |name: &str| pb::DeleteComputedTraitRequest { name: name.into() };
+    let in_use = seg
+        .delete_computed_trait(TestApp::admin(delete("computedTraits/orders.count_2d")))
+        .await
+        .unwrap_err();
+    assert_eq!(in_use.code(), tonic::Code::FailedPrecondition);
+    let configured = seg
+        .delete_computed_trait(TestApp::admin(delete("computedTraits/orders.count_90d")))
+        .await
+        .unwrap_err();
+    assert_eq!(configured.code(), tonic::Code::FailedPrecondition);
+    let again = seg
+        .create_computed_trait(TestApp::admin(pb::CreateComputedTraitRequest {
+            computed_trait_id: "orders.count_90d".into(),
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(again.code(), tonic::Code::AlreadyExists);
+    let bad = seg
+        .create_computed_trait(TestApp::admin(pb::CreateComputedTraitRequest {
+            computed_trait_id: "shoe_size".into(),
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), tonic::Code::InvalidArgument);
+    seg.delete_segment(TestApp::admin(pb::DeleteSegmentRequest {
+        name: "segments/recent".into(),
+        etag: String::new(),
+    }))
+    .await
+    .unwrap();
+    seg.delete_computed_trait(TestApp::admin(delete("computedTraits/orders.count_2d")))
+        .await
+        .unwrap();
+    let traits = seg
+        .get_customer_traits(TestApp::admin(pb::GetCustomerTraitsRequest { customer: c.clone() }))
+        .await
+        .unwrap()
+        .into_inner()
+        .traits;
+    assert!(!traits.iter().any(|t| t.name == "orders.count_2d"), "its values went with it");
+}
