@@ -300,6 +300,15 @@ impl Tags {
                 message: format!("{user} still has this tag: remove it first"),
             });
         }
+        for (segment, filter) in crate::store::segments::filters(&txn).await? {
+            if crate::segments::stored_rule(&filter)?.tags().iter().any(|t| t == id) {
+                return Err(Error::FailedPrecondition {
+                    reason: "RESOURCE_IN_USE",
+                    subject: name.to_owned(),
+                    message: format!("segments/{segment} reads this tag: change its rule first"),
+                });
+            }
+        }
         tag_store::delete(&txn, id).await?;
         feed::append(&txn, changed(&current, true, actor)).await?;
         txn.commit().await?;

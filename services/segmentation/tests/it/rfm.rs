@@ -132,7 +132,8 @@ async fn groups_follow_the_quintiles_and_a_new_order_rescores_at_once() {
     order(&app, &names[4], "Gone-back", 0).await;
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     loop {
-        if let Some(r) = rfm(&app, &names[4]).await
+        let got = rfm(&app, &names[4]).await;
+        if let Some(r) = &got
             && r.group == RfmGroup::PotentialLoyalist as i32
         {
             assert_eq!((r.recency_days, r.frequency), (0, 2));
@@ -140,7 +141,8 @@ async fn groups_follow_the_quintiles_and_a_new_order_rescores_at_once() {
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "the new order never rescored its customer"
+            "the new order never rescored its customer: {got:?}, {:?}",
+            app.status().await
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

@@ -121,6 +121,15 @@ async fn member(app: &TestApp, segment: &str, customer: &str) -> bool {
         .member
 }
 
+/// Waits until the projection holds `interactions` interactions.
+async fn until_projected(app: &TestApp, interactions: i64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while app.status().await.interactions < interactions {
+        assert!(std::time::Instant::now() < deadline, "the projection never caught up");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Waits until `customer`'s membership of `segment` is `want`.
 async fn until_member(app: &TestApp, segment: &str, customer: &str, want: bool) {
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
@@ -162,6 +171,7 @@ async fn membership_follows_behaviour_orders_and_tags_with_events() {
     views(&app, &browser, "shoes", 3, "b").await;
     views(&app, &casual, "shoes", 2, "c").await;
     views(&app, &casual, "hats", 5, "c-hats").await;
+    until_projected(&app, 10).await;
     until_member(&app, "shoe-browsers", &browser, true).await;
     assert!(!member(&app, "shoe-browsers", &casual).await);
 
@@ -210,12 +220,23 @@ async fn membership_follows_behaviour_orders_and_tags_with_events() {
         .clone()
         .untag_customers(TestApp::admin(pb::UntagCustomersRequest {
             tag: "tags/vip".into(),
-            customers: vec![casual.clone()],
+            customers: vec![casual.clone(), browser.clone()],
         }))
         .await
         .unwrap();
     until_member(&app, "vips", &casual, false).await;
     // The tag is in use by a segment's rule; the rule must name existing tags.
+    let in_use = app
+        .segmentation
+        .clone()
+        .delete_tag(TestApp::admin(pb::DeleteTagRequest {
+            name: "tags/vip".into(),
+            etag: String::new(),
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(in_use.code(), Code::FailedPrecondition, "{in_use:?}");
+    assert!(in_use.message().contains("segments/vips"), "{in_use:?}");
     let err = create(&app, "ghosts", "tags:ghost").await.unwrap_err();
     assert_eq!(violations(&err), vec![("segment.filter".into(), "tags/ghost does not exist".into())]);
 
@@ -263,11 +284,7 @@ async fn rules_are_validated_versioned_previewed_and_listed() {
     }
     let mut names = created.clone();
     names.sort();
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while app.status().await.interactions < 6 {
-        assert!(std::time::Instant::now() < deadline, "the projection never caught up");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    until_projected(&app, 6).await;
 
     // Text errors point at the column; tree errors at the field path.
     let err = create(&app, "bad", "interactions(product_view, 7d) >= lots").await.unwrap_err();
