@@ -63,7 +63,10 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 /// A deterministic pseudo-random integer in 0..m from the row number `i` and a salt,
 /// in SQL both backends run alike.
 fn h(salt: u32, m: u64) -> String {
-    format!("((CAST(i AS BIGINT) * 2654435761 + {}) % 2147483647 % {m})", u64::from(salt) * 40_503)
+    format!(
+        "((CAST(i AS BIGINT) * 2654435761 + {}) % 2147483647 % {m})",
+        u64::from(salt) * 40_503
+    )
 }
 
 /// `INSERT INTO {into} SELECT {select} FROM` the numbers `lo..=hi` as `i`.

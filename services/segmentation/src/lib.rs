@@ -117,7 +117,10 @@ impl ServiceConfig {
             ));
         }
         if self.segments.refresh_interval_secs == 0 {
-            return Err(ConfigError::invalid("segmentation.segments.refresh_interval_secs", "at least 1"));
+            return Err(ConfigError::invalid(
+                "segmentation.segments.refresh_interval_secs",
+                "at least 1",
+            ));
         }
         if self.segments.poll_interval_ms == 0 {
             return Err(ConfigError::invalid("segmentation.segments.poll_interval_ms", "at least 1"));
@@ -181,7 +184,11 @@ pub async fn build(platform: &Platform, cfg: &ServiceConfig) -> anyhow::Result<S
             method: projection::METHOD,
             event_types: projection::EVENT_TYPES.iter().map(|t| (*t).to_owned()).collect(),
         },
-        std::sync::Arc::new(projection::Projection::new(cfg.rfm.clone(), traits.clone(), evaluator.clone())),
+        std::sync::Arc::new(projection::Projection::new(
+            cfg.rfm.clone(),
+            traits.clone(),
+            evaluator.clone(),
+        )),
         platform.shutdown.clone(),
     ));
     let feed_for_rfm = feed.clone();
@@ -205,7 +212,15 @@ pub async fn build(platform: &Platform, cfg: &ServiceConfig) -> anyhow::Result<S
         std::time::Duration::from_secs(cfg.traits_refresh_interval_secs),
         platform.shutdown.clone(),
     ));
-    let api = api::Api::new(db, authz, tags, segments, traits, platform.page_tokens.clone(), cfg.rfm.clone());
+    let api = api::Api::new(
+        db,
+        authz,
+        tags,
+        segments,
+        traits,
+        platform.page_tokens.clone(),
+        cfg.rfm.clone(),
+    );
     let server = SegmentationServiceServer::new(api).max_decoding_message_size(platform.config.server.max_message_bytes);
     Ok(InterceptedService::new(server, platform.authenticator.clone()))
 }

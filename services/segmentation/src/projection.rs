@@ -244,7 +244,9 @@ impl Apply for Projection {
                     .current()
                     .refresh(txn, std::slice::from_ref(&person), false, chrono::Utc::now())
                     .await?;
-                self.segments.on_change(txn, &[person], deps::INTERACTIONS | deps::TRAITS).await
+                self.segments
+                    .on_change(txn, &[person], deps::INTERACTIONS | deps::TRAITS)
+                    .await
             }
             "ConsentChanged" => {
                 let e = decode::<pb::ConsentChanged>(event)?;

@@ -93,10 +93,15 @@ static PARSED: Mutex<Option<HashMap<String, Arc<Rule>>>> = Mutex::new(None);
 /// trait allowed: one dropped from configuration since makes its conditions match
 /// nobody rather than stopping the service.
 pub fn stored_rule(filter: &str) -> Result<Arc<Rule>> {
-    if let Some(r) = PARSED.lock().ok().and_then(|m| m.as_ref().and_then(|m| m.get(filter).cloned())) {
+    if let Some(r) = PARSED
+        .lock()
+        .ok()
+        .and_then(|m| m.as_ref().and_then(|m| m.get(filter).cloned()))
+    {
         return Ok(r);
     }
-    let (tree, _) = rule::parse(filter, "filter").map_err(|v| Error::internal(anyhow::anyhow!("stored rule `{filter}`: {}", v.description)))?;
+    let (tree, _) = rule::parse(filter, "filter")
+        .map_err(|v| Error::internal(anyhow::anyhow!("stored rule `{filter}`: {}", v.description)))?;
     let parsed = rule::validate(&tree, &Context::lenient())
         .map_err(|v| Error::internal(anyhow::anyhow!("stored rule `{filter}`: {:?}", v)))?;
     let parsed = Arc::new(parsed);
@@ -116,7 +121,8 @@ fn membership_events(segment: &str, version: i64, entered: &[String], exited: &[
     (0..batches)
         .map(|i| {
             let part = |ids: &[String]| -> Vec<String> {
-                ids.get(i * EVENT_BATCH..).map_or(Vec::new(), |rest| names(&rest[..rest.len().min(EVENT_BATCH)]))
+                ids.get(i * EVENT_BATCH..)
+                    .map_or(Vec::new(), |rest| names(&rest[..rest.len().min(EVENT_BATCH)]))
             };
             NewEvent {
                 event_type: "crm.segmentation.v1.SegmentMembershipChanged",
@@ -210,15 +216,28 @@ impl Evaluator {
 /// A rule given as a tree or as text (exactly one), validated; violations are named
 /// under `prefix` (`segment.rule…` / `segment.filter`).
 pub fn resolve(tree: Option<&pb::SegmentRule>, filter: &str, ctx: &Context, prefix: &str) -> Result<Rule> {
-    let field = |leaf: &str| if prefix.is_empty() { leaf.to_owned() } else { format!("{prefix}.{leaf}") };
+    let field = |leaf: &str| {
+        if prefix.is_empty() {
+            leaf.to_owned()
+        } else {
+            format!("{prefix}.{leaf}")
+        }
+    };
     match (tree, filter.trim().is_empty()) {
         (Some(_), false) => Err(Error::invalid(field("filter"), "give the rule or the filter, not both")),
-        (None, true) => Err(Error::invalid(field("rule"), "required: the rule as a tree, or `filter` as text")),
+        (None, true) => Err(Error::invalid(
+            field("rule"),
+            "required: the rule as a tree, or `filter` as text",
+        )),
         (Some(t), true) => rule::validate(t, ctx).map_err(|v| {
             Error::InvalidArgument(
                 v.into_iter()
                     .map(|f| {
-                        let path = if f.field.is_empty() { field("rule") } else { format!("{}.{}", field("rule"), f.field) };
+                        let path = if f.field.is_empty() {
+                            field("rule")
+                        } else {
+                            format!("{}.{}", field("rule"), f.field)
+                        };
                         FieldViolation::new(path, f.description)
                     })
                     .collect(),
@@ -361,9 +380,16 @@ impl Segments {
             n if (1..=MAX_SAMPLE).contains(&n) => n,
             _ => return Err(Error::invalid("sample_size", format!("0 to {MAX_SAMPLE}"))),
         };
-        self.check_tags(&self.db, &rule, if filter.is_empty() { "rule" } else { "filter" }).await?;
+        self.check_tags(&self.db, &rule, if filter.is_empty() { "rule" } else { "filter" })
+            .await?;
         let now = Utc::now().timestamp_micros();
-        let (sql, mut values) = rule::compile(&rule, self.db.get_database_backend(), now, &self.evaluator.currency, Scope::All);
+        let (sql, mut values) = rule::compile(
+            &rule,
+            self.db.get_database_backend(),
+            now,
+            &self.evaluator.currency,
+            Scope::All,
+        );
         values.push(i64::from(sample).into());
         let rows = query(
             &self.db,
@@ -375,7 +401,10 @@ impl Segments {
             Some(r) => r.try_get("", "n")?,
             None => 0,
         };
-        let sample = rows.iter().map(|r| r.try_get("", "id")).collect::<std::result::Result<_, _>>()?;
+        let sample = rows
+            .iter()
+            .map(|r| r.try_get("", "id"))
+            .collect::<std::result::Result<_, _>>()?;
         Ok(Preview { count, sample, rule })
     }
 
@@ -395,7 +424,10 @@ impl Segments {
     pub async fn create(&self, actor: &str, segment_id: &str, s: &pb::Segment) -> Result<SegmentRow> {
         let mut v = Vec::new();
         if !valid_id(segment_id) {
-            v.push(FieldViolation::new("segment_id", "1 to 63 of [a-z0-9_-], starting with a letter"));
+            v.push(FieldViolation::new(
+                "segment_id",
+                "1 to 63 of [a-z0-9_-], starting with a letter",
+            ));
         }
         let template = match self.template(&s.template) {
             Ok(t) => t,
@@ -410,8 +442,16 @@ impl Segments {
         } else {
             s.display_name.as_str()
         };
-        let description = if s.description.is_empty() { template.map_or("", |t| t.description) } else { &s.description };
-        let strategy = if s.strategy.is_empty() { template.map_or("", |t| t.strategy) } else { &s.strategy };
+        let description = if s.description.is_empty() {
+            template.map_or("", |t| t.description)
+        } else {
+            &s.description
+        };
+        let strategy = if s.strategy.is_empty() {
+            template.map_or("", |t| t.strategy)
+        } else {
+            &s.strategy
+        };
         check_text(&mut v, "segment.display_name", display_name, 100, true);
         check_text(&mut v, "segment.description", description, 1000, false);
         check_text(&mut v, "segment.strategy", strategy, 200, false);
@@ -427,7 +467,16 @@ impl Segments {
             return Err(Error::InvalidArgument(v));
         };
         let txn = begin_write(&self.db).await?;
-        self.check_tags(&txn, &rule, if s.filter.is_empty() { "segment.rule" } else { "segment.filter" }).await?;
+        self.check_tags(
+            &txn,
+            &rule,
+            if s.filter.is_empty() {
+                "segment.rule"
+            } else {
+                "segment.filter"
+            },
+        )
+        .await?;
         let now = Utc::now().timestamp_micros();
         let row = SegmentRow {
             id: segment_id.to_owned(),
@@ -538,8 +587,16 @@ impl Segments {
         if let Some(rule) = &rule {
             let text = rule::print(rule);
             if text != current.filter {
-                self.check_tags(&txn, rule, if patch.filter.is_empty() { "segment.rule" } else { "segment.filter" })
-                    .await?;
+                self.check_tags(
+                    &txn,
+                    rule,
+                    if patch.filter.is_empty() {
+                        "segment.rule"
+                    } else {
+                        "segment.filter"
+                    },
+                )
+                .await?;
                 next.filter = text;
                 next.version += 1;
                 next.deps = rule.deps();
@@ -612,7 +669,9 @@ impl Segments {
     /// Evaluates every due segment in full, each in its own transaction; returns how
     /// many were evaluated.
     pub async fn evaluate_due(&self) -> Result<usize> {
-        let refresh = i64::try_from(self.cfg.refresh_interval_secs).unwrap_or(i64::MAX).saturating_mul(1_000_000);
+        let refresh = i64::try_from(self.cfg.refresh_interval_secs)
+            .unwrap_or(i64::MAX)
+            .saturating_mul(1_000_000);
         let due = store::due(&self.db, Utc::now().timestamp_micros().saturating_sub(refresh)).await?;
         for id in &due {
             let txn = begin_write(&self.db).await?;

@@ -4,8 +4,8 @@
 
 use std::collections::BTreeMap;
 
-use chrono::Utc;
 use crate::rule::deps::TAGS;
+use chrono::Utc;
 use crm_platform::{
     Error, FieldViolation, Result,
     db::begin_write,

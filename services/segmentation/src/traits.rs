@@ -48,18 +48,22 @@ pub struct Definition {
 }
 
 pub async fn declared<C: ConnectionTrait>(conn: &C) -> Result<Vec<Definition>> {
-    query(conn, "SELECT name, actor, create_us, backfill_us FROM trait_definitions ORDER BY name", vec![])
-        .await?
-        .iter()
-        .map(|r| {
-            Ok(Definition {
-                name: r.try_get("", "name")?,
-                actor: r.try_get("", "actor")?,
-                create_us: r.try_get("", "create_us")?,
-                backfill_us: r.try_get("", "backfill_us")?,
-            })
+    query(
+        conn,
+        "SELECT name, actor, create_us, backfill_us FROM trait_definitions ORDER BY name",
+        vec![],
+    )
+    .await?
+    .iter()
+    .map(|r| {
+        Ok(Definition {
+            name: r.try_get("", "name")?,
+            actor: r.try_get("", "actor")?,
+            create_us: r.try_get("", "create_us")?,
+            backfill_us: r.try_get("", "backfill_us")?,
         })
-        .collect()
+    })
+    .collect()
 }
 
 /// The traits in force: the configured ones, then those declared over the API. The
@@ -302,12 +306,16 @@ impl Traits {
         let now_us = now.timestamp_micros();
         // One that is no longer a person (merged into another) keeps no traits.
         let refs: Vec<&str> = people.iter().map(String::as_str).collect();
-        let persons: std::collections::BTreeSet<String> =
-            crm_platform::db::in_list(conn, "SELECT id FROM customers WHERE id <> ? AND merged_into IS NULL AND id", "", &refs)
-                .await?
-                .iter()
-                .map(|r| r.try_get("", "id"))
-                .collect::<std::result::Result<_, _>>()?;
+        let persons: std::collections::BTreeSet<String> = crm_platform::db::in_list(
+            conn,
+            "SELECT id FROM customers WHERE id <> ? AND merged_into IS NULL AND id",
+            "",
+            &refs,
+        )
+        .await?
+        .iter()
+        .map(|r| r.try_get("", "id"))
+        .collect::<std::result::Result<_, _>>()?;
         for person in people {
             if !persons.contains(person) {
                 exec(conn, "DELETE FROM traits WHERE person_id = ?", vec![person.as_str().into()]).await?;
@@ -361,7 +369,12 @@ impl Traits {
                 let rows = vec!["(?, ?, ?, ?)"; chunk.len()].join(", ");
                 let mut params: Vec<Value> = Vec::with_capacity(chunk.len() * 4);
                 for (person, value) in chunk {
-                    params.extend([person.as_str().into(), name.as_str().into(), value.as_str().into(), now_us.into()]);
+                    params.extend([
+                        person.as_str().into(),
+                        name.as_str().into(),
+                        value.as_str().into(),
+                        now_us.into(),
+                    ]);
                 }
                 exec(
                     conn,
@@ -420,7 +433,11 @@ async fn values_all<C: ConnectionTrait>(conn: &C, t: &Trait, currency: &str, now
         ),
         Trait::FavouriteCategory => {
             let (each, value, collate) = if pg {
-                ("jsonb_array_elements_text(o.categories::jsonb) AS e(value)", "e.value", " COLLATE \"C\"")
+                (
+                    "jsonb_array_elements_text(o.categories::jsonb) AS e(value)",
+                    "e.value",
+                    " COLLATE \"C\"",
+                )
             } else {
                 ("json_each(o.categories) AS e", "e.value", "")
             };

@@ -8,10 +8,7 @@
 //! zero satisfies (`orders(30d) = 0`, `orders(30d) < 2`) is written as NOT IN the
 //! persons whose count fails it, so persons with no rows at all match.
 
-use crm_proto::crm::{
-    customer::v1::ConsentStatus,
-    segmentation::v1::ActivityMeasure,
-};
+use crm_proto::crm::{customer::v1::ConsentStatus, segmentation::v1::ActivityMeasure};
 use sea_orm::{DbBackend, Value as SqlValue};
 
 use super::{Activity, Cond, Op, Rule, Subject, TraitKind, Value};
@@ -58,7 +55,11 @@ impl Sql {
 
     /// Text comparisons order bytes on both backends.
     fn collate(&self) -> &'static str {
-        if self.backend == DbBackend::Postgres { " COLLATE \"C\"" } else { "" }
+        if self.backend == DbBackend::Postgres {
+            " COLLATE \"C\""
+        } else {
+            ""
+        }
     }
 
     fn value(&mut self, v: &Value) -> &'static str {
@@ -173,7 +174,11 @@ impl Sql {
             ActivityMeasure::OrderTotal => {
                 let s = self.bind(since);
                 let cur = self.bind(self.currency.clone());
-                ("orders", format!("place_us >= {s} AND currency = {cur} AND {NOT_COUNTED}"), "SUM(total_micros)")
+                (
+                    "orders",
+                    format!("place_us >= {s} AND currency = {cur} AND {NOT_COUNTED}"),
+                    "SUM(total_micros)",
+                )
             }
             _ => {
                 let s = self.bind(since);
@@ -182,7 +187,11 @@ impl Sql {
                     // `categories` is a JSON array of strings: look for the quoted one.
                     let quoted = serde_json::to_string(&a.category).unwrap_or_default();
                     let q = self.bind(quoted);
-                    let find = if self.backend == DbBackend::Postgres { "strpos" } else { "instr" };
+                    let find = if self.backend == DbBackend::Postgres {
+                        "strpos"
+                    } else {
+                        "instr"
+                    };
                     f.push_str(&format!(" AND {find}(categories, {q}) > 0"));
                 }
                 ("orders", f, "COUNT(*)")
@@ -193,7 +202,9 @@ impl Sql {
         let v = self.bind(n);
         if op.holds(&0, &n) {
             // Zero satisfies it: everyone but those whose (non-zero) measure fails it.
-            format!("(NOT c.id IN (SELECT person_id FROM {table} WHERE {filter}{scope} GROUP BY person_id HAVING NOT ({aggregate} {o} {v})))")
+            format!(
+                "(NOT c.id IN (SELECT person_id FROM {table} WHERE {filter}{scope} GROUP BY person_id HAVING NOT ({aggregate} {o} {v})))"
+            )
         } else {
             format!("c.id IN (SELECT person_id FROM {table} WHERE {filter}{scope} GROUP BY person_id HAVING {aggregate} {o} {v})")
         }

@@ -20,7 +20,9 @@ use crm_platform::error::FieldViolation;
 use crm_proto::crm::{
     common::v1::Channel,
     customer::v1::{ConsentPurpose, ContactChannel, CustomerType, InteractionKind, LifecycleStage},
-    segmentation::v1::{self as pb, ActivityMeasure, ConditionOperator, segment_condition::Subject as PbSubject, segment_rule::Kind},
+    segmentation::v1::{
+        self as pb, ActivityMeasure, ConditionOperator, segment_condition::Subject as PbSubject, segment_rule::Kind,
+    },
 };
 
 use crate::traits::Trait;
@@ -202,8 +204,14 @@ pub enum Subject {
     Tag(String),
     RfmGroup,
     Rfm(RfmMeasure),
-    Trait { name: String, kind: TraitKind },
-    MayContact { purpose: i32, channel: i32 },
+    Trait {
+        name: String,
+        kind: TraitKind,
+    },
+    MayContact {
+        purpose: i32,
+        channel: i32,
+    },
     Activity(Activity),
 }
 
@@ -331,10 +339,13 @@ impl Context {
     }
 
     fn trait_named(&self, name: &str) -> Option<Trait> {
-        self.traits
-            .get(name)
-            .cloned()
-            .or_else(|| if self.any_trait { crate::traits::parse(name).ok() } else { None })
+        self.traits.get(name).cloned().or_else(|| {
+            if self.any_trait {
+                crate::traits::parse(name).ok()
+            } else {
+                None
+            }
+        })
     }
 }
 
@@ -374,7 +385,14 @@ fn join(path: &str, leaf: &str) -> String {
     }
 }
 
-fn check_rule(r: &pb::SegmentRule, ctx: &Context, path: &str, depth: usize, count: &mut usize, v: &mut Violations) -> Option<Rule> {
+fn check_rule(
+    r: &pb::SegmentRule,
+    ctx: &Context,
+    path: &str,
+    depth: usize,
+    count: &mut usize,
+    v: &mut Violations,
+) -> Option<Rule> {
     if depth > MAX_DEPTH {
         violation(v, path, "", format!("nested deeper than {MAX_DEPTH} levels"));
         return None;
@@ -429,7 +447,11 @@ const TEXT_FIELDS: [&str; 4] = ["region", "locality", "owner_user_id", "team_id"
 pub fn parse_money(text: &str) -> Option<i64> {
     let (neg, t) = text.strip_prefix('-').map_or((false, text), |t| (true, t));
     let (whole, frac) = t.split_once('.').unwrap_or((t, ""));
-    if whole.is_empty() || !whole.bytes().all(|b| b.is_ascii_digit()) || frac.len() > 6 || !frac.bytes().all(|b| b.is_ascii_digit()) {
+    if whole.is_empty()
+        || !whole.bytes().all(|b| b.is_ascii_digit())
+        || frac.len() > 6
+        || !frac.bytes().all(|b| b.is_ascii_digit())
+    {
         return None;
     }
     let whole: i64 = whole.parse().ok()?;
@@ -471,7 +493,12 @@ fn check_condition(c: &pb::SegmentCondition, ctx: &Context, path: &str, v: &mut 
     let mut equality_only = false;
     let subject = match &c.subject {
         None => {
-            violation(v, path, "", "a condition names one subject: field, tag, rfm, trait, may_contact or activity");
+            violation(
+                v,
+                path,
+                "",
+                "a condition names one subject: field, tag, rfm, trait, may_contact or activity",
+            );
             return None;
         }
         Some(PbSubject::Field(f)) => {
@@ -527,7 +554,9 @@ fn check_condition(c: &pb::SegmentCondition, ctx: &Context, path: &str, v: &mut 
                     v,
                     path,
                     "rfm",
-                    format!("`{m}` is not an RFM measure: group, recency_score, frequency_score, monetary_score, recency_days, frequency, monetary"),
+                    format!(
+                        "`{m}` is not an RFM measure: group, recency_score, frequency_score, monetary_score, recency_days, frequency, monetary"
+                    ),
                 );
                 None
             }
@@ -579,13 +608,23 @@ fn check_condition(c: &pb::SegmentCondition, ctx: &Context, path: &str, v: &mut 
             }
             let kind_ok = InteractionKind::try_from(a.interaction_kind).is_ok_and(|k| k != InteractionKind::Unspecified);
             if measure == ActivityMeasure::Interactions && !kind_ok {
-                violation(v, path, "activity.interaction_kind", "required for INTERACTIONS: page_view, product_view, cart, …");
+                violation(
+                    v,
+                    path,
+                    "activity.interaction_kind",
+                    "required for INTERACTIONS: page_view, product_view, cart, …",
+                );
             }
             if measure != ActivityMeasure::Interactions && a.interaction_kind != 0 {
                 violation(v, path, "activity.interaction_kind", "only for INTERACTIONS");
             }
             if measure == ActivityMeasure::OrderTotal && !a.category.is_empty() {
-                violation(v, path, "activity.category", "not for ORDER_TOTAL (an order's total is not split by category)");
+                violation(
+                    v,
+                    path,
+                    "activity.category",
+                    "not for ORDER_TOTAL (an order's total is not split by category)",
+                );
             }
             if a.category.chars().count() > 100 {
                 violation(v, path, "activity.category", "at most 100 characters");
@@ -601,7 +640,11 @@ fn check_condition(c: &pb::SegmentCondition, ctx: &Context, path: &str, v: &mut 
             }
             Some(Subject::Activity(Activity {
                 measure,
-                kind: if measure == ActivityMeasure::Interactions { a.interaction_kind } else { 0 },
+                kind: if measure == ActivityMeasure::Interactions {
+                    a.interaction_kind
+                } else {
+                    0
+                },
                 category: a.category.clone(),
                 window_hours: hours.unwrap_or(0),
             }))
@@ -609,7 +652,12 @@ fn check_condition(c: &pb::SegmentCondition, ctx: &Context, path: &str, v: &mut 
     };
     let cmp = if !needs_cmp {
         if c.operator != 0 || !c.value.is_empty() {
-            violation(v, path, "operator", "a tag or may_contact condition takes no operator or value");
+            violation(
+                v,
+                path,
+                "operator",
+                "a tag or may_contact condition takes no operator or value",
+            );
         }
         None
     } else {
@@ -622,7 +670,10 @@ fn check_condition(c: &pb::SegmentCondition, ctx: &Context, path: &str, v: &mut 
                 violation(v, path, "operator", "this subject compares with = or != only");
                 None
             }
-            Some(op) => subject.as_ref().and_then(|s| check_value(s, value, path, v)).map(|val| (op, val)),
+            Some(op) => subject
+                .as_ref()
+                .and_then(|s| check_value(s, value, path, v))
+                .map(|val| (op, val)),
         }
     };
     if v.len() > before {

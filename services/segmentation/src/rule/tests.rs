@@ -29,22 +29,40 @@ fn messages(text: &str) -> String {
 fn text_prints_back_canonically() {
     for (input, canonical) in [
         ("lifecycle_stage = customer", "lifecycle_stage = CUSTOMER"),
-        ("rfm.group=champions AND rfm.monetary >= 1000.50", "rfm.group = CHAMPIONS AND rfm.monetary >= 1000.5"),
+        (
+            "rfm.group=champions AND rfm.monetary >= 1000.50",
+            "rfm.group = CHAMPIONS AND rfm.monetary >= 1000.5",
+        ),
         (
             "interactions(PRODUCT_VIEW, 168h, 'shoes') >= 3 AND orders(7d) = 0",
             "interactions(product_view, 7d, \"shoes\") >= 3 AND orders(7d) = 0",
         ),
         // OR binds tighter than AND (AIP-160).
         ("a_tag_free = 1 AND region = CN OR region = HK", ""),
-        ("region = \"CN\" AND region = HK OR locality = Shanghai", "region = \"CN\" AND (region = \"HK\" OR locality = \"Shanghai\")"),
+        (
+            "region = \"CN\" AND region = HK OR locality = Shanghai",
+            "region = \"CN\" AND (region = \"HK\" OR locality = \"Shanghai\")",
+        ),
         ("NOT tags:vip", "NOT tags:\"vip\""),
-        ("-(may_contact(marketing, sms) OR may_contact(marketing))", "NOT (may_contact(marketing, sms) OR may_contact(marketing))"),
+        (
+            "-(may_contact(marketing, sms) OR may_contact(marketing))",
+            "NOT (may_contact(marketing, sms) OR may_contact(marketing))",
+        ),
         ("NOT NOT type = person", "type = PERSON"),
         ("((source_channel = web))", "source_channel = WEB"),
-        ("attributes.tier != \"gold \\\"plus\\\"\"", "attributes.tier != \"gold \\\"plus\\\"\""),
-        ("traits.orders.count_90d >= 3 AND traits.last_order_at < \"2026-01-01T08:00:00+08:00\"", "traits.orders.count_90d >= 3 AND traits.last_order_at < \"2026-01-01T00:00:00Z\""),
+        (
+            "attributes.tier != \"gold \\\"plus\\\"\"",
+            "attributes.tier != \"gold \\\"plus\\\"\"",
+        ),
+        (
+            "traits.orders.count_90d >= 3 AND traits.last_order_at < \"2026-01-01T08:00:00+08:00\"",
+            "traits.orders.count_90d >= 3 AND traits.last_order_at < \"2026-01-01T00:00:00Z\"",
+        ),
         ("order_total(365d) > 99.99", "order_total(365d) > 99.99"),
-        ("create_time >= \"2026-03-01T00:00:00Z\"", "create_time >= \"2026-03-01T00:00:00Z\""),
+        (
+            "create_time >= \"2026-03-01T00:00:00Z\"",
+            "create_time >= \"2026-03-01T00:00:00Z\"",
+        ),
     ] {
         if canonical.is_empty() {
             assert!(from_text(input).is_err(), "{input}");
@@ -54,14 +72,21 @@ fn text_prints_back_canonically() {
         let printed = print(&rule);
         assert_eq!(printed, canonical, "{input}");
         assert_eq!(from_text(&printed).unwrap(), rule, "{printed} parses back to the same rule");
-        assert_eq!(validate(&to_proto(&rule), &ctx()).unwrap(), rule, "the tree form is the same rule");
+        assert_eq!(
+            validate(&to_proto(&rule), &ctx()).unwrap(),
+            rule,
+            "the tree form is the same rule"
+        );
     }
 }
 
 #[test]
 fn errors_point_at_the_bad_part() {
     let m = messages("rfm.group = CHAMPIONS AND lifecycle_stage = SHOPPER");
-    assert!(m.starts_with("filter: at column 27 (value): `SHOPPER` is not a lifecycle_stage value"), "{m}");
+    assert!(
+        m.starts_with("filter: at column 27 (value): `SHOPPER` is not a lifecycle_stage value"),
+        "{m}"
+    );
     let m = messages("rfm.group = CHAMPIONS AND");
     assert!(m.contains("at column 26: expected a condition, found the end"), "{m}");
     let m = messages("shoe_size > 4");
@@ -71,7 +96,10 @@ fn errors_point_at_the_bad_part() {
     let m = messages("orders(7w) > 1");
     assert!(m.contains("at column 8: `7w` is not a window"), "{m}");
     let m = messages("traits.shoe_size = 4");
-    assert!(m.contains("`shoe_size` is not a computed trait in force (favourite_category, last_order_at, orders.count_90d)"), "{m}");
+    assert!(
+        m.contains("`shoe_size` is not a computed trait in force (favourite_category, last_order_at, orders.count_90d)"),
+        "{m}"
+    );
     let m = messages("rfm.group > LOYAL");
     assert!(m.contains("compares with = or != only"), "{m}");
     let m = messages("region = \"CN");

@@ -13,7 +13,9 @@
 use crm_platform::error::FieldViolation;
 use crm_proto::crm::{
     customer::v1::{ConsentPurpose, ContactChannel, InteractionKind},
-    segmentation::v1::{self as pb, ActivityMeasure, ConditionOperator, segment_condition::Subject as PbSubject, segment_rule::Kind},
+    segmentation::v1::{
+        self as pb, ActivityMeasure, ConditionOperator, segment_condition::Subject as PbSubject, segment_rule::Kind,
+    },
 };
 
 use super::{Cond, Rule, Subject, TraitKind, value_text};
@@ -170,7 +172,10 @@ impl Parser {
             self.next();
             Ok(())
         } else {
-            Err(Problem(self.col(), format!("expected {what}, found {}", describe(self.peek()))))
+            Err(Problem(
+                self.col(),
+                format!("expected {what}, found {}", describe(self.peek())),
+            ))
         }
     }
 
@@ -284,7 +289,10 @@ impl Parser {
                 (t, c) => {
                     return Err(Problem(
                         c,
-                        format!("expected a comparison (=, !=, <, <=, >, >=) after `{word}`, found {}", describe(&t)),
+                        format!(
+                            "expected a comparison (=, !=, <, <=, >, >=) after `{word}`, found {}",
+                            describe(&t)
+                        ),
                     ));
                 }
             }
@@ -301,23 +309,47 @@ fn contact(args: &[(String, usize)], col: usize) -> Result<pb::ContactCheck, Pro
     let (purpose, channel) = match args {
         [p] => (p, None),
         [p, c] => (p, Some(c)),
-        _ => return Err(Problem(col, "may_contact(purpose[, channel]), e.g. may_contact(marketing, sms)".into())),
+        _ => {
+            return Err(Problem(
+                col,
+                "may_contact(purpose[, channel]), e.g. may_contact(marketing, sms)".into(),
+            ));
+        }
     };
-    let p = enum_arg(&purpose.0, "CONSENT_PURPOSE_", |n| ConsentPurpose::from_str_name(n).map(|v| v as i32))
-        .ok_or_else(|| Problem(purpose.1, format!("`{}` is not a consent purpose (marketing, analytics, profiling, third_party_sharing)", purpose.0)))?;
+    let p = enum_arg(&purpose.0, "CONSENT_PURPOSE_", |n| {
+        ConsentPurpose::from_str_name(n).map(|v| v as i32)
+    })
+    .ok_or_else(|| {
+        Problem(
+            purpose.1,
+            format!(
+                "`{}` is not a consent purpose (marketing, analytics, profiling, third_party_sharing)",
+                purpose.0
+            ),
+        )
+    })?;
     let c = match channel {
         None => 0,
-        Some((text, at)) => enum_arg(text, "CONTACT_CHANNEL_", |n| ContactChannel::from_str_name(n).map(|v| v as i32))
-            .ok_or_else(|| Problem(*at, format!("`{text}` is not a contact channel (sms, email, wechat, phone, app_push)")))?,
+        Some((text, at)) => enum_arg(text, "CONTACT_CHANNEL_", |n| {
+            ContactChannel::from_str_name(n).map(|v| v as i32)
+        })
+        .ok_or_else(|| {
+            Problem(
+                *at,
+                format!("`{text}` is not a contact channel (sms, email, wechat, phone, app_push)"),
+            )
+        })?,
     };
-    Ok(pb::ContactCheck {
-        purpose: p,
-        channel: c,
-    })
+    Ok(pb::ContactCheck { purpose: p, channel: c })
 }
 
 fn window(text: &str, at: usize) -> Result<prost_types::Duration, Problem> {
-    let bad = || Problem(at, format!("`{text}` is not a window: whole days or hours, such as 7d or 12h"));
+    let bad = || {
+        Problem(
+            at,
+            format!("`{text}` is not a window: whole days or hours, such as 7d or 12h"),
+        )
+    };
     let (n, unit) = text.split_at(text.len().saturating_sub(1));
     let n: i64 = n.parse().map_err(|_| bad())?;
     let seconds = match unit {
@@ -334,11 +366,21 @@ fn activity(name: &str, args: &[(String, usize)], col: usize) -> Result<pb::Acti
     let rest = match name {
         "interactions" => {
             let Some((kind, at)) = args.first() else {
-                return Err(Problem(col, "interactions(kind, window[, category]), e.g. interactions(product_view, 7d)".into()));
+                return Err(Problem(
+                    col,
+                    "interactions(kind, window[, category]), e.g. interactions(product_view, 7d)".into(),
+                ));
             };
             a.measure = ActivityMeasure::Interactions as i32;
-            a.interaction_kind = enum_arg(kind, "INTERACTION_KIND_", |n| InteractionKind::from_str_name(n).map(|v| v as i32))
-                .ok_or_else(|| Problem(*at, format!("`{kind}` is not an interaction kind (page_view, product_view, cart, search, …)")))?;
+            a.interaction_kind = enum_arg(kind, "INTERACTION_KIND_", |n| {
+                InteractionKind::from_str_name(n).map(|v| v as i32)
+            })
+            .ok_or_else(|| {
+                Problem(
+                    *at,
+                    format!("`{kind}` is not an interaction kind (page_view, product_view, cart, search, …)"),
+                )
+            })?;
             &args[1..]
         }
         "orders" => {
@@ -357,7 +399,16 @@ fn activity(name: &str, args: &[(String, usize)], col: usize) -> Result<pb::Acti
             "orders" => "orders(window[, category])",
             _ => "order_total(window)",
         };
-        return Err(Problem(col, format!("{usage}, e.g. {}", usage.replace("kind", "product_view").replace("window", "30d").replace("[, category]", ""))));
+        return Err(Problem(
+            col,
+            format!(
+                "{usage}, e.g. {}",
+                usage
+                    .replace("kind", "product_view")
+                    .replace("window", "30d")
+                    .replace("[, category]", "")
+            ),
+        ));
     }
     a.window = Some(window(&rest[0].0, rest[0].1)?);
     if let Some((category, _)) = rest.get(1) {
@@ -370,7 +421,13 @@ fn activity(name: &str, args: &[(String, usize)], col: usize) -> Result<pb::Acti
 pub type Spans = Vec<(String, usize)>;
 
 fn to_pb(node: Node, path: &str, spans: &mut Spans) -> pb::SegmentRule {
-    let here = |leaf: &str| if path.is_empty() { leaf.to_owned() } else { format!("{path}.{leaf}") };
+    let here = |leaf: &str| {
+        if path.is_empty() {
+            leaf.to_owned()
+        } else {
+            format!("{path}.{leaf}")
+        }
+    };
     let kind = match node {
         Node::All(items) => {
             let p = here("all_of");
@@ -411,7 +468,10 @@ pub fn parse(text: &str, field: &str) -> Result<(pb::SegmentRule, Spans), FieldV
     if text.len() > MAX_LEN {
         return Err(FieldViolation::new(field, format!("at most {MAX_LEN} bytes")));
     }
-    let mut p = Parser { toks: lex(text).map_err(at)?, at: 0 };
+    let mut p = Parser {
+        toks: lex(text).map_err(at)?,
+        at: 0,
+    };
     let node = p.expression(0).map_err(at)?;
     if p.peek() != &Tok::End {
         return Err(at(Problem(
@@ -436,7 +496,11 @@ pub fn locate(violations: Vec<FieldViolation>, spans: &Spans, field: &str) -> Ve
             match place {
                 Some((path, col)) => {
                     let part = v.field[path.len()..].trim_start_matches('.');
-                    let part = if part.is_empty() { String::new() } else { format!(" ({part})") };
+                    let part = if part.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" ({part})")
+                    };
                     FieldViolation::new(field, format!("at column {col}{part}: {}", v.description))
                 }
                 None => FieldViolation::new(field, v.description),
@@ -454,7 +518,11 @@ fn lower_name(full: &str, prefix: &str) -> String {
 }
 
 fn window_text(hours: u32) -> String {
-    if hours % 24 == 0 { format!("{}d", hours / 24) } else { format!("{hours}h") }
+    if hours.is_multiple_of(24) {
+        format!("{}d", hours / 24)
+    } else {
+        format!("{hours}h")
+    }
 }
 
 fn cond_text(c: &Cond) -> String {

@@ -130,7 +130,10 @@ pub async fn remove_all<C: ConnectionTrait>(conn: &C, people: &[String]) -> Resu
     for chunk in people.chunks(500) {
         exec(
             conn,
-            &format!("DELETE FROM rfm WHERE person_id IN ({})", crm_platform::db::marks(chunk.len())),
+            &format!(
+                "DELETE FROM rfm WHERE person_id IN ({})",
+                crm_platform::db::marks(chunk.len())
+            ),
             chunk.iter().map(|p| Value::from(p.as_str())).collect(),
         )
         .await?;

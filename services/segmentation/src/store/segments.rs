@@ -75,7 +75,11 @@ fn row(r: &sea_orm::QueryResult) -> Result<SegmentRow> {
 
 /// `FOR UPDATE` where the backend has row locks (SQLite's write lock covers it).
 fn for_update<C: ConnectionTrait>(conn: &C) -> &'static str {
-    if conn.get_database_backend() == DbBackend::Postgres { " FOR UPDATE" } else { "" }
+    if conn.get_database_backend() == DbBackend::Postgres {
+        " FOR UPDATE"
+    } else {
+        ""
+    }
 }
 
 pub async fn get<C: ConnectionTrait>(conn: &C, id: &str) -> Result<Option<SegmentRow>> {
@@ -117,7 +121,12 @@ pub async fn due<C: ConnectionTrait>(conn: &C, refresh_before_us: i64) -> Result
 
 /// Marks the segments reading any of `deps` for a full evaluation.
 pub async fn mark_stale<C: ConnectionTrait>(conn: &C, deps: i64) -> Result<()> {
-    exec(conn, "UPDATE segments SET stale = 1 WHERE (deps & ?) <> 0 AND stale = 0", vec![deps.into()]).await?;
+    exec(
+        conn,
+        "UPDATE segments SET stale = 1 WHERE (deps & ?) <> 0 AND stale = 0",
+        vec![deps.into()],
+    )
+    .await?;
     Ok(())
 }
 
@@ -287,11 +296,15 @@ pub async fn members<C: ConnectionTrait>(conn: &C, id: &str, after: &str, limit:
 
 /// Every member of a segment.
 pub async fn all_members<C: ConnectionTrait>(conn: &C, id: &str) -> Result<Vec<String>> {
-    query(conn, "SELECT person_id FROM segment_members WHERE segment_id = ?", vec![id.into()])
-        .await?
-        .iter()
-        .map(|r| Ok(r.try_get("", "person_id")?))
-        .collect()
+    query(
+        conn,
+        "SELECT person_id FROM segment_members WHERE segment_id = ?",
+        vec![id.into()],
+    )
+    .await?
+    .iter()
+    .map(|r| Ok(r.try_get("", "person_id")?))
+    .collect()
 }
 
 /// Which of `people` are members of a segment.
@@ -345,7 +358,10 @@ pub async fn remove_members<C: ConnectionTrait>(conn: &C, id: &str, people: &[St
         values.extend(chunk.iter().map(|p| Value::from(p.as_str())));
         exec(
             conn,
-            &format!("DELETE FROM segment_members WHERE segment_id = ? AND person_id IN ({})", marks(chunk.len())),
+            &format!(
+                "DELETE FROM segment_members WHERE segment_id = ? AND person_id IN ({})",
+                marks(chunk.len())
+            ),
             values,
         )
         .await?;

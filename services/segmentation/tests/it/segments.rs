@@ -160,13 +160,23 @@ async fn membership_follows_behaviour_orders_and_tags_with_events() {
     let browser = customer(&app, "Browser").await;
     let casual = customer(&app, "Casual").await;
     // The seeds' rule: viewed shoes at least 3 times in the last 7 days, no order since.
-    let seg = create(&app, "shoe-browsers", "interactions(product_view, 7d, \"shoes\") >= 3 AND orders(7d) = 0")
-        .await
-        .unwrap();
+    let seg = create(
+        &app,
+        "shoe-browsers",
+        "interactions(product_view, 7d, \"shoes\") >= 3 AND orders(7d) = 0",
+    )
+    .await
+    .unwrap();
     assert_eq!(seg.version, 1);
     assert!(seg.time_dependent);
-    assert_eq!(seg.filter, "interactions(product_view, 7d, \"shoes\") >= 3 AND orders(7d) = 0");
-    assert!(matches!(seg.rule.as_ref().and_then(|r| r.kind.as_ref()), Some(Kind::AllOf(_))));
+    assert_eq!(
+        seg.filter,
+        "interactions(product_view, 7d, \"shoes\") >= 3 AND orders(7d) = 0"
+    );
+    assert!(matches!(
+        seg.rule.as_ref().and_then(|r| r.kind.as_ref()),
+        Some(Kind::AllOf(_))
+    ));
 
     views(&app, &browser, "shoes", 3, "b").await;
     views(&app, &casual, "shoes", 2, "c").await;
@@ -202,7 +212,10 @@ async fn membership_follows_behaviour_orders_and_tags_with_events() {
         .await
         .unwrap();
     until_member(&app, "vips", &casual, true).await;
-    assert!(!member(&app, "vips", &browser).await, "the browser ordered in the last 30 days");
+    assert!(
+        !member(&app, "vips", &browser).await,
+        "the browser ordered in the last 30 days"
+    );
     let listed = app
         .segmentation
         .clone()
@@ -238,7 +251,10 @@ async fn membership_follows_behaviour_orders_and_tags_with_events() {
     assert_eq!(in_use.code(), Code::FailedPrecondition, "{in_use:?}");
     assert!(in_use.message().contains("segments/vips"), "{in_use:?}");
     let err = create(&app, "ghosts", "tags:ghost").await.unwrap_err();
-    assert_eq!(violations(&err), vec![("segment.filter".into(), "tags/ghost does not exist".into())]);
+    assert_eq!(
+        violations(&err),
+        vec![("segment.filter".into(), "tags/ghost does not exist".into())]
+    );
 
     // The feed told who entered and who left.
     let events = crm_platform::testing::replay(
@@ -287,10 +303,15 @@ async fn rules_are_validated_versioned_previewed_and_listed() {
     until_projected(&app, 6).await;
 
     // Text errors point at the column; tree errors at the field path.
-    let err = create(&app, "bad", "interactions(product_view, 7d) >= lots").await.unwrap_err();
+    let err = create(&app, "bad", "interactions(product_view, 7d) >= lots")
+        .await
+        .unwrap_err();
     assert_eq!(
         violations(&err),
-        vec![("segment.filter".into(), "at column 1 (value): `lots` is not an integer".into())]
+        vec![(
+            "segment.filter".into(),
+            "at column 1 (value): `lots` is not an integer".into()
+        )]
     );
     let err = create(&app, "Bad Id", "rfm.group = LOST").await.unwrap_err();
     assert_eq!(violations(&err)[0].0, "segment_id");
@@ -472,7 +493,10 @@ async fn rules_are_validated_versioned_previewed_and_listed() {
             .await
             .unwrap()
             .into_inner();
-        assert_eq!((s.filter.as_str(), s.strategy.as_str()), (t.filter.as_str(), t.strategy.as_str()));
+        assert_eq!(
+            (s.filter.as_str(), s.strategy.as_str()),
+            (t.filter.as_str(), t.strategy.as_str())
+        );
     }
     let listed = app
         .segmentation

@@ -15,11 +15,7 @@ use crm_platform::{
     server::shutdown_channel,
     testing::TestDatabase,
 };
-use crm_proto::crm::{
-    common::v1::PostalAddress,
-    customer::v1 as cpb,
-    events::v1::Event,
-};
+use crm_proto::crm::{common::v1::PostalAddress, customer::v1 as cpb, events::v1::Event};
 use crm_segmentation::{
     projection::Projection,
     rfm::RfmConfig,
@@ -63,18 +59,22 @@ const ALL_TRAITS: [&str; 6] = [
 
 /// Every stored trait value.
 async fn trait_rows(db: &sea_orm::DatabaseConnection) -> Vec<(String, String, String)> {
-    crm_platform::db::query(db, "SELECT person_id, name, value FROM traits ORDER BY person_id, name", vec![])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| {
-            (
-                r.try_get("", "person_id").unwrap(),
-                r.try_get("", "name").unwrap(),
-                r.try_get("", "value").unwrap(),
-            )
-        })
-        .collect()
+    crm_platform::db::query(
+        db,
+        "SELECT person_id, name, value FROM traits ORDER BY person_id, name",
+        vec![],
+    )
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| {
+        (
+            r.try_get("", "person_id").unwrap(),
+            r.try_get("", "name").unwrap(),
+            r.try_get("", "value").unwrap(),
+        )
+    })
+    .collect()
 }
 const CATEGORIES: [&str; 3] = ["shoes", "hats", "bags"];
 
@@ -183,36 +183,52 @@ async fn step(
         0..=1 => {
             let id = format!("c{:03}", ids.len());
             ids.push(id.clone());
-            Some(event(n, "CustomerCreated", &cpb::CustomerCreated {
-                customer: Some(customer(rng, &id)),
-            }))
+            Some(event(
+                n,
+                "CustomerCreated",
+                &cpb::CustomerCreated {
+                    customer: Some(customer(rng, &id)),
+                },
+            ))
         }
-        2..=3 => Some(event(n, "CustomerUpdated", &cpb::CustomerUpdated {
-            customer: Some(customer(rng, &who)),
-            changed_paths: vec![],
-        })),
+        2..=3 => Some(event(
+            n,
+            "CustomerUpdated",
+            &cpb::CustomerUpdated {
+                customer: Some(customer(rng, &who)),
+                changed_paths: vec![],
+            },
+        )),
         4..=8 => {
             let category = *rng.pick(&CATEGORIES);
             let hours = i64::try_from(rng.below(24 * 200)).unwrap_or(0);
-            let status = if rng.below(8) == 0 { cpb::OrderStatus::Cancelled } else { cpb::OrderStatus::Completed };
-            Some(event(n, "OrderChanged", &cpb::OrderChanged {
-                customer: name.clone(),
-                order: Some(cpb::Order {
-                    // Sometimes an existing order changes (status, customer).
-                    name: format!("{name}/orders/o{}", rng.below(60)),
-                    status: status as i32,
-                    currency: (*rng.pick(&["CNY", "CNY", "USD"])).into(),
-                    total_micros: i64::try_from(rng.below(300)).unwrap_or(0) * 1_000_000,
-                    place_time: ts(ago(hours)),
-                    lines: vec![cpb::OrderLine {
-                        category: category.into(),
+            let status = if rng.below(8) == 0 {
+                cpb::OrderStatus::Cancelled
+            } else {
+                cpb::OrderStatus::Completed
+            };
+            Some(event(
+                n,
+                "OrderChanged",
+                &cpb::OrderChanged {
+                    customer: name.clone(),
+                    order: Some(cpb::Order {
+                        // Sometimes an existing order changes (status, customer).
+                        name: format!("{name}/orders/o{}", rng.below(60)),
+                        status: status as i32,
+                        currency: (*rng.pick(&["CNY", "CNY", "USD"])).into(),
+                        total_micros: i64::try_from(rng.below(300)).unwrap_or(0) * 1_000_000,
+                        place_time: ts(ago(hours)),
+                        lines: vec![cpb::OrderLine {
+                            category: category.into(),
+                            ..Default::default()
+                        }],
                         ..Default::default()
-                    }],
-                    ..Default::default()
-                }),
-                created: true,
-                previous_status: 0,
-            }))
+                    }),
+                    created: true,
+                    previous_status: 0,
+                },
+            ))
         }
         9..=13 => {
             let kind = *rng.pick(&[
@@ -221,17 +237,21 @@ async fn step(
                 cpb::InteractionKind::Cart,
             ]);
             let hours = i64::try_from(rng.below(24 * 14)).unwrap_or(0);
-            Some(event(n, "InteractionRecorded", &cpb::InteractionRecorded {
-                customer: name.clone(),
-                interaction: Some(cpb::Interaction {
-                    name: format!("{name}/interactions/i{n}"),
-                    kind: kind as i32,
-                    channel: 1,
-                    occur_time: ts(ago(hours)),
-                    properties: [("category".to_owned(), (*rng.pick(&CATEGORIES)).to_owned())].into(),
-                    ..Default::default()
-                }),
-            }))
+            Some(event(
+                n,
+                "InteractionRecorded",
+                &cpb::InteractionRecorded {
+                    customer: name.clone(),
+                    interaction: Some(cpb::Interaction {
+                        name: format!("{name}/interactions/i{n}"),
+                        kind: kind as i32,
+                        channel: 1,
+                        occur_time: ts(ago(hours)),
+                        properties: [("category".to_owned(), (*rng.pick(&CATEGORIES)).to_owned())].into(),
+                        ..Default::default()
+                    }),
+                },
+            ))
         }
         14..=15 => {
             let mut records = Vec::new();
@@ -252,14 +272,18 @@ async fn step(
                     });
                 }
             }
-            Some(event(n, "ConsentChanged", &cpb::ConsentChanged {
-                customer: name.clone(),
-                changes: vec![],
-                consent: Some(cpb::Consent {
-                    records,
-                    ..Default::default()
-                }),
-            }))
+            Some(event(
+                n,
+                "ConsentChanged",
+                &cpb::ConsentChanged {
+                    customer: name.clone(),
+                    changes: vec![],
+                    consent: Some(cpb::Consent {
+                        records,
+                        ..Default::default()
+                    }),
+                },
+            ))
         }
         16 => {
             // Tagging, as `Tags` does it: in one transaction with the segments.
@@ -290,18 +314,26 @@ async fn step(
         17..=18 => {
             let other = rng.pick(ids).clone();
             (other != who).then(|| {
-                event(n, "CustomersMerged", &cpb::CustomersMerged {
-                    survivor: Some(customer(rng, &who)),
-                    merged: vec![format!("customers/{other}")],
-                })
+                event(
+                    n,
+                    "CustomersMerged",
+                    &cpb::CustomersMerged {
+                        survivor: Some(customer(rng, &who)),
+                        merged: vec![format!("customers/{other}")],
+                    },
+                )
             })
         }
-        _ => Some(event(n, "CustomerErased", &cpb::CustomerErased {
-            erasure: Some(cpb::Erasure {
-                erased_customers: vec![name.clone()],
-                ..Default::default()
-            }),
-        })),
+        _ => Some(event(
+            n,
+            "CustomerErased",
+            &cpb::CustomerErased {
+                erasure: Some(cpb::Erasure {
+                    erased_customers: vec![name.clone()],
+                    ..Default::default()
+                }),
+            },
+        )),
     };
     if let Some(e) = e {
         projection.apply(&txn, &e).await.unwrap();
@@ -384,7 +416,11 @@ async fn incremental_membership_equals_full_evaluation() {
             rules.push(s.id);
         }
         segments.evaluate_due().await.unwrap();
-        assert_eq!(segments.evaluate_due().await.unwrap(), 0, "nothing is due after a full evaluation");
+        assert_eq!(
+            segments.evaluate_due().await.unwrap(),
+            0,
+            "nothing is due after a full evaluation"
+        );
 
         for _ in 0..200 {
             step(&mut rng, &mut n, &mut ids, &db, &projection, &evaluator).await;
@@ -403,12 +439,19 @@ async fn incremental_membership_equals_full_evaluation() {
                 "seed {seed}, segment {id} `{}`: the incremental membership differs from a full evaluation",
                 s.filter
             );
-            assert_eq!(s.member_count, i64::try_from(full.len()).unwrap(), "seed {seed}, {id}: member count");
+            assert_eq!(
+                s.member_count,
+                i64::try_from(full.len()).unwrap(),
+                "seed {seed}, {id}: member count"
+            );
             if !full.is_empty() && full.len() < ids.len() {
                 nonempty += 1;
             }
         }
-        assert!(nonempty >= 3, "seed {seed}: too few rules split the population to test anything");
+        assert!(
+            nonempty >= 3,
+            "seed {seed}: too few rules split the population to test anything"
+        );
 
         // The scheduled, set-based trait refresh gives what the per-person one gives.
         let all = Traits::new(&ALL_TRAITS.map(str::to_owned), "CNY").unwrap();
@@ -420,7 +463,11 @@ async fn incremental_membership_equals_full_evaluation() {
         let txn = begin_write(&db).await.unwrap();
         all.refresh_all(&txn, chrono::Utc::now()).await.unwrap();
         txn.commit().await.unwrap();
-        assert_eq!(trait_rows(&db).await, per_person, "seed {seed}: set-based traits differ from per-person ones");
+        assert_eq!(
+            trait_rows(&db).await,
+            per_person,
+            "seed {seed}: set-based traits differ from per-person ones"
+        );
         assert!(per_person.len() > people.len(), "seed {seed}: traits were computed");
     }
 }

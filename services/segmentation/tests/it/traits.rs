@@ -216,7 +216,11 @@ async fn traits_declared_over_the_api_are_backfilled_and_guarded() {
     let api: Vec<_> = listed.iter().filter(|t| t.source == pb::TraitSource::Api as i32).collect();
     assert_eq!(api.len(), 1);
     assert!(api[0].backfill_time.is_some());
-    assert!(listed.iter().any(|t| t.name == "computedTraits/orders.count_90d" && t.source == pb::TraitSource::Config as i32));
+    assert!(
+        listed
+            .iter()
+            .any(|t| t.name == "computedTraits/orders.count_90d" && t.source == pb::TraitSource::Config as i32)
+    );
 
     // Usable in rules now, and then guarded against removal.
     let preview = seg
