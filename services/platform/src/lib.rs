@@ -18,6 +18,7 @@ pub mod db;
 pub mod error;
 pub mod feed;
 pub mod idempotency;
+pub mod mask;
 pub mod metrics;
 pub mod migrate;
 pub mod paging;

@@ -6,6 +6,7 @@ use crm_platform::{
     auth::Principal,
     authz::{Authz, Resource},
     consumer,
+    mask::update_paths,
     paging::{PageTokens, page_size},
 };
 use crm_proto::crm::{
@@ -149,11 +150,7 @@ impl SegmentationService for Api {
         };
         let size = page_size(req.page_size, 100, 1000)?;
         let fingerprint = format!("tags:{}", req.parent);
-        let after: String = if req.page_token.is_empty() {
-            String::new()
-        } else {
-            self.page_tokens.decode(&fingerprint, &req.page_token)?
-        };
+        let after = self.after(&fingerprint, &req.page_token)?;
         let mut rows = self.tags.list(parent, &after, u64::from(size) + 1).await?;
         let next_page_token = self.page_tokens.cut(&fingerprint, &mut rows, size, |t| t.id.clone())?;
         Ok(Response::new(pb::ListTagsResponse {
@@ -167,18 +164,13 @@ impl SegmentationService for Api {
         self.check(&principal, "segment.manage", "tags").await?;
         let req = req.into_inner();
         let tag = req.tag.ok_or_else(|| Error::invalid("tag", "required"))?;
-        let paths = match req.update_mask {
-            Some(m) if !m.paths.is_empty() => m.paths,
-            // An empty mask means the fields that are set.
-            _ => [
+        let paths = update_paths(
+            req.update_mask,
+            &[
                 ("display_name", !tag.display_name.is_empty()),
                 ("description", !tag.description.is_empty()),
-            ]
-            .into_iter()
-            .filter(|(_, set)| *set)
-            .map(|(p, _)| p.to_owned())
-            .collect(),
-        };
+            ],
+        );
         let row = self.tags.update(&principal.user_id, &tag, &paths).await?;
         Ok(Response::new(to_proto(&row)))
     }
@@ -411,20 +403,15 @@ impl SegmentationService for Api {
         self.check(&principal, "segment.manage", "segments").await?;
         let req = req.into_inner();
         let segment = req.segment.ok_or_else(|| Error::invalid("segment", "required"))?;
-        let paths = match req.update_mask {
-            Some(m) if !m.paths.is_empty() => m.paths,
-            // An empty mask means the fields that are set.
-            _ => [
+        let paths = update_paths(
+            req.update_mask,
+            &[
                 ("display_name", !segment.display_name.is_empty()),
                 ("description", !segment.description.is_empty()),
                 ("strategy", !segment.strategy.is_empty()),
                 ("rule", segment.rule.is_some() || !segment.filter.is_empty()),
-            ]
-            .into_iter()
-            .filter(|(_, set)| *set)
-            .map(|(p, _)| p.to_owned())
-            .collect(),
-        };
+            ],
+        );
         let row = self.segments.update(&principal.user_id, &segment, &paths).await?;
         Ok(Response::new(segments::to_proto(&row)))
     }

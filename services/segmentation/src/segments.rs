@@ -530,14 +530,7 @@ impl Segments {
     pub async fn update(&self, actor: &str, patch: &pb::Segment, paths: &[String]) -> Result<SegmentRow> {
         let id = segment_id(&patch.name, "segment.name")?;
         let mut v = Vec::new();
-        for (i, p) in paths.iter().enumerate() {
-            if !matches!(p.as_str(), "display_name" | "description" | "strategy" | "rule" | "filter") {
-                v.push(FieldViolation::new(
-                    format!("update_mask.paths[{i}]"),
-                    "only display_name, description, strategy and rule (or filter) can change",
-                ));
-            }
-        }
+        crm_platform::mask::check_paths(paths, &["display_name", "description", "strategy", "rule", "filter"], &mut v);
         let wants = |f: &str| paths.iter().any(|p| p == f);
         if wants("display_name") {
             check_text(&mut v, "segment.display_name", &patch.display_name, 100, true);

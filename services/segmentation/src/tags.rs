@@ -238,14 +238,7 @@ impl Tags {
     pub async fn update(&self, actor: &str, patch: &pb::Tag, paths: &[String]) -> Result<TagRow> {
         let id = tag_id(&patch.name, "tag.name")?;
         let mut v = Vec::new();
-        for (i, p) in paths.iter().enumerate() {
-            if !matches!(p.as_str(), "display_name" | "description") {
-                v.push(FieldViolation::new(
-                    format!("update_mask.paths[{i}]"),
-                    "only display_name and description can change",
-                ));
-            }
-        }
+        crm_platform::mask::check_paths(paths, &["display_name", "description"], &mut v);
         let wants = |f: &str| paths.iter().any(|p| p == f);
         if wants("display_name") {
             check_text(&mut v, "tag.display_name", &patch.display_name, 100, true);
