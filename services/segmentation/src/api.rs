@@ -410,6 +410,7 @@ impl SegmentationService for Api {
                 ("description", !segment.description.is_empty()),
                 ("strategy", !segment.strategy.is_empty()),
                 ("rule", segment.rule.is_some() || !segment.filter.is_empty()),
+                ("tag", !segment.tag.is_empty()),
             ],
         );
         let row = self.segments.update(&principal.user_id, &segment, &paths).await?;

@@ -33,6 +33,7 @@ use tokio::sync::Notify;
 use crate::{
     rule::{self, Context, Rule, Scope},
     store::segments::{self as store, SegmentRow, VersionRow},
+    store::tags as tag_store,
     tags::{check_text, etag, time, valid_id},
 };
 
@@ -50,6 +51,49 @@ pub struct SegmentsConfig {
 pub const MAX_SAMPLE: i32 = 100;
 /// Customers per membership event at most.
 const EVENT_BATCH: usize = 1000;
+/// Rounds of segments re-evaluated because another segment's tag changed, at most
+/// (a cycle of segments tagging each other stops there).
+const MAX_TAG_ROUNDS: usize = 4;
+
+/// Puts segment `segment`'s tag on `people` that lack it, with the event; returns them.
+async fn tag_on<C: ConnectionTrait>(conn: &C, segment: &str, tag: &str, people: &[String]) -> Result<Vec<String>> {
+    if tag.is_empty() || people.is_empty() {
+        return Ok(Vec::new());
+    }
+    let actor = format!("segments/{segment}");
+    let fresh = tag_store::assign_by_rule(conn, tag, &actor, people, Utc::now().timestamp_micros()).await?;
+    if !fresh.is_empty() {
+        feed::append(
+            conn,
+            NewEvent {
+                event_type: "crm.segmentation.v1.CustomersTagged",
+                subject: format!("tags/{tag}"),
+                actor,
+                data: pb::CustomersTagged {
+                    tag: format!("tags/{tag}"),
+                    customers: fresh.iter().map(|p| format!("customers/{p}")).collect(),
+                    source: pb::TagSource::Rule as i32,
+                    expire_time: None,
+                }
+                .encode_to_vec(),
+            },
+        )
+        .await?;
+    }
+    Ok(fresh)
+}
+
+/// Takes segment `segment`'s tag off `people` it put it on, with the event; returns
+/// them.
+async fn tag_off<C: ConnectionTrait>(conn: &C, segment: &str, tag: &str, people: &[String]) -> Result<Vec<String>> {
+    if tag.is_empty() || people.is_empty() {
+        return Ok(Vec::new());
+    }
+    let actor = format!("segments/{segment}");
+    let gone = tag_store::unassign_by_rule(conn, tag, &actor, people).await?;
+    crate::tags::untagged(conn, tag, gone.clone(), pb::UntagReason::Rule, &actor).await?;
+    Ok(gone)
+}
 
 /// A built-in template.
 pub struct Template {
@@ -159,40 +203,74 @@ impl Evaluator {
             .collect()
     }
 
-    /// Stores who entered and left a segment, with their events.
-    async fn apply<C: ConnectionTrait>(&self, conn: &C, s: &SegmentRow, entered: &[String], exited: &[String]) -> Result<()> {
+    /// Stores who entered and left a segment, with their events, and puts the
+    /// segment's tag on and off them; returns the persons whose tags changed.
+    async fn apply<C: ConnectionTrait>(
+        &self,
+        conn: &C,
+        s: &SegmentRow,
+        entered: &[String],
+        exited: &[String],
+    ) -> Result<Vec<String>> {
         if entered.is_empty() && exited.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let now = Utc::now().timestamp_micros();
         store::add_members(conn, &s.id, entered, now).await?;
         store::remove_members(conn, &s.id, exited).await?;
-        feed::append_many(conn, membership_events(&s.id, s.version, entered, exited)).await
+        feed::append_many(conn, membership_events(&s.id, s.version, entered, exited)).await?;
+        let mut retagged = tag_on(conn, &s.id, &s.rule_tag, entered).await?;
+        retagged.extend(tag_off(conn, &s.id, &s.rule_tag, exited).await?);
+        Ok(retagged)
     }
 
     /// After a change to `people` touching the data `deps` (`rule::deps` bits):
     /// re-evaluates, for those persons only, every segment reading any of it. A
     /// person that is no longer one (merged into another, erased) leaves.
     pub async fn on_change<C: ConnectionTrait>(&self, conn: &C, people: &[String], deps: i64) -> Result<()> {
-        if people.is_empty() {
-            return Ok(());
-        }
-        let mut people = people.to_vec();
-        people.sort();
-        people.dedup();
-        for s in store::lock_reading(conn, deps).await? {
-            let rule = stored_rule(&s.filter)?;
-            let matched = self.matching(conn, &rule, Scope::People(&people)).await?;
-            let current: BTreeSet<String> = store::members_among(conn, &s.id, &people).await?.into_iter().collect();
-            let entered: Vec<String> = matched.difference(&current).cloned().collect();
-            let exited: Vec<String> = current.difference(&matched).cloned().collect();
-            self.apply(conn, &s, &entered, &exited).await?;
-            let delta = i64::try_from(entered.len()).unwrap_or(0) - i64::try_from(exited.len()).unwrap_or(0);
-            if delta != 0 {
-                store::add_members_count(conn, &s.id, delta).await?;
+        self.cascade(conn, people.to_vec(), deps).await
+    }
+
+    /// `on_change`, then again for the persons whose rule tags changed (segments
+    /// reading tags), a bounded number of rounds.
+    async fn cascade<C: ConnectionTrait>(&self, conn: &C, mut people: Vec<String>, mut deps: i64) -> Result<()> {
+        for _ in 0..MAX_TAG_ROUNDS {
+            if people.is_empty() {
+                return Ok(());
             }
+            people.sort();
+            people.dedup();
+            let mut retagged = Vec::new();
+            for s in store::lock_reading(conn, deps).await? {
+                let rule = stored_rule(&s.filter)?;
+                let matched = self.matching(conn, &rule, Scope::People(&people)).await?;
+                let current: BTreeSet<String> = store::members_among(conn, &s.id, &people).await?.into_iter().collect();
+                let entered: Vec<String> = matched.difference(&current).cloned().collect();
+                let exited: Vec<String> = current.difference(&matched).cloned().collect();
+                retagged.extend(self.apply(conn, &s, &entered, &exited).await?);
+                let delta = i64::try_from(entered.len()).unwrap_or(0) - i64::try_from(exited.len()).unwrap_or(0);
+                if delta != 0 {
+                    store::add_members_count(conn, &s.id, delta).await?;
+                }
+            }
+            people = retagged;
+            deps = rule::deps::TAGS;
+        }
+        if !people.is_empty() {
+            tracing::warn!(
+                people = people.len(),
+                "segment tags still changing after {MAX_TAG_ROUNDS} rounds: segments tag each other in a cycle"
+            );
         }
         Ok(())
+    }
+
+    /// A segment's tag changed from `old` to its `rule_tag`: moved on every member.
+    async fn retag<C: ConnectionTrait>(&self, conn: &C, s: &SegmentRow, old: &str) -> Result<()> {
+        let members = store::all_members(conn, &s.id).await?;
+        let mut retagged = tag_off(conn, &s.id, old, &members).await?;
+        retagged.extend(tag_on(conn, &s.id, &s.rule_tag, &members).await?);
+        self.cascade(conn, retagged, rule::deps::TAGS).await
     }
 
     /// The whole membership of a segment anew (its current rule version); returns
@@ -206,9 +284,10 @@ impl Evaluator {
         let current: BTreeSet<String> = store::all_members(conn, id).await?.into_iter().collect();
         let entered: Vec<String> = matched.difference(&current).cloned().collect();
         let exited: Vec<String> = current.difference(&matched).cloned().collect();
-        self.apply(conn, &s, &entered, &exited).await?;
+        let retagged = self.apply(conn, &s, &entered, &exited).await?;
         let count = i64::try_from(matched.len()).unwrap_or(i64::MAX);
         store::evaluated(conn, id, s.version, Utc::now().timestamp_micros(), count).await?;
+        self.cascade(conn, retagged, rule::deps::TAGS).await?;
         Ok(Some((entered.len(), exited.len())))
     }
 }
@@ -304,6 +383,11 @@ pub fn to_proto(s: &SegmentRow) -> pb::Segment {
         create_time: time(s.create_us),
         update_time: time(s.update_us),
         etag: etag(s.revision),
+        tag: if s.rule_tag.is_empty() {
+            String::new()
+        } else {
+            format!("tags/{}", s.rule_tag)
+        },
     }
 }
 
@@ -361,6 +445,25 @@ impl Segments {
             Some(_) => Err(Error::invalid("segment.template", "give a template or a rule, not both")),
             None => resolve(s.rule.as_ref(), &s.filter, &self.ctx(), "segment"),
         }
+    }
+
+    /// The tag a segment puts on its members: empty, or an existing tag its rule does
+    /// not read.
+    async fn rule_tag<C: ConnectionTrait>(&self, conn: &C, name: &str, rule: &Rule) -> Result<String> {
+        if name.is_empty() {
+            return Ok(String::new());
+        }
+        let id = crate::tags::tag_id(name, "segment.tag")?;
+        if crate::store::tags::get(conn, id).await?.is_none() {
+            return Err(Error::invalid("segment.tag", format!("tags/{id} does not exist")));
+        }
+        if rule.tags().iter().any(|t| t == id) {
+            return Err(Error::invalid(
+                "segment.tag",
+                "the rule reads this tag: a segment cannot put on the tag it selects by",
+            ));
+        }
+        Ok(id.to_owned())
     }
 
     /// Every tag a rule names must exist.
@@ -477,6 +580,7 @@ impl Segments {
             },
         )
         .await?;
+        let rule_tag = self.rule_tag(&txn, &s.tag, &rule).await?;
         let now = Utc::now().timestamp_micros();
         let row = SegmentRow {
             id: segment_id.to_owned(),
@@ -494,6 +598,7 @@ impl Segments {
             revision: 1,
             create_us: now,
             update_us: now,
+            rule_tag,
         };
         if !store::insert(&txn, &row).await? {
             return Err(Error::AlreadyExists {
@@ -530,7 +635,11 @@ impl Segments {
     pub async fn update(&self, actor: &str, patch: &pb::Segment, paths: &[String]) -> Result<SegmentRow> {
         let id = segment_id(&patch.name, "segment.name")?;
         let mut v = Vec::new();
-        crm_platform::mask::check_paths(paths, &["display_name", "description", "strategy", "rule", "filter"], &mut v);
+        crm_platform::mask::check_paths(
+            paths,
+            &["display_name", "description", "strategy", "rule", "filter", "tag"],
+            &mut v,
+        );
         let wants = |f: &str| paths.iter().any(|p| p == f);
         if wants("display_name") {
             check_text(&mut v, "segment.display_name", &patch.display_name, 100, true);
@@ -607,6 +716,15 @@ impl Segments {
                 .await?;
             }
         }
+        if wants("tag") || (rule.is_some() && !next.rule_tag.is_empty()) {
+            let name = if wants("tag") {
+                patch.tag.clone()
+            } else {
+                format!("tags/{}", next.rule_tag)
+            };
+            let rule_now = stored_rule(&next.filter)?;
+            next.rule_tag = self.rule_tag(&txn, &name, &rule_now).await?;
+        }
         if next == current {
             return Ok(current);
         }
@@ -616,6 +734,9 @@ impl Segments {
             return Err(Error::EtagMismatch {
                 name: patch.name.clone(),
             });
+        }
+        if next.rule_tag != current.rule_tag {
+            self.evaluator.retag(&txn, &next, &current.rule_tag).await?;
         }
         feed::append(&txn, changed(&next, false, actor)).await?;
         txn.commit().await?;
@@ -631,6 +752,11 @@ impl Segments {
         if !etag_value.is_empty() && etag_value != etag(current.revision) {
             return Err(Error::EtagMismatch { name: name.to_owned() });
         }
+        let untagging = SegmentRow {
+            rule_tag: String::new(),
+            ..current.clone()
+        };
+        self.evaluator.retag(&txn, &untagging, &current.rule_tag).await?;
         store::delete(&txn, id).await?;
         feed::append(&txn, changed(&current, true, actor)).await?;
         txn.commit().await?;

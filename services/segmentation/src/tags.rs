@@ -293,6 +293,13 @@ impl Tags {
                 message: format!("{user} still has this tag: remove it first"),
             });
         }
+        if let Some(segment) = crate::store::segments::tagging(&txn, id).await?.first() {
+            return Err(Error::FailedPrecondition {
+                reason: "RESOURCE_IN_USE",
+                subject: name.to_owned(),
+                message: format!("segments/{segment} puts this tag on its members: change it first"),
+            });
+        }
         for (segment, filter) in crate::store::segments::filters(&txn).await? {
             if crate::segments::stored_rule(&filter)?.tags().iter().any(|t| t == id) {
                 return Err(Error::FailedPrecondition {

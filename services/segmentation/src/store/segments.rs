@@ -13,7 +13,7 @@ pub fn migration(_: Dialect) -> Vec<String> {
          strategy TEXT NOT NULL, filter TEXT NOT NULL, version BIGINT NOT NULL, deps BIGINT NOT NULL, \
          time_dependent INTEGER NOT NULL, evaluated_version BIGINT NOT NULL, stale INTEGER NOT NULL, \
          evaluate_us BIGINT NOT NULL, member_count BIGINT NOT NULL, revision BIGINT NOT NULL, \
-         create_us BIGINT NOT NULL, update_us BIGINT NOT NULL)"
+         create_us BIGINT NOT NULL, update_us BIGINT NOT NULL, rule_tag TEXT NOT NULL)"
             .into(),
         "CREATE TABLE segment_versions (segment_id TEXT NOT NULL, version BIGINT NOT NULL, filter TEXT NOT NULL, \
          actor TEXT NOT NULL, create_us BIGINT NOT NULL, PRIMARY KEY (segment_id, version))"
@@ -23,10 +23,10 @@ pub fn migration(_: Dialect) -> Vec<String> {
          PRIMARY KEY (segment_id, person_id))"
             .into(),
         "CREATE INDEX segment_members_person ON segment_members (person_id, segment_id)".into(),
-        // Activity conditions over the whole population read orders and interactions
-        // by time.
-        "CREATE INDEX orders_time ON orders (place_us)".into(),
-        "CREATE INDEX interactions_kind_time ON interactions (kind, occur_us)".into(),
+        // Activity conditions and RFM over the whole population read orders and
+        // interactions by time: covering indexes answer them without the tables.
+        "CREATE INDEX orders_time ON orders (place_us, person_id, status, currency, total_micros)".into(),
+        "CREATE INDEX interactions_kind_time ON interactions (kind, occur_us, person_id, category)".into(),
     ]
 }
 
@@ -48,10 +48,12 @@ pub struct SegmentRow {
     pub revision: i64,
     pub create_us: i64,
     pub update_us: i64,
+    /// The tag put on members; empty for none.
+    pub rule_tag: String,
 }
 
 const COLUMNS: &str = "id, display_name, description, strategy, filter, version, deps, time_dependent, evaluated_version, \
-                       stale, evaluate_us, member_count, revision, create_us, update_us";
+                       stale, evaluate_us, member_count, revision, create_us, update_us, rule_tag";
 
 fn row(r: &sea_orm::QueryResult) -> Result<SegmentRow> {
     Ok(SegmentRow {
@@ -70,6 +72,7 @@ fn row(r: &sea_orm::QueryResult) -> Result<SegmentRow> {
         revision: r.try_get("", "revision")?,
         create_us: r.try_get("", "create_us")?,
         update_us: r.try_get("", "update_us")?,
+        rule_tag: r.try_get("", "rule_tag")?,
     })
 }
 
@@ -134,7 +137,7 @@ pub async fn insert<C: ConnectionTrait>(conn: &C, s: &SegmentRow) -> Result<bool
     let n = exec(
         conn,
         &format!(
-            "INSERT INTO segments ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING"
+            "INSERT INTO segments ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING"
         ),
         vec![
             s.id.as_str().into(),
@@ -152,6 +155,7 @@ pub async fn insert<C: ConnectionTrait>(conn: &C, s: &SegmentRow) -> Result<bool
             s.revision.into(),
             s.create_us.into(),
             s.update_us.into(),
+            s.rule_tag.as_str().into(),
         ],
     )
     .await?;
@@ -164,7 +168,7 @@ pub async fn update<C: ConnectionTrait>(conn: &C, s: &SegmentRow, expected: i64)
     let n = exec(
         conn,
         "UPDATE segments SET display_name = ?, description = ?, strategy = ?, filter = ?, version = ?, deps = ?, \
-         time_dependent = ?, revision = ?, update_us = ? WHERE id = ? AND revision = ?",
+         time_dependent = ?, revision = ?, update_us = ?, rule_tag = ? WHERE id = ? AND revision = ?",
         vec![
             s.display_name.as_str().into(),
             s.description.as_str().into(),
@@ -175,6 +179,7 @@ pub async fn update<C: ConnectionTrait>(conn: &C, s: &SegmentRow, expected: i64)
             i32::from(s.time_dependent).into(),
             s.revision.into(),
             s.update_us.into(),
+            s.rule_tag.as_str().into(),
             s.id.as_str().into(),
             expected.into(),
         ],
@@ -225,6 +230,19 @@ pub async fn list<C: ConnectionTrait>(conn: &C, after: &str, limit: u64) -> Resu
     .await?
     .iter()
     .map(row)
+    .collect()
+}
+
+/// The segments that put `tag` on their members.
+pub async fn tagging<C: ConnectionTrait>(conn: &C, tag: &str) -> Result<Vec<String>> {
+    query(
+        conn,
+        "SELECT id FROM segments WHERE rule_tag = ? ORDER BY id",
+        vec![tag.into()],
+    )
+    .await?
+    .iter()
+    .map(|r| Ok(r.try_get("", "id")?))
     .collect()
 }
 

@@ -172,6 +172,51 @@ pub async fn assign<C: ConnectionTrait>(conn: &C, a: &Assignment) -> Result<bool
     Ok(!existed)
 }
 
+/// Puts a rule's tag on the customers that do not have it yet (a tag already on, by
+/// hand or by another rule, stays as it is); returns those newly tagged.
+pub async fn assign_by_rule<C: ConnectionTrait>(
+    conn: &C,
+    tag_id: &str,
+    actor: &str,
+    people: &[String],
+    now_us: i64,
+) -> Result<Vec<String>> {
+    let mut fresh = Vec::new();
+    for p in people {
+        let n = exec(
+            conn,
+            "INSERT INTO customer_tags (tag_id, customer_id, source, actor, assign_us, expire_us) VALUES (?, ?, ?, ?, ?, NULL) \
+             ON CONFLICT (tag_id, customer_id) DO NOTHING",
+            vec![tag_id.into(), p.as_str().into(), RULE.into(), actor.into(), now_us.into()],
+        )
+        .await?;
+        if n == 1 {
+            fresh.push(p.clone());
+        }
+    }
+    Ok(fresh)
+}
+
+/// Takes a rule's tag off the customers it put it on; returns those untagged.
+pub async fn unassign_by_rule<C: ConnectionTrait>(conn: &C, tag_id: &str, actor: &str, people: &[String]) -> Result<Vec<String>> {
+    let mut gone = Vec::new();
+    for p in people {
+        let n = exec(
+            conn,
+            "DELETE FROM customer_tags WHERE tag_id = ? AND customer_id = ? AND source = ? AND actor = ?",
+            vec![tag_id.into(), p.as_str().into(), RULE.into(), actor.into()],
+        )
+        .await?;
+        if n == 1 {
+            gone.push(p.clone());
+        }
+    }
+    Ok(gone)
+}
+
+/// `TagSource::Rule`.
+const RULE: i32 = 2;
+
 /// Takes the tag off the customer; true when it was on.
 pub async fn unassign<C: ConnectionTrait>(conn: &C, tag_id: &str, customer_id: &str) -> Result<bool> {
     let n = exec(

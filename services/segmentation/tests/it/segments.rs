@@ -544,3 +544,145 @@ async fn rules_are_validated_versioned_previewed_and_listed() {
         .unwrap_err();
     assert_eq!(denied.code(), Code::PermissionDenied);
 }
+
+async fn tags_of(app: &TestApp, customer: &str) -> Vec<(String, i32, String)> {
+    app.segmentation
+        .clone()
+        .list_customer_tags(TestApp::admin(pb::ListCustomerTagsRequest {
+            customer: customer.into(),
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .tags
+        .into_iter()
+        .map(|t| (t.tag, t.source, t.actor))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_segment_tags_its_members_and_segments_reading_the_tag_follow() {
+    let app = TestApp::spawn().await;
+    for id in ["high-value", "dormant"] {
+        app.segmentation
+            .clone()
+            .create_tag(TestApp::admin(pb::CreateTagRequest {
+                tag: Some(pb::Tag {
+                    display_name: id.into(),
+                    ..Default::default()
+                }),
+                tag_id: id.into(),
+            }))
+            .await
+            .unwrap();
+    }
+    let buyer = customer(&app, "Buyer").await;
+    let create_tagging = |id: &str, filter: &str, tag: &str| pb::CreateSegmentRequest {
+        segment: Some(pb::Segment {
+            display_name: id.into(),
+            filter: filter.into(),
+            tag: tag.into(),
+            ..Default::default()
+        }),
+        segment_id: id.into(),
+    };
+    // The rule engine's tag: big spenders carry `high-value`; a segment reading that
+    // tag follows.
+    app.segmentation
+        .clone()
+        .create_segment(TestApp::admin(create_tagging(
+            "big-spenders",
+            "order_total(365d) >= 250",
+            "tags/high-value",
+        )))
+        .await
+        .unwrap();
+    create(&app, "vip-contacts", "tags:\"high-value\"").await.unwrap();
+    let own = app
+        .segmentation
+        .clone()
+        .create_segment(TestApp::admin(create_tagging("selfish", "tags:dormant", "tags/dormant")))
+        .await
+        .unwrap_err();
+    assert_eq!(violations(&own)[0].0, "segment.tag");
+
+    order(&app, &buyer, "o-1").await;
+    until_member(&app, "vip-contacts", &buyer, true).await;
+    assert!(member(&app, "big-spenders", &buyer).await);
+    assert_eq!(
+        tags_of(&app, &buyer).await,
+        vec![(
+            "tags/high-value".into(),
+            pb::TagSource::Rule as i32,
+            "segments/big-spenders".into()
+        )]
+    );
+    // The tag cannot go while the segment puts it on; an unused one can.
+    let in_use = app
+        .segmentation
+        .clone()
+        .delete_tag(TestApp::admin(pb::DeleteTagRequest {
+            name: "tags/high-value".into(),
+            etag: String::new(),
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(in_use.code(), Code::FailedPrecondition, "{in_use:?}");
+    let unused = app
+        .segmentation
+        .clone()
+        .delete_tag(TestApp::admin(pb::DeleteTagRequest {
+            name: "tags/dormant".into(),
+            etag: String::new(),
+        }))
+        .await;
+    assert!(unused.is_ok(), "dormant is used by nobody: {unused:?}");
+
+    // Switching the segment's tag moves it on every member; the reader follows.
+    app.segmentation
+        .clone()
+        .create_tag(TestApp::admin(pb::CreateTagRequest {
+            tag: Some(pb::Tag {
+                display_name: "big".into(),
+                ..Default::default()
+            }),
+            tag_id: "big".into(),
+        }))
+        .await
+        .unwrap();
+    let updated = app
+        .segmentation
+        .clone()
+        .update_segment(TestApp::admin(pb::UpdateSegmentRequest {
+            segment: Some(pb::Segment {
+                name: "segments/big-spenders".into(),
+                tag: "tags/big".into(),
+                ..Default::default()
+            }),
+            update_mask: None,
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (updated.tag.as_str(), updated.version),
+        ("tags/big", 1),
+        "a new tag is not a new rule"
+    );
+    assert_eq!(
+        tags_of(&app, &buyer).await,
+        vec![("tags/big".into(), pb::TagSource::Rule as i32, "segments/big-spenders".into())]
+    );
+    until_member(&app, "vip-contacts", &buyer, false).await;
+
+    // Deleting the tagging segment takes its tag off.
+    app.segmentation
+        .clone()
+        .delete_segment(TestApp::admin(pb::DeleteSegmentRequest {
+            name: "segments/big-spenders".into(),
+            etag: String::new(),
+        }))
+        .await
+        .unwrap();
+    assert!(tags_of(&app, &buyer).await.is_empty());
+}
