@@ -159,6 +159,12 @@ pub async fn append_many<C: ConnectionTrait>(txn: &C, events: Vec<NewEvent>) -> 
     let backend = txn.get_database_backend();
     let traceparent = crate::telemetry::current_traceparent().unwrap_or_default();
     let now = Utc::now();
+    if backend == sea_orm::DbBackend::Postgres
+        && events.len() >= 2
+        && !events.iter().any(|e| e.subject.contains(SEP) || e.actor.contains(SEP))
+    {
+        return append_unnest(txn, &events, &traceparent, now).await;
+    }
     for chunk in crate::db::chunks_by_size(&events, 500, |e| e.data.len() + e.subject.len() + 120) {
         let rows = vec!["(?, ?, ?, ?, ?, ?, ?)"; chunk.len()].join(", ");
         let mut values: Vec<Value> = Vec::with_capacity(chunk.len() * 7);
@@ -177,6 +183,62 @@ pub async fn append_many<C: ConnectionTrait>(txn: &C, events: Vec<NewEvent>) -> 
             format!("INSERT INTO outbox (event_id, event_type, subject, actor, traceparent, occur_time, data) VALUES {rows}");
         txn.execute_raw(Statement::from_sql_and_values(backend, placeholders(backend, &sql), values))
             .await?;
+    }
+    Ok(())
+}
+
+/// Separates the elements of the text arrays of [`append_unnest`].
+const SEP: char = '\u{1f}';
+
+/// PostgreSQL's bulk path: each column travels as one text parameter split into an
+/// array (`unnest`), thousands of events per statement instead of hundreds of bound
+/// parameters per few rows. Chunks hold at least two events, so every array splits
+/// into as many elements as there are events (an empty text splits into none).
+async fn append_unnest<C: ConnectionTrait>(
+    txn: &C,
+    events: &[NewEvent],
+    traceparent: &str,
+    now: chrono::DateTime<Utc>,
+) -> Result<()> {
+    use std::fmt::Write;
+    const CHUNK: usize = 5000;
+    let mut start = 0;
+    while start < events.len() {
+        // Never leave a single event for the last chunk.
+        let mut end = (start + CHUNK).min(events.len());
+        if events.len() - end == 1 {
+            end -= 1;
+        }
+        let chunk = &events[start..end];
+        let sep = SEP.to_string();
+        let ids: Vec<String> = chunk.iter().map(|_| uuid::Uuid::now_v7().to_string()).collect();
+        let mut data = String::new();
+        for (i, e) in chunk.iter().enumerate() {
+            if i > 0 {
+                data.push(SEP);
+            }
+            for b in &e.data {
+                let _ = write!(data, "{b:02x}");
+            }
+        }
+        let column = |f: &dyn Fn(&NewEvent) -> &str| chunk.iter().map(f).collect::<Vec<_>>().join(&sep);
+        let sql = "INSERT INTO outbox (event_id, event_type, subject, actor, traceparent, occur_time, data) \
+                   SELECT u.e, u.t, u.s, u.a, ?, ?, decode(u.d, 'hex') FROM unnest(string_to_array(?, chr(31)), \
+                   string_to_array(?, chr(31)), string_to_array(?, chr(31)), string_to_array(?, chr(31)), \
+                   string_to_array(?, chr(31))) WITH ORDINALITY AS u(e, t, s, a, d, n) ORDER BY u.n";
+        let values: Vec<Value> = vec![
+            traceparent.into(),
+            now.into(),
+            ids.join(&sep).into(),
+            column(&|e| e.event_type).into(),
+            column(&|e| e.subject.as_str()).into(),
+            column(&|e| e.actor.as_str()).into(),
+            data.into(),
+        ];
+        let backend = txn.get_database_backend();
+        txn.execute_raw(Statement::from_sql_and_values(backend, placeholders(backend, sql), values))
+            .await?;
+        start = end;
     }
     Ok(())
 }

@@ -181,9 +181,7 @@ pub async fn recompute(db: &DatabaseConnection, cfg: &RfmConfig, now: DateTime<U
     let bounds = Boundaries::of(&raws, now_us);
     let before: BTreeMap<String, pb::RfmGroup> = store::groups(&txn).await?;
     let scored: Vec<Scored> = raws.iter().map(|r| bounds.score(r)).collect();
-    for chunk in scored.chunks(500) {
-        store::upsert(&txn, chunk, now_us).await?;
-    }
+    store::upsert_all(&txn, &scored, now_us).await?;
     let active: std::collections::HashSet<&str> = raws.iter().map(|r| r.person.as_str()).collect();
     let mut events = Vec::new();
     let mut gone = Vec::new();

@@ -91,6 +91,67 @@ pub async fn raw_of<C: ConnectionTrait>(
     .transpose()
 }
 
+const UPSERT_SET: &str = "ON CONFLICT (person_id) DO UPDATE SET recency_days = excluded.recency_days, \
+     frequency = excluded.frequency, monetary_micros = excluded.monetary_micros, r_score = excluded.r_score, \
+     f_score = excluded.f_score, m_score = excluded.m_score, rfm_group = excluded.rfm_group, \
+     compute_us = excluded.compute_us";
+
+/// Scores in bulk: on PostgreSQL each column travels as one text parameter split
+/// into an array (`unnest`), tens of thousands of rows per statement.
+pub async fn upsert_all<C: ConnectionTrait>(conn: &C, scored: &[Scored], compute_us: i64) -> Result<()> {
+    if conn.get_database_backend() != sea_orm::DbBackend::Postgres {
+        for chunk in scored.chunks(500) {
+            upsert(conn, chunk, compute_us).await?;
+        }
+        return Ok(());
+    }
+    for chunk in scored.chunks(20_000) {
+        if chunk.len() < 2 {
+            // An empty text splits into no element: one row goes the plain way.
+            upsert(conn, chunk, compute_us).await?;
+            continue;
+        }
+        let col = |f: &dyn Fn(&Scored) -> String| chunk.iter().map(f).collect::<Vec<_>>().join("\u{1f}");
+        let values: Vec<Value> = vec![
+            col(&|s| s.raw.person.clone()).into(),
+            col(&|s| s.raw.recency_days.to_string()).into(),
+            col(&|s| s.raw.frequency.to_string()).into(),
+            col(&|s| s.raw.monetary_micros.to_string()).into(),
+            col(&|s| s.recency_score.to_string()).into(),
+            col(&|s| s.frequency_score.to_string()).into(),
+            col(&|s| s.monetary_score.to_string()).into(),
+            col(&|s| (s.group as i32).to_string()).into(),
+            compute_us.into(),
+        ];
+        let arr = |cast: &str| format!("CAST(string_to_array(?, chr(31)) AS {cast}[])");
+        exec(
+            conn,
+            &format!(
+                "INSERT INTO rfm (person_id, recency_days, frequency, monetary_micros, r_score, f_score, m_score, rfm_group, compute_us) \
+                 SELECT u.p, u.r, u.f, u.m, u.rs, u.fs, u.ms, u.g, ? FROM unnest({}, {}, {}, {}, {}, {}, {}, {}) \
+                 AS u(p, r, f, m, rs, fs, ms, g) {UPSERT_SET}",
+                arr("text"),
+                arr("bigint"),
+                arr("bigint"),
+                arr("bigint"),
+                arr("integer"),
+                arr("integer"),
+                arr("integer"),
+                arr("integer"),
+            ),
+            // The scalar comes first in the text: move it to the front.
+            {
+                let mut v = values;
+                let c = v.pop().unwrap_or_else(|| compute_us.into());
+                v.insert(0, c);
+                v
+            },
+        )
+        .await?;
+    }
+    Ok(())
+}
+
 pub async fn upsert<C: ConnectionTrait>(conn: &C, scored: &[Scored], compute_us: i64) -> Result<()> {
     if scored.is_empty() {
         return Ok(());

@@ -97,11 +97,12 @@ pub async fn lock<C: ConnectionTrait>(conn: &C, id: &str) -> Result<Option<Segme
     query(conn, &sql, vec![id.into()]).await?.first().map(row).transpose()
 }
 
-/// The segments whose membership follows their rule and that read any of `deps`,
-/// locked in id order.
+/// The segments that read any of `deps`, locked in id order. Those still being
+/// computed are included: a change that commits while a full evaluation runs waits
+/// for it (the lock) and is then applied on top, never lost between the two.
 pub async fn lock_reading<C: ConnectionTrait>(conn: &C, deps: i64) -> Result<Vec<SegmentRow>> {
     let sql = format!(
-        "SELECT {COLUMNS} FROM segments WHERE evaluated_version = version AND (deps & ?) <> 0 ORDER BY id{}",
+        "SELECT {COLUMNS} FROM segments WHERE (deps & ?) <> 0 ORDER BY id{}",
         for_update(conn)
     );
     query(conn, &sql, vec![deps.into()]).await?.iter().map(row).collect()
