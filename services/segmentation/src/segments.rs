@@ -26,7 +26,7 @@ use crm_platform::{
 };
 use crm_proto::crm::segmentation::v1 as pb;
 use prost::Message;
-use sea_orm::{ConnectionTrait, DatabaseConnection};
+use sea_orm::{ConnectionTrait, DatabaseConnection, TransactionTrait};
 use serde::Deserialize;
 use tokio::sync::Notify;
 
@@ -49,6 +49,18 @@ pub struct SegmentsConfig {
 
 /// Customers in a preview sample at most.
 pub const MAX_SAMPLE: i32 = 100;
+/// Memory for a whole-population evaluation's aggregates on PostgreSQL (the server's
+/// default, 4 MB, spills them to disk at a million customers).
+const EVALUATION_WORK_MEM: &str = "SET LOCAL work_mem = '64MB'";
+
+/// Gives a whole-population evaluation in transaction `conn` its memory.
+async fn evaluation_memory<C: ConnectionTrait>(conn: &C) -> Result<()> {
+    if conn.get_database_backend() == sea_orm::DbBackend::Postgres {
+        conn.execute_unprepared(EVALUATION_WORK_MEM).await?;
+    }
+    Ok(())
+}
+
 /// Customers per membership event at most.
 const EVENT_BATCH: usize = 1000;
 /// Rounds of segments re-evaluated because another segment's tag changed, at most
@@ -280,6 +292,7 @@ impl Evaluator {
             return Ok(None);
         };
         let rule = stored_rule(&s.filter)?;
+        evaluation_memory(conn).await?;
         let matched = self.matching(conn, &rule, Scope::All).await?;
         let current: BTreeSet<String> = store::all_members(conn, id).await?.into_iter().collect();
         let entered: Vec<String> = matched.difference(&current).cloned().collect();
@@ -494,12 +507,15 @@ impl Segments {
             Scope::All,
         );
         values.push(i64::from(sample).into());
+        let txn = self.db.begin().await?;
+        evaluation_memory(&txn).await?;
         let rows = query(
-            &self.db,
+            &txn,
             &format!("SELECT m.id AS id, COUNT(*) OVER () AS n FROM ({sql}) m ORDER BY m.id LIMIT ?"),
             values,
         )
         .await?;
+        txn.commit().await?;
         let count = match rows.first() {
             Some(r) => r.try_get("", "n")?,
             None => 0,
