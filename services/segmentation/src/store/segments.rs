@@ -111,16 +111,14 @@ pub async fn lock_reading<C: ConnectionTrait>(conn: &C, deps: i64) -> Result<Vec
 /// Segments due a full evaluation: a new rule version, marked stale, or reading time
 /// and last evaluated before `refresh_before_us`.
 pub async fn due<C: ConnectionTrait>(conn: &C, refresh_before_us: i64) -> Result<Vec<String>> {
-    query(
+    texts(
         conn,
         "SELECT id FROM segments WHERE evaluated_version < version OR stale <> 0 \
          OR (time_dependent <> 0 AND evaluate_us < ?) ORDER BY id",
         vec![refresh_before_us.into()],
+        "id",
     )
-    .await?
-    .iter()
-    .map(|r| Ok(r.try_get("", "id")?))
-    .collect()
+    .await
 }
 
 /// Marks the segments reading any of `deps` for a full evaluation.
@@ -236,15 +234,22 @@ pub async fn list<C: ConnectionTrait>(conn: &C, after: &str, limit: u64) -> Resu
 
 /// The segments that put `tag` on their members.
 pub async fn tagging<C: ConnectionTrait>(conn: &C, tag: &str) -> Result<Vec<String>> {
-    query(
+    texts(
         conn,
         "SELECT id FROM segments WHERE rule_tag = ? ORDER BY id",
         vec![tag.into()],
+        "id",
     )
-    .await?
-    .iter()
-    .map(|r| Ok(r.try_get("", "id")?))
-    .collect()
+    .await
+}
+
+/// One text column of every row of a query.
+async fn texts<C: ConnectionTrait>(conn: &C, sql: &str, values: Vec<Value>, column: &str) -> Result<Vec<String>> {
+    query(conn, sql, values)
+        .await?
+        .iter()
+        .map(|r| Ok(r.try_get("", column)?))
+        .collect()
 }
 
 /// Every stored rule (the tags they name are in use).
@@ -315,15 +320,13 @@ pub async fn members<C: ConnectionTrait>(conn: &C, id: &str, after: &str, limit:
 
 /// Every member of a segment.
 pub async fn all_members<C: ConnectionTrait>(conn: &C, id: &str) -> Result<Vec<String>> {
-    query(
+    texts(
         conn,
         "SELECT person_id FROM segment_members WHERE segment_id = ?",
         vec![id.into()],
+        "person_id",
     )
-    .await?
-    .iter()
-    .map(|r| Ok(r.try_get("", "person_id")?))
-    .collect()
+    .await
 }
 
 /// Which of `people` are members of a segment.

@@ -8,7 +8,7 @@ use crm_platform::{
     testing::{self, TestDatabase},
 };
 use crm_proto::crm::{
-    customer::v1::customer_profile_service_client::CustomerProfileServiceClient,
+    customer::v1::{self as cpb, customer_profile_service_client::CustomerProfileServiceClient},
     permissions::v1::permissions_service_client::PermissionsServiceClient,
     segmentation::v1::{self as pb, segmentation_service_client::SegmentationServiceClient},
 };
@@ -128,6 +128,59 @@ impl TestApp {
             .await
             .unwrap()
             .into_inner()
+    }
+}
+
+/// A reference to a customer by name.
+pub fn reference(name: &str) -> Option<cpb::CustomerReference> {
+    Some(cpb::CustomerReference {
+        reference: Some(cpb::customer_reference::Reference::Customer(name.into())),
+    })
+}
+
+impl TestApp {
+    /// Creates a person customer in customer-profile; returns its name.
+    pub async fn customer(&self, given: &str) -> String {
+        self.customers
+            .clone()
+            .create_customer(Self::admin(cpb::CreateCustomerRequest {
+                customer: Some(cpb::Customer {
+                    person_name: Some(cpb::PersonName {
+                        given_name: given.into(),
+                        family_name: "Li".into(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                request_id: String::new(),
+            }))
+            .await
+            .unwrap()
+            .into_inner()
+            .name
+    }
+
+    /// A completed order in CNY, placed `seconds_ago`.
+    pub async fn order(&self, customer: &str, id: &str, seconds_ago: i64, total_micros: i64) {
+        self.customers
+            .clone()
+            .upsert_order(Self::admin(cpb::UpsertOrderRequest {
+                customer: reference(customer),
+                order: Some(cpb::Order {
+                    source: "shop".into(),
+                    external_id: id.into(),
+                    status: cpb::OrderStatus::Completed as i32,
+                    currency: "CNY".into(),
+                    total_micros,
+                    place_time: Some(prost_types::Timestamp {
+                        seconds: chrono::Utc::now().timestamp() - seconds_ago,
+                        nanos: 0,
+                    }),
+                    ..Default::default()
+                }),
+            }))
+            .await
+            .unwrap();
     }
 }
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 use crm_platform::{consumer::Apply, db::begin_write, testing::TestDatabase};
 use crm_proto::crm::{
     common::v1::Channel as SourceChannel,
-    customer::v1::{self as pb, ConsentPurpose, ConsentStatus, ContactChannel, customer_reference::Reference},
+    customer::v1::{self as pb, ConsentPurpose, ConsentStatus, ContactChannel},
     events::v1::{Event, StreamEventsRequest},
     segmentation::v1 as spb,
 };
@@ -16,16 +16,10 @@ use crm_segmentation::projection::{EVENT_TYPES, Projection};
 use sea_orm::{ConnectionTrait, DatabaseConnection, Statement};
 use tokio_stream::StreamExt;
 
-use crate::app::TestApp;
+use crate::app::{TestApp, reference};
 
 fn ts(seconds: i64) -> Option<prost_types::Timestamp> {
     Some(prost_types::Timestamp { seconds, nanos: 0 })
-}
-
-fn reference(name: &str) -> Option<pb::CustomerReference> {
-    Some(pb::CustomerReference {
-        reference: Some(Reference::Customer(name.into())),
-    })
 }
 
 async fn create(app: &TestApp, given: &str, family: &str, phone: &str) -> pb::Customer {

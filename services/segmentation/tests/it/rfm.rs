@@ -5,57 +5,12 @@
 use std::time::Duration;
 
 use crm_proto::crm::{
-    customer::v1::{self as cpb, customer_reference::Reference},
     events::v1::StreamEventsRequest,
     segmentation::v1::{self as pb, RfmGroup},
 };
 use prost::Message;
 
 use crate::app::TestApp;
-
-async fn customer(app: &TestApp, given: &str) -> String {
-    app.customers
-        .clone()
-        .create_customer(TestApp::admin(cpb::CreateCustomerRequest {
-            customer: Some(cpb::Customer {
-                person_name: Some(cpb::PersonName {
-                    given_name: given.into(),
-                    family_name: "Chen".into(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            request_id: String::new(),
-        }))
-        .await
-        .unwrap()
-        .into_inner()
-        .name
-}
-
-async fn order(app: &TestApp, customer: &str, id: &str, days_ago: i64) {
-    app.customers
-        .clone()
-        .upsert_order(TestApp::admin(cpb::UpsertOrderRequest {
-            customer: Some(cpb::CustomerReference {
-                reference: Some(Reference::Customer(customer.into())),
-            }),
-            order: Some(cpb::Order {
-                source: "shop".into(),
-                external_id: id.into(),
-                status: cpb::OrderStatus::Completed as i32,
-                currency: "CNY".into(),
-                total_micros: 100_000_000,
-                place_time: Some(prost_types::Timestamp {
-                    seconds: chrono::Utc::now().timestamp() - days_ago * 86_400 - 60,
-                    nanos: 0,
-                }),
-                ..Default::default()
-            }),
-        }))
-        .await
-        .unwrap();
-}
 
 async fn rfm(app: &TestApp, customer: &str) -> Option<pb::Rfm> {
     app.segmentation
@@ -81,9 +36,9 @@ async fn groups_follow_the_quintiles_and_a_new_order_rescores_at_once() {
     ];
     let mut names = Vec::new();
     for (given, days) in histories {
-        let c = customer(&app, given).await;
+        let c = app.customer(given).await;
         for (i, d) in days.iter().enumerate() {
-            order(&app, &c, &format!("{given}-{i}"), *d).await;
+            app.order(&c, &format!("{given}-{i}"), *d * 86_400 + 60, 100_000_000).await;
         }
         names.push(c);
     }
@@ -129,7 +84,7 @@ async fn groups_follow_the_quintiles_and_a_new_order_rescores_at_once() {
     assert_eq!(summary.groups.len(), 5);
 
     // The lost customer buys today: rescored at once (recency 0, two orders).
-    order(&app, &names[4], "Gone-back", 0).await;
+    app.order(&names[4], "Gone-back", 60, 100_000_000).await;
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     loop {
         let got = rfm(&app, &names[4]).await;

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use crm_proto::crm::{
-    customer::v1::{self as cpb, customer_reference::Reference},
+    customer::v1 as cpb,
     events::v1::StreamEventsRequest,
     segmentation::v1::{self as pb, segment_condition::Subject, segment_rule::Kind},
 };
@@ -14,29 +14,7 @@ use tokio_stream::StreamExt;
 use tonic::Code;
 use tonic_types::StatusExt;
 
-use crate::app::TestApp;
-
-fn reference(name: &str) -> Option<cpb::CustomerReference> {
-    Some(cpb::CustomerReference {
-        reference: Some(Reference::Customer(name.into())),
-    })
-}
-
-async fn customer(app: &TestApp, name: &str) -> String {
-    app.customers
-        .clone()
-        .create_customer(TestApp::admin(cpb::CreateCustomerRequest {
-            customer: Some(cpb::Customer {
-                display_name: name.into(),
-                ..Default::default()
-            }),
-            request_id: String::new(),
-        }))
-        .await
-        .unwrap()
-        .into_inner()
-        .name
-}
+use crate::app::{TestApp, reference};
 
 async fn views(app: &TestApp, customer: &str, category: &str, n: usize, prefix: &str) {
     let now = chrono::Utc::now().timestamp();
@@ -69,28 +47,6 @@ async fn views(app: &TestApp, customer: &str, category: &str, n: usize, prefix: 
         .into_inner()
         .collect()
         .await;
-}
-
-async fn order(app: &TestApp, customer: &str, id: &str) {
-    app.customers
-        .clone()
-        .upsert_order(TestApp::admin(cpb::UpsertOrderRequest {
-            customer: reference(customer),
-            order: Some(cpb::Order {
-                source: "shop".into(),
-                external_id: id.into(),
-                status: cpb::OrderStatus::Completed as i32,
-                currency: "CNY".into(),
-                total_micros: 300_000_000,
-                place_time: Some(prost_types::Timestamp {
-                    seconds: chrono::Utc::now().timestamp() - 60,
-                    nanos: 0,
-                }),
-                ..Default::default()
-            }),
-        }))
-        .await
-        .unwrap();
 }
 
 async fn create(app: &TestApp, id: &str, filter: &str) -> Result<pb::Segment, tonic::Status> {
@@ -162,8 +118,8 @@ fn violations(status: &tonic::Status) -> Vec<(String, String)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn membership_follows_behaviour_orders_and_tags_with_events() {
     let app = TestApp::spawn().await;
-    let browser = customer(&app, "Browser").await;
-    let casual = customer(&app, "Casual").await;
+    let browser = app.customer("Browser").await;
+    let casual = app.customer("Casual").await;
     // The seeds' rule: viewed shoes at least 3 times in the last 7 days, no order since.
     let seg = create(
         &app,
@@ -191,7 +147,7 @@ async fn membership_follows_behaviour_orders_and_tags_with_events() {
     assert!(!member(&app, "shoe-browsers", &casual).await);
 
     // An order takes the browser out at once.
-    order(&app, &browser, "o-1").await;
+    app.order(&browser, "o-1", 60, 300_000_000).await;
     until_member(&app, "shoe-browsers", &browser, false).await;
 
     // A tag rule follows TagCustomers / UntagCustomers.
@@ -299,7 +255,7 @@ async fn rules_are_validated_versioned_previewed_and_listed() {
     // Customer i viewed shoes i + 1 times.
     let mut created = Vec::new();
     for i in 0..3 {
-        let c = customer(&app, &format!("C{i}")).await;
+        let c = app.customer(&format!("C{i}")).await;
         views(&app, &c, "shoes", i + 1, &format!("v{i}")).await;
         created.push(c);
     }
@@ -581,7 +537,7 @@ async fn a_segment_tags_its_members_and_segments_reading_the_tag_follow() {
             .await
             .unwrap();
     }
-    let buyer = customer(&app, "Buyer").await;
+    let buyer = app.customer("Buyer").await;
     let create_tagging = |id: &str, filter: &str, tag: &str| pb::CreateSegmentRequest {
         segment: Some(pb::Segment {
             display_name: id.into(),
@@ -611,7 +567,7 @@ async fn a_segment_tags_its_members_and_segments_reading_the_tag_follow() {
         .unwrap_err();
     assert_eq!(violations(&own)[0].0, "segment.tag");
 
-    order(&app, &buyer, "o-1").await;
+    app.order(&buyer, "o-1", 60, 300_000_000).await;
     until_member(&app, "vip-contacts", &buyer, true).await;
     assert!(member(&app, "big-spenders", &buyer).await);
     assert_eq!(

@@ -38,26 +38,6 @@ async fn create_tag(app: &TestApp, id: &str, parent: &str, display: &str) -> Res
         .map(tonic::Response::into_inner)
 }
 
-async fn customer(app: &TestApp, given: &str) -> String {
-    app.customers
-        .clone()
-        .create_customer(TestApp::admin(cpb::CreateCustomerRequest {
-            customer: Some(cpb::Customer {
-                person_name: Some(cpb::PersonName {
-                    given_name: given.into(),
-                    family_name: "Li".into(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            request_id: String::new(),
-        }))
-        .await
-        .unwrap()
-        .into_inner()
-        .name
-}
-
 async fn tags_of(app: &TestApp, customer: &str) -> Vec<String> {
     app.segmentation
         .clone()
@@ -227,8 +207,8 @@ async fn a_taxonomy_in_levels_with_checked_input() {
 async fn customers_are_tagged_untagged_expired_and_erased_on_the_feed() {
     let app = TestApp::spawn().await;
     create_tag(&app, "dormant", "", "Dormant customer").await.unwrap();
-    let a = customer(&app, "Ming").await;
-    let b = customer(&app, "Hua").await;
+    let a = app.customer("Ming").await;
+    let b = app.customer("Hua").await;
     until_projected(&app, 2).await;
     let unknown = tag(&app, "tags/dormant", &[&a, "customers/no-such"], None).await.unwrap_err();
     assert_eq!(violations(&unknown), vec!["customers[1]"]);
@@ -288,7 +268,17 @@ async fn customers_are_tagged_untagged_expired_and_erased_on_the_feed() {
         .unwrap_err();
     assert_eq!(gone.code(), Code::NotFound);
 
-    let events = feed(&app).await;
+    // The erasure's event is committed; a feed read serves it once no transaction
+    // that began before it is still open (the feed's safe horizon), so read again until
+    // it is there.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let events = loop {
+        let events = feed(&app).await;
+        if events.len() >= 8 || std::time::Instant::now() > deadline {
+            break events;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     let kinds: Vec<&str> = events
         .iter()
         .map(|e| e.r#type.trim_start_matches("crm.segmentation.v1."))

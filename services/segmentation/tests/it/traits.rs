@@ -3,20 +3,10 @@
 
 use std::time::Duration;
 
-use crm_proto::crm::{
-    common::v1::Channel,
-    customer::v1::{self as cpb, customer_reference::Reference},
-    segmentation::v1 as pb,
-};
+use crm_proto::crm::{common::v1::Channel, customer::v1 as cpb, segmentation::v1 as pb};
 use tokio_stream::StreamExt;
 
-use crate::app::TestApp;
-
-fn reference(name: &str) -> Option<cpb::CustomerReference> {
-    Some(cpb::CustomerReference {
-        reference: Some(Reference::Customer(name.into())),
-    })
-}
+use crate::app::{TestApp, reference};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn traits_follow_orders_and_interactions() {
