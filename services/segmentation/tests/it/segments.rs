@@ -217,20 +217,29 @@ async fn membership_follows_behaviour_orders_and_tags_with_events() {
         vec![("segment.filter".into(), "tags/ghost does not exist".into())]
     );
 
-    // The feed told who entered and who left.
-    let events = crm_platform::testing::replay(
-        app.segmentation
-            .clone()
-            .stream_events(TestApp::admin(StreamEventsRequest {
-                after_cursor: String::new(),
-                event_types: vec!["crm.segmentation.v1.SegmentMembershipChanged".into()],
-            }))
-            .await
-            .unwrap()
-            .into_inner(),
-    )
-    .await
-    .unwrap();
+    // The feed told who entered and who left. A read serves events once no older
+    // transaction is open (the feed's safe horizon; another test's may hold it back on
+    // a shared PostgreSQL): read until all four are there.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let events = loop {
+        let events = crm_platform::testing::replay(
+            app.segmentation
+                .clone()
+                .stream_events(TestApp::admin(StreamEventsRequest {
+                    after_cursor: String::new(),
+                    event_types: vec!["crm.segmentation.v1.SegmentMembershipChanged".into()],
+                }))
+                .await
+                .unwrap()
+                .into_inner(),
+        )
+        .await
+        .unwrap();
+        if events.len() >= 4 || std::time::Instant::now() > deadline {
+            break events;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     let changes: Vec<(String, Vec<String>, Vec<String>)> = events
         .iter()
         .map(|e| {
