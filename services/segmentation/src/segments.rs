@@ -171,6 +171,28 @@ pub fn stored_rule(filter: &str) -> Result<Arc<Rule>> {
     Ok(parsed)
 }
 
+/// A resource that a segment's rule still reads cannot go: FAILED_PRECONDITION
+/// `RESOURCE_IN_USE` naming the first such segment (`what` says what the rule reads,
+/// "tag" or "trait").
+pub async fn refuse_if_read<C: ConnectionTrait>(
+    conn: &C,
+    subject: &str,
+    what: &str,
+    reads: impl Fn(&Rule) -> bool,
+) -> Result<()> {
+    for (segment, filter) in store::filters(conn).await? {
+        let rule = stored_rule(&filter)?;
+        if reads(&rule) {
+            return Err(Error::FailedPrecondition {
+                reason: "RESOURCE_IN_USE",
+                subject: subject.to_owned(),
+                message: format!("segments/{segment} reads this {what}: change its rule first"),
+            });
+        }
+    }
+    Ok(())
+}
+
 fn membership_events(segment: &str, version: i64, entered: &[String], exited: &[String]) -> Vec<NewEvent> {
     let names = |ids: &[String]| ids.iter().map(|c| format!("customers/{c}")).collect::<Vec<_>>();
     let batches = entered.len().div_ceil(EVENT_BATCH).max(exited.len().div_ceil(EVENT_BATCH));

@@ -300,15 +300,7 @@ impl Tags {
                 message: format!("segments/{segment} puts this tag on its members: change it first"),
             });
         }
-        for (segment, filter) in crate::store::segments::filters(&txn).await? {
-            if crate::segments::stored_rule(&filter)?.tags().iter().any(|t| t == id) {
-                return Err(Error::FailedPrecondition {
-                    reason: "RESOURCE_IN_USE",
-                    subject: name.to_owned(),
-                    message: format!("segments/{segment} reads this tag: change its rule first"),
-                });
-            }
-        }
+        crate::segments::refuse_if_read(&txn, name, "tag", |rule| rule.tags().iter().any(|t| t == id)).await?;
         tag_store::delete(&txn, id).await?;
         feed::append(&txn, changed(&current, true, actor)).await?;
         txn.commit().await?;

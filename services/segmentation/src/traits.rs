@@ -161,20 +161,12 @@ impl Registry {
             });
         }
         let txn = begin_write(db).await?;
-        for (segment, filter) in crate::store::segments::filters(&txn).await? {
-            let rule = crate::segments::stored_rule(&filter)?;
-            if rule
-                .conditions()
+        crate::segments::refuse_if_read(&txn, &format!("computedTraits/{name}"), "trait", |rule| {
+            rule.conditions()
                 .iter()
                 .any(|c| matches!(&c.subject, crate::rule::Subject::Trait { name: n, .. } if n == name))
-            {
-                return Err(Error::FailedPrecondition {
-                    reason: "RESOURCE_IN_USE",
-                    subject: format!("computedTraits/{name}"),
-                    message: format!("segments/{segment} reads this trait: change its rule first"),
-                });
-            }
-        }
+        })
+        .await?;
         if exec(&txn, "DELETE FROM trait_definitions WHERE name = ?", vec![name.into()]).await? == 0 {
             return Err(not_found());
         }

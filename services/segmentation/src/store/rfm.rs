@@ -112,7 +112,9 @@ pub async fn upsert_all<C: ConnectionTrait>(conn: &C, scored: &[Scored], compute
             continue;
         }
         let col = |f: &dyn Fn(&Scored) -> String| chunk.iter().map(f).collect::<Vec<_>>().join("\u{1f}");
+        // In the order the statement reads them: the scalar, then the columns.
         let values: Vec<Value> = vec![
+            compute_us.into(),
             col(&|s| s.raw.person.clone()).into(),
             col(&|s| s.raw.recency_days.to_string()).into(),
             col(&|s| s.raw.frequency.to_string()).into(),
@@ -121,7 +123,6 @@ pub async fn upsert_all<C: ConnectionTrait>(conn: &C, scored: &[Scored], compute
             col(&|s| s.frequency_score.to_string()).into(),
             col(&|s| s.monetary_score.to_string()).into(),
             col(&|s| (s.group as i32).to_string()).into(),
-            compute_us.into(),
         ];
         let arr = |cast: &str| format!("CAST(string_to_array(?, chr(31)) AS {cast}[])");
         exec(
@@ -139,13 +140,7 @@ pub async fn upsert_all<C: ConnectionTrait>(conn: &C, scored: &[Scored], compute
                 arr("integer"),
                 arr("integer"),
             ),
-            // The scalar comes first in the text: move it to the front.
-            {
-                let mut v = values;
-                let c = v.pop().unwrap_or_else(|| compute_us.into());
-                v.insert(0, c);
-                v
-            },
+            values,
         )
         .await?;
     }

@@ -160,6 +160,22 @@ impl TestApp {
             .name
     }
 
+    /// Creates a tag (under `parent`, `tags/{id}`, when not empty).
+    pub async fn tag(&self, id: &str, parent: &str, display: &str) -> Result<pb::Tag, tonic::Status> {
+        self.segmentation
+            .clone()
+            .create_tag(Self::admin(pb::CreateTagRequest {
+                tag: Some(pb::Tag {
+                    parent: parent.into(),
+                    display_name: display.into(),
+                    ..Default::default()
+                }),
+                tag_id: id.into(),
+            }))
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
     /// A completed order in CNY, placed `seconds_ago`.
     pub async fn order(&self, customer: &str, id: &str, seconds_ago: i64, total_micros: i64) {
         self.customers

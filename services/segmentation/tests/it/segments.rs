@@ -151,17 +151,7 @@ async fn membership_follows_behaviour_orders_and_tags_with_events() {
     until_member(&app, "shoe-browsers", &browser, false).await;
 
     // A tag rule follows TagCustomers / UntagCustomers.
-    app.segmentation
-        .clone()
-        .create_tag(TestApp::admin(pb::CreateTagRequest {
-            tag: Some(pb::Tag {
-                display_name: "VIP".into(),
-                ..Default::default()
-            }),
-            tag_id: "vip".into(),
-        }))
-        .await
-        .unwrap();
+    app.tag("vip", "", "VIP").await.unwrap();
     create(&app, "vips", "tags:vip AND NOT orders(30d) >= 1").await.unwrap();
     app.segmentation
         .clone()
@@ -534,17 +524,7 @@ async fn tags_of(app: &TestApp, customer: &str) -> Vec<(String, i32, String)> {
 async fn a_segment_tags_its_members_and_segments_reading_the_tag_follow() {
     let app = TestApp::spawn().await;
     for id in ["high-value", "dormant"] {
-        app.segmentation
-            .clone()
-            .create_tag(TestApp::admin(pb::CreateTagRequest {
-                tag: Some(pb::Tag {
-                    display_name: id.into(),
-                    ..Default::default()
-                }),
-                tag_id: id.into(),
-            }))
-            .await
-            .unwrap();
+        app.tag(id, "", id).await.unwrap();
     }
     let buyer = app.customer("Buyer").await;
     let create_tagging = |id: &str, filter: &str, tag: &str| pb::CreateSegmentRequest {
@@ -609,17 +589,7 @@ async fn a_segment_tags_its_members_and_segments_reading_the_tag_follow() {
     assert!(unused.is_ok(), "dormant is used by nobody: {unused:?}");
 
     // Switching the segment's tag moves it on every member; the reader follows.
-    app.segmentation
-        .clone()
-        .create_tag(TestApp::admin(pb::CreateTagRequest {
-            tag: Some(pb::Tag {
-                display_name: "big".into(),
-                ..Default::default()
-            }),
-            tag_id: "big".into(),
-        }))
-        .await
-        .unwrap();
+    app.tag("big", "", "big").await.unwrap();
     let updated = app
         .segmentation
         .clone()

@@ -23,21 +23,6 @@ fn violations(status: &tonic::Status) -> Vec<String> {
         .unwrap_or_default()
 }
 
-async fn create_tag(app: &TestApp, id: &str, parent: &str, display: &str) -> Result<pb::Tag, tonic::Status> {
-    app.segmentation
-        .clone()
-        .create_tag(TestApp::admin(pb::CreateTagRequest {
-            tag: Some(pb::Tag {
-                parent: parent.into(),
-                display_name: display.into(),
-                ..Default::default()
-            }),
-            tag_id: id.into(),
-        }))
-        .await
-        .map(tonic::Response::into_inner)
-}
-
 async fn tags_of(app: &TestApp, customer: &str) -> Vec<String> {
     app.segmentation
         .clone()
@@ -96,20 +81,15 @@ async fn until_projected(app: &TestApp, customers: i64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_taxonomy_in_levels_with_checked_input() {
     let app = TestApp::spawn().await;
-    let value = create_tag(&app, "value", "", "Value").await.unwrap();
+    let value = app.tag("value", "", "Value").await.unwrap();
     assert_eq!((value.name.as_str(), value.level), ("tags/value", 1));
-    let high = create_tag(&app, "high-value", "tags/value", "High-value customer")
-        .await
-        .unwrap();
+    let high = app.tag("high-value", "tags/value", "High-value customer").await.unwrap();
     assert_eq!((high.parent.as_str(), high.level), ("tags/value", 2));
-    assert_eq!(
-        create_tag(&app, "value", "", "Again").await.unwrap_err().code(),
-        Code::AlreadyExists
-    );
-    let bad = create_tag(&app, "Bad Id", "tags/nope", "").await.unwrap_err();
+    assert_eq!(app.tag("value", "", "Again").await.unwrap_err().code(), Code::AlreadyExists);
+    let bad = app.tag("Bad Id", "tags/nope", "").await.unwrap_err();
     assert_eq!(bad.code(), Code::InvalidArgument);
     assert_eq!(violations(&bad), vec!["tag_id", "tag.display_name"]);
-    let orphan = create_tag(&app, "orphan", "tags/nope", "Orphan").await.unwrap_err();
+    let orphan = app.tag("orphan", "tags/nope", "Orphan").await.unwrap_err();
     assert_eq!(violations(&orphan), vec!["tag.parent"]);
     let children = app
         .segmentation
@@ -206,7 +186,7 @@ async fn a_taxonomy_in_levels_with_checked_input() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn customers_are_tagged_untagged_expired_and_erased_on_the_feed() {
     let app = TestApp::spawn().await;
-    create_tag(&app, "dormant", "", "Dormant customer").await.unwrap();
+    app.tag("dormant", "", "Dormant customer").await.unwrap();
     let a = app.customer("Ming").await;
     let b = app.customer("Hua").await;
     until_projected(&app, 2).await;
@@ -219,7 +199,7 @@ async fn customers_are_tagged_untagged_expired_and_erased_on_the_feed() {
     assert_eq!(tags_of(&app, &a).await, vec!["tags/dormant"]);
 
     // An expiry: the tag comes off by itself.
-    create_tag(&app, "trial", "", "On trial").await.unwrap();
+    app.tag("trial", "", "On trial").await.unwrap();
     let soon = chrono::Utc::now().timestamp() + 2;
     tag(&app, "tags/trial", &[&b], Some(soon)).await.unwrap();
     assert_eq!(tags_of(&app, &b).await, vec!["tags/dormant", "tags/trial"]);

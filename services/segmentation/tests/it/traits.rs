@@ -123,39 +123,8 @@ async fn traits_follow_orders_and_interactions() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn traits_declared_over_the_api_are_backfilled_and_guarded() {
     let app = TestApp::spawn().await;
-    let c = app
-        .customers
-        .clone()
-        .create_customer(TestApp::admin(cpb::CreateCustomerRequest {
-            customer: Some(cpb::Customer {
-                display_name: "Li".into(),
-                ..Default::default()
-            }),
-            request_id: String::new(),
-        }))
-        .await
-        .unwrap()
-        .into_inner()
-        .name;
-    app.customers
-        .clone()
-        .upsert_order(TestApp::admin(cpb::UpsertOrderRequest {
-            customer: reference(&c),
-            order: Some(cpb::Order {
-                source: "shop".into(),
-                external_id: "o-1".into(),
-                status: cpb::OrderStatus::Completed as i32,
-                currency: "CNY".into(),
-                total_micros: 5_000_000,
-                place_time: Some(prost_types::Timestamp {
-                    seconds: chrono::Utc::now().timestamp() - 86_400,
-                    nanos: 0,
-                }),
-                ..Default::default()
-            }),
-        }))
-        .await
-        .unwrap();
+    let c = app.customer("Li").await;
+    app.order(&c, "o-1", 86_400, 5_000_000).await;
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while app.status().await.orders < 1 {
         assert!(std::time::Instant::now() < deadline, "the order never arrived");
