@@ -102,6 +102,8 @@ pub fn serve_crm_with(data_dir: &std::path::Path, env: &[(&str, &str)]) -> (Runn
         .env("CRM__DATABASE__DATA_DIR", data_dir)
         .env_remove("CRM__DATABASE__URL")
         .env_remove("CRM__REDIS__URL")
+        // Many suites run side by side: the tracking endpoint on a free port too.
+        .env("CRM__SEGMENTATION__TRACKING__LISTEN", "127.0.0.1:0")
         .envs(env.iter().copied());
     let server = Running::start(serve);
     server.wait_for_line("serving", Duration::from_secs(60));

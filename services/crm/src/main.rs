@@ -38,6 +38,11 @@ bootstrap_admins = ["dev", "bench", "import", "eval"]
 # ticketing reads customer tiers, customer-profile counts open tickets, segmentation
 # follows customer-profile's feed, each with its own account.
 service_accounts = ["ticketing", "customer-profile", "marketing-segmentation"]
+campaign_senders = ["marketing-segmentation"]
+
+[segmentation.tracking]
+# Campaign links (opens, clicks, unsubscribes) point here.
+listen = "127.0.0.1:8090"
 
 [encryption]
 active_key = "dev"
@@ -372,9 +377,12 @@ async fn host_suite(platform: Platform, cfg: &Config, server: &mut GrpcServer) -
             "marketing-segmentation not hosted: set segmentation.customer_profile_url (with TLS or port 0 it cannot be derived)"
         );
     } else {
+        let built = crm_segmentation::build(&platform, &cfg.segmentation).await?;
         server
-            .add_service(crm_segmentation::build(&platform, &cfg.segmentation).await?)
-            .await;
+            .add_service(built.segmentation)
+            .await
+            .allow_long_running(crm_segmentation::LONG_RUNNING);
+        server.add_service(built.campaigns).await;
     }
     Ok(platform)
 }

@@ -36,6 +36,7 @@ pub const DEFAULTS: &str = r#"
 [permissions_service]
 bootstrap_admins = []
 service_accounts = []
+campaign_senders = []
 review_interval_days = 90
 unused_after_days = 90
 max_grant_hours = 720
@@ -59,6 +60,12 @@ name = "service"
 display_name = "Service account (CRM services)"
 permissions = ["permissions.check", "permissions.events", "audit.write", "audit.read", "customer.read", "customer.events", "ticket.read"]
 clearance = "internal"
+
+[[permissions_service.default_roles]]
+name = "campaign_sender"
+display_name = "Campaign sender (the marketing service: contacts to send to, touches and unsubscribes recorded back)"
+permissions = ["customer.read", "customer.events", "customer.ingest", "customer.update"]
+clearance = "sensitive"
 
 [[permissions_service.default_roles]]
 name = "sales_rep"
@@ -87,7 +94,7 @@ clearance = "internal"
 [[permissions_service.default_roles]]
 name = "marketer"
 display_name = "Marketer"
-permissions = ["customer.read", "segment.read", "segment.manage", "campaign.manage"]
+permissions = ["customer.read", "segment.read", "segment.manage", "campaign.read", "campaign.manage"]
 clearance = "internal"
 
 [[permissions_service.default_roles]]
@@ -126,6 +133,10 @@ pub struct ServiceConfig {
     pub bootstrap_admins: Vec<String>,
     /// Service accounts bound to role `service` at start.
     pub service_accounts: Vec<String>,
+    /// Service accounts also bound to role `campaign_sender` at start: the
+    /// marketing service, which reads contacts to send campaigns and records
+    /// touches and unsubscribes in customer-profile.
+    pub campaign_senders: Vec<String>,
     pub review_interval_days: u32,
     pub unused_after_days: u32,
     pub max_grant_hours: u32,
@@ -264,7 +275,7 @@ pub async fn build(platform: &Platform, cfg: &ServiceConfig) -> anyhow::Result<(
     let permissions = Permissions::new(db, feed, cfg.settings());
     let roles: Vec<pb::Role> = cfg.default_roles.iter().filter_map(|r| cfg.role(r)).collect();
     permissions
-        .bootstrap(&roles, &cfg.bootstrap_admins, &cfg.service_accounts)
+        .bootstrap(&roles, &cfg.bootstrap_admins, &cfg.service_accounts, &cfg.campaign_senders)
         .await?;
     tokio::spawn(permissions.clone().run_jobs(platform.shutdown.clone()));
     let api = Api::new(permissions.clone(), platform.page_tokens.clone());

@@ -401,6 +401,26 @@ pub fn chunks_by_size_limit<T>(items: &[T], max_rows: usize, max_bytes: usize, s
     out
 }
 
+/// `{column} IN (values)` as a condition with its parameters, for a list of at most a
+/// few thousand values. On PostgreSQL the list travels as one parameter (`= ANY(...)`;
+/// see [`in_list`] for why), unless a value holds the separator (U+001F).
+pub fn any_of(backend: DbBackend, column: &str, values: &[&str]) -> (String, Vec<Value>) {
+    const SEPARATOR: char = '\u{1f}';
+    if values.is_empty() {
+        return ("1 = 0".to_owned(), Vec::new());
+    }
+    if backend == DbBackend::Postgres && !values.iter().any(|v| v.contains(SEPARATOR)) {
+        return (
+            format!("{column} = ANY(string_to_array(?, chr(31)))"),
+            vec![values.join(&SEPARATOR.to_string()).into()],
+        );
+    }
+    (
+        format!("{column} IN ({})", marks(values.len())),
+        values.iter().map(|v| Value::from(*v)).collect(),
+    )
+}
+
 /// Runs `{prefix} IN (values)` with `first` bound as the prefix's one parameter
 /// (`?` placeholders), and returns every row. On PostgreSQL the list travels as one
 /// parameter (`= ANY(string_to_array(...))`): prepared statements are cached, and after

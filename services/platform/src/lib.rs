@@ -17,6 +17,7 @@ pub mod crypto;
 pub mod db;
 pub mod error;
 pub mod feed;
+pub mod http;
 pub mod idempotency;
 pub mod mask;
 pub mod metrics;

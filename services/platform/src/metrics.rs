@@ -7,15 +7,12 @@
 
 use std::{
     collections::BTreeSet,
-    convert::Infallible,
     fmt::Write as _,
     net::SocketAddr,
     sync::{Arc, OnceLock, Weak},
     time::Duration,
 };
 
-use bytes::Bytes;
-use http_body_util::Full;
 use opentelemetry::{
     KeyValue,
     metrics::{Counter, Histogram},
@@ -374,20 +371,11 @@ fn encode_histogram<T: AsF64>(out: &mut String, base: &str, point: &HistogramDat
     let _ = writeln!(out, "{base}_count{plain} {}", point.count());
 }
 
-type Response = http::Response<Full<Bytes>>;
+use crate::http::{Response, respond};
 
-fn respond(status: http::StatusCode, content_type: &'static str, body: String) -> Response {
-    let mut response = http::Response::new(Full::new(Bytes::from(body)));
-    *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static(content_type));
-    response
-}
-
-async fn handle(req: http::Request<hyper::body::Incoming>) -> Result<Response, Infallible> {
+async fn handle(req: http::Request<hyper::body::Incoming>) -> Response {
     const TEXT: &str = "text/plain; charset=utf-8";
-    Ok(match (req.method(), req.uri().path()) {
+    match (req.method(), req.uri().path()) {
         (&http::Method::GET, "/metrics") => match render() {
             Ok(body) => respond(http::StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", body),
             Err(err) => respond(
@@ -396,40 +384,17 @@ async fn handle(req: http::Request<hyper::body::Incoming>) -> Result<Response, I
                 format!("metrics unavailable: {err}\n"),
             ),
         },
-        (_, "/metrics") => respond(http::StatusCode::METHOD_NOT_ALLOWED, TEXT, "GET only\n".into()),
-        _ => respond(http::StatusCode::NOT_FOUND, TEXT, "see /metrics\n".into()),
-    })
+        (_, "/metrics") => respond(http::StatusCode::METHOD_NOT_ALLOWED, TEXT, "GET only\n"),
+        _ => respond(http::StatusCode::NOT_FOUND, TEXT, "see /metrics\n"),
+    }
 }
 
 /// Serves `GET /metrics` on `listener` until `shutdown` fires.
-pub async fn serve(listener: TcpListener, mut shutdown: ShutdownSignal) {
+pub async fn serve(listener: TcpListener, shutdown: ShutdownSignal) {
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "Prometheus metrics at /metrics");
     }
-    loop {
-        let accepted = tokio::select! {
-            _ = shutdown.wait() => return,
-            accepted = listener.accept() => accepted,
-        };
-        let stream = match accepted {
-            Ok((stream, _)) => stream,
-            Err(err) => {
-                tracing::debug!(%err, "metrics endpoint: accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        tokio::spawn(async move {
-            let io = hyper_util::rt::TokioIo::new(stream);
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(10))
-                .serve_connection(io, hyper::service::service_fn(handle));
-            if let Err(err) = conn.await {
-                tracing::debug!(%err, "metrics endpoint: connection ended with an error");
-            }
-        });
-    }
+    crate::http::serve(listener, shutdown, "metrics", handle).await;
 }
 
 #[cfg(test)]

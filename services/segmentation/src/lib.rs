@@ -2,6 +2,7 @@
 //! of the customer data, fed by customer-profile's change feed.
 
 pub mod api;
+pub mod campaigns;
 pub mod projection;
 pub mod rfm;
 pub mod rule;
@@ -18,7 +19,9 @@ use crm_platform::{
     consumer,
     feed::Feed,
 };
-use crm_proto::crm::segmentation::v1::segmentation_service_server::SegmentationServiceServer;
+use crm_proto::crm::segmentation::v1::{
+    campaign_service_server::CampaignServiceServer, segmentation_service_server::SegmentationServiceServer,
+};
 use serde::Deserialize;
 use tonic::service::interceptor::InterceptedService;
 
@@ -37,6 +40,56 @@ traits_refresh_interval_secs = 3600
 [segmentation.segments]
 refresh_interval_secs = 900
 poll_interval_ms = 1000
+
+[segmentation.campaigns]
+poll_interval_ms = 500
+batch_size = 500
+send_concurrency = 64
+max_attempts = 5
+retry_base_secs = 30
+lease_secs = 300
+enqueue_chunk = 10000
+default_time_zone = "Asia/Shanghai"
+quiet_hours = ""
+frequency_max_messages = 0
+frequency_window_hours = 24
+wechat_id_source = "wechat"
+push_token_source = "app"
+interaction_source = "marketing-segmentation"
+
+[segmentation.tracking]
+listen = "0.0.0.0:8090"
+public_url = ""
+secret = ""
+link_ttl_days = 90
+
+[segmentation.channels.email]
+url = ""
+from = ""
+bearer_token = ""
+rate_per_sec = 100.0
+timeout_ms = 10000
+
+[segmentation.channels.sms]
+url = ""
+from = ""
+bearer_token = ""
+rate_per_sec = 100.0
+timeout_ms = 5000
+
+[segmentation.channels.wechat]
+url = ""
+from = ""
+bearer_token = ""
+rate_per_sec = 100.0
+timeout_ms = 5000
+
+[segmentation.channels.push]
+url = ""
+from = ""
+bearer_token = ""
+rate_per_sec = 500.0
+timeout_ms = 5000
 
 [segmentation.rfm]
 window_days = 365
@@ -63,6 +116,12 @@ pub struct ServiceConfig {
     pub traits_refresh_interval_secs: u64,
     /// Segment evaluation.
     pub segments: segments::SegmentsConfig,
+    /// Campaign scheduling and delivery.
+    pub campaigns: campaigns::CampaignsConfig,
+    /// The tracking endpoint and its links.
+    pub tracking: campaigns::tracking::TrackingConfig,
+    /// The channels' providers.
+    pub channels: campaigns::channels::ChannelsConfig,
 }
 
 impl ServiceConfig {
@@ -128,6 +187,9 @@ impl ServiceConfig {
         if self.rfm.drift_check_secs == 0 {
             return Err(ConfigError::invalid("segmentation.rfm.drift_check_secs", "at least 1"));
         }
+        self.campaigns.validate()?;
+        self.tracking.validate()?;
+        self.channels.validate()?;
         Ok(())
     }
 }
@@ -157,10 +219,38 @@ pub const LONG_RUNNING: &[&str] = &["/crm.segmentation.v1.SegmentationService/St
 /// The gRPC service as served, behind the authenticating interceptor.
 pub type Service = InterceptedService<SegmentationServiceServer<api::Api>, Authenticator>;
 
+/// The campaign service as served.
+pub type CampaignService = InterceptedService<CampaignServiceServer<campaigns::api::Api>, Authenticator>;
+
+/// What [`build`] starts: the two gRPC services and the tracking endpoint's address.
+pub struct Built {
+    pub segmentation: Service,
+    pub campaigns: CampaignService,
+    /// Where the tracking endpoint listens (when this process serves it).
+    pub tracking: Option<std::net::SocketAddr>,
+}
+
+/// The secret of the tracking links: configured, or derived from the JWT secret.
+fn link_secret(platform: &Platform, cfg: &campaigns::tracking::TrackingConfig) -> anyhow::Result<Vec<u8>> {
+    if !cfg.secret.is_empty() {
+        return Ok(cfg.secret.as_bytes().to_vec());
+    }
+    anyhow::ensure!(
+        !platform.config.auth.jwt_secret.is_empty(),
+        "configuration key `segmentation.tracking.secret`: required when tokens are not HS256 (the same on every replica)"
+    );
+    use sha2::Digest;
+    Ok(sha2::Sha256::new()
+        .chain_update(b"crm tracking links\0")
+        .chain_update(platform.config.auth.jwt_secret.as_bytes())
+        .finalize()
+        .to_vec())
+}
+
 /// Opens (and migrates, if configured) the database, starts following
-/// customer-profile's feed into the projection (until the platform's shutdown), and
-/// builds the service.
-pub async fn build(platform: &Platform, cfg: &ServiceConfig) -> anyhow::Result<Service> {
+/// customer-profile's feed into the projection, the background jobs and the
+/// tracking endpoint (until the platform's shutdown), and builds the services.
+pub async fn build(platform: &Platform, cfg: &ServiceConfig) -> anyhow::Result<Built> {
     anyhow::ensure!(
         !cfg.customer_profile_url.is_empty(),
         "configuration key `segmentation.customer_profile_url`: required: customer-profile's address (the projection follows its feed)"
@@ -174,6 +264,12 @@ pub async fn build(platform: &Platform, cfg: &ServiceConfig) -> anyhow::Result<S
     let evaluator = segments::Evaluator {
         currency: cfg.rfm.currency.clone(),
     };
+    let keyring = std::sync::Arc::new(crm_platform::crypto::Keyring::from_config(&platform.config.encryption)?);
+    let contacts = campaigns::contacts::Contacts::new(keyring, &cfg.campaigns.wechat_id_source, &cfg.campaigns.push_token_source);
+    let hooks = campaigns::ProjectionHooks {
+        contacts: contacts.clone(),
+        source: cfg.campaigns.interaction_source.clone(),
+    };
     let channel = consumer::stream_channel(&cfg.customer_profile_url, &cfg.customer_profile_ca_path)?;
     tokio::spawn(consumer::follow(
         db.clone(),
@@ -184,11 +280,9 @@ pub async fn build(platform: &Platform, cfg: &ServiceConfig) -> anyhow::Result<S
             method: projection::METHOD,
             event_types: projection::EVENT_TYPES.iter().map(|t| (*t).to_owned()).collect(),
         },
-        std::sync::Arc::new(projection::Projection::new(
-            cfg.rfm.clone(),
-            traits.clone(),
-            evaluator.clone(),
-        )),
+        std::sync::Arc::new(
+            projection::Projection::new(cfg.rfm.clone(), traits.clone(), evaluator.clone()).with_campaigns(hooks),
+        ),
         platform.shutdown.clone(),
     ));
     let feed_for_rfm = feed.clone();
@@ -200,7 +294,7 @@ pub async fn build(platform: &Platform, cfg: &ServiceConfig) -> anyhow::Result<S
         cfg.segments.clone(),
     );
     tokio::spawn(segments.clone().run(platform.shutdown.clone()));
-    let tags = tags::Tags::new(db.clone(), feed, evaluator);
+    let tags = tags::Tags::new(db.clone(), feed.clone(), evaluator);
     tokio::spawn(tags.clone().run_expiry(
         std::time::Duration::from_secs(cfg.tag_expiry_interval_secs),
         platform.shutdown.clone(),
@@ -212,6 +306,78 @@ pub async fn build(platform: &Platform, cfg: &ServiceConfig) -> anyhow::Result<S
         std::time::Duration::from_secs(cfg.traits_refresh_interval_secs),
         platform.shutdown.clone(),
     ));
+    // Campaigns: the tracking endpoint, the scheduler, the dispatcher, the forwarder.
+    let listener = if cfg.tracking.listen.is_empty() {
+        None
+    } else {
+        Some(tokio::net::TcpListener::bind(&cfg.tracking.listen).await.map_err(|e| {
+            anyhow::anyhow!(
+                "configuration key `segmentation.tracking.listen`: cannot listen on {}: {e}",
+                cfg.tracking.listen
+            )
+        })?)
+    };
+    let tracking_addr = listener.as_ref().and_then(|l| l.local_addr().ok());
+    let public_url = match (&cfg.tracking.public_url, tracking_addr) {
+        (url, _) if !url.is_empty() => url.clone(),
+        (_, Some(addr)) => format!("http://{addr}"),
+        _ => anyhow::bail!(
+            "configuration key `segmentation.tracking.public_url`: required when this process does not serve the tracking endpoint"
+        ),
+    };
+    let links = campaigns::tracking::Links::new(
+        &link_secret(platform, &cfg.tracking)?,
+        &public_url,
+        cfg.tracking.link_ttl_days,
+    )?;
+    let providers = campaigns::channels::Providers::from_config(&cfg.channels)?;
+    let tracker = campaigns::tracking::Tracker::new(db.clone(), feed.clone(), links.clone(), &cfg.campaigns.interaction_source);
+    if let Some(listener) = listener {
+        tracing::info!(addr = ?tracking_addr, public_url, "campaign tracking endpoint");
+        let tracker = tracker.clone();
+        tokio::spawn(crm_platform::http::serve(
+            listener,
+            platform.shutdown.clone(),
+            "tracking",
+            move |req| {
+                let tracker = tracker.clone();
+                async move { tracker.handle(req).await }
+            },
+        ));
+    }
+    let runner = campaigns::runs::Runner::new(db.clone(), feed.clone(), cfg.campaigns.clone());
+    tokio::spawn(runner.run(platform.shutdown.clone()));
+    let dispatcher = campaigns::dispatch::Dispatcher::new(
+        db.clone(),
+        feed.clone(),
+        cfg.campaigns.clone(),
+        providers.clone(),
+        contacts,
+        links,
+    );
+    tokio::spawn(dispatcher.clone().run(platform.shutdown.clone()));
+    let forwarder = campaigns::forward::Forwarder::new(
+        db.clone(),
+        crm_platform::authz::client_channel(
+            &cfg.customer_profile_url,
+            &cfg.customer_profile_ca_path,
+            std::time::Duration::from_secs(30),
+        )?,
+        ServiceCredentials::from_config(&platform.config, SERVICE)?,
+    );
+    tokio::spawn(forwarder.run(
+        std::time::Duration::from_millis(cfg.campaigns.poll_interval_ms),
+        platform.shutdown.clone(),
+    ));
+    let campaign_uses = campaigns::manage::Campaigns::new(
+        db.clone(),
+        feed.clone(),
+        cfg.campaigns.clone(),
+        traits.clone(),
+        providers,
+        &cfg.rfm.currency,
+    );
+    let campaign_api = campaigns::api::Api::new(campaign_uses, authz.clone(), platform.page_tokens.clone(), dispatcher);
     let api = api::Api::new(
         db,
         authz,
@@ -221,8 +387,14 @@ pub async fn build(platform: &Platform, cfg: &ServiceConfig) -> anyhow::Result<S
         platform.page_tokens.clone(),
         cfg.rfm.clone(),
     );
-    let server = SegmentationServiceServer::new(api).max_decoding_message_size(platform.config.server.max_message_bytes);
-    Ok(InterceptedService::new(server, platform.authenticator.clone()))
+    let limit = platform.config.server.max_message_bytes;
+    let server = SegmentationServiceServer::new(api).max_decoding_message_size(limit);
+    let campaign_server = CampaignServiceServer::new(campaign_api).max_decoding_message_size(limit);
+    Ok(Built {
+        segmentation: InterceptedService::new(server, platform.authenticator.clone()),
+        campaigns: InterceptedService::new(campaign_server, platform.authenticator.clone()),
+        tracking: tracking_addr,
+    })
 }
 
 /// The full RFM computation at start, every `recompute_interval_secs`, and sooner
@@ -318,10 +490,9 @@ pub async fn migrate(platform: &Platform) -> anyhow::Result<Vec<i64>> {
 /// Runs the service alone until SIGTERM/SIGINT.
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
     crm_platform::context::serve_alone(cfg.platform, async |platform, server| {
-        server
-            .add_service(build(platform, &cfg.segmentation).await?)
-            .await
-            .allow_long_running(LONG_RUNNING);
+        let built = build(platform, &cfg.segmentation).await?;
+        server.add_service(built.segmentation).await.allow_long_running(LONG_RUNNING);
+        server.add_service(built.campaigns).await;
         Ok(())
     })
     .await

@@ -40,11 +40,23 @@ pub struct Projection {
     rfm: crate::rfm::RfmConfig,
     traits: crate::traits::Registry,
     segments: crate::segments::Evaluator,
+    campaigns: Option<crate::campaigns::ProjectionHooks>,
 }
 
 impl Projection {
     pub fn new(rfm: crate::rfm::RfmConfig, traits: crate::traits::Registry, segments: crate::segments::Evaluator) -> Self {
-        Self { rfm, traits, segments }
+        Self {
+            rfm,
+            traits,
+            segments,
+            campaigns: None,
+        }
+    }
+
+    /// Also keeps contacts and conversions for campaigns.
+    pub fn with_campaigns(mut self, hooks: crate::campaigns::ProjectionHooks) -> Self {
+        self.campaigns = Some(hooks);
+        self
     }
 
     /// The customer's (or, when merged, its survivor's) segments anew.
@@ -159,11 +171,16 @@ fn decode<M: Message + Default>(event: &Event) -> Result<M> {
     M::decode(data).map_err(|e| Error::internal(anyhow::anyhow!("event {} ({}): {e}", event.id, event.r#type)))
 }
 
-async fn upsert(txn: &DatabaseTransaction, c: Option<&pb::Customer>) -> Result<()> {
-    match c {
-        Some(c) => store::upsert_customer(txn, &customer_row(c)?).await,
+impl Projection {
+    async fn upsert(&self, txn: &DatabaseTransaction, c: Option<&pb::Customer>) -> Result<()> {
         // An erased customer's earlier events are emptied at the source: nothing to apply.
-        None => Ok(()),
+        let Some(c) = c else { return Ok(()) };
+        let row = customer_row(c)?;
+        store::upsert_customer(txn, &row).await?;
+        if let Some(hooks) = &self.campaigns {
+            hooks.customer(txn, &row.id, c).await?;
+        }
+        Ok(())
     }
 }
 
@@ -178,14 +195,14 @@ impl Apply for Projection {
                     "CustomerUpdated" => decode::<pb::CustomerUpdated>(event)?.customer,
                     _ => decode::<pb::CustomerDeleted>(event)?.customer,
                 };
-                upsert(txn, customer.as_ref()).await?;
+                self.upsert(txn, customer.as_ref()).await?;
                 self.customer_changed(txn, customer.as_ref()).await
             }
             "CustomersMerged" => {
                 let e = decode::<pb::CustomersMerged>(event)?;
                 let Some(survivor) = e.survivor else { return Ok(()) };
                 let row = customer_row(&survivor)?;
-                store::upsert_customer(txn, &row).await?;
+                self.upsert(txn, Some(&survivor)).await?;
                 let merged = e.merged.iter().map(|m| customer_id(m)).collect::<Result<Vec<_>>>()?;
                 store::set_merged_into(txn, &merged, Some(&row.id)).await?;
                 store::reassign_people(txn, std::slice::from_ref(&row.id)).await?;
@@ -198,11 +215,11 @@ impl Apply for Projection {
                 let e = decode::<pb::CustomersUnmerged>(event)?;
                 let Some(survivor) = e.survivor else { return Ok(()) };
                 let row = customer_row(&survivor)?;
-                store::upsert_customer(txn, &row).await?;
+                self.upsert(txn, Some(&survivor)).await?;
                 let mut roots = vec![row.id];
                 for c in &e.restored {
                     let restored = customer_row(c)?;
-                    store::upsert_customer(txn, &restored).await?;
+                    self.upsert(txn, Some(c)).await?;
                     store::set_merged_into(txn, std::slice::from_ref(&restored.id), None).await?;
                     roots.push(restored.id);
                 }
@@ -220,6 +237,9 @@ impl Apply for Projection {
                     .map(|c| customer_id(c))
                     .collect::<Result<Vec<_>>>()?;
                 crate::tags::remove_erased(txn, &ids).await?;
+                if let Some(hooks) = &self.campaigns {
+                    hooks.erased(txn, &ids).await?;
+                }
                 store::erase(txn, &ids).await?;
                 crate::traits::remove(txn, &ids).await?;
                 crate::rfm::refresh(txn, &self.rfm, &ids, chrono::Utc::now()).await?;
@@ -230,6 +250,10 @@ impl Apply for Projection {
                 let Some(o) = e.order else { return Ok(()) };
                 let row = order_row(&e.customer, &o)?;
                 let people = store::upsert_order(txn, &row).await?;
+                if let Some(hooks) = &self.campaigns {
+                    let person = store::person_of(txn, &row.customer_id).await?;
+                    hooks.order(txn, &person, &o, &o.name).await?;
+                }
                 self.rescore(txn, &people, true).await?;
                 self.segments
                     .on_change(txn, &people, deps::ORDERS | deps::RFM | deps::TRAITS)

@@ -141,6 +141,7 @@ pub fn channel_from_proto(value: i32) -> Result<Channel, Error> {
         Some(common::Channel::Email) => Channel::Email,
         Some(common::Channel::Wechat) => Channel::Wechat,
         Some(common::Channel::Import) => Channel::Import,
+        Some(common::Channel::Sms) => Channel::Sms,
         Some(common::Channel::Api) | Some(common::Channel::Unspecified) => Channel::Api,
         None => return Err(Error::InvalidArgument(v)),
     };
@@ -161,6 +162,7 @@ pub fn channel_to_proto(c: Channel) -> common::Channel {
         Channel::Wechat => common::Channel::Wechat,
         Channel::Import => common::Channel::Import,
         Channel::Api => common::Channel::Api,
+        Channel::Sms => common::Channel::Sms,
     }
 }
 

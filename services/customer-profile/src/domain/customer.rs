@@ -115,6 +115,7 @@ pub enum Channel {
     Wechat,
     Import,
     Api,
+    Sms,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]

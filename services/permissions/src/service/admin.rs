@@ -733,7 +733,13 @@ impl Permissions {
 /// Every start: the default roles this database has not seen yet, the `service`
 /// role's default permissions, then the configured administrators (role `admin`,
 /// scope ALL) and service accounts (role `service`, scope ALL).
-pub(super) async fn bootstrap(p: &Permissions, defaults: &[pb::Role], admins: &[String], services: &[String]) -> Result<()> {
+pub(super) async fn bootstrap(
+    p: &Permissions,
+    defaults: &[pb::Role],
+    admins: &[String],
+    services: &[String],
+    senders: &[String],
+) -> Result<()> {
     let system = Caller {
         user_id: String::new(),
         ..Caller::default()
@@ -781,7 +787,7 @@ pub(super) async fn bootstrap(p: &Permissions, defaults: &[pb::Role], admins: &[
             ));
         }
     }
-    for (users, role) in [(admins, "admin"), (services, "service")] {
+    for (users, role) in [(admins, "admin"), (services, "service"), (senders, "campaign_sender")] {
         for user in users {
             let name = format!("users/{user}");
             if store::get(&txn, Kind::User, user).await?.is_none() {

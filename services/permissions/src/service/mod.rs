@@ -208,8 +208,14 @@ impl Permissions {
 
     /// Creates the default roles on first start, and binds the configured
     /// administrators and service accounts (idempotent).
-    pub async fn bootstrap(&self, defaults: &[pb::Role], admins: &[String], services: &[String]) -> Result<()> {
-        admin::bootstrap(self, defaults, admins, services).await
+    pub async fn bootstrap(
+        &self,
+        defaults: &[pb::Role],
+        admins: &[String],
+        services: &[String],
+        senders: &[String],
+    ) -> Result<()> {
+        admin::bootstrap(self, defaults, admins, services, senders).await
     }
 
     /// Background work until shutdown: noticing other replicas' policy changes,

@@ -294,7 +294,10 @@ async fn restarts_seed_new_default_roles_and_keep_the_service_role_whole() {
     let mut client = app.client.clone();
     let cfg = &app.config.permissions_service;
     let defaults: Vec<pb::Role> = cfg.default_roles.iter().filter_map(|r| cfg.role(r)).collect();
-    let restart = || app.service.bootstrap(&defaults, &cfg.bootstrap_admins, &cfg.service_accounts);
+    let restart = || {
+        app.service
+            .bootstrap(&defaults, &cfg.bootstrap_admins, &cfg.service_accounts, &cfg.campaign_senders)
+    };
     let role = |name: &str| {
         let mut c = app.client.clone();
         let name = name.to_owned();

@@ -51,6 +51,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "computed traits declared over the API",
         up: crate::traits::definitions_migration,
     },
+    Migration {
+        version: 7,
+        name: "campaigns: contacts (sealed), campaigns, deliveries, suppressions, calls forwarded to customer-profile",
+        up: crate::campaigns::store::migration,
+    },
 ];
 
 fn v1(d: Dialect) -> Vec<String> {

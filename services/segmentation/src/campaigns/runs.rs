@@ -1,0 +1,158 @@
+//! The scheduler: starts a campaign's run when it is due, queues one delivery per
+//! recipient (in chunks, each its own transaction, resumable from a cursor after a
+//! restart), and finishes a run when nothing of it is left to send: the next run is
+//! scheduled, or the campaign completes. With several replicas each campaign is
+//! claimed by one of them at a time (`FOR UPDATE SKIP LOCKED`).
+
+use std::collections::HashMap;
+
+use crm_platform::{
+    Result,
+    db::begin_write,
+    feed::{self, Feed},
+};
+use crm_proto::crm::segmentation::v1 as pb;
+use sea_orm::DatabaseConnection;
+
+use super::{
+    CampaignsConfig, changed_event, due_at, in_control, next_run,
+    store::{self, NewDelivery},
+    stored_definition, zone,
+};
+
+/// Starts runs and queues their deliveries.
+#[derive(Debug, Clone)]
+pub struct Runner {
+    db: DatabaseConnection,
+    feed: Feed,
+    cfg: CampaignsConfig,
+}
+
+impl Runner {
+    pub fn new(db: DatabaseConnection, feed: Feed, cfg: CampaignsConfig) -> Self {
+        Self { db, feed, cfg }
+    }
+
+    /// Queues the next chunk of one due campaign's run (starting the run first when
+    /// it is due); false when no campaign had anything to queue.
+    pub async fn step(&self, now_us: i64) -> Result<bool> {
+        let txn = begin_write(&self.db).await?;
+        let Some(mut c) = store::claim_due_run(&txn, now_us).await? else {
+            return Ok(false);
+        };
+        let def = stored_definition(&c, &self.cfg)?;
+        let mut events = Vec::new();
+        if c.state == pb::CampaignState::Scheduled {
+            c.runs += 1;
+            c.state = pb::CampaignState::Running;
+            c.run_start_us = c.next_run_us.unwrap_or(now_us).min(now_us);
+            c.next_run_us = None;
+            c.enqueue_cursor.clear();
+            c.enqueue_done = false;
+            c.revision += 1;
+            c.update_us = now_us;
+            events.push(changed_event(&c, false, crate::SERVICE));
+        }
+        let persons = store::audience_page(
+            &txn,
+            &def.segments,
+            &def.exclude_segments,
+            &c.enqueue_cursor,
+            self.cfg.enqueue_chunk,
+        )
+        .await?;
+        let zones: HashMap<String, chrono_tz::Tz> = if def.local_minutes.is_some() {
+            let ids: Vec<&str> = persons.iter().map(String::as_str).collect();
+            store::time_zones(&txn, &ids)
+                .await?
+                .into_iter()
+                .filter_map(|(id, tz)| Some((id, zone(&tz)?)))
+                .collect()
+        } else {
+            HashMap::new()
+        };
+        let start = chrono::DateTime::from_timestamp_micros(c.run_start_us).unwrap_or_default();
+        let rows: Vec<NewDelivery> = persons
+            .iter()
+            .map(|p| {
+                let control = in_control(&c.id, p, def.control_share);
+                let tz = zones.get(p).copied().unwrap_or(def.zone);
+                NewDelivery {
+                    person_id: p.clone(),
+                    state: if control {
+                        pb::DeliveryState::Control
+                    } else {
+                        pb::DeliveryState::Queued
+                    },
+                    due_us: if control {
+                        c.run_start_us
+                    } else {
+                        due_at(start, def.local_minutes, tz).timestamp_micros()
+                    },
+                }
+            })
+            .collect();
+        store::insert_deliveries(&txn, &c.id, c.runs, def.channel.to_proto() as i32, &rows).await?;
+        match persons.last() {
+            Some(last) if persons.len() >= self.cfg.enqueue_chunk => c.enqueue_cursor = last.clone(),
+            _ => {
+                c.enqueue_done = true;
+                tracing::info!(campaign = %c.id, run = c.runs, "run queued");
+            }
+        }
+        store::save(&txn, &c).await?;
+        feed::append_many(&txn, events).await?;
+        txn.commit().await?;
+        self.feed.committed();
+        Ok(true)
+    }
+
+    /// Running campaigns whose run is fully queued and has nothing left to send:
+    /// the next run is scheduled, or the campaign completes.
+    pub async fn finish_runs(&self, now_us: i64) -> Result<()> {
+        for id in store::running_queued(&self.db).await? {
+            let txn = begin_write(&self.db).await?;
+            let Some(mut c) = store::get_for_update(&txn, &id).await? else {
+                continue;
+            };
+            if c.state != pb::CampaignState::Running || !c.enqueue_done || store::run_pending(&txn, &c.id, c.runs).await? {
+                continue;
+            }
+            let def = stored_definition(&c, &self.cfg)?;
+            match next_run(&def, c.run_start_us) {
+                Some(next) => {
+                    c.state = pb::CampaignState::Scheduled;
+                    c.next_run_us = Some(next);
+                }
+                None => c.state = pb::CampaignState::Completed,
+            }
+            c.revision += 1;
+            c.update_us = now_us;
+            store::save(&txn, &c).await?;
+            feed::append(&txn, changed_event(&c, false, crate::SERVICE)).await?;
+            txn.commit().await?;
+            self.feed.committed();
+            tracing::info!(campaign = %c.id, run = c.runs, state = ?c.state, "run finished");
+        }
+        Ok(())
+    }
+
+    /// Until shutdown: queue what is due, finish what is done, then wait a poll.
+    pub async fn run(self, mut shutdown: crm_platform::server::ShutdownSignal) {
+        let poll = std::time::Duration::from_millis(self.cfg.poll_interval_ms);
+        loop {
+            let now = chrono::Utc::now().timestamp_micros();
+            let work = async {
+                while self.step(now).await? {}
+                self.finish_runs(now).await
+            };
+            if let Err(err) = work.await {
+                tracing::warn!(%err, "campaign scheduler failed; retrying");
+            }
+            tokio::select! {
+                _ = shutdown.wait() => return,
+                _ = tokio::time::sleep(poll) => {}
+            }
+        }
+    }
+}
