@@ -10,7 +10,9 @@ use crm_platform::{
 use crm_proto::crm::{
     customer::v1::{self as cpb, customer_profile_service_client::CustomerProfileServiceClient},
     permissions::v1::permissions_service_client::PermissionsServiceClient,
-    segmentation::v1::{self as pb, segmentation_service_client::SegmentationServiceClient},
+    segmentation::v1::{
+        self as pb, campaign_service_client::CampaignServiceClient, segmentation_service_client::SegmentationServiceClient,
+    },
 };
 use tonic::{Request, transport::Channel};
 
@@ -20,6 +22,12 @@ pub struct TestApp {
     pub permissions: PermissionsServiceClient<Channel>,
     pub customers: CustomerProfileServiceClient<Channel>,
     pub segmentation: SegmentationServiceClient<Channel>,
+    pub campaigns: CampaignServiceClient<Channel>,
+    /// The tracking endpoint, `http://host:port`.
+    pub tracking: String,
+    pub smtp: crate::stubs::SmtpSink,
+    /// The SMS and WeChat provider (paths `/sms`, `/wechat`); push is not configured.
+    pub provider: crate::stubs::HttpStub,
     shutdown: Shutdown,
     pub db: TestDatabase,
     _customers_db: TestDatabase,
@@ -50,6 +58,7 @@ impl TestApp {
         let mut permissions: crm_permissions::ServiceConfig = section(&value, Some("permissions_service")).unwrap();
         permissions.bootstrap_admins = vec!["admin-1".into()];
         permissions.service_accounts = vec![crm_segmentation::SERVICE.into()];
+        permissions.campaign_senders = vec![crm_segmentation::SERVICE.into()];
         permissions.version_poll_ms = 100;
         let customers_cfg: crm_customer_profile::ServiceConfig = section(&value, Some("customer_profile")).unwrap();
         let mut segmentation: crm_segmentation::ServiceConfig = section(&value, Some("segmentation")).unwrap();
@@ -61,6 +70,15 @@ impl TestApp {
         segmentation.rfm.recompute_interval_secs = 3600;
         segmentation.rfm.drift_check_secs = 1;
         segmentation.segments.poll_interval_ms = 100;
+        segmentation.campaigns.poll_interval_ms = 50;
+        segmentation.campaigns.retry_base_secs = 1;
+        segmentation.tracking.listen = "127.0.0.1:0".into();
+        let (smtp, smtp_port) = crate::stubs::SmtpSink::start().await;
+        let (provider, provider_port) = crate::stubs::HttpStub::start().await;
+        segmentation.channels.email.url = format!("smtp://127.0.0.1:{smtp_port}");
+        segmentation.channels.email.from = "Shop <news@shop.example>".into();
+        segmentation.channels.sms.url = format!("http://127.0.0.1:{provider_port}/sms");
+        segmentation.channels.wechat.url = format!("http://127.0.0.1:{provider_port}/wechat");
 
         let (shutdown, signal) = shutdown_channel();
         let open = |service: &str| {
@@ -79,9 +97,10 @@ impl TestApp {
         let customer_service = crm_customer_profile::build(&customers_platform.with_policy(policy.clone()), &customers_cfg)
             .await
             .expect("customer-profile must start");
-        let segmentation_service = crm_segmentation::build(&platform.with_policy(policy), &segmentation)
+        let built = crm_segmentation::build(&platform.with_policy(policy), &segmentation)
             .await
             .expect("segmentation must start");
+        let tracking = format!("http://{}", built.tracking.expect("the tracking endpoint listens"));
         let mut server = GrpcServer::new(permissions_platform.config.server.clone());
         server.add_service(perms).await;
         server
@@ -89,9 +108,10 @@ impl TestApp {
             .await
             .allow_long_running(crm_customer_profile::LONG_RUNNING);
         server
-            .add_service(segmentation_service)
+            .add_service(built.segmentation)
             .await
             .allow_long_running(crm_segmentation::LONG_RUNNING);
+        server.add_service(built.campaigns).await;
         tokio::spawn(server.serve(listener, signal));
         let channel = Channel::from_shared(format!("http://{addr}"))
             .unwrap()
@@ -101,7 +121,11 @@ impl TestApp {
         Self {
             permissions: PermissionsServiceClient::new(channel.clone()),
             customers: CustomerProfileServiceClient::new(channel.clone()),
-            segmentation: SegmentationServiceClient::new(channel),
+            segmentation: SegmentationServiceClient::new(channel.clone()),
+            campaigns: CampaignServiceClient::new(channel),
+            tracking,
+            smtp,
+            provider,
             shutdown,
             db,
             _customers_db: customers_db,

@@ -4,9 +4,11 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod app;
+mod campaigns;
 mod projection;
 mod rfm;
 mod segments;
 mod segments_property;
+mod stubs;
 mod tags;
 mod traits;

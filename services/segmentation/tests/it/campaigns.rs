@@ -1,0 +1,601 @@
+//! Campaigns through the real API: audience from a segment, checks per recipient at
+//! send time, delivery through the SMTP sink and the HTTP provider stub, tracking
+//! over HTTP, conversions from orders, unsubscribes back in customer-profile.
+
+use std::time::Duration;
+
+use crm_proto::crm::{customer::v1 as cpb, segmentation::v1 as pb};
+use tonic::Code;
+
+use crate::{app::TestApp, stubs::fetch};
+
+/// Creates a customer with an e-mail address and a mobile number.
+async fn contactable(app: &TestApp, given: &str) -> String {
+    app.customers
+        .clone()
+        .create_customer(TestApp::admin(cpb::CreateCustomerRequest {
+            customer: Some(cpb::Customer {
+                person_name: Some(cpb::PersonName {
+                    given_name: given.into(),
+                    family_name: "Wang".into(),
+                    ..Default::default()
+                }),
+                email_addresses: vec![cpb::EmailAddress {
+                    address: format!("{}@example.com", given.to_lowercase()),
+                    primary: true,
+                    ..Default::default()
+                }],
+                phone_numbers: vec![cpb::PhoneNumber {
+                    number: format!("+86138001380{:02}", given.len()),
+                    r#type: cpb::PhoneType::Mobile as i32,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            request_id: String::new(),
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .name
+}
+
+async fn consent(app: &TestApp, customer: &str, channel: cpb::ContactChannel, status: cpb::ConsentStatus) {
+    app.customers
+        .clone()
+        .update_consent(TestApp::admin(cpb::UpdateConsentRequest {
+            name: format!("{customer}/consent"),
+            changes: vec![cpb::ConsentRecord {
+                purpose: cpb::ConsentPurpose::Marketing as i32,
+                channel: channel as i32,
+                status: status as i32,
+                legal_basis: cpb::LegalBasis::Consent as i32,
+                source: "web-signup".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }))
+        .await
+        .unwrap();
+}
+
+async fn segment(app: &TestApp, id: &str, filter: &str, members: i64) {
+    app.segmentation
+        .clone()
+        .create_segment(TestApp::admin(pb::CreateSegmentRequest {
+            segment: Some(pb::Segment {
+                display_name: id.into(),
+                filter: filter.into(),
+                ..Default::default()
+            }),
+            segment_id: id.into(),
+        }))
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let s = app
+            .segmentation
+            .clone()
+            .get_segment(TestApp::admin(pb::GetSegmentRequest {
+                name: format!("segments/{id}"),
+            }))
+            .await
+            .unwrap()
+            .into_inner();
+        if s.state == pb::SegmentState::Active as i32 && s.member_count == members {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "segment {id}: {s:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn email_campaign(segment: &str) -> pb::Campaign {
+    pb::Campaign {
+        display_name: "Spring sale".into(),
+        channel: cpb::ContactChannel::Email as i32,
+        audience: Some(pb::Audience {
+            segments: vec![format!("segments/{segment}")],
+            suppression_tags: vec!["tags/do-not-mail".into()],
+            ..Default::default()
+        }),
+        message: Some(pb::MessageTemplate {
+            subject: "Hi {{ given_name | there }}".into(),
+            body: "Spring deals for you: {{ link_url }}".into(),
+            html_body: "<html><body><p>Hi {{given_name}}, <a href=\"{{link_url}}\">see the deals</a></p></body></html>".into(),
+            link: "https://shop.example/spring".into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+async fn create(app: &TestApp, id: &str, c: pb::Campaign) -> Result<pb::Campaign, tonic::Status> {
+    app.campaigns
+        .clone()
+        .create_campaign(TestApp::admin(pb::CreateCampaignRequest {
+            campaign: Some(c),
+            campaign_id: id.into(),
+        }))
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+async fn schedule(app: &TestApp, id: &str) -> Result<pb::Campaign, tonic::Status> {
+    app.campaigns
+        .clone()
+        .schedule_campaign(TestApp::admin(pb::ScheduleCampaignRequest {
+            name: format!("campaigns/{id}"),
+            etag: String::new(),
+        }))
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+async fn stats(app: &TestApp, id: &str) -> pb::CampaignStats {
+    app.campaigns
+        .clone()
+        .get_campaign_stats(TestApp::admin(pb::GetCampaignStatsRequest {
+            campaign: format!("campaigns/{id}"),
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+async fn until_stats(app: &TestApp, id: &str, what: &str, done: impl Fn(&pb::CampaignStats) -> bool) -> pb::CampaignStats {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = stats(app, id).await;
+        if done(&s) {
+            return s;
+        }
+        assert!(std::time::Instant::now() < deadline, "{what}: {s:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn skipped(s: &pb::CampaignStats, reason: pb::SkipReason) -> i64 {
+    s.skipped.iter().find(|k| k.reason == reason as i32).map_or(0, |k| k.count)
+}
+
+fn violations(status: &tonic::Status) -> Vec<String> {
+    use tonic_types::StatusExt;
+    status
+        .get_details_bad_request()
+        .map(|b| b.field_violations.into_iter().map(|v| v.field).collect())
+        .unwrap_or_default()
+}
+
+/// The URL after `prefix` in `text` (up to a quote, space or line end).
+fn url_in(text: &str, prefix: &str) -> String {
+    let start = text.find(prefix).unwrap_or_else(|| panic!("no {prefix} in {text}"));
+    text[start..]
+        .chars()
+        .take_while(|c| !matches!(c, '"' | ' ' | '\n' | '\r' | '>' | '<'))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_campaign_reaches_only_consenting_members_and_tracks_them_to_an_order() {
+    let app = TestApp::spawn().await;
+    let ann = contactable(&app, "Ann").await;
+    let bob = contactable(&app, "Bob").await;
+    let cai = contactable(&app, "Cai").await;
+    let dan = contactable(&app, "Dan").await;
+    consent(&app, &ann, cpb::ContactChannel::Email, cpb::ConsentStatus::Granted).await;
+    consent(&app, &bob, cpb::ContactChannel::Email, cpb::ConsentStatus::Denied).await;
+    // Cai never said anything: contact is opt-in.
+    consent(&app, &dan, cpb::ContactChannel::Email, cpb::ConsentStatus::Granted).await;
+    for (i, c) in [&ann, &bob, &cai, &dan].into_iter().enumerate() {
+        app.order(c, &format!("o-{i}"), 3600, 100_000_000).await;
+    }
+    segment(&app, "buyers", "orders(30d) >= 1", 4).await;
+    app.tag("do-not-mail", "", "Do not mail").await.unwrap();
+    app.segmentation
+        .clone()
+        .tag_customers(TestApp::admin(pb::TagCustomersRequest {
+            tag: "tags/do-not-mail".into(),
+            customers: vec![dan.clone()],
+            ..Default::default()
+        }))
+        .await
+        .unwrap();
+
+    let created = create(&app, "spring", email_campaign("buyers")).await.unwrap();
+    assert_eq!(created.state, pb::CampaignState::Draft as i32);
+    // The message as Ann will get it.
+    let preview = app
+        .campaigns
+        .clone()
+        .render_campaign_message(TestApp::admin(pb::RenderCampaignMessageRequest {
+            campaign: "campaigns/spring".into(),
+            customer: ann.clone(),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(preview.subject, "Hi Ann");
+    assert_eq!(preview.variables.get("given_name").map(String::as_str), Some("Ann"));
+    let scheduled = schedule(&app, "spring").await.unwrap();
+    assert_eq!(scheduled.state, pb::CampaignState::Scheduled as i32);
+
+    let s = until_stats(&app, "spring", "every delivery decided", |s| s.audience == 4 && s.queued == 0).await;
+    assert_eq!(s.sent, 1, "{s:?}");
+    assert_eq!(
+        skipped(&s, pb::SkipReason::NoConsent),
+        2,
+        "Bob said no, Cai said nothing: {s:?}"
+    );
+    assert_eq!(
+        skipped(&s, pb::SkipReason::Suppressed),
+        1,
+        "Dan carries the suppression tag: {s:?}"
+    );
+    let mails = app.smtp.mails();
+    assert_eq!(mails.len(), 1, "only Ann is contacted");
+    assert_eq!(mails[0].to, vec!["ann@example.com".to_owned()]);
+    let mail = mails[0].data.replace("=\n", "");
+    assert!(mail.contains("Subject: Hi Ann"), "{mail}");
+    assert!(mail.contains("List-Unsubscribe-Post: List-Unsubscribe=One-Click"), "{mail}");
+    let until_completed = async {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let c = app
+                .campaigns
+                .clone()
+                .get_campaign(TestApp::admin(pb::GetCampaignRequest {
+                    name: "campaigns/spring".into(),
+                }))
+                .await
+                .unwrap()
+                .into_inner();
+            if c.state == pb::CampaignState::Completed as i32 {
+                return c;
+            }
+            assert!(std::time::Instant::now() < deadline, "{c:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    assert_eq!(until_completed.await.runs, 1);
+
+    // Open, click, convert.
+    let pixel = url_in(&mail, &format!("{}/o/", app.tracking));
+    let (status, _, _) = fetch("GET", &pixel).await;
+    assert_eq!(status, 200);
+    let click = url_in(&mail, &format!("{}/c/", app.tracking));
+    let (status, location, _) = fetch("GET", &click).await;
+    assert_eq!((status, location.as_str()), (302, "https://shop.example/spring"));
+    let (status, _, _) = fetch("GET", &format!("{}/c/forged.token", app.tracking)).await;
+    assert_eq!(status, 404);
+    // Placed now (to the microsecond: the delivery was sent within this second).
+    let now = chrono::Utc::now();
+    app.customers
+        .clone()
+        .upsert_order(TestApp::admin(cpb::UpsertOrderRequest {
+            customer: crate::app::reference(&ann),
+            order: Some(cpb::Order {
+                source: "shop".into(),
+                external_id: "after-mail".into(),
+                status: cpb::OrderStatus::Paid as i32,
+                currency: "CNY".into(),
+                total_micros: 250_000_000,
+                place_time: Some(prost_types::Timestamp {
+                    seconds: now.timestamp(),
+                    nanos: i32::try_from(now.timestamp_subsec_nanos()).unwrap(),
+                }),
+                ..Default::default()
+            }),
+        }))
+        .await
+        .unwrap();
+    let s = until_stats(&app, "spring", "the order converts", |s| s.converted == 1).await;
+    assert_eq!((s.opened, s.clicked), (1, 1), "{s:?}");
+    assert_eq!(s.revenue_micros, 250_000_000);
+    assert!((s.conversion_rate - 1.0).abs() < 1e-9);
+    // An earlier order of Bob (not sent to) converts nothing.
+    let deliveries = app
+        .campaigns
+        .clone()
+        .list_campaign_deliveries(TestApp::admin(pb::ListCampaignDeliveriesRequest {
+            campaign: "campaigns/spring".into(),
+            state: pb::DeliveryState::Sent as i32,
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .deliveries;
+    assert_eq!(deliveries.len(), 1);
+    assert_eq!(deliveries[0].customer, ann);
+    assert!(
+        deliveries[0].conversion_order.starts_with(&format!("{ann}/orders/")),
+        "{:?}",
+        deliveries[0]
+    );
+    assert!(deliveries[0].click_time.is_some() && deliveries[0].open_time.is_some());
+
+    // Unsubscribe: the page asks first, the POST does it.
+    let unsubscribe = url_in(&mail, &format!("{}/u/", app.tracking));
+    let (status, _, page) = fetch("GET", &unsubscribe).await;
+    assert_eq!(status, 200);
+    assert!(page.contains("method=post"), "{page}");
+    assert_eq!(stats(&app, "spring").await.unsubscribed, 0, "a GET changes nothing");
+    let (status, _, _) = fetch("POST", &unsubscribe).await;
+    assert_eq!(status, 200);
+    assert_eq!(stats(&app, "spring").await.unsubscribed, 1);
+
+    // Touches and the withdrawal reach customer-profile.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let c = app
+            .customers
+            .clone()
+            .get_consent(TestApp::admin(cpb::GetConsentRequest {
+                name: format!("{ann}/consent"),
+            }))
+            .await
+            .unwrap()
+            .into_inner();
+        let withdrawn = c
+            .records
+            .iter()
+            .any(|r| r.channel == cpb::ContactChannel::Email as i32 && r.status == cpb::ConsentStatus::Withdrawn as i32);
+        if withdrawn {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the unsubscribe never reached customer-profile: {c:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let interactions = app
+        .customers
+        .clone()
+        .list_interactions(TestApp::admin(cpb::ListInteractionsRequest {
+            parent: ann.clone(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .interactions;
+    let kinds: Vec<i32> = interactions
+        .iter()
+        .filter(|i| i.campaign == "campaigns/spring")
+        .map(|i| i.kind)
+        .collect();
+    for kind in [
+        cpb::InteractionKind::CampaignDelivered,
+        cpb::InteractionKind::CampaignOpened,
+        cpb::InteractionKind::CampaignClicked,
+    ] {
+        assert!(kinds.contains(&(kind as i32)), "{kind:?} missing from {kinds:?}");
+    }
+
+    // A second campaign to the same audience does not reach Ann again: unsubscribed.
+    create(&app, "summer", email_campaign("buyers")).await.unwrap();
+    schedule(&app, "summer").await.unwrap();
+    let s = until_stats(&app, "summer", "decided", |s| s.audience == 4 && s.queued == 0).await;
+    assert_eq!((s.sent, skipped(&s, pb::SkipReason::Suppressed)), (0, 2), "{s:?}");
+    assert_eq!(app.smtp.mails().len(), 1);
+}
+
+#[tokio::test]
+async fn sms_sends_retry_transient_failures_with_one_idempotency_key_and_fail_refusals() {
+    let app = TestApp::spawn().await;
+    let ann = contactable(&app, "Ann").await;
+    let bo = contactable(&app, "Bo").await;
+    for c in [&ann, &bo] {
+        consent(&app, c, cpb::ContactChannel::Sms, cpb::ConsentStatus::Granted).await;
+        app.order(c, &format!("o-{c}"), 60, 1_000_000).await;
+    }
+    segment(&app, "buyers", "orders(30d) >= 1", 2).await;
+    // The first answer is 503, the second 400 (refused), then 200 for the retry.
+    app.provider.script.lock().unwrap().extend([503, 400]);
+    let mut c = email_campaign("buyers");
+    c.channel = cpb::ContactChannel::Sms as i32;
+    c.audience.as_mut().unwrap().suppression_tags.clear();
+    c.message = Some(pb::MessageTemplate {
+        body: "{{given_name}}, 20% off this week: {{link_url}}".into(),
+        link: "https://shop.example/sms".into(),
+        ..Default::default()
+    });
+    create(&app, "sms", c).await.unwrap();
+    schedule(&app, "sms").await.unwrap();
+    let s = until_stats(&app, "sms", "both decided", |s| s.queued == 0 && s.audience == 2).await;
+    assert_eq!((s.sent, s.failed), (1, 1), "{s:?}");
+    let posted = app.provider.posted();
+    assert_eq!(posted.len(), 3, "{posted:?}");
+    assert!(posted.iter().all(|p| p.path == "/sms"));
+    // The retried one kept its key.
+    let sent = posted.iter().find(|p| p.status == 200).unwrap();
+    let tries = posted.iter().filter(|p| p.idempotency_key == sent.idempotency_key).count();
+    assert_eq!(tries, 2, "{posted:?}");
+    assert!(sent.body["body"].as_str().unwrap().contains("20% off"), "{:?}", sent.body);
+    assert!(sent.body["to"].as_str().unwrap().starts_with("+86138001380"));
+    let failed = app
+        .campaigns
+        .clone()
+        .list_campaign_deliveries(TestApp::admin(pb::ListCampaignDeliveriesRequest {
+            campaign: "campaigns/sms".into(),
+            state: pb::DeliveryState::Failed as i32,
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .deliveries;
+    assert_eq!(failed.len(), 1);
+    assert!(failed[0].error.contains("400"), "{:?}", failed[0]);
+}
+
+#[tokio::test]
+async fn campaigns_are_validated_and_move_through_their_states() {
+    let app = TestApp::spawn().await;
+    // Every problem at once, with its field.
+    let mut bad = email_campaign("buyers");
+    bad.display_name.clear();
+    bad.control_share = 0.8;
+    bad.message.as_mut().unwrap().body = "Hello {{ nickname }}".into();
+    bad.quiet_hours = Some(pb::QuietHours {
+        start: "25:00".into(),
+        end: "08:00".into(),
+    });
+    let err = create(&app, "Bad Id", bad).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let fields = violations(&err);
+    for f in [
+        "campaign_id",
+        "campaign.display_name",
+        "campaign.control_share",
+        "campaign.message.body",
+        "campaign.quiet_hours",
+    ] {
+        assert!(fields.contains(&f.to_owned()), "{f} not in {fields:?}");
+    }
+    // A segment that does not exist, a channel without a provider.
+    create(&app, "nowhere", email_campaign("missing")).await.unwrap();
+    let err = schedule(&app, "nowhere").await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert!(err.message().contains("segments/missing"), "{}", err.message());
+    let mut push = email_campaign("missing");
+    push.channel = cpb::ContactChannel::AppPush as i32;
+    push.message.as_mut().unwrap().html_body.clear();
+    create(&app, "push", push).await.unwrap();
+    let err = schedule(&app, "push").await.unwrap_err();
+    assert!(err.message().contains("segmentation.channels.push.url"), "{}", err.message());
+
+    // States: a campaign scheduled for later can be paused, edited, resumed, cancelled.
+    let ann = contactable(&app, "Ann").await;
+    app.order(&ann, "o-1", 60, 1_000_000).await;
+    segment(&app, "buyers", "orders(30d) >= 1", 1).await;
+    let mut later = email_campaign("buyers");
+    later.schedule = Some(pb::Schedule {
+        start_time: Some(prost_types::Timestamp {
+            seconds: chrono::Utc::now().timestamp() + 86_400,
+            nanos: 0,
+        }),
+        ..Default::default()
+    });
+    create(&app, "later", later).await.unwrap();
+    let scheduled = schedule(&app, "later").await.unwrap();
+    assert!(scheduled.next_run_time.is_some());
+    let update = |etag: String, body: &str| pb::UpdateCampaignRequest {
+        campaign: Some(pb::Campaign {
+            name: "campaigns/later".into(),
+            etag,
+            message: Some(pb::MessageTemplate {
+                subject: "New subject".into(),
+                body: body.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        update_mask: Some(prost_types::FieldMask {
+            paths: vec!["message".into()],
+        }),
+    };
+    let err = app
+        .campaigns
+        .clone()
+        .update_campaign(TestApp::admin(update(String::new(), "changed")))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.code(),
+        Code::FailedPrecondition,
+        "a scheduled campaign's message is fixed"
+    );
+    let paused = app
+        .campaigns
+        .clone()
+        .pause_campaign(TestApp::admin(pb::PauseCampaignRequest {
+            name: "campaigns/later".into(),
+            etag: scheduled.etag.clone(),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(paused.state, pb::CampaignState::Paused as i32);
+    let err = app
+        .campaigns
+        .clone()
+        .update_campaign(TestApp::admin(update(scheduled.etag.clone(), "changed")))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Aborted, "a stale etag: {err:?}");
+    let edited = app
+        .campaigns
+        .clone()
+        .update_campaign(TestApp::admin(update(paused.etag.clone(), "changed")))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(edited.message.unwrap().body, "changed");
+    let resumed = app
+        .campaigns
+        .clone()
+        .resume_campaign(TestApp::admin(pb::ResumeCampaignRequest {
+            name: "campaigns/later".into(),
+            etag: String::new(),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(resumed.state, pb::CampaignState::Scheduled as i32);
+    let err = app
+        .campaigns
+        .clone()
+        .delete_campaign(TestApp::admin(pb::DeleteCampaignRequest {
+            name: "campaigns/later".into(),
+            etag: String::new(),
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    let cancelled = app
+        .campaigns
+        .clone()
+        .cancel_campaign(TestApp::admin(pb::CancelCampaignRequest {
+            name: "campaigns/later".into(),
+            etag: String::new(),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(cancelled.state, pb::CampaignState::Cancelled as i32);
+    assert!(cancelled.next_run_time.is_none());
+    assert_eq!(stats(&app, "later").await.audience, 0, "nothing was queued");
+    app.campaigns
+        .clone()
+        .delete_campaign(TestApp::admin(pb::DeleteCampaignRequest {
+            name: "campaigns/later".into(),
+            etag: String::new(),
+        }))
+        .await
+        .unwrap();
+    // Listing and permissions.
+    let listed = app
+        .campaigns
+        .clone()
+        .list_campaigns(TestApp::admin(pb::ListCampaignsRequest {
+            page_size: 1,
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.campaigns.len(), 1);
+    assert!(!listed.next_page_token.is_empty());
+    let stranger = TestApp::token("nobody");
+    let err = app
+        .campaigns
+        .clone()
+        .list_campaigns(TestApp::as_user(pb::ListCampaignsRequest::default(), &stranger))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+}
