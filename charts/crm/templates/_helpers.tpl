@@ -88,12 +88,14 @@ included, wins (sprig's mergeOverwrite skips those). */}}
 {{- $_ := set $base "ticketing" (dict "customer_profile_url" (printf "http://%s:%v" (include "crm.fullname" (list $root "customer-profile")) $profiles.port)) -}}
 {{- end }}
 {{- end }}
-{{- /* marketing-segmentation follows customer-profile's change feed. */ -}}
+{{- /* marketing-segmentation follows customer-profile's change feed and serves campaign tracking over HTTP. */ -}}
 {{- if eq $service "marketing-segmentation" }}
 {{- $profiles := include "crm.settings" (list $root "customer-profile") | fromYaml -}}
+{{- $segmentation := dict "tracking" (dict "listen" (ternary (printf "0.0.0.0:%v" $s.http.port) "" $s.http.enabled)) -}}
 {{- if $profiles.enabled }}
-{{- $_ := set $base "segmentation" (dict "customer_profile_url" (printf "http://%s:%v" (include "crm.fullname" (list $root "customer-profile")) $profiles.port)) -}}
+{{- $_ := set $segmentation "customer_profile_url" (printf "http://%s:%v" (include "crm.fullname" (list $root "customer-profile")) $profiles.port) -}}
 {{- end }}
+{{- $_ := set $base "segmentation" $segmentation -}}
 {{- end }}
 {{- /* customer-profile counts open tickets for the 360 view. */ -}}
 {{- if eq $service "customer-profile" }}
