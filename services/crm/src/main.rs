@@ -11,6 +11,7 @@ mod bench_segments;
 mod bench_sla;
 mod embedded;
 mod eval;
+mod eval_attribution;
 mod import;
 mod seed;
 
@@ -166,6 +167,26 @@ enum Command {
         /// Rows per message.
         #[arg(long, default_value_t = 500)]
         batch: usize,
+    },
+    /// Compare the data-driven (Markov) attribution model with the PyPI package
+    /// ChannelAttribution on the same generated journeys (install it with
+    /// `bash .ci/attribution.sh`, which prints the Python to pass); prints a JSON
+    /// report and fails when a channel's share differs by more than the tolerance.
+    EvalAttribution {
+        /// A Python with ChannelAttribution installed.
+        #[arg(long, env = "CRM_ATTRIBUTION_PYTHON")]
+        python: PathBuf,
+        /// Customers (journeys) generated.
+        #[arg(long, default_value_t = 20_000)]
+        customers: usize,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Largest allowed difference of a channel's conversion share.
+        #[arg(long, default_value_t = 0.01)]
+        tolerance: f64,
+        /// Also write the generated paths (ChannelAttribution's input, as CSV) here.
+        #[arg(long)]
+        paths: Option<PathBuf>,
     },
     /// Evaluate duplicate detection on a Febrl dataset (fetch it first with
     /// `bash .ci/febrl.sh`): imports the records through the real import path into a
@@ -575,6 +596,17 @@ async fn main() -> anyhow::Result<()> {
             job,
             batch,
         } => import_file(&cfg, &file, &mapping, &target, job, batch).await,
+        Command::EvalAttribution {
+            python,
+            customers,
+            seed,
+            tolerance,
+            paths,
+        } => {
+            let report = eval_attribution::run(&python, customers, seed, tolerance, paths.as_deref())?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(())
+        }
         Command::EvalDedup { dataset, data_dir } => {
             let dir = match data_dir {
                 Some(d) => d,

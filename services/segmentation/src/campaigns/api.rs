@@ -223,4 +223,13 @@ impl CampaignService for Api {
             next_page_token,
         }))
     }
+
+    async fn get_attribution_report(
+        &self,
+        req: Request<pb::GetAttributionReportRequest>,
+    ) -> Result<Response<pb::AttributionReport>, Status> {
+        let principal = auth::principal(&req)?;
+        self.check(&principal, "campaign.read").await?;
+        Ok(Response::new(self.campaigns.attribution(req.get_ref()).await?))
+    }
 }

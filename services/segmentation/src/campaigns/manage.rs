@@ -368,4 +368,106 @@ impl Campaigns {
         };
         Ok(s)
     }
+
+    /// Credits the conversions of a period to channels or campaigns.
+    pub async fn attribution(&self, r: &pb::GetAttributionReportRequest) -> Result<pb::AttributionReport> {
+        use super::attribution::{self, Model};
+        const DAY: i64 = 86_400_000_000;
+        let mut v = Vec::new();
+        let micros = |t: &Option<prost_types::Timestamp>| t.as_ref().map(crm_platform::feed::micros);
+        let duration = |d: &Option<prost_types::Duration>, default: i64| {
+            d.as_ref()
+                .map_or(default, |d| d.seconds.saturating_mul(1_000_000) + i64::from(d.nanos) / 1000)
+        };
+        let (start, end) = (micros(&r.start_time), micros(&r.end_time));
+        if start.is_none() {
+            v.push(FieldViolation::new("start_time", "required"));
+        }
+        if end.is_none() {
+            v.push(FieldViolation::new("end_time", "required"));
+        }
+        if let (Some(a), Some(b)) = (start, end)
+            && (b <= a || b - a > 366 * DAY)
+        {
+            v.push(FieldViolation::new("end_time", "after start_time, at most 366 days"));
+        }
+        let lookback = duration(&r.lookback, 30 * DAY);
+        if !(DAY / 24..=90 * DAY).contains(&lookback) {
+            v.push(FieldViolation::new("lookback", "one hour to 90 days"));
+        }
+        let half_life = duration(&r.half_life, 7 * DAY);
+        if half_life < 60_000_000 {
+            v.push(FieldViolation::new("half_life", "at least one minute"));
+        }
+        let model = match pb::AttributionModel::try_from(r.model) {
+            Ok(pb::AttributionModel::FirstTouch) => Some(Model::FirstTouch),
+            Ok(pb::AttributionModel::LastTouch) => Some(Model::LastTouch),
+            Ok(pb::AttributionModel::Linear) => Some(Model::Linear),
+            Ok(pb::AttributionModel::TimeDecay) => Some(Model::TimeDecay { half_life_us: half_life }),
+            Ok(pb::AttributionModel::PositionBased) => Some(Model::PositionBased),
+            Ok(pb::AttributionModel::DataDriven) => Some(Model::DataDriven),
+            _ => {
+                v.push(FieldViolation::new(
+                    "model",
+                    "required: FIRST_TOUCH, LAST_TOUCH, LINEAR, TIME_DECAY, POSITION_BASED or DATA_DRIVEN",
+                ));
+                None
+            }
+        };
+        let group_by = match pb::AttributionGrouping::try_from(r.group_by) {
+            Ok(pb::AttributionGrouping::Unspecified | pb::AttributionGrouping::Channel) => pb::AttributionGrouping::Channel,
+            Ok(pb::AttributionGrouping::Campaign) => pb::AttributionGrouping::Campaign,
+            Err(_) => {
+                v.push(FieldViolation::new("group_by", "CHANNEL or CAMPAIGN"));
+                pb::AttributionGrouping::Channel
+            }
+        };
+        let (Some(start), Some(end), Some(model)) = (start, end, model) else {
+            return Err(Error::InvalidArgument(v));
+        };
+        if !v.is_empty() {
+            return Err(Error::InvalidArgument(v));
+        }
+        let orders = store::orders_between(&self.db, start, end).await?;
+        let touches = store::touches_between(&self.db, start - lookback, end).await?;
+        let key = |t: &store::TouchRow| match group_by {
+            pb::AttributionGrouping::Campaign => format!("campaigns/{}", t.campaign_id),
+            _ => t.channel_key.clone(),
+        };
+        let paths = attribution::paths(&orders, &touches, start, lookback, &self.currency, &key);
+        let credits = attribution::attribute(model, &paths);
+        let attributed: Vec<&attribution::Path> = paths
+            .iter()
+            .filter(|p| p.conversion.is_some() && !p.touches.is_empty())
+            .collect();
+        let total: f64 = credits.values().map(|c| c.conversions).sum();
+        let mut rows: Vec<pb::AttributionRow> = credits
+            .into_iter()
+            .map(|(key, c)| pb::AttributionRow {
+                key,
+                conversions: c.conversions,
+                revenue_micros: c.revenue.round() as i64,
+                share: if total > 0.0 { c.conversions / total } else { 0.0 },
+                touches: c.touches,
+                removal_effect: c.removal_effect,
+            })
+            .collect();
+        rows.sort_by(|a, b| b.conversions.total_cmp(&a.conversions).then_with(|| a.key.cmp(&b.key)));
+        Ok(pb::AttributionReport {
+            model: r.model,
+            group_by: group_by as i32,
+            start_time: r.start_time,
+            end_time: r.end_time,
+            conversions: orders.len() as i64,
+            attributed_conversions: attributed.len() as i64,
+            null_paths: paths.iter().filter(|p| p.conversion.is_none()).count() as i64,
+            revenue_micros: attributed
+                .iter()
+                .filter_map(|p| p.conversion.map(|c| c.1))
+                .sum::<f64>()
+                .round() as i64,
+            currency: self.currency.clone(),
+            rows,
+        })
+    }
 }

@@ -13,6 +13,7 @@
 //! - [`forward`]: touches and unsubscribes sent on to customer-profile.
 
 pub mod api;
+pub mod attribution;
 pub mod channels;
 pub mod contacts;
 pub mod dispatch;

@@ -1159,3 +1159,99 @@ pub async fn forwards_waiting<C: ConnectionTrait>(conn: &C) -> Result<i64> {
         None => 0,
     })
 }
+
+// ------------------------------------------------------------ attribution
+
+/// A touch for attribution: person, campaign id, group key of its channel, time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TouchRow {
+    pub person_id: String,
+    pub campaign_id: String,
+    pub channel_key: String,
+    pub at_us: i64,
+}
+
+/// Campaign messages sent and interactions naming a campaign (other than the ones
+/// this service records for its own messages) between `from_us` and `to_us`.
+pub async fn touches_between<C: ConnectionTrait>(conn: &C, from_us: i64, to_us: i64) -> Result<Vec<TouchRow>> {
+    let mut out = Vec::new();
+    let rows = query(
+        conn,
+        "SELECT person_id, campaign_id, channel, send_us FROM deliveries WHERE state = ? AND send_us >= ? AND send_us < ?",
+        vec![(pb::DeliveryState::Sent as i32).into(), from_us.into(), to_us.into()],
+    )
+    .await?;
+    for r in rows {
+        let channel: i32 = r.try_get("", "channel")?;
+        out.push(TouchRow {
+            person_id: r.try_get("", "person_id")?,
+            campaign_id: r.try_get("", "campaign_id")?,
+            channel_key: super::Channel::from_proto(channel).map_or("other", |c| c.key()).to_owned(),
+            at_us: r.try_get("", "send_us")?,
+        });
+    }
+    use crm_proto::crm::customer::v1::InteractionKind as K;
+    let rows = query(
+        conn,
+        "SELECT person_id, campaign, channel, occur_us FROM interactions WHERE campaign <> '' AND occur_us >= ? \
+         AND occur_us < ? AND kind NOT IN (?, ?, ?)",
+        vec![
+            from_us.into(),
+            to_us.into(),
+            (K::CampaignDelivered as i32).into(),
+            (K::CampaignOpened as i32).into(),
+            (K::CampaignClicked as i32).into(),
+        ],
+    )
+    .await?;
+    for r in rows {
+        let channel: i32 = r.try_get("", "channel")?;
+        let campaign: String = r.try_get("", "campaign")?;
+        out.push(TouchRow {
+            person_id: r.try_get("", "person_id")?,
+            campaign_id: campaign.strip_prefix("campaigns/").unwrap_or(&campaign).to_owned(),
+            channel_key: crm_proto::crm::common::v1::Channel::try_from(channel).map_or("other".to_owned(), |c| {
+                c.as_str_name().trim_start_matches("CHANNEL_").to_ascii_lowercase()
+            }),
+            at_us: r.try_get("", "occur_us")?,
+        });
+    }
+    Ok(out)
+}
+
+/// An order for attribution: person, place time, total, currency.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrderRow {
+    pub person_id: String,
+    pub place_us: i64,
+    pub total_micros: i64,
+    pub currency: String,
+}
+
+/// Orders placed (not cancelled or refunded) between `from_us` and `to_us`.
+pub async fn orders_between<C: ConnectionTrait>(conn: &C, from_us: i64, to_us: i64) -> Result<Vec<OrderRow>> {
+    use crm_proto::crm::customer::v1::OrderStatus as S;
+    let rows = query(
+        conn,
+        "SELECT person_id, place_us, total_micros, currency FROM orders WHERE place_us >= ? AND place_us < ? \
+         AND status NOT IN (?, ?, ?)",
+        vec![
+            from_us.into(),
+            to_us.into(),
+            (S::Cancelled as i32).into(),
+            (S::Refunded as i32).into(),
+            (S::Unspecified as i32).into(),
+        ],
+    )
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(OrderRow {
+                person_id: r.try_get("", "person_id")?,
+                place_us: r.try_get("", "place_us")?,
+                total_micros: r.try_get("", "total_micros")?,
+                currency: r.try_get("", "currency")?,
+            })
+        })
+        .collect()
+}

@@ -57,12 +57,13 @@ pub struct TrackingConfig {
 impl TrackingConfig {
     pub fn validate(&self) -> std::result::Result<(), crm_platform::config::ConfigError> {
         use crm_platform::config::ConfigError;
-        if !(self.public_url.starts_with("http://") || self.public_url.starts_with("https://"))
-            || self.public_url.parse::<http::Uri>().is_err()
-        {
+        let url_ok = (self.public_url.starts_with("http://") || self.public_url.starts_with("https://"))
+            && self.public_url.parse::<http::Uri>().is_ok();
+        // Empty: derived from the address listened on (local use).
+        if !(url_ok || (self.public_url.is_empty() && !self.listen.is_empty())) {
             return Err(ConfigError::invalid(
                 "segmentation.tracking.public_url",
-                "an http:// or https:// URL recipients can reach",
+                "an http:// or https:// URL recipients can reach (required when `listen` is empty)",
             ));
         }
         if !self.listen.is_empty() && self.listen.parse::<std::net::SocketAddr>().is_err() {

@@ -316,6 +316,47 @@ async fn a_campaign_reaches_only_consenting_members_and_tracks_them_to_an_order(
     );
     assert!(deliveries[0].click_time.is_some() && deliveries[0].open_time.is_some());
 
+    // Attribution: the order after the mail is credited to e-mail; the orders placed
+    // before any touch are conversions nobody gets credit for.
+    let report = |model: pb::AttributionModel, group_by: pb::AttributionGrouping| {
+        let mut campaigns = app.campaigns.clone();
+        async move {
+            campaigns
+                .get_attribution_report(TestApp::admin(pb::GetAttributionReportRequest {
+                    start_time: Some(prost_types::Timestamp {
+                        seconds: chrono::Utc::now().timestamp() - 86_400,
+                        nanos: 0,
+                    }),
+                    end_time: Some(prost_types::Timestamp {
+                        seconds: chrono::Utc::now().timestamp() + 3600,
+                        nanos: 0,
+                    }),
+                    model: model as i32,
+                    group_by: group_by as i32,
+                    ..Default::default()
+                }))
+                .await
+        }
+    };
+    let last = report(pb::AttributionModel::LastTouch, pb::AttributionGrouping::Channel)
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((last.conversions, last.attributed_conversions), (5, 1), "{last:?}");
+    assert_eq!(last.rows.len(), 1);
+    assert_eq!((last.rows[0].key.as_str(), last.rows[0].conversions), ("email", 1.0));
+    assert_eq!(last.rows[0].revenue_micros, 250_000_000);
+    let markov = report(pb::AttributionModel::DataDriven, pb::AttributionGrouping::Campaign)
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(markov.rows[0].key, "campaigns/spring");
+    assert!((markov.rows[0].share - 1.0).abs() < 1e-9 && (markov.rows[0].removal_effect - 1.0).abs() < 1e-9);
+    let err = report(pb::AttributionModel::Unspecified, pb::AttributionGrouping::Channel)
+        .await
+        .unwrap_err();
+    assert_eq!(violations(&err), vec!["model".to_owned()]);
+
     // Unsubscribe: the page asks first, the POST does it.
     let unsubscribe = url_in(&mail, &format!("{}/u/", app.tracking));
     let (status, _, page) = fetch("GET", &unsubscribe).await;
