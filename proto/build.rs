@@ -26,6 +26,7 @@ const FILES: &[&str] = &[
     "crm/ticketing/v1/knowledge_base_service.proto",
     "crm/segmentation/v1/segmentation_service.proto",
     "crm/segmentation/v1/campaigns.proto",
+    "crm/segmentation/v1/journeys.proto",
     "crm/segmentation/v1/segmentation_events.proto",
 ];
 

@@ -404,6 +404,7 @@ async fn host_suite(platform: Platform, cfg: &Config, server: &mut GrpcServer) -
             .await
             .allow_long_running(crm_segmentation::LONG_RUNNING);
         server.add_service(built.campaigns).await;
+        server.add_service(built.journeys).await;
     }
     Ok(platform)
 }

@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod campaigns;
+pub mod journeys;
 pub mod projection;
 pub mod rfm;
 pub mod rule;
@@ -20,7 +21,8 @@ use crm_platform::{
     feed::Feed,
 };
 use crm_proto::crm::segmentation::v1::{
-    campaign_service_server::CampaignServiceServer, segmentation_service_server::SegmentationServiceServer,
+    campaign_service_server::CampaignServiceServer, journey_service_server::JourneyServiceServer,
+    segmentation_service_server::SegmentationServiceServer,
 };
 use serde::Deserialize;
 use tonic::service::interceptor::InterceptedService;
@@ -222,10 +224,14 @@ pub type Service = InterceptedService<SegmentationServiceServer<api::Api>, Authe
 /// The campaign service as served.
 pub type CampaignService = InterceptedService<CampaignServiceServer<campaigns::api::Api>, Authenticator>;
 
+/// The journey service as served.
+pub type JourneyService = InterceptedService<JourneyServiceServer<journeys::api::Api>, Authenticator>;
+
 /// What [`build`] starts: the two gRPC services and the tracking endpoint's address.
 pub struct Built {
     pub segmentation: Service,
     pub campaigns: CampaignService,
+    pub journeys: JourneyService,
     /// Where the tracking endpoint listens (when this process serves it).
     pub tracking: Option<std::net::SocketAddr>,
 }
@@ -266,9 +272,11 @@ pub async fn build(platform: &Platform, cfg: &ServiceConfig) -> anyhow::Result<B
     };
     let keyring = std::sync::Arc::new(crm_platform::crypto::Keyring::from_config(&platform.config.encryption)?);
     let contacts = campaigns::contacts::Contacts::new(keyring, &cfg.campaigns.wechat_id_source, &cfg.campaigns.push_token_source);
+    let engine = journeys::engine::Engine::new(db.clone(), feed.clone(), cfg.campaigns.clone(), evaluator.clone());
     let hooks = campaigns::ProjectionHooks {
         contacts: contacts.clone(),
         source: cfg.campaigns.interaction_source.clone(),
+        journeys: Some(engine.clone()),
     };
     let channel = consumer::stream_channel(&cfg.customer_profile_url, &cfg.customer_profile_ca_path)?;
     tokio::spawn(consumer::follow(
@@ -377,6 +385,15 @@ pub async fn build(platform: &Platform, cfg: &ServiceConfig) -> anyhow::Result<B
         providers,
         &cfg.rfm.currency,
     );
+    tokio::spawn(engine.run_loop(platform.shutdown.clone()));
+    let journey_uses = journeys::manage::Journeys::new(
+        db.clone(),
+        feed.clone(),
+        cfg.campaigns.clone(),
+        traits.clone(),
+        campaign_uses.clone(),
+    );
+    let journey_api = journeys::api::Api::new(journey_uses, authz.clone(), platform.page_tokens.clone());
     let campaign_api = campaigns::api::Api::new(campaign_uses, authz.clone(), platform.page_tokens.clone(), dispatcher);
     let api = api::Api::new(
         db,
@@ -390,9 +407,11 @@ pub async fn build(platform: &Platform, cfg: &ServiceConfig) -> anyhow::Result<B
     let limit = platform.config.server.max_message_bytes;
     let server = SegmentationServiceServer::new(api).max_decoding_message_size(limit);
     let campaign_server = CampaignServiceServer::new(campaign_api).max_decoding_message_size(limit);
+    let journey_server = JourneyServiceServer::new(journey_api).max_decoding_message_size(limit);
     Ok(Built {
         segmentation: InterceptedService::new(server, platform.authenticator.clone()),
         campaigns: InterceptedService::new(campaign_server, platform.authenticator.clone()),
+        journeys: InterceptedService::new(journey_server, platform.authenticator.clone()),
         tracking: tracking_addr,
     })
 }
@@ -493,6 +512,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         let built = build(platform, &cfg.segmentation).await?;
         server.add_service(built.segmentation).await.allow_long_running(LONG_RUNNING);
         server.add_service(built.campaigns).await;
+        server.add_service(built.journeys).await;
         Ok(())
     })
     .await

@@ -252,7 +252,7 @@ impl Apply for Projection {
                 let people = store::upsert_order(txn, &row).await?;
                 if let Some(hooks) = &self.campaigns {
                     let person = store::person_of(txn, &row.customer_id).await?;
-                    hooks.order(txn, &person, &o, &o.name).await?;
+                    hooks.order(txn, &person, &o, &o.name, &row.categories).await?;
                 }
                 self.rescore(txn, &people, true).await?;
                 self.segments
@@ -264,6 +264,9 @@ impl Apply for Projection {
                 let Some(i) = e.interaction else { return Ok(()) };
                 let row = interaction_row(&e.customer, &i)?;
                 let person = store::insert_interaction(txn, &row).await?;
+                if let Some(hooks) = &self.campaigns {
+                    hooks.interaction(txn, &person, row.kind, &row.category).await?;
+                }
                 self.traits
                     .current()
                     .refresh(txn, std::slice::from_ref(&person), false, chrono::Utc::now())

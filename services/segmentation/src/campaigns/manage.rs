@@ -122,6 +122,7 @@ impl Campaigns {
             revision: 1,
             create_us: now,
             update_us: now,
+            journey_id: String::new(),
         };
         let txn = begin_write(&self.db).await?;
         if store::get(&txn, id).await?.is_some() {
@@ -329,7 +330,12 @@ impl Campaigns {
     /// A campaign's results.
     pub async fn stats(&self, name: &str) -> Result<pb::CampaignStats> {
         let row = self.get(name).await?;
-        let c = store::counts(&self.db, &row.id, &self.currency).await?;
+        self.stats_of(&row.id, name).await
+    }
+
+    /// The results of the campaign `id` (also a journey step's), reported as `name`.
+    pub async fn stats_of(&self, id: &str, name: &str) -> Result<pb::CampaignStats> {
+        let c = store::counts(&self.db, id, &self.currency).await?;
         let mut s = pb::CampaignStats {
             campaign: name.to_owned(),
             currency: self.currency.clone(),

@@ -350,6 +350,18 @@ fn check_url(url: &str) -> bool {
 /// Validates a campaign as given (`field` is its path in the request, e.g.
 /// `campaign`), reporting every problem at once.
 pub fn validate(c: &pb::Campaign, field: &str, traits: &dyn Fn(&str) -> bool, cfg: &CampaignsConfig) -> Result<Definition> {
+    validate_with(c, field, traits, cfg, true)
+}
+
+/// [`validate`], with the audience optional (a journey's send step has none: the
+/// journey chooses its recipients).
+pub fn validate_with(
+    c: &pb::Campaign,
+    field: &str,
+    traits: &dyn Fn(&str) -> bool,
+    cfg: &CampaignsConfig,
+    audience_required: bool,
+) -> Result<Definition> {
     let mut v = Vec::new();
     let f = |name: &str| format!("{field}.{name}");
     let n = c.display_name.chars().count();
@@ -371,10 +383,15 @@ pub fn validate(c: &pb::Campaign, field: &str, traits: &dyn Fn(&str) -> bool, cf
         }),
     };
     let audience = c.audience.clone().unwrap_or_default();
-    if c.audience.is_none() {
+    if c.audience.is_none() && audience_required {
         v.push(FieldViolation::new(f("audience"), "required"));
     }
-    let segments = segment_names(&audience.segments, &f("audience.segments"), c.audience.is_some(), &mut v);
+    let segments = segment_names(
+        &audience.segments,
+        &f("audience.segments"),
+        c.audience.is_some() && audience_required,
+        &mut v,
+    );
     let exclude_segments = segment_names(&audience.exclude_segments, &f("audience.exclude_segments"), false, &mut v);
     if audience.suppression_tags.len() > 20 {
         v.push(FieldViolation::new(f("audience.suppression_tags"), "at most 20"));
@@ -605,7 +622,7 @@ pub fn changed_event(c: &store::CampaignRow, deleted: bool, actor: &str) -> crm_
 /// The definition of a stored campaign (checked when saved; traits it names may
 /// have gone since, which makes those recipients' messages fail to render).
 pub fn stored_definition(c: &store::CampaignRow, cfg: &CampaignsConfig) -> Result<Definition> {
-    validate(&c.settings, "campaign", &|_| true, cfg)
+    validate_with(&c.settings, "campaign", &|_| true, cfg, c.journey_id.is_empty())
 }
 
 /// What the projection of customer-profile's feed does for campaigns: keeps the
@@ -615,6 +632,8 @@ pub struct ProjectionHooks {
     pub contacts: contacts::Contacts,
     /// customer-profile's `source` for the interactions recorded there.
     pub source: String,
+    /// Journeys triggered (or waiting) on interactions and orders.
+    pub journeys: Option<crate::journeys::engine::Engine>,
 }
 
 impl ProjectionHooks {
@@ -623,9 +642,38 @@ impl ProjectionHooks {
         self.contacts.save(conn, id, &self.contacts.of(c), now).await
     }
 
+    /// An interaction of `person`: journeys it triggers or ends a wait of.
+    pub async fn interaction<C: sea_orm::ConnectionTrait>(
+        &self,
+        conn: &C,
+        person: &str,
+        kind: i32,
+        category: &str,
+    ) -> Result<()> {
+        match &self.journeys {
+            Some(j) => {
+                j.observed(
+                    conn,
+                    person,
+                    crate::journeys::engine::Observed::Interaction { kind, category },
+                )
+                .await
+            }
+            None => Ok(()),
+        }
+    }
+
     /// An order of `person` (`customers/{c}/orders/{o}`): a conversion of every
-    /// delivery within its campaign's window before it.
-    pub async fn order<C: sea_orm::ConnectionTrait>(&self, conn: &C, person: &str, order: &cpb::Order, name: &str) -> Result<()> {
+    /// delivery within its campaign's window before it; journeys it triggers or
+    /// ends a wait of.
+    pub async fn order<C: sea_orm::ConnectionTrait>(
+        &self,
+        conn: &C,
+        person: &str,
+        order: &cpb::Order,
+        name: &str,
+        categories: &[String],
+    ) -> Result<()> {
         let placed = matches!(
             cpb::OrderStatus::try_from(order.status),
             Ok(cpb::OrderStatus::Pending
@@ -639,6 +687,10 @@ impl ProjectionHooks {
         };
         if !placed {
             return Ok(());
+        }
+        if let Some(j) = &self.journeys {
+            j.observed(conn, person, crate::journeys::engine::Observed::Order { categories })
+                .await?;
         }
         let conversions = store::convert(conn, &[person], name, place_us, order.total_micros, &order.currency).await?;
         let touches: Vec<touches::Touch> = conversions

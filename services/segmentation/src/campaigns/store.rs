@@ -19,7 +19,7 @@ pub fn migration(d: Dialect) -> Vec<String> {
             "CREATE TABLE campaigns (id TEXT PRIMARY KEY, settings {bytes} NOT NULL, state INTEGER NOT NULL, \
              runs BIGINT NOT NULL, next_run_us BIGINT, run_start_us BIGINT NOT NULL, enqueue_cursor TEXT NOT NULL, \
              enqueue_done INTEGER NOT NULL, resume_state INTEGER NOT NULL, conversion_window_us BIGINT NOT NULL, \
-             revision BIGINT NOT NULL, create_us BIGINT NOT NULL, update_us BIGINT NOT NULL)"
+             revision BIGINT NOT NULL, create_us BIGINT NOT NULL, update_us BIGINT NOT NULL, journey_id TEXT NOT NULL)"
         ),
         "CREATE INDEX campaigns_due ON campaigns (state, next_run_us)".into(),
         // One message to one person in one run of a campaign.
@@ -77,10 +77,13 @@ pub struct CampaignRow {
     pub revision: i64,
     pub create_us: i64,
     pub update_us: i64,
+    /// The journey whose send step this is (`{journey}.{step}` ids); empty for a
+    /// campaign.
+    pub journey_id: String,
 }
 
 const COLUMNS: &str = "id, settings, state, runs, next_run_us, run_start_us, enqueue_cursor, enqueue_done, resume_state, \
-                       conversion_window_us, revision, create_us, update_us";
+                       conversion_window_us, revision, create_us, update_us, journey_id";
 
 fn state(v: i32) -> pb::CampaignState {
     pb::CampaignState::try_from(v).unwrap_or(pb::CampaignState::Unspecified)
@@ -102,13 +105,14 @@ fn campaign(r: &QueryResult) -> Result<CampaignRow> {
         revision: r.try_get("", "revision")?,
         create_us: r.try_get("", "create_us")?,
         update_us: r.try_get("", "update_us")?,
+        journey_id: r.try_get("", "journey_id")?,
     })
 }
 
 pub async fn insert<C: ConnectionTrait>(conn: &C, c: &CampaignRow) -> Result<()> {
     exec(
         conn,
-        &format!("INSERT INTO campaigns ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"),
+        &format!("INSERT INTO campaigns ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"),
         vec![
             c.id.clone().into(),
             c.settings.encode_to_vec().into(),
@@ -123,6 +127,7 @@ pub async fn insert<C: ConnectionTrait>(conn: &C, c: &CampaignRow) -> Result<()>
             c.revision.into(),
             c.create_us.into(),
             c.update_us.into(),
+            c.journey_id.clone().into(),
         ],
     )
     .await?;
@@ -174,7 +179,7 @@ pub async fn get_for_update<C: ConnectionTrait>(conn: &C, id: &str) -> Result<Op
 pub async fn list<C: ConnectionTrait>(conn: &C, after: &str, limit: u64) -> Result<Vec<CampaignRow>> {
     let rows = query(
         conn,
-        &format!("SELECT {COLUMNS} FROM campaigns WHERE id > ? ORDER BY id LIMIT ?"),
+        &format!("SELECT {COLUMNS} FROM campaigns WHERE id > ? AND journey_id = '' ORDER BY id LIMIT ?"),
         vec![after.into(), (limit as i64).into()],
     )
     .await?;
@@ -192,8 +197,8 @@ pub async fn delete<C: ConnectionTrait>(conn: &C, id: &str) -> Result<()> {
 /// claimed (another replica skips it).
 pub async fn claim_due_run<C: ConnectionTrait>(conn: &C, now_us: i64) -> Result<Option<CampaignRow>> {
     let sql = format!(
-        "SELECT {COLUMNS} FROM campaigns WHERE (state = ? AND next_run_us <= ?) OR (state = ? AND enqueue_done = 0) \
-         ORDER BY id LIMIT 1{}",
+        "SELECT {COLUMNS} FROM campaigns WHERE journey_id = '' AND ((state = ? AND next_run_us <= ?) \
+         OR (state = ? AND enqueue_done = 0)) ORDER BY id LIMIT 1{}",
         lock(conn, true)
     );
     let rows = query(
@@ -213,7 +218,7 @@ pub async fn claim_due_run<C: ConnectionTrait>(conn: &C, now_us: i64) -> Result<
 pub async fn running_queued<C: ConnectionTrait>(conn: &C) -> Result<Vec<String>> {
     let rows = query(
         conn,
-        "SELECT id FROM campaigns WHERE state = ? AND enqueue_done = 1 ORDER BY id",
+        "SELECT id FROM campaigns WHERE state = ? AND enqueue_done = 1 AND journey_id = '' ORDER BY id",
         vec![(pb::CampaignState::Running as i32).into()],
     )
     .await?;

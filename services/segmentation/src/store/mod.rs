@@ -56,6 +56,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "campaigns: contacts (sealed), campaigns, deliveries, suppressions, calls forwarded to customer-profile",
         up: crate::campaigns::store::migration,
     },
+    Migration {
+        version: 8,
+        name: "journeys, customers' positions in them, the steps they reached",
+        up: crate::journeys::store::migration,
+    },
 ];
 
 fn v1(d: Dialect) -> Vec<String> {

@@ -11,7 +11,8 @@ use crm_proto::crm::{
     customer::v1::{self as cpb, customer_profile_service_client::CustomerProfileServiceClient},
     permissions::v1::permissions_service_client::PermissionsServiceClient,
     segmentation::v1::{
-        self as pb, campaign_service_client::CampaignServiceClient, segmentation_service_client::SegmentationServiceClient,
+        self as pb, campaign_service_client::CampaignServiceClient, journey_service_client::JourneyServiceClient,
+        segmentation_service_client::SegmentationServiceClient,
     },
 };
 use tonic::{Request, transport::Channel};
@@ -23,10 +24,11 @@ pub struct TestApp {
     pub customers: CustomerProfileServiceClient<Channel>,
     pub segmentation: SegmentationServiceClient<Channel>,
     pub campaigns: CampaignServiceClient<Channel>,
+    pub journeys: JourneyServiceClient<Channel>,
     /// The tracking endpoint, `http://host:port`.
     pub tracking: String,
     pub smtp: crate::stubs::SmtpSink,
-    /// The SMS and WeChat provider (paths `/sms`, `/wechat`); push is not configured.
+    /// The SMS and push provider (paths `/sms`, `/push`); WeChat is not configured.
     pub provider: crate::stubs::HttpStub,
     shutdown: Shutdown,
     pub db: TestDatabase,
@@ -78,7 +80,7 @@ impl TestApp {
         segmentation.channels.email.url = format!("smtp://127.0.0.1:{smtp_port}");
         segmentation.channels.email.from = "Shop <news@shop.example>".into();
         segmentation.channels.sms.url = format!("http://127.0.0.1:{provider_port}/sms");
-        segmentation.channels.wechat.url = format!("http://127.0.0.1:{provider_port}/wechat");
+        segmentation.channels.push.url = format!("http://127.0.0.1:{provider_port}/push");
 
         let (shutdown, signal) = shutdown_channel();
         let open = |service: &str| {
@@ -112,6 +114,7 @@ impl TestApp {
             .await
             .allow_long_running(crm_segmentation::LONG_RUNNING);
         server.add_service(built.campaigns).await;
+        server.add_service(built.journeys).await;
         tokio::spawn(server.serve(listener, signal));
         let channel = Channel::from_shared(format!("http://{addr}"))
             .unwrap()
@@ -122,7 +125,8 @@ impl TestApp {
             permissions: PermissionsServiceClient::new(channel.clone()),
             customers: CustomerProfileServiceClient::new(channel.clone()),
             segmentation: SegmentationServiceClient::new(channel.clone()),
-            campaigns: CampaignServiceClient::new(channel),
+            campaigns: CampaignServiceClient::new(channel.clone()),
+            journeys: JourneyServiceClient::new(channel),
             tracking,
             smtp,
             provider,

@@ -9,11 +9,18 @@ use tonic::Code;
 
 use crate::{app::TestApp, stubs::fetch};
 
-/// Creates a customer with an e-mail address and a mobile number.
-async fn contactable(app: &TestApp, given: &str) -> String {
+/// Creates a customer with an e-mail address and a mobile number, through the app
+/// (ingested with source `app`, the app's push token as its external id).
+pub async fn contactable(app: &TestApp, given: &str) -> String {
+    let n = given.bytes().fold(7u32, |a, b| a.wrapping_mul(31).wrapping_add(u32::from(b))) % 1_000_000;
     app.customers
         .clone()
-        .create_customer(TestApp::admin(cpb::CreateCustomerRequest {
+        .ingest_customer(TestApp::admin(cpb::IngestCustomerRequest {
+            source: Some(cpb::Source {
+                system: "app".into(),
+                channel: crm_proto::crm::common::v1::Channel::App as i32,
+            }),
+            external_id: format!("push-{}", given.to_lowercase()),
             customer: Some(cpb::Customer {
                 person_name: Some(cpb::PersonName {
                     given_name: given.into(),
@@ -26,21 +33,23 @@ async fn contactable(app: &TestApp, given: &str) -> String {
                     ..Default::default()
                 }],
                 phone_numbers: vec![cpb::PhoneNumber {
-                    number: format!("+86138001380{:02}", given.len()),
+                    number: format!("+8613800{n:06}"),
                     r#type: cpb::PhoneType::Mobile as i32,
                     ..Default::default()
                 }],
                 ..Default::default()
             }),
-            request_id: String::new(),
+            source_update_time: None,
         }))
         .await
         .unwrap()
         .into_inner()
+        .customer
+        .unwrap()
         .name
 }
 
-async fn consent(app: &TestApp, customer: &str, channel: cpb::ContactChannel, status: cpb::ConsentStatus) {
+pub async fn consent(app: &TestApp, customer: &str, channel: cpb::ContactChannel, status: cpb::ConsentStatus) {
     app.customers
         .clone()
         .update_consent(TestApp::admin(cpb::UpdateConsentRequest {
@@ -456,7 +465,7 @@ async fn sms_sends_retry_transient_failures_with_one_idempotency_key_and_fail_re
     let tries = posted.iter().filter(|p| p.idempotency_key == sent.idempotency_key).count();
     assert_eq!(tries, 2, "{posted:?}");
     assert!(sent.body["body"].as_str().unwrap().contains("20% off"), "{:?}", sent.body);
-    assert!(sent.body["to"].as_str().unwrap().starts_with("+86138001380"));
+    assert!(sent.body["to"].as_str().unwrap().starts_with("+8613800"));
     let failed = app
         .campaigns
         .clone()
@@ -502,12 +511,18 @@ async fn campaigns_are_validated_and_move_through_their_states() {
     let err = schedule(&app, "nowhere").await.unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition);
     assert!(err.message().contains("segments/missing"), "{}", err.message());
-    let mut push = email_campaign("missing");
-    push.channel = cpb::ContactChannel::AppPush as i32;
-    push.message.as_mut().unwrap().html_body.clear();
-    create(&app, "push", push).await.unwrap();
-    let err = schedule(&app, "push").await.unwrap_err();
-    assert!(err.message().contains("segmentation.channels.push.url"), "{}", err.message());
+    let mut wechat = email_campaign("missing");
+    wechat.channel = cpb::ContactChannel::Wechat as i32;
+    let m = wechat.message.as_mut().unwrap();
+    m.html_body.clear();
+    m.wechat_template_id = "tpl-spring".into();
+    create(&app, "wechat", wechat).await.unwrap();
+    let err = schedule(&app, "wechat").await.unwrap_err();
+    assert!(
+        err.message().contains("segmentation.channels.wechat.url"),
+        "{}",
+        err.message()
+    );
 
     // States: a campaign scheduled for later can be paused, edited, resumed, cancelled.
     let ann = contactable(&app, "Ann").await;

@@ -5,6 +5,7 @@
 
 mod app;
 mod campaigns;
+mod journeys;
 mod projection;
 mod rfm;
 mod segments;
