@@ -58,6 +58,7 @@ frequency_window_hours = 24
 wechat_id_source = "wechat"
 push_token_source = "app"
 interaction_source = "marketing-segmentation"
+send_time_prior_weight = 10.0
 
 [segmentation.tracking]
 listen = "0.0.0.0:8090"

@@ -20,6 +20,7 @@ pub mod dispatch;
 pub mod forward;
 pub mod manage;
 pub mod runs;
+pub mod send_time;
 pub mod store;
 pub mod template;
 pub mod touches;
@@ -207,6 +208,8 @@ pub struct CampaignsConfig {
     pub push_token_source: String,
     /// customer-profile's `source` for the interactions this service records there.
     pub interaction_source: String,
+    /// Send-time optimisation: the population prior's weight, in engagements.
+    pub send_time_prior_weight: f64,
 }
 
 impl CampaignsConfig {
@@ -245,6 +248,9 @@ impl CampaignsConfig {
                 key("frequency_window_hours"),
                 "1 to 2160 (and frequency_max_messages not negative)",
             ));
+        }
+        if !(0.0..=10_000.0).contains(&self.send_time_prior_weight) {
+            return Err(ConfigError::invalid(key("send_time_prior_weight"), "0 to 10000"));
         }
         if self.interaction_source.is_empty() {
             return Err(ConfigError::invalid(key("interaction_source"), "a source id"));
@@ -291,6 +297,8 @@ pub struct Definition {
     pub zone: Tz,
     pub repeat_us: Option<i64>,
     pub end_us: Option<i64>,
+    /// Send-time optimisation within this window.
+    pub send_time_window_us: Option<i64>,
     pub cap: Option<Cap>,
     pub quiet: Option<Quiet>,
     pub control_share: f64,
@@ -473,6 +481,27 @@ pub fn validate_with(
     if repeat_us.is_some_and(|r| r < HOUR_US) {
         v.push(FieldViolation::new(f("schedule.repeat_interval"), "at least one hour"));
     }
+    let send_time_window_us = if s.optimize_send_time {
+        let w = s.send_time_window.as_ref().map(duration_us).unwrap_or(DAY_US);
+        if !(HOUR_US..=7 * DAY_US).contains(&w) {
+            v.push(FieldViolation::new(f("schedule.send_time_window"), "one hour to 7 days"));
+        }
+        if local_minutes.is_some() {
+            v.push(FieldViolation::new(
+                f("schedule.optimize_send_time"),
+                "not with `local_time`: choose one way to time the messages",
+            ));
+        }
+        Some(w)
+    } else {
+        if s.send_time_window.is_some() {
+            v.push(FieldViolation::new(
+                f("schedule.send_time_window"),
+                "only with `optimize_send_time`",
+            ));
+        }
+        None
+    };
     let start_us = s.start_time.as_ref().map(micros_of);
     let end_us = s.end_time.as_ref().map(micros_of);
     if let (Some(a), Some(b)) = (start_us, end_us)
@@ -536,6 +565,7 @@ pub fn validate_with(
         zone,
         repeat_us,
         end_us,
+        send_time_window_us,
         cap,
         quiet,
         control_share: c.control_share,

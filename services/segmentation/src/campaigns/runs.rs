@@ -15,10 +15,19 @@ use crm_proto::crm::segmentation::v1 as pb;
 use sea_orm::DatabaseConnection;
 
 use super::{
-    CampaignsConfig, changed_event, due_at, in_control, next_run,
+    CampaignsConfig, changed_event, due_at, in_control, next_run, send_time,
     store::{self, NewDelivery},
     stored_definition, zone,
 };
+
+/// Opens and clicks older than this do not tell a customer's habits.
+const ENGAGEMENT_HISTORY_US: i64 = 365 * 86_400_000_000;
+
+/// Engagements read for the population's habits (of opens, and of clicks).
+const POPULATION_SAMPLE: u64 = 200_000;
+
+/// The population's habits for one (campaign, run).
+type Population = ((String, i64), std::sync::Arc<send_time::Histogram>);
 
 /// Starts runs and queues their deliveries.
 #[derive(Debug, Clone)]
@@ -26,11 +35,43 @@ pub struct Runner {
     db: DatabaseConnection,
     feed: Feed,
     cfg: CampaignsConfig,
+    /// The population's habits of the run being queued: (campaign, run) → shares.
+    population: std::sync::Arc<std::sync::Mutex<Option<Population>>>,
 }
 
 impl Runner {
     pub fn new(db: DatabaseConnection, feed: Feed, cfg: CampaignsConfig) -> Self {
-        Self { db, feed, cfg }
+        Self {
+            db,
+            feed,
+            cfg,
+            population: std::sync::Arc::default(),
+        }
+    }
+
+    /// The population's shares of engagement by hour of the week (in the campaign's
+    /// zone), read once per run.
+    async fn population<C: sea_orm::ConnectionTrait>(
+        &self,
+        conn: &C,
+        campaign: &str,
+        run: i64,
+        since_us: i64,
+        zone: chrono_tz::Tz,
+    ) -> Result<std::sync::Arc<send_time::Histogram>> {
+        let key = (campaign.to_owned(), run);
+        if let Ok(slot) = self.population.lock()
+            && let Some((k, h)) = slot.as_ref()
+            && *k == key
+        {
+            return Ok(h.clone());
+        }
+        let times = store::population_engagement(conn, since_us, POPULATION_SAMPLE).await?;
+        let shares = std::sync::Arc::new(send_time::shares(&send_time::histogram(times, zone)));
+        if let Ok(mut slot) = self.population.lock() {
+            *slot = Some((key, shares.clone()));
+        }
+        Ok(shares)
     }
 
     /// Queues the next chunk of one due campaign's run (starting the run first when
@@ -61,8 +102,8 @@ impl Runner {
             self.cfg.enqueue_chunk,
         )
         .await?;
-        let zones: HashMap<String, chrono_tz::Tz> = if def.local_minutes.is_some() {
-            let ids: Vec<&str> = persons.iter().map(String::as_str).collect();
+        let ids: Vec<&str> = persons.iter().map(String::as_str).collect();
+        let zones: HashMap<String, chrono_tz::Tz> = if def.local_minutes.is_some() || def.send_time_window_us.is_some() {
             store::time_zones(&txn, &ids)
                 .await?
                 .into_iter()
@@ -72,6 +113,15 @@ impl Runner {
             HashMap::new()
         };
         let start = chrono::DateTime::from_timestamp_micros(c.run_start_us).unwrap_or_default();
+        // Send-time optimisation: each one's habits, and everyone's.
+        let since = c.run_start_us - ENGAGEMENT_HISTORY_US;
+        let (habits, population) = match def.send_time_window_us {
+            Some(_) => (
+                store::engagement(&txn, &ids, since).await?,
+                Some(self.population(&txn, &c.id, c.runs, since, def.zone).await?),
+            ),
+            None => (HashMap::new(), None),
+        };
         let rows: Vec<NewDelivery> = persons
             .iter()
             .map(|p| {
@@ -84,10 +134,21 @@ impl Runner {
                     } else {
                         pb::DeliveryState::Queued
                     },
-                    due_us: if control {
-                        c.run_start_us
-                    } else {
-                        due_at(start, def.local_minutes, tz).timestamp_micros()
+                    due_us: match (control, def.send_time_window_us, &population) {
+                        (true, _, _) => c.run_start_us,
+                        (false, Some(window), Some(population)) => {
+                            let own = send_time::histogram(habits.get(p).into_iter().flatten().copied(), tz);
+                            send_time::best_time(
+                                start,
+                                chrono::Duration::microseconds(window),
+                                tz,
+                                &own,
+                                population,
+                                self.cfg.send_time_prior_weight,
+                            )
+                            .timestamp_micros()
+                        }
+                        _ => due_at(start, def.local_minutes, tz).timestamp_micros(),
                     },
                 }
             })

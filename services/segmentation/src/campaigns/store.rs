@@ -279,6 +279,53 @@ pub async fn time_zones<C: ConnectionTrait>(conn: &C, persons: &[&str]) -> Resul
         .collect()
 }
 
+/// The opens and clicks (times) of `persons`' messages since `since_us`.
+pub async fn engagement<C: ConnectionTrait>(
+    conn: &C,
+    persons: &[&str],
+    since_us: i64,
+) -> Result<std::collections::HashMap<String, Vec<i64>>> {
+    let (cond, mut values) = any_of(conn.get_database_backend(), "person_id", persons);
+    values.extend([since_us.into(), since_us.into()]);
+    let rows = query(
+        conn,
+        &format!("SELECT person_id, open_us, click_us FROM deliveries WHERE {cond} AND (open_us >= ? OR click_us >= ?)"),
+        values,
+    )
+    .await?;
+    let mut out: std::collections::HashMap<String, Vec<i64>> = std::collections::HashMap::new();
+    for r in rows {
+        let times = out.entry(r.try_get("", "person_id")?).or_default();
+        // A click counts for itself; its open (set with it) is the same moment.
+        match (
+            r.try_get::<Option<i64>>("", "open_us")?,
+            r.try_get::<Option<i64>>("", "click_us")?,
+        ) {
+            (Some(o), Some(c)) if o == c => times.push(c),
+            (o, c) => times.extend(o.into_iter().chain(c)),
+        }
+    }
+    Ok(out)
+}
+
+/// The most recent opens and clicks of everyone since `since_us` (at most `limit`
+/// of each): the population's habits.
+pub async fn population_engagement<C: ConnectionTrait>(conn: &C, since_us: i64, limit: u64) -> Result<Vec<i64>> {
+    let mut out = Vec::new();
+    for column in ["open_us", "click_us"] {
+        let rows = query(
+            conn,
+            &format!("SELECT {column} AS t FROM deliveries WHERE {column} >= ? ORDER BY {column} DESC LIMIT ?"),
+            vec![since_us.into(), (limit as i64).into()],
+        )
+        .await?;
+        for r in rows {
+            out.push(r.try_get("", "t")?);
+        }
+    }
+    Ok(out)
+}
+
 // ------------------------------------------------------------ deliveries
 
 /// A delivery as queued.

@@ -17,6 +17,7 @@ fn cfg() -> campaigns::CampaignsConfig {
         wechat_id_source: "wechat".into(),
         push_token_source: "app".into(),
         interaction_source: "marketing-segmentation".into(),
+        send_time_prior_weight: 10.0,
     }
 }
 

@@ -655,3 +655,89 @@ async fn campaigns_are_validated_and_move_through_their_states() {
         .unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied);
 }
+
+#[tokio::test]
+async fn optimised_send_times_follow_each_customers_habits_and_the_population_for_newcomers() {
+    let app = TestApp::spawn().await;
+    let ann = contactable(&app, "Ann").await;
+    let bo = contactable(&app, "Bo").await;
+    for c in [&ann, &bo] {
+        consent(&app, c, cpb::ContactChannel::Email, cpb::ConsentStatus::Granted).await;
+        app.order(c, &format!("o-{c}"), 60, 1_000_000).await;
+    }
+    segment(&app, "buyers", "orders(30d) >= 1", 2).await;
+    // History: Ann opened five messages in the hour 5 h from now (a week ago and
+    // before); forty other customers opened theirs 10 to 13 h from now, ten in
+    // each hour.
+    let hour = 3_600_000_000i64;
+    let week = 168 * hour;
+    let now = chrono::Utc::now().timestamp_micros();
+    let top = |us: i64| us - us.rem_euclid(hour);
+    let (ann_hour, crowd_hour) = (top(now + 5 * hour), top(now + 10 * hour));
+    let db = crm_platform::db::connect(&app.db.target, 1).await.unwrap();
+    let mut history = vec![(ann.trim_start_matches("customers/").to_owned(), ann_hour)];
+    for i in 0..40 {
+        history.push((format!("someone-{i}"), crowd_hour + (i % 4) * hour));
+    }
+    for (i, (person, at)) in history.iter().enumerate() {
+        let opens = if i == 0 { 5 } else { 1 };
+        for w in 1..=opens {
+            crm_platform::db::exec(
+                &db,
+                "INSERT INTO deliveries (person_id, campaign_id, run, channel, state, skip_reason, due_us, attempts, \
+                 lease_us, send_us, provider_id, error, open_us, conversion_order, revenue_micros, currency) \
+                 VALUES (?, 'past', ?, 2, 4, 0, 0, 1, 0, ?, '', '', ?, '', 0, '')",
+                vec![
+                    person.clone().into(),
+                    w.into(),
+                    (at - w * week).into(),
+                    (at - w * week + 60_000_000).into(),
+                ],
+            )
+            .await
+            .unwrap();
+        }
+    }
+    let mut c = email_campaign("buyers");
+    c.schedule = Some(pb::Schedule {
+        optimize_send_time: true,
+        default_time_zone: "UTC".into(),
+        ..Default::default()
+    });
+    c.audience.as_mut().unwrap().suppression_tags.clear();
+    create(&app, "timed", c).await.unwrap();
+    schedule(&app, "timed").await.unwrap();
+    until_stats(&app, "timed", "queued", |s| s.audience == 2).await;
+    let deliveries = app
+        .campaigns
+        .clone()
+        .list_campaign_deliveries(TestApp::admin(pb::ListCampaignDeliveriesRequest {
+            campaign: "campaigns/timed".into(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .deliveries;
+    let due = |who: &str| {
+        let d = deliveries.iter().find(|d| d.customer == who).unwrap();
+        let t = d.due_time.as_ref().unwrap();
+        t.seconds * 1_000_000 + i64::from(t.nanos) / 1000
+    };
+    assert_eq!(due(&ann), ann_hour, "Ann's own habit");
+    assert_eq!(
+        due(&bo),
+        crowd_hour,
+        "Bo has no history: the population's best hour (the first of equals)"
+    );
+    assert!(app.smtp.mails().is_empty(), "nothing is due yet");
+    // Both ways of timing at once are refused.
+    let mut both = email_campaign("buyers");
+    both.schedule = Some(pb::Schedule {
+        optimize_send_time: true,
+        local_time: "09:00".into(),
+        ..Default::default()
+    });
+    let err = create(&app, "both", both).await.unwrap_err();
+    assert_eq!(violations(&err), vec!["campaign.schedule.optimize_send_time".to_owned()]);
+}
