@@ -52,7 +52,7 @@ pub const RULE: &str = "lifecycle_stage = CUSTOMER AND region = \"CN\" AND order
 const ONE_ORDER_AWAY: &str = "lifecycle_stage = CUSTOMER AND region = \"CN\" AND orders(90d) = 1 \
                               AND interactions(product_view, 30d) >= 1 AND rfm.monetary_score >= 4";
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
+pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
     }
@@ -62,7 +62,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 
 /// A deterministic pseudo-random integer in 0..m from the row number `i` and a salt,
 /// in SQL both backends run alike.
-fn h(salt: u32, m: u64) -> String {
+pub(crate) fn h(salt: u32, m: u64) -> String {
     format!(
         "((CAST(i AS BIGINT) * 2654435761 + {}) % 2147483647 % {m})",
         u64::from(salt) * 40_503
@@ -70,7 +70,7 @@ fn h(salt: u32, m: u64) -> String {
 }
 
 /// `INSERT INTO {into} SELECT {select} FROM` the numbers `lo..=hi` as `i`.
-fn series_insert(backend: DbBackend, into: &str, select: &str, lo: usize, hi: usize) -> String {
+pub(crate) fn series_insert(backend: DbBackend, into: &str, select: &str, lo: usize, hi: usize) -> String {
     match backend {
         DbBackend::Postgres => format!("INSERT INTO {into} SELECT {select} FROM generate_series({lo}, {hi}) AS s(i)"),
         _ => format!(
@@ -80,7 +80,7 @@ fn series_insert(backend: DbBackend, into: &str, select: &str, lo: usize, hi: us
 }
 
 /// `{prefix}` followed by the number `expr` in eight digits.
-fn id(backend: DbBackend, prefix: &str, expr: &str) -> String {
+pub(crate) fn id(backend: DbBackend, prefix: &str, expr: &str) -> String {
     match backend {
         DbBackend::Postgres => format!("'{prefix}' || lpad(CAST({expr} AS TEXT), 8, '0')"),
         _ => format!("printf('{prefix}%08d', {expr})"),

@@ -5,6 +5,7 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 mod backup;
 mod bench;
+mod bench_campaigns;
 mod bench_interactions;
 mod bench_permissions;
 mod bench_segments;
@@ -292,6 +293,30 @@ enum BenchKind {
         #[arg(long)]
         keep: bool,
     },
+    /// A campaign to many recipients (temporary SQLite, or a scratch schema of
+    /// --database-url): the audience queued by the real scheduler, then sent by the
+    /// real dispatchers through an HTTP provider stub in this process; prints the
+    /// time to queue, sends per second and the process's memory as JSON.
+    Campaigns {
+        /// Recipients (customers in the segment; 95 % consented to SMS).
+        #[arg(long, default_value_t = 1_000_000)]
+        recipients: usize,
+        /// Dispatchers running side by side (as replicas would).
+        #[arg(long, default_value_t = 2)]
+        dispatchers: usize,
+        /// Deliveries claimed per batch.
+        #[arg(long, default_value_t = 1000)]
+        batch_size: usize,
+        /// Requests in flight to the provider per dispatcher.
+        #[arg(long, default_value_t = 128)]
+        concurrency: usize,
+        /// PostgreSQL URL; a scratch schema is created and dropped. SQLite when absent.
+        #[arg(long)]
+        database_url: Option<String>,
+        /// Keep the scratch schema.
+        #[arg(long)]
+        keep: bool,
+    },
     /// Interaction ingest through RecordInteractions streams into an in-process
     /// customer-profile (temporary SQLite, or a scratch schema of --database-url);
     /// prints rows/s and batch acknowledgement latency as JSON.
@@ -547,6 +572,28 @@ async fn main() -> anyhow::Result<()> {
                 keep,
             };
             println!("{}", bench_segments::run(&cfg, database_url.as_deref(), shape).await?);
+            Ok(())
+        }
+        Command::Bench {
+            kind:
+                Some(BenchKind::Campaigns {
+                    recipients,
+                    dispatchers,
+                    batch_size,
+                    concurrency,
+                    database_url,
+                    keep,
+                }),
+            ..
+        } => {
+            let shape = bench_campaigns::Shape {
+                recipients,
+                dispatchers,
+                batch_size,
+                concurrency,
+                keep,
+            };
+            println!("{}", bench_campaigns::run(&cfg, database_url.as_deref(), shape).await?);
             Ok(())
         }
         Command::Bench {

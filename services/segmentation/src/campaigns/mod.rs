@@ -738,7 +738,8 @@ impl ProjectionHooks {
 
     pub async fn erased<C: sea_orm::ConnectionTrait>(&self, conn: &C, ids: &[String]) -> Result<()> {
         let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
-        store::erase(conn, &ids).await
+        store::erase(conn, &ids).await?;
+        crate::journeys::store::erase(conn, &ids).await
     }
 }
 

@@ -406,3 +406,11 @@ pub async fn drop_missing_steps<C: ConnectionTrait>(conn: &C, journey: &str, ste
     )
     .await
 }
+
+/// Erased persons leave every journey, and their steps are forgotten.
+pub async fn erase<C: ConnectionTrait>(conn: &C, ids: &[&str]) -> Result<()> {
+    let (cond, values) = crm_platform::db::any_of(conn.get_database_backend(), "person_id", ids);
+    exec(conn, &format!("DELETE FROM journey_positions WHERE {cond}"), values.clone()).await?;
+    exec(conn, &format!("DELETE FROM journey_log WHERE {cond}"), values).await?;
+    Ok(())
+}
