@@ -5,6 +5,7 @@ mod backup;
 mod bench;
 mod erasure;
 mod import;
+mod journeys;
 mod segmentation;
 mod serve;
 mod services;

@@ -120,7 +120,19 @@ impl Dispatcher {
         if claimed.is_empty() {
             return Ok(report);
         }
-        let decisions = self.decide(&claimed, now).await?;
+        let decisions = match self.decide(&claimed, now).await {
+            Ok(d) => d,
+            Err(err) => {
+                // Nothing was sent: give them back rather than leave them to the lease.
+                let keys: Vec<Key> = claimed.iter().map(|c| c.key.clone()).collect();
+                if let Ok(txn) = begin_write(&self.db).await
+                    && store::release(&txn, &keys).await.is_ok()
+                {
+                    let _ = txn.commit().await;
+                }
+                return Err(err);
+            }
+        };
         let mut outcomes: Vec<(Key, Outcome)> = Vec::with_capacity(claimed.len());
         let mut sends = Vec::new();
         for (c, d) in claimed.iter().zip(decisions) {

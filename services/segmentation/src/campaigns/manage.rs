@@ -437,7 +437,11 @@ impl Campaigns {
         let orders = store::orders_between(&self.db, start, end).await?;
         let touches = store::touches_between(&self.db, start - lookback, end).await?;
         let key = |t: &store::TouchRow| match group_by {
-            pb::AttributionGrouping::Campaign => format!("campaigns/{}", t.campaign_id),
+            // A journey's send step is a campaign `{journey}.{step}`.
+            pb::AttributionGrouping::Campaign => match t.campaign_id.split_once('.') {
+                Some((journey, step)) => format!("journeys/{journey}/steps/{step}"),
+                None => format!("campaigns/{}", t.campaign_id),
+            },
             _ => t.channel_key.clone(),
         };
         let paths = attribution::paths(&orders, &touches, start, lookback, &self.currency, &key);

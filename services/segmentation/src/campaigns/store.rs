@@ -426,41 +426,50 @@ pub struct Claimed {
 /// Claims up to `limit` due deliveries of running campaigns: marks them SENDING
 /// with a lease and one more attempt. Another replica skips rows being claimed.
 pub async fn claim_due<C: ConnectionTrait>(conn: &C, now_us: i64, lease_us: i64, limit: usize) -> Result<Vec<Claimed>> {
-    let sql = format!(
-        "SELECT d.person_id, d.campaign_id, d.run, d.due_us, d.attempts FROM deliveries d \
-         JOIN campaigns c ON c.id = d.campaign_id AND c.state = ? \
-         WHERE d.state = ? AND d.due_us <= ? ORDER BY d.due_us LIMIT ?{}",
-        if conn.get_database_backend() == DbBackend::Postgres {
-            " FOR UPDATE OF d SKIP LOCKED"
-        } else {
-            ""
-        }
-    );
-    let rows = query(
-        conn,
-        &sql,
-        vec![
-            (pb::CampaignState::Running as i32).into(),
-            (pb::DeliveryState::Queued as i32).into(),
-            now_us.into(),
-            (limit as i64).into(),
-        ],
-    )
-    .await?;
-    let claimed = rows
-        .iter()
-        .map(|r| {
-            Ok(Claimed {
-                key: Key {
-                    person_id: r.try_get("", "person_id")?,
-                    campaign_id: r.try_get("", "campaign_id")?,
-                    run: r.try_get("", "run")?,
-                },
-                due_us: r.try_get("", "due_us")?,
-                attempts: r.try_get("", "attempts")?,
+    let values = vec![
+        (pb::CampaignState::Running as i32).into(),
+        (pb::DeliveryState::Queued as i32).into(),
+        now_us.into(),
+        (limit as i64).into(),
+    ];
+    let due = "SELECT d.person_id, d.campaign_id, d.run, d.due_us, d.attempts FROM deliveries d \
+               JOIN campaigns c ON c.id = d.campaign_id AND c.state = ? \
+               WHERE d.state = ? AND d.due_us <= ? ORDER BY d.due_us LIMIT ?";
+    let claimed = |rows: Vec<QueryResult>| {
+        rows.iter()
+            .map(|r| {
+                Ok(Claimed {
+                    key: Key {
+                        person_id: r.try_get("", "person_id")?,
+                        campaign_id: r.try_get("", "campaign_id")?,
+                        run: r.try_get("", "run")?,
+                    },
+                    due_us: r.try_get("", "due_us")?,
+                    attempts: r.try_get("", "attempts")?,
+                })
             })
-        })
-        .collect::<Result<Vec<_>>>()?;
+            .collect::<Result<Vec<_>>>()
+    };
+    if conn.get_database_backend() == DbBackend::Postgres {
+        // One statement: lock the due rows (skipping those another replica holds)
+        // and mark them, returning what they were.
+        let mut v = values;
+        v.extend([Value::from(SENDING), Value::from(now_us + lease_us)]);
+        let rows = query(
+            conn,
+            &format!(
+                "WITH due AS ({due} FOR UPDATE OF d SKIP LOCKED) \
+                 UPDATE deliveries SET state = ?, lease_us = ?, attempts = deliveries.attempts + 1 FROM due \
+                 WHERE deliveries.person_id = due.person_id AND deliveries.campaign_id = due.campaign_id \
+                 AND deliveries.run = due.run \
+                 RETURNING due.person_id, due.campaign_id, due.run, due.due_us, due.attempts"
+            ),
+            v,
+        )
+        .await?;
+        return claimed(rows);
+    }
+    let claimed = claimed(query(conn, due, values).await?)?;
     set_many(
         conn,
         &claimed.iter().map(|c| c.key.clone()).collect::<Vec<_>>(),
@@ -471,33 +480,76 @@ pub async fn claim_due<C: ConnectionTrait>(conn: &C, now_us: i64, lease_us: i64,
     Ok(claimed)
 }
 
+/// Gives claimed deliveries back to the queue untried (nothing was sent).
+pub async fn release<C: ConnectionTrait>(conn: &C, keys: &[Key]) -> Result<()> {
+    set_many(
+        conn,
+        keys,
+        "state = ?, attempts = attempts - 1",
+        vec![(pb::DeliveryState::Queued as i32).into()],
+    )
+    .await
+}
+
 /// The state of a delivery while its message is with the provider. Not in the
 /// contract: a reader sees it as QUEUED.
 pub const SENDING: i32 = 100;
 
 /// Applies `assignments` (with its `values`) to the deliveries `keys`.
 async fn set_many<C: ConnectionTrait>(conn: &C, keys: &[Key], assignments: &str, values: Vec<Value>) -> Result<()> {
-    // Deliveries of one batch share a campaign and run more often than not: group.
+    if conn.get_database_backend() == DbBackend::Postgres {
+        // The whole keys as arrays, joined on the primary key: with `campaign_id = ?`
+        // as a condition of its own, a generic plan reads the campaign's every row.
+        for chunk in keys.chunks(5000) {
+            let mut v = values.clone();
+            v.push(text_array(chunk.iter().map(|k| k.person_id.clone())));
+            v.push(text_array(chunk.iter().map(|k| k.campaign_id.clone())));
+            v.push(Value::Array(
+                sea_orm::sea_query::ArrayType::BigInt,
+                Some(Box::new(chunk.iter().map(|k| Value::BigInt(Some(k.run))).collect())),
+            ));
+            exec(
+                conn,
+                &format!(
+                    "UPDATE deliveries SET {assignments} \
+                     FROM unnest(CAST(? AS TEXT[]), CAST(? AS TEXT[]), CAST(? AS BIGINT[])) AS k(p, c, r) \
+                     WHERE deliveries.person_id = k.p AND deliveries.campaign_id = k.c AND deliveries.run = k.r"
+                ),
+                v,
+            )
+            .await?;
+        }
+        return Ok(());
+    }
+    // SQLite plans each statement with its values: group by (campaign, run).
     let mut groups: std::collections::BTreeMap<(&str, i64), Vec<&str>> = std::collections::BTreeMap::new();
     for k in keys {
         groups.entry((&k.campaign_id, k.run)).or_default().push(&k.person_id);
     }
     for ((campaign, run), persons) in groups {
         for chunk in persons.chunks(5000) {
-            let (cond, persons) = any_of(conn.get_database_backend(), "person_id", chunk);
             let mut v = values.clone();
+            let (cond, persons) = any_of(DbBackend::Sqlite, "person_id", chunk);
+            v.extend(persons);
             v.push(campaign.into());
             v.push(run.into());
-            v.extend(persons);
             exec(
                 conn,
-                &format!("UPDATE deliveries SET {assignments} WHERE campaign_id = ? AND run = ? AND {cond}"),
+                &format!("UPDATE deliveries SET {assignments} WHERE {cond} AND campaign_id = ? AND run = ?"),
                 v,
             )
             .await?;
         }
     }
     Ok(())
+}
+
+/// A PostgreSQL `TEXT[]` parameter.
+fn text_array(items: impl Iterator<Item = String>) -> Value {
+    Value::Array(
+        sea_orm::sea_query::ArrayType::String,
+        Some(Box::new(items.map(|s| Value::String(Some(s))).collect())),
+    )
 }
 
 /// What became of a claimed delivery.
@@ -705,18 +757,36 @@ pub async fn sent_since<C: ConnectionTrait>(
     since_us: i64,
     persons: &[&str],
 ) -> Result<std::collections::HashMap<String, i64>> {
-    let (cond, persons) = any_of(conn.get_database_backend(), "person_id", persons);
-    let mut values: Vec<Value> = vec![channel.into(), (pb::DeliveryState::Sent as i32).into(), since_us.into()];
-    values.extend(persons);
-    let rows = query(
-        conn,
-        &format!(
-            "SELECT person_id, COUNT(*) AS n FROM deliveries WHERE channel = ? AND state = ? AND send_us >= ? AND {cond} \
-             GROUP BY person_id"
-        ),
-        values,
-    )
-    .await?;
+    let sent = pb::DeliveryState::Sent as i32;
+    let rows = if conn.get_database_backend() == DbBackend::Postgres {
+        // Joined from the persons, so the plan looks each one up by the primary key.
+        query(
+            conn,
+            "SELECT d.person_id, COUNT(*) AS n FROM unnest(CAST(? AS TEXT[])) AS k(p) \
+             JOIN deliveries d ON d.person_id = k.p \
+             WHERE d.channel = ? AND d.state = ? AND d.send_us >= ? GROUP BY d.person_id",
+            vec![
+                text_array(persons.iter().map(|p| (*p).to_owned())),
+                channel.into(),
+                sent.into(),
+                since_us.into(),
+            ],
+        )
+        .await?
+    } else {
+        let (cond, persons) = any_of(DbBackend::Sqlite, "person_id", persons);
+        let mut values: Vec<Value> = vec![channel.into(), sent.into(), since_us.into()];
+        values.extend(persons);
+        query(
+            conn,
+            &format!(
+                "SELECT person_id, COUNT(*) AS n FROM deliveries WHERE channel = ? AND state = ? AND send_us >= ? AND {cond} \
+                 GROUP BY person_id"
+            ),
+            values,
+        )
+        .await?
+    };
     let mut out = std::collections::HashMap::new();
     for r in rows {
         out.insert(r.try_get("", "person_id")?, r.try_get::<i64>("", "n")?);
@@ -1010,17 +1080,25 @@ pub async fn suppressed<C: ConnectionTrait>(
         out.insert(r.try_get("", "person_id")?);
     }
     if !tags.is_empty() {
-        let (cond, mut values) = any_of(backend, "customer_id", persons);
+        let marks = vec!["?"; tags.len()].join(", ");
+        let (sql, mut values) = if backend == DbBackend::Postgres {
+            // Joined from the persons: each looked up with the tags by the primary key.
+            (
+                format!(
+                    "SELECT DISTINCT t.customer_id FROM unnest(CAST(? AS TEXT[])) AS k(p) \
+                     JOIN customer_tags t ON t.customer_id = k.p WHERE t.tag_id IN ({marks})"
+                ),
+                vec![text_array(persons.iter().map(|p| (*p).to_owned()))],
+            )
+        } else {
+            let (cond, values) = any_of(backend, "customer_id", persons);
+            (
+                format!("SELECT DISTINCT customer_id FROM customer_tags WHERE {cond} AND tag_id IN ({marks})"),
+                values,
+            )
+        };
         values.extend(tags.iter().map(|t| Value::from(t.clone())));
-        let rows = query(
-            conn,
-            &format!(
-                "SELECT DISTINCT customer_id FROM customer_tags WHERE {cond} AND tag_id IN ({})",
-                vec!["?"; tags.len()].join(", ")
-            ),
-            values,
-        )
-        .await?;
+        let rows = query(conn, &sql, values).await?;
         for r in rows {
             out.insert(r.try_get("", "customer_id")?);
         }

@@ -112,16 +112,26 @@ pub async fn record<C: ConnectionTrait>(conn: &C, touches: &[Touch], source: &st
     if touches.is_empty() {
         return Ok(());
     }
-    let events = touches
-        .chunks(EVENT_BATCH)
-        .map(|chunk| NewEvent {
-            event_type: "crm.segmentation.v1.CampaignTouchesRecorded",
-            subject: format!("campaigns/{}", chunk[0].key.campaign_id),
-            actor: crate::SERVICE.to_owned(),
-            data: pb::CampaignTouchesRecorded {
-                touches: chunk.iter().map(to_proto).collect(),
-            }
-            .encode_to_vec(),
+    // One event per campaign (its subject) and at most EVENT_BATCH touches.
+    let mut by_campaign: std::collections::BTreeMap<&str, Vec<&Touch>> = std::collections::BTreeMap::new();
+    for t in touches {
+        by_campaign.entry(&t.key.campaign_id).or_default().push(t);
+    }
+    let events = by_campaign
+        .into_iter()
+        .flat_map(|(campaign, touches)| {
+            touches
+                .chunks(EVENT_BATCH)
+                .map(|chunk| NewEvent {
+                    event_type: "crm.segmentation.v1.CampaignTouchesRecorded",
+                    subject: format!("campaigns/{campaign}"),
+                    actor: crate::SERVICE.to_owned(),
+                    data: pb::CampaignTouchesRecorded {
+                        touches: chunk.iter().map(|t| to_proto(t)).collect(),
+                    }
+                    .encode_to_vec(),
+                })
+                .collect::<Vec<_>>()
         })
         .collect();
     feed::append_many(conn, events).await?;
