@@ -427,14 +427,17 @@ pub struct Claimed {
 /// with a lease and one more attempt. Another replica skips rows being claimed.
 pub async fn claim_due<C: ConnectionTrait>(conn: &C, now_us: i64, lease_us: i64, limit: usize) -> Result<Vec<Claimed>> {
     let values = vec![
-        (pb::CampaignState::Running as i32).into(),
         (pb::DeliveryState::Queued as i32).into(),
         now_us.into(),
+        (pb::CampaignState::Running as i32).into(),
         (limit as i64).into(),
     ];
+    // In due order along `deliveries_due`, the campaign's state checked per row: as
+    // a join, PostgreSQL's generic plan intersected the campaign's every delivery.
     let due = "SELECT d.person_id, d.campaign_id, d.run, d.due_us, d.attempts FROM deliveries d \
-               JOIN campaigns c ON c.id = d.campaign_id AND c.state = ? \
-               WHERE d.state = ? AND d.due_us <= ? ORDER BY d.due_us LIMIT ?";
+               WHERE d.state = ? AND d.due_us <= ? \
+               AND EXISTS (SELECT 1 FROM campaigns c WHERE c.id = d.campaign_id AND c.state = ?) \
+               ORDER BY d.due_us LIMIT ?";
     let claimed = |rows: Vec<QueryResult>| {
         rows.iter()
             .map(|r| {
