@@ -489,13 +489,15 @@ impl Dispatcher {
     /// Until shutdown: batches while there is work, else a poll's wait.
     pub async fn run(self, mut shutdown: crm_platform::server::ShutdownSignal) {
         let poll = std::time::Duration::from_millis(self.cfg.poll_interval_ms);
-        let mut last_recovery = std::time::Instant::now() - std::time::Duration::from_secs(3600);
+        // Abandoned deliveries are looked for every 20 polls (1 to 10 s).
+        let recover_every = std::time::Duration::from_millis((self.cfg.poll_interval_ms * 20).clamp(1000, 10_000));
+        let mut last_recovery: Option<std::time::Instant> = None;
         loop {
-            if last_recovery.elapsed() >= std::time::Duration::from_secs(10) {
+            if last_recovery.is_none_or(|at| at.elapsed() >= recover_every) {
                 if let Err(err) = self.recover(chrono::Utc::now().timestamp_micros()).await {
                     tracing::warn!(%err, "recovering abandoned deliveries failed");
                 }
-                last_recovery = std::time::Instant::now();
+                last_recovery = Some(std::time::Instant::now());
             }
             let busy = match self.batch(chrono::Utc::now()).await {
                 Ok(r) => r.claimed >= self.cfg.batch_size,

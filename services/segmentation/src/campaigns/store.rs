@@ -30,7 +30,8 @@ pub fn migration(d: Dialect) -> Vec<String> {
          conversion_us BIGINT, revenue_micros BIGINT NOT NULL, currency TEXT NOT NULL, \
          PRIMARY KEY (person_id, campaign_id, run))"
             .into(),
-        "CREATE INDEX deliveries_due ON deliveries (state, due_us)".into(),
+        // Claiming: a campaign's queued deliveries in due order.
+        "CREATE INDEX deliveries_due ON deliveries (campaign_id, state, due_us)".into(),
         "CREATE INDEX deliveries_campaign ON deliveries (campaign_id, person_id, run)".into(),
         // Unsubscribed (or bounced) on a channel: never contacted there again.
         "CREATE TABLE suppressions (person_id TEXT NOT NULL, channel INTEGER NOT NULL, reason TEXT NOT NULL, \
@@ -426,18 +427,41 @@ pub struct Claimed {
 /// Claims up to `limit` due deliveries of running campaigns: marks them SENDING
 /// with a lease and one more attempt. Another replica skips rows being claimed.
 pub async fn claim_due<C: ConnectionTrait>(conn: &C, now_us: i64, lease_us: i64, limit: usize) -> Result<Vec<Claimed>> {
+    // Campaign by campaign, each an exact range of `deliveries_due` read in due
+    // order: PostgreSQL's generic plans of one query over every campaign read whole
+    // campaigns per batch.
+    let running = query(
+        conn,
+        "SELECT id FROM campaigns WHERE state = ? ORDER BY id",
+        vec![(pb::CampaignState::Running as i32).into()],
+    )
+    .await?;
+    let mut out = Vec::new();
+    for r in running {
+        if out.len() >= limit {
+            break;
+        }
+        let campaign: String = r.try_get("", "id")?;
+        out.extend(claim_campaign(conn, &campaign, now_us, lease_us, limit - out.len()).await?);
+    }
+    Ok(out)
+}
+
+async fn claim_campaign<C: ConnectionTrait>(
+    conn: &C,
+    campaign: &str,
+    now_us: i64,
+    lease_us: i64,
+    limit: usize,
+) -> Result<Vec<Claimed>> {
     let values = vec![
+        campaign.into(),
         (pb::DeliveryState::Queued as i32).into(),
         now_us.into(),
-        (pb::CampaignState::Running as i32).into(),
         (limit as i64).into(),
     ];
-    // In due order along `deliveries_due`, the campaign's state checked per row: as
-    // a join, PostgreSQL's generic plan intersected the campaign's every delivery.
     let due = "SELECT d.person_id, d.campaign_id, d.run, d.due_us, d.attempts FROM deliveries d \
-               WHERE d.state = ? AND d.due_us <= ? \
-               AND EXISTS (SELECT 1 FROM campaigns c WHERE c.id = d.campaign_id AND c.state = ?) \
-               ORDER BY d.due_us LIMIT ?";
+               WHERE d.campaign_id = ? AND d.state = ? AND d.due_us <= ? ORDER BY d.due_us LIMIT ?";
     let claimed = |rows: Vec<QueryResult>| {
         rows.iter()
             .map(|r| {
@@ -698,7 +722,7 @@ pub async fn recover_abandoned<C: ConnectionTrait>(conn: &C, now_us: i64, retry:
             conn,
             &format!(
                 "UPDATE deliveries SET state = ?, error = 'abandoned by a stopped sender; retried (the provider deduplicates by idempotency key)' \
-                 WHERE state = ? AND lease_us < ? AND channel IN ({})",
+                 WHERE campaign_id IN (SELECT id FROM campaigns) AND state = ? AND lease_us < ? AND channel IN ({})",
                 vec!["?"; retry.len()].join(", ")
             ),
             v,
@@ -715,7 +739,7 @@ pub async fn recover_abandoned<C: ConnectionTrait>(conn: &C, now_us: i64, retry:
         conn,
         &format!(
             "UPDATE deliveries SET state = ?, error = 'abandoned by a stopped sender; outcome unknown, not retried so it cannot arrive twice' \
-             WHERE state = ? AND lease_us < ?{not_in}"
+             WHERE campaign_id IN (SELECT id FROM campaigns) AND state = ? AND lease_us < ?{not_in}"
         ),
         v,
     )

@@ -741,3 +741,73 @@ async fn optimised_send_times_follow_each_customers_habits_and_the_population_fo
     let err = create(&app, "both", both).await.unwrap_err();
     assert_eq!(violations(&err), vec!["campaign.schedule.optimize_send_time".to_owned()]);
 }
+
+#[tokio::test]
+async fn deliveries_abandoned_mid_send_are_retried_only_where_the_provider_deduplicates() {
+    let app = TestApp::spawn().await;
+    let ann = contactable(&app, "Ann").await;
+    for ch in [cpb::ContactChannel::Sms, cpb::ContactChannel::Email] {
+        consent(&app, &ann, ch, cpb::ConsentStatus::Granted).await;
+    }
+    app.order(&ann, "o-1", 60, 1_000_000).await;
+    segment(&app, "buyers", "orders(30d) >= 1", 1).await;
+    // Two campaigns for later, then made to look as if a sender had crashed while
+    // sending their one delivery each: SENDING, the lease long gone.
+    let later = Some(pb::Schedule {
+        start_time: Some(prost_types::Timestamp {
+            seconds: chrono::Utc::now().timestamp() + 86_400,
+            nanos: 0,
+        }),
+        ..Default::default()
+    });
+    let mut sms = email_campaign("buyers");
+    sms.channel = cpb::ContactChannel::Sms as i32;
+    sms.message.as_mut().unwrap().html_body.clear();
+    sms.schedule = later.clone();
+    create(&app, "crash-sms", sms).await.unwrap();
+    let mut mail = email_campaign("buyers");
+    mail.schedule = later;
+    create(&app, "crash-mail", mail).await.unwrap();
+    let db = crm_platform::db::connect(&app.db.target, 1).await.unwrap();
+    let person = ann.trim_start_matches("customers/").to_owned();
+    for (campaign, channel) in [("crash-sms", 1), ("crash-mail", 2)] {
+        crm_platform::db::exec(
+            &db,
+            "INSERT INTO deliveries (person_id, campaign_id, run, channel, state, skip_reason, due_us, attempts, \
+             lease_us, provider_id, error, conversion_order, revenue_micros, currency) \
+             VALUES (?, ?, 1, ?, 100, 0, 0, 1, 0, '', '', '', 0, '')",
+            vec![person.clone().into(), campaign.into(), channel.into()],
+        )
+        .await
+        .unwrap();
+        crm_platform::db::exec(
+            &db,
+            "UPDATE campaigns SET state = 3, runs = 1, enqueue_done = 1 WHERE id = ?",
+            vec![campaign.into()],
+        )
+        .await
+        .unwrap();
+    }
+    // The SMS provider deduplicates by idempotency key: sent again.
+    let s = until_stats(&app, "crash-sms", "the SMS is retried", |s| s.sent == 1).await;
+    assert_eq!(s.failed, 0);
+    let posted = app.provider.posted();
+    assert_eq!(posted.len(), 1);
+    assert_eq!(posted[0].idempotency_key, format!("crash-sms:1:{person}"));
+    // SMTP does not: the mail may have gone out, so it is not sent again.
+    let s = until_stats(&app, "crash-mail", "the mail fails", |s| s.failed == 1).await;
+    assert_eq!(s.sent, 0);
+    assert!(app.smtp.mails().is_empty());
+    let failed = app
+        .campaigns
+        .clone()
+        .list_campaign_deliveries(TestApp::admin(pb::ListCampaignDeliveriesRequest {
+            campaign: "campaigns/crash-mail".into(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .deliveries;
+    assert!(failed[0].error.contains("outcome unknown"), "{:?}", failed[0]);
+}
