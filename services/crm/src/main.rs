@@ -375,10 +375,11 @@ fn load(file: Option<&std::path::Path>) -> Result<Config, ConfigError> {
         &[
             PLATFORM_DEFAULTS,
             crm_permissions::DEFAULTS,
-            DEV_DEFAULTS,
             crm_customer_profile::DEFAULTS,
             crm_ticketing::DEFAULTS,
             crm_segmentation::DEFAULTS,
+            // Last: they override the services' defaults.
+            DEV_DEFAULTS,
         ],
         file,
     )?;

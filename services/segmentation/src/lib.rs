@@ -329,7 +329,19 @@ pub async fn build(platform: &Platform, cfg: &ServiceConfig) -> anyhow::Result<B
     let tracking_addr = listener.as_ref().and_then(|l| l.local_addr().ok());
     let public_url = match (&cfg.tracking.public_url, tracking_addr) {
         (url, _) if !url.is_empty() => url.clone(),
-        (_, Some(addr)) => format!("http://{addr}"),
+        (_, Some(addr)) => {
+            // Links name a reachable address: loopback when listening on all.
+            let host = if addr.ip().is_unspecified() {
+                std::net::IpAddr::from([127, 0, 0, 1])
+            } else {
+                addr.ip()
+            };
+            tracing::warn!(
+                "segmentation.tracking.public_url is not set: links in messages point at http://{host}:{}, reachable from this machine only",
+                addr.port()
+            );
+            format!("http://{}", std::net::SocketAddr::new(host, addr.port()))
+        }
         _ => anyhow::bail!(
             "configuration key `segmentation.tracking.public_url`: required when this process does not serve the tracking endpoint"
         ),
