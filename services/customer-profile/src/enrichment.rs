@@ -4,9 +4,7 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
-use hyper_util::rt::TokioIo;
+use crm_platform::http::HttpClient;
 
 use crate::domain::enrichment::{Firmographics, Query, parse};
 
@@ -21,31 +19,15 @@ pub enum Answer {
     NoData,
 }
 
-/// Why a lookup failed; `permanent` ones are not tried again.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Failure {
-    pub permanent: bool,
-    pub message: String,
-}
-
-impl Failure {
-    fn retry(message: impl Into<String>) -> Self {
-        Self {
-            permanent: false,
-            message: message.into(),
-        }
-    }
-}
+pub use crm_platform::http::{Failure, check_url};
 
 /// A configured endpoint.
 #[derive(Clone)]
 pub struct Endpoint {
     uri: http::Uri,
-    authority: String,
-    host: String,
-    port: u16,
     timeout: Duration,
-    bearer_token: String,
+    authorization: String,
+    client: HttpClient,
 }
 
 impl std::fmt::Debug for Endpoint {
@@ -57,99 +39,32 @@ impl std::fmt::Debug for Endpoint {
     }
 }
 
-/// Checks an endpoint URL: `http://host[:port][/path]`. Plain HTTP only: an
-/// endpoint outside the cluster is reached through an egress proxy or sidecar that
-/// terminates TLS.
-pub fn check_url(url: &str) -> Result<http::Uri, String> {
-    let uri: http::Uri = url.parse().map_err(|e| format!("`{url}` is not a URL: {e}"))?;
-    match uri.scheme_str() {
-        Some("http") => {}
-        Some("https") => {
-            return Err(
-                "https:// is not supported: point it at an egress proxy or sidecar that speaks TLS to the provider".into(),
-            );
-        }
-        _ => return Err(format!("`{url}` must start with http://")),
-    }
-    if uri.host().is_none_or(str::is_empty) {
-        return Err(format!("`{url}` has no host"));
-    }
-    Ok(uri)
-}
-
 impl Endpoint {
     pub fn new(url: &str, timeout: Duration, bearer_token: &str) -> Result<Self, String> {
-        let uri = check_url(url)?;
-        let authority = uri.authority().map(|a| a.to_string()).unwrap_or_default();
-        let host = uri
-            .host()
-            .unwrap_or_default()
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_owned();
-        let port = uri.port_u16().unwrap_or(80);
         Ok(Self {
-            uri,
-            authority,
-            host,
-            port,
+            uri: check_url(url)?,
             timeout,
-            bearer_token: bearer_token.to_owned(),
+            authorization: if bearer_token.is_empty() {
+                String::new()
+            } else {
+                format!("Bearer {bearer_token}")
+            },
+            client: HttpClient::new(),
         })
     }
 
     /// Looks an organisation up, within the configured timeout.
     pub async fn lookup(&self, query: &Query) -> Result<Answer, Failure> {
-        let body = serde_json::to_vec(query).map_err(|e| Failure {
-            permanent: true,
-            message: format!("query not encodable: {e}"),
-        })?;
-        match tokio::time::timeout(self.timeout, self.exchange(body)).await {
-            Ok(answer) => answer,
-            Err(_) => Err(Failure::retry(format!("no answer within {} ms", self.timeout.as_millis()))),
+        let body = serde_json::to_vec(query).map_err(|e| Failure::permanent(format!("query not encodable: {e}")))?;
+        let mut headers = Vec::new();
+        if !self.authorization.is_empty() {
+            headers.push(("authorization", self.authorization.as_str()));
         }
-    }
-
-    async fn exchange(&self, body: Vec<u8>) -> Result<Answer, Failure> {
-        let stream = tokio::net::TcpStream::connect((self.host.as_str(), self.port))
-            .await
-            .map_err(|e| Failure::retry(format!("cannot connect to {}: {e}", self.authority)))?;
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| Failure::retry(format!("HTTP handshake with {}: {e}", self.authority)))?;
-        // The connection is driven beside the request; it ends with this exchange.
-        let driver = tokio::spawn(async move {
-            if let Err(err) = connection.await {
-                tracing::debug!(%err, "enrichment connection closed with an error");
-            }
-        });
-        let mut request = http::Request::post(self.uri.clone())
-            .header(http::header::HOST, &self.authority)
-            .header(http::header::CONTENT_TYPE, "application/json")
-            .header(http::header::ACCEPT, "application/json");
-        if !self.bearer_token.is_empty() {
-            request = request.header(http::header::AUTHORIZATION, format!("Bearer {}", self.bearer_token));
-        }
-        let request = request.body(Full::new(Bytes::from(body))).map_err(|e| Failure {
-            permanent: true,
-            message: format!("request not buildable: {e}"),
-        })?;
-        let result = async {
-            let response = sender
-                .send_request(request)
-                .await
-                .map_err(|e| Failure::retry(format!("request to {} failed: {e}", self.authority)))?;
-            let status = response.status().as_u16();
-            let bytes = Limited::new(response.into_body(), MAX_ANSWER_BYTES)
-                .collect()
-                .await
-                .map_err(|e| Failure::retry(format!("reading the answer (at most {MAX_ANSWER_BYTES} bytes): {e}")))?
-                .to_bytes();
-            classify(status, &bytes)
-        }
-        .await;
-        driver.abort();
-        result
+        let (status, bytes) = self
+            .client
+            .post_json(&self.uri, &headers, body, self.timeout, MAX_ANSWER_BYTES)
+            .await?;
+        classify(status, &bytes)
     }
 }
 
@@ -165,10 +80,10 @@ pub fn classify(status: u16, body: &[u8]) -> Result<Answer, Failure> {
             Err(why) => Err(Failure::retry(why)),
         },
         408 | 429 | 500..=599 => Err(Failure::retry(format!("the endpoint answered {status}"))),
-        _ => Err(Failure {
-            permanent: true,
-            message: format!("the endpoint answered {status}: {}", excerpt(body)),
-        }),
+        _ => Err(Failure::permanent(format!(
+            "the endpoint answered {status}: {}",
+            excerpt(body)
+        ))),
     }
 }
 
@@ -208,7 +123,7 @@ mod tests {
         assert!(check_url("ftp://x").is_err());
         assert!(check_url("enrich.internal").is_err());
         let e = Endpoint::new("http://[::1]:9/x", Duration::from_secs(1), "s3cr3t-token").unwrap();
-        assert_eq!((e.host.as_str(), e.port), ("::1", 9));
+        assert_eq!(e.uri.port_u16(), Some(9));
         assert!(!format!("{e:?}").contains("s3cr3t"), "the token never prints");
     }
 }

@@ -9,12 +9,6 @@ use std::{
 };
 
 use async_trait::async_trait;
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
-use hyper_util::{
-    client::legacy::{Client, connect::HttpConnector},
-    rt::TokioExecutor,
-};
 use lettre::{
     AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor,
     message::{
@@ -47,27 +41,7 @@ pub struct Outgoing {
     pub customer: String,
 }
 
-/// Why a send failed; `permanent` ones are not tried again.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Failure {
-    pub permanent: bool,
-    pub message: String,
-}
-
-impl Failure {
-    fn retry(message: impl Into<String>) -> Self {
-        Self {
-            permanent: false,
-            message: message.into(),
-        }
-    }
-    fn permanent(message: impl Into<String>) -> Self {
-        Self {
-            permanent: true,
-            message: message.into(),
-        }
-    }
-}
+pub use crm_platform::http::{Failure, HttpClient, check_url};
 
 /// A channel's provider.
 #[async_trait]
@@ -148,13 +122,7 @@ impl ChannelsConfig {
 }
 
 fn check_http(url: &str) -> Result<http::Uri, String> {
-    let uri: http::Uri = url.parse().map_err(|e| format!("`{url}` is not a URL: {e}"))?;
-    if uri.scheme_str() != Some("http") || uri.host().is_none_or(str::is_empty) {
-        return Err(format!(
-            "`{url}`: an http:// endpoint (a provider outside the cluster is reached through an egress proxy that speaks TLS)"
-        ));
-    }
-    Ok(uri)
+    check_url(url).map_err(|e| format!("{e} (a provider outside the cluster is reached through an egress proxy that speaks TLS)"))
 }
 
 /// At most `rate` acquisitions per second, in bursts of a tenth of a second's worth.
@@ -321,68 +289,6 @@ impl Provider for Smtp {
 }
 
 // ------------------------------------------------------------ HTTP
-
-/// An HTTP/1.1 client keeping connections alive per host.
-#[derive(Clone)]
-pub struct HttpClient(Client<HttpConnector, Full<Bytes>>);
-
-impl HttpClient {
-    pub fn new() -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(Duration::from_secs(5)));
-        Self(
-            Client::builder(TokioExecutor::new())
-                .pool_idle_timeout(Duration::from_secs(30))
-                .pool_max_idle_per_host(256)
-                .build(connector),
-        )
-    }
-
-    /// POSTs `body` as JSON; the status and (at most `limit` bytes of) the answer.
-    pub async fn post_json(
-        &self,
-        uri: &http::Uri,
-        headers: &[(&str, &str)],
-        body: Vec<u8>,
-        timeout: Duration,
-        limit: usize,
-    ) -> Result<(u16, Bytes), Failure> {
-        let mut request = http::Request::post(uri.clone())
-            .header(http::header::CONTENT_TYPE, "application/json")
-            .header(http::header::ACCEPT, "application/json");
-        for (k, v) in headers {
-            request = request.header(*k, *v);
-        }
-        let request = request
-            .body(Full::new(Bytes::from(body)))
-            .map_err(|e| Failure::permanent(format!("request not buildable: {e}")))?;
-        let exchange = async {
-            let response = self
-                .0
-                .request(request)
-                .await
-                .map_err(|e| Failure::retry(format!("request to {uri} failed: {e}")))?;
-            let status = response.status().as_u16();
-            let bytes = Limited::new(response.into_body(), limit)
-                .collect()
-                .await
-                .map_err(|e| Failure::retry(format!("reading the answer: {e}")))?
-                .to_bytes();
-            Ok((status, bytes))
-        };
-        match tokio::time::timeout(timeout, exchange).await {
-            Ok(r) => r,
-            Err(_) => Err(Failure::retry(format!("no answer within {} ms", timeout.as_millis()))),
-        }
-    }
-}
-
-impl Default for HttpClient {
-    fn default() -> Self {
-        Self::new()
-    }
-}
 
 /// SMS, WeChat template messages or app push through a provider's HTTP endpoint:
 /// one JSON `POST` per message with an `Idempotency-Key` header; 2xx is accepted

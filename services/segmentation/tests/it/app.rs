@@ -30,6 +30,7 @@ pub struct TestApp {
     pub smtp: crate::stubs::SmtpSink,
     /// The SMS and push provider (paths `/sms`, `/push`); WeChat is not configured.
     pub provider: crate::stubs::HttpStub,
+    provider_port: u16,
     shutdown: Shutdown,
     pub db: TestDatabase,
     _customers_db: TestDatabase,
@@ -130,11 +131,17 @@ impl TestApp {
             tracking,
             smtp,
             provider,
+            provider_port,
             shutdown,
             db,
             _customers_db: customers_db,
             _permissions_db: permissions_db,
         }
+    }
+
+    /// The HTTP provider stub's address, `http://127.0.0.1:port`.
+    pub fn provider_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.provider_port)
     }
 
     pub fn token(user: &str) -> String {

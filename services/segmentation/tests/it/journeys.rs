@@ -294,3 +294,77 @@ async fn the_seeds_flow_sends_a_coupon_then_a_push_to_who_did_not_buy() {
     assert!(fields.contains(&"journey.steps[1].wait.duration".to_owned()), "{fields:?}");
     assert!(fields.contains(&"journey.steps[1].wait.next".to_owned()), "{fields:?}");
 }
+
+#[tokio::test]
+async fn a_segment_entry_branches_calls_a_webhook_once_and_leaves() {
+    use pb::journey_step::Action as A;
+    let app = TestApp::spawn().await;
+    app.segmentation
+        .clone()
+        .create_segment(TestApp::admin(pb::CreateSegmentRequest {
+            segment: Some(pb::Segment {
+                display_name: "Buyers".into(),
+                filter: "orders(30d) >= 1".into(),
+                ..Default::default()
+            }),
+            segment_id: "buyers".into(),
+        }))
+        .await
+        .unwrap();
+    let hook = format!("{}/hook", app.provider_url());
+    let journey = pb::Journey {
+        display_name: "Welcome big spenders".into(),
+        trigger: Some(pb::JourneyTrigger {
+            trigger: Some(pb::journey_trigger::Trigger::SegmentEntered("segments/buyers".into())),
+        }),
+        steps: vec![
+            step(
+                "big",
+                A::Branch(pb::BranchStep {
+                    condition: "order_total(30d) >= 500".into(),
+                    if_true: "notify".into(),
+                    if_false: "bye".into(),
+                }),
+            ),
+            step(
+                "notify",
+                A::Webhook(pb::WebhookStep {
+                    url: hook,
+                    next: "bye".into(),
+                }),
+            ),
+            step("bye", A::Exit(pb::ExitStep {})),
+        ],
+        ..Default::default()
+    };
+    app.journeys
+        .clone()
+        .create_journey(TestApp::admin(pb::CreateJourneyRequest {
+            journey: Some(journey),
+            journey_id: "welcome".into(),
+        }))
+        .await
+        .unwrap();
+    app.journeys
+        .clone()
+        .activate_journey(TestApp::admin(pb::ActivateJourneyRequest {
+            name: "journeys/welcome".into(),
+            etag: String::new(),
+        }))
+        .await
+        .unwrap();
+    // Entering the segment after activation enrols; the first hook answer is a 503.
+    app.provider.script.lock().unwrap().push_back(503);
+    let big = app.customer("Big").await;
+    let small = app.customer("Small").await;
+    app.order(&big, "b-1", 60, 900_000_000).await;
+    app.order(&small, "s-1", 60, 20_000_000).await;
+    let s = until(&app, "welcome", "both leave", |s| s.enrolled == 2 && s.exited == 2).await;
+    assert_eq!(on(&s, "notify").0, 1, "only the big spender is notified: {s:?}");
+    assert_eq!(on(&s, "bye").0, 2);
+    let hooks: Vec<_> = app.provider.posted().into_iter().filter(|p| p.path == "/hook").collect();
+    assert_eq!(hooks.len(), 2, "one 503, then the retry: {hooks:?}");
+    assert_eq!(hooks[0].idempotency_key, hooks[1].idempotency_key);
+    assert_eq!(hooks[1].body["customer"], big.as_str());
+    assert_eq!(hooks[1].body["journey"], "journeys/welcome");
+}
