@@ -252,7 +252,8 @@ impl Apply for Projection {
                 let people = store::upsert_order(txn, &row).await?;
                 if let Some(hooks) = &self.campaigns {
                     let person = store::person_of(txn, &row.customer_id).await?;
-                    hooks.order(txn, &person, &o, &o.name, &row.categories).await?;
+                    let newly_placed = e.created || (e.previous_status != 0 && !crate::campaigns::is_placed(e.previous_status));
+                    hooks.order(txn, &person, &o, &o.name, &row.categories, newly_placed).await?;
                 }
                 self.rescore(txn, &people, true).await?;
                 self.segments

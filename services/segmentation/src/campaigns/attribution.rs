@@ -67,9 +67,12 @@ pub fn weights(model: Model, touches: &[Touch], converted_at: i64) -> Vec<f64> {
         Model::LastTouch => w[n - 1] = 1.0,
         Model::Linear | Model::DataDriven => w.iter_mut().for_each(|x| *x = 1.0 / n as f64),
         Model::TimeDecay { half_life_us } => {
+            // Relative to the latest touch (the same shares once normalised), so the
+            // weights cannot all underflow to zero.
             let half = half_life_us.max(1) as f64;
+            let latest = touches.iter().map(|t| t.at_us).max().unwrap_or(converted_at);
             for (x, t) in w.iter_mut().zip(touches) {
-                *x = 0.5f64.powf((converted_at - t.at_us).max(0) as f64 / half);
+                *x = 0.5f64.powf(latest.saturating_sub(t.at_us).max(0) as f64 / half);
             }
             let total: f64 = w.iter().sum();
             w.iter_mut().for_each(|x| *x /= total);
@@ -300,6 +303,15 @@ mod tests {
         for (a, b) in w.iter().zip(expected) {
             assert!((a - b).abs() < 1e-12, "{w:?}");
         }
+        // Touches long before the conversion still share it (no underflow to 0/0).
+        let far = weights(
+            Model::TimeDecay {
+                half_life_us: 60_000_000,
+            },
+            &p.touches,
+            at + 86_400_000_000 * 30,
+        );
+        assert!((far.iter().sum::<f64>() - 1.0).abs() < 1e-12, "{far:?}");
         let credit = attribute(Model::Linear, &[p]);
         assert!((credit["sms"].conversions - 0.5).abs() < 1e-12);
         assert!((credit["sms"].revenue - 50.0).abs() < 1e-9);

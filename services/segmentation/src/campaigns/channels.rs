@@ -279,6 +279,11 @@ impl Provider for Smtp {
         match self.transport.send(message).await {
             Ok(response) => Ok(response.message().next().unwrap_or_default().to_owned()),
             Err(e) if e.is_permanent() => Err(Failure::permanent(format!("the relay refused it: {e}"))),
+            // The relay may have taken the message and answered late: SMTP does not
+            // deduplicate, so trying again could deliver it twice.
+            Err(e) if e.is_timeout() => Err(Failure::permanent(format!(
+                "SMTP timed out; outcome unknown, not retried so it cannot arrive twice: {e}"
+            ))),
             Err(e) => Err(Failure::retry(format!("SMTP: {e}"))),
         }
     }

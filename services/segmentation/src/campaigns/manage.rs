@@ -189,6 +189,13 @@ impl Campaigns {
                 ),
             });
         }
+        if row.runs > 0 && paths.iter().any(|p| p == "channel") && patch.channel != row.settings.channel {
+            return Err(Error::FailedPrecondition {
+                reason: "CAMPAIGN_NOT_EDITABLE",
+                subject: patch.name.clone(),
+                message: "`channel` is fixed once a run has started: its deliveries and unsubscribes belong to it".into(),
+            });
+        }
         let mut next = row.settings.clone();
         for p in paths {
             match p.as_str() {

@@ -598,8 +598,15 @@ pub fn settings(c: &pb::Campaign) -> pb::Campaign {
 }
 
 /// The start of the run after one that started at `last_start`, if any is due.
-pub fn next_run(def: &Definition, last_start_us: i64) -> Option<i64> {
-    let next = last_start_us.checked_add(def.repeat_us?)?;
+/// Runs missed meanwhile (the previous one lasted longer than the interval, or the
+/// scheduler was down) are skipped, never fired back to back.
+pub fn next_run(def: &Definition, last_start_us: i64, now_us: i64) -> Option<i64> {
+    let repeat = def.repeat_us?.max(1);
+    let mut next = last_start_us.checked_add(repeat)?;
+    if next <= now_us {
+        let missed = (now_us - next) / repeat + 1;
+        next = next.checked_add(missed.checked_mul(repeat)?)?;
+    }
     match def.end_us {
         Some(end) if next > end => None,
         _ => Some(next),
@@ -655,6 +662,18 @@ pub fn stored_definition(c: &store::CampaignRow, cfg: &CampaignsConfig) -> Resul
     validate_with(&c.settings, "campaign", &|_| true, cfg, c.journey_id.is_empty())
 }
 
+/// Whether an order in this status counts as placed (not cancelled or refunded).
+pub fn is_placed(status: i32) -> bool {
+    matches!(
+        cpb::OrderStatus::try_from(status),
+        Ok(cpb::OrderStatus::Pending
+            | cpb::OrderStatus::Paid
+            | cpb::OrderStatus::Shipped
+            | cpb::OrderStatus::Completed
+            | cpb::OrderStatus::PartiallyRefunded)
+    )
+}
+
 /// What the projection of customer-profile's feed does for campaigns: keeps the
 /// contacts, credits orders to the deliveries before them, forgets the erased.
 #[derive(Debug, Clone)]
@@ -695,7 +714,8 @@ impl ProjectionHooks {
 
     /// An order of `person` (`customers/{c}/orders/{o}`): a conversion of every
     /// delivery within its campaign's window before it; journeys it triggers or
-    /// ends a wait of.
+    /// ends a wait of, when `newly_placed` (recorded now, or moved from a status that
+    /// was not a placed one).
     pub async fn order<C: sea_orm::ConnectionTrait>(
         &self,
         conn: &C,
@@ -703,22 +723,19 @@ impl ProjectionHooks {
         order: &cpb::Order,
         name: &str,
         categories: &[String],
+        newly_placed: bool,
     ) -> Result<()> {
-        let placed = matches!(
-            cpb::OrderStatus::try_from(order.status),
-            Ok(cpb::OrderStatus::Pending
-                | cpb::OrderStatus::Paid
-                | cpb::OrderStatus::Shipped
-                | cpb::OrderStatus::Completed
-                | cpb::OrderStatus::PartiallyRefunded)
-        );
+        let placed = is_placed(order.status);
         let Some(place_us) = order.place_time.as_ref().map(crm_platform::feed::micros) else {
             return Ok(());
         };
         if !placed {
             return Ok(());
         }
-        if let Some(j) = &self.journeys {
+        // Journeys see an order once: when it is placed, not at each status after.
+        if let Some(j) = &self.journeys
+            && newly_placed
+        {
             j.observed(conn, person, crate::journeys::engine::Observed::Order { categories })
                 .await?;
         }

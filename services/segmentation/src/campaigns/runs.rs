@@ -180,7 +180,7 @@ impl Runner {
                 continue;
             }
             let def = stored_definition(&c, &self.cfg)?;
-            match next_run(&def, c.run_start_us) {
+            match next_run(&def, c.run_start_us, now_us) {
                 Some(next) => {
                     c.state = pb::CampaignState::Scheduled;
                     c.next_run_us = Some(next);

@@ -436,13 +436,31 @@ pub async fn claim_due<C: ConnectionTrait>(conn: &C, now_us: i64, lease_us: i64,
         vec![(pb::CampaignState::Running as i32).into()],
     )
     .await?;
+    // An equal share each first (a large campaign does not starve the others, journey
+    // steps among them), then what is left to whoever still has due deliveries.
+    let ids: Vec<String> = running
+        .iter()
+        .map(|r| r.try_get("", "id"))
+        .collect::<std::result::Result<_, _>>()?;
+    let share = limit.div_ceil(ids.len().max(1)).max(1);
     let mut out = Vec::new();
-    for r in running {
+    let mut more = Vec::new();
+    for campaign in &ids {
+        let take = share.min(limit - out.len());
+        if take == 0 {
+            break;
+        }
+        let got = claim_campaign(conn, campaign, now_us, lease_us, take).await?;
+        if got.len() == take {
+            more.push(campaign);
+        }
+        out.extend(got);
+    }
+    for campaign in more {
         if out.len() >= limit {
             break;
         }
-        let campaign: String = r.try_get("", "id")?;
-        out.extend(claim_campaign(conn, &campaign, now_us, lease_us, limit - out.len()).await?);
+        out.extend(claim_campaign(conn, campaign, now_us, lease_us, limit - out.len()).await?);
     }
     Ok(out)
 }
@@ -509,7 +527,7 @@ async fn claim_campaign<C: ConnectionTrait>(
 
 /// Gives claimed deliveries back to the queue untried (nothing was sent).
 pub async fn release<C: ConnectionTrait>(conn: &C, keys: &[Key]) -> Result<()> {
-    set_many(
+    set_outcome(
         conn,
         keys,
         "state = ?, attempts = attempts - 1",
@@ -524,6 +542,18 @@ pub const SENDING: i32 = 100;
 
 /// Applies `assignments` (with its `values`) to the deliveries `keys`.
 async fn set_many<C: ConnectionTrait>(conn: &C, keys: &[Key], assignments: &str, values: Vec<Value>) -> Result<()> {
+    set_where(conn, keys, assignments, values, "").await
+}
+
+/// An outcome: only on deliveries still being sent (a batch that outlived its
+/// lease must not overwrite what recovery or another sender did meanwhile).
+async fn set_outcome<C: ConnectionTrait>(conn: &C, keys: &[Key], assignments: &str, values: Vec<Value>) -> Result<()> {
+    let only = format!(" AND deliveries.state = {SENDING}");
+    set_where(conn, keys, assignments, values, &only).await
+}
+
+/// [`set_many`], with an extra condition `only` (on `deliveries.`).
+async fn set_where<C: ConnectionTrait>(conn: &C, keys: &[Key], assignments: &str, values: Vec<Value>, only: &str) -> Result<()> {
     if conn.get_database_backend() == DbBackend::Postgres {
         // The whole keys as arrays, joined on the primary key: with `campaign_id = ?`
         // as a condition of its own, a generic plan reads the campaign's every row.
@@ -540,7 +570,7 @@ async fn set_many<C: ConnectionTrait>(conn: &C, keys: &[Key], assignments: &str,
                 &format!(
                     "UPDATE deliveries SET {assignments} \
                      FROM unnest(CAST(? AS TEXT[]), CAST(? AS TEXT[]), CAST(? AS BIGINT[])) AS k(p, c, r) \
-                     WHERE deliveries.person_id = k.p AND deliveries.campaign_id = k.c AND deliveries.run = k.r"
+                     WHERE deliveries.person_id = k.p AND deliveries.campaign_id = k.c AND deliveries.run = k.r{only}"
                 ),
                 v,
             )
@@ -562,7 +592,7 @@ async fn set_many<C: ConnectionTrait>(conn: &C, keys: &[Key], assignments: &str,
             v.push(run.into());
             exec(
                 conn,
-                &format!("UPDATE deliveries SET {assignments} WHERE {cond} AND campaign_id = ? AND run = ?"),
+                &format!("UPDATE deliveries SET {assignments} WHERE {cond} AND campaign_id = ? AND run = ?{only}"),
                 v,
             )
             .await?;
@@ -608,7 +638,7 @@ pub async fn finish<C: ConnectionTrait>(conn: &C, outcomes: &[(Key, Outcome)]) -
             Outcome::Skipped(reason) => skipped.entry(*reason as i32).or_default().push(key.clone()),
             Outcome::Sent { send_us, provider_id } => sent.entry(*send_us).or_default().push((key, provider_id)),
             Outcome::Again { due_us, error } => {
-                set_many(
+                set_outcome(
                     conn,
                     std::slice::from_ref(key),
                     "state = ?, due_us = ?, error = ?",
@@ -621,7 +651,7 @@ pub async fn finish<C: ConnectionTrait>(conn: &C, outcomes: &[(Key, Outcome)]) -
                 .await?;
             }
             Outcome::Deferred { due_us } => {
-                set_many(
+                set_outcome(
                     conn,
                     std::slice::from_ref(key),
                     "state = ?, due_us = ?, attempts = attempts - 1",
@@ -630,7 +660,7 @@ pub async fn finish<C: ConnectionTrait>(conn: &C, outcomes: &[(Key, Outcome)]) -
                 .await?;
             }
             Outcome::Failed(error) => {
-                set_many(
+                set_outcome(
                     conn,
                     std::slice::from_ref(key),
                     "state = ?, error = ?",
@@ -641,7 +671,7 @@ pub async fn finish<C: ConnectionTrait>(conn: &C, outcomes: &[(Key, Outcome)]) -
         }
     }
     for (reason, keys) in skipped {
-        set_many(
+        set_outcome(
             conn,
             &keys,
             "state = ?, skip_reason = ?",
@@ -663,8 +693,10 @@ async fn mark_sent<C: ConnectionTrait>(conn: &C, keys: &[(&Key, &str)], send_us:
         for (key, provider_id) in keys {
             exec(
                 conn,
-                "UPDATE deliveries SET state = ?, send_us = ?, provider_id = ?, error = '' \
-                 WHERE person_id = ? AND campaign_id = ? AND run = ?",
+                &format!(
+                    "UPDATE deliveries SET state = ?, send_us = ?, provider_id = ?, error = '' \
+                     WHERE person_id = ? AND campaign_id = ? AND run = ? AND state = {SENDING}"
+                ),
                 vec![
                     sent.into(),
                     send_us.into(),
@@ -695,7 +727,7 @@ async fn mark_sent<C: ConnectionTrait>(conn: &C, keys: &[(&Key, &str)], send_us:
             "UPDATE deliveries d SET state = ?, send_us = ?, provider_id = t.provider_id, error = '' \
              FROM unnest(CAST(? AS TEXT[]), CAST(? AS TEXT[]), CAST(? AS BIGINT[]), CAST(? AS TEXT[])) \
              AS t(person_id, campaign_id, run, provider_id) \
-             WHERE d.person_id = t.person_id AND d.campaign_id = t.campaign_id AND d.run = t.run",
+             WHERE d.person_id = t.person_id AND d.campaign_id = t.campaign_id AND d.run = t.run AND d.state = 100",
             vec![
                 sent.into(),
                 send_us.into(),
@@ -960,6 +992,17 @@ pub async fn sent_channel<C: ConnectionTrait>(conn: &C, key: &Key) -> Result<Opt
             key.run.into(),
             (pb::DeliveryState::Sent as i32).into(),
         ],
+    )
+    .await?;
+    rows.first().map(|r| Ok(r.try_get("", "channel")?)).transpose()
+}
+
+/// The channel of a delivery in any state, if it exists.
+pub async fn delivery_channel<C: ConnectionTrait>(conn: &C, key: &Key) -> Result<Option<i32>> {
+    let rows = query(
+        conn,
+        "SELECT channel FROM deliveries WHERE person_id = ? AND campaign_id = ? AND run = ?",
+        vec![key.person_id.clone().into(), key.campaign_id.clone().into(), key.run.into()],
     )
     .await?;
     rows.first().map(|r| Ok(r.try_get("", "channel")?)).transpose()

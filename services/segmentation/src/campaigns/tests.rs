@@ -164,3 +164,17 @@ fn every_problem_is_reported_with_its_field() {
     };
     assert_eq!(v[0].field, "campaign.message.body");
 }
+
+#[test]
+fn missed_runs_are_skipped_not_fired_back_to_back() {
+    let mut c = campaign();
+    c.schedule = Some(pb::Schedule {
+        repeat_interval: Some(prost_types::Duration { seconds: 3600, nanos: 0 }),
+        ..Default::default()
+    });
+    let d = validate(&c, "campaign", &|_| false, &cfg()).unwrap();
+    // The run at 0 h lasted until 10.5 h: the next starts at 11 h, not at 1 h.
+    assert_eq!(next_run(&d, 0, 10 * HOUR_US + HOUR_US / 2), Some(11 * HOUR_US));
+    assert_eq!(next_run(&d, 0, HOUR_US / 2), Some(HOUR_US));
+    assert_eq!(next_run(&d, 0, HOUR_US), Some(2 * HOUR_US));
+}

@@ -251,18 +251,20 @@ impl Tracker {
     /// Records `purpose` for delivery `key` at `now_us` (only the first of each kind
     /// counts; a click also counts as an open when none was seen).
     pub async fn record(&self, purpose: Purpose, key: &Key, now_us: i64) -> Result<Recorded> {
-        let txn = begin_write(&self.db).await?;
-        let Some(channel) = store::sent_channel(&txn, key).await? else {
+        // Run 0 is a preview's (`RenderCampaignMessage`): it tracks nothing.
+        if key.run == 0 {
             return Ok(Recorded::Unknown);
-        };
+        }
+        let txn = begin_write(&self.db).await?;
+        let sent = store::sent_channel(&txn, key).await?;
         let campaign = store::get(&txn, &key.campaign_id).await?;
         let mut touches = Vec::new();
         let mut redirect = None;
-        match purpose {
-            Purpose::Open => {
+        match (purpose, sent) {
+            (Purpose::Open, Some(channel)) => {
                 first(&txn, key, channel, now_us, pb::TouchKind::Opened, &mut touches).await?;
             }
-            Purpose::Click => {
+            (Purpose::Click, Some(channel)) => {
                 first(&txn, key, channel, now_us, pb::TouchKind::Opened, &mut touches).await?;
                 first(&txn, key, channel, now_us, pb::TouchKind::Clicked, &mut touches).await?;
                 redirect = campaign
@@ -271,23 +273,45 @@ impl Tracker {
                     .map(|m| m.link.clone())
                     .filter(|l| !l.is_empty());
             }
-            Purpose::Unsubscribe => {
-                first(&txn, key, channel, now_us, pb::TouchKind::Unsubscribed, &mut touches).await?;
-                store::suppress(&txn, &key.person_id, channel, "unsubscribed", now_us).await?;
+            (Purpose::Open | Purpose::Click, None) => return Ok(Recorded::Unknown),
+            (Purpose::Unsubscribe, _) => {
+                // Honoured whatever became of the delivery or its campaign since: the
+                // link is signed. The channel is the delivery's, else the campaign's,
+                // else every channel.
+                let channel = match sent {
+                    Some(c) => Some(c),
+                    None => match store::delivery_channel(&txn, key).await? {
+                        Some(c) => Some(c),
+                        None => campaign.as_ref().map(|c| c.settings.channel).filter(|c| *c != 0),
+                    },
+                };
+                if let Some(c) = sent {
+                    first(&txn, key, c, now_us, pb::TouchKind::Unsubscribed, &mut touches).await?;
+                }
+                let channels: Vec<i32> = match channel {
+                    Some(c) => vec![c],
+                    None => super::Channel::ALL.iter().map(|c| c.to_proto() as i32).collect(),
+                };
                 let purpose = campaign
                     .as_ref()
                     .map_or(cpb::ConsentPurpose::Marketing as i32, |c| c.settings.purpose);
+                for channel in &channels {
+                    store::suppress(&txn, &key.person_id, *channel, "unsubscribed", now_us).await?;
+                }
                 let withdrawal = cpb::UpdateConsentRequest {
                     name: format!("customers/{}/consent", key.person_id),
-                    changes: vec![cpb::ConsentRecord {
-                        purpose,
-                        channel,
-                        status: cpb::ConsentStatus::Withdrawn as i32,
-                        legal_basis: cpb::LegalBasis::Consent as i32,
-                        source: "campaign_unsubscribe".into(),
-                        proof_reference: format!("campaigns/{}/runs/{}", key.campaign_id, key.run),
-                        ..Default::default()
-                    }],
+                    changes: channels
+                        .iter()
+                        .map(|channel| cpb::ConsentRecord {
+                            purpose,
+                            channel: *channel,
+                            status: cpb::ConsentStatus::Withdrawn as i32,
+                            legal_basis: cpb::LegalBasis::Consent as i32,
+                            source: "campaign_unsubscribe".into(),
+                            proof_reference: format!("campaigns/{}/runs/{}", key.campaign_id, key.run),
+                            ..Default::default()
+                        })
+                        .collect(),
                     etag: String::new(),
                     request_id: format!("unsubscribe:{}:{}:{}", key.campaign_id, key.run, key.person_id),
                 };
@@ -344,7 +368,7 @@ impl Tracker {
                     HTML,
                     format!(
                         "<!doctype html><meta charset=utf-8><title>Unsubscribe</title>\
-                         <form method=post action=\"/u/{token}\"><p>Stop receiving these messages?</p>\
+                         <form method=post action=\"{token}\"><p>Stop receiving these messages?</p>\
                          <button type=submit>Unsubscribe</button></form>\n"
                     ),
                 ),

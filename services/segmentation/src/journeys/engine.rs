@@ -196,12 +196,13 @@ impl Engine {
                     if row.state != pb::JourneyState::Active {
                         break;
                     }
-                    let entered = store::entered_since(&txn, segment, row.watermark_us, 1000).await?;
+                    let entered = store::entered_since(&txn, segment, row.watermark_us, &row.watermark_person, 1000).await?;
                     for (person, _) in &entered {
                         enrolled += usize::from(self.enroll(&txn, &row, &def, person, None, now_us).await?);
                     }
-                    let Some((_, last)) = entered.last() else { break };
+                    let Some((person, last)) = entered.last() else { break };
                     row.watermark_us = *last;
+                    row.watermark_person.clone_from(person);
                     store::save(&txn, &row).await?;
                     txn.commit().await?;
                     if entered.len() < 1000 {

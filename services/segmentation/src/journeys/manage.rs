@@ -204,6 +204,7 @@ impl Journeys {
             settings: settings(j),
             state: pb::JourneyState::Draft,
             watermark_us: now,
+            watermark_person: String::new(),
             revision: 1,
             create_us: now,
             update_us: now,
@@ -335,6 +336,7 @@ impl Journeys {
         if row.state == pb::JourneyState::Draft {
             // Only customers entering the segment from now on are enrolled.
             row.watermark_us = now;
+            row.watermark_person.clear();
         }
         row.state = pb::JourneyState::Active;
         row.revision += 1;

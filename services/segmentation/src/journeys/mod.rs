@@ -422,6 +422,28 @@ fn check_graph(def: &Definition, field: &str, v: &mut Vec<FieldViolation>) {
             return;
         }
     }
+    // A message goes out at most once per enrolment and step: a send step on a
+    // cycle would be skipped silently the second time.
+    for (i, (id, action)) in def.steps.iter().enumerate() {
+        if !matches!(action, Action::Send { .. }) {
+            continue;
+        }
+        let mut seen = vec![false; n];
+        let mut stack: Vec<usize> = successors(action).iter().filter_map(|s| def.index.get(*s).copied()).collect();
+        while let Some(j) = stack.pop() {
+            if j == i {
+                v.push(FieldViolation::new(
+                    format!("{field}[{i}]"),
+                    format!("send step `{id}` can be reached again in one enrolment; a customer gets a step's message once (use re-entry to repeat)"),
+                ));
+                break;
+            }
+            if std::mem::replace(&mut seen[j], true) {
+                continue;
+            }
+            stack.extend(successors(&def.steps[j].1).iter().filter_map(|s| def.index.get(*s).copied()));
+        }
+    }
 }
 
 #[cfg(test)]

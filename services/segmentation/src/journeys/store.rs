@@ -14,7 +14,8 @@ pub fn migration(d: Dialect) -> Vec<String> {
     vec![
         format!(
             "CREATE TABLE journeys (id TEXT PRIMARY KEY, settings {bytes} NOT NULL, state INTEGER NOT NULL, \
-             watermark_us BIGINT NOT NULL, revision BIGINT NOT NULL, create_us BIGINT NOT NULL, update_us BIGINT NOT NULL)"
+             watermark_us BIGINT NOT NULL, watermark_person TEXT NOT NULL, revision BIGINT NOT NULL, \
+             create_us BIGINT NOT NULL, update_us BIGINT NOT NULL)"
         ),
         // Where one enrolment of a customer stands.
         "CREATE TABLE journey_positions (person_id TEXT NOT NULL, journey_id TEXT NOT NULL, enrollment BIGINT NOT NULL, \
@@ -48,14 +49,16 @@ pub struct JourneyRow {
     pub id: String,
     pub settings: pb::Journey,
     pub state: pb::JourneyState,
-    /// Segment triggers: members who entered after this were enrolled.
+    /// Segment triggers: members who entered after (this time, this person) were
+    /// enrolled (a refresh gives many members one entry time).
     pub watermark_us: i64,
+    pub watermark_person: String,
     pub revision: i64,
     pub create_us: i64,
     pub update_us: i64,
 }
 
-const COLUMNS: &str = "id, settings, state, watermark_us, revision, create_us, update_us";
+const COLUMNS: &str = "id, settings, state, watermark_us, watermark_person, revision, create_us, update_us";
 
 fn journey(r: &QueryResult) -> Result<JourneyRow> {
     let bytes: Vec<u8> = r.try_get("", "settings")?;
@@ -64,6 +67,7 @@ fn journey(r: &QueryResult) -> Result<JourneyRow> {
         settings: pb::Journey::decode(bytes.as_slice()).map_err(Error::internal)?,
         state: state(r.try_get("", "state")?),
         watermark_us: r.try_get("", "watermark_us")?,
+        watermark_person: r.try_get("", "watermark_person")?,
         revision: r.try_get("", "revision")?,
         create_us: r.try_get("", "create_us")?,
         update_us: r.try_get("", "update_us")?,
@@ -73,12 +77,13 @@ fn journey(r: &QueryResult) -> Result<JourneyRow> {
 pub async fn insert<C: ConnectionTrait>(conn: &C, j: &JourneyRow) -> Result<()> {
     exec(
         conn,
-        &format!("INSERT INTO journeys ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)"),
+        &format!("INSERT INTO journeys ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"),
         vec![
             j.id.clone().into(),
             j.settings.encode_to_vec().into(),
             (j.state as i32).into(),
             j.watermark_us.into(),
+            j.watermark_person.clone().into(),
             j.revision.into(),
             j.create_us.into(),
             j.update_us.into(),
@@ -91,11 +96,13 @@ pub async fn insert<C: ConnectionTrait>(conn: &C, j: &JourneyRow) -> Result<()> 
 pub async fn save<C: ConnectionTrait>(conn: &C, j: &JourneyRow) -> Result<()> {
     exec(
         conn,
-        "UPDATE journeys SET settings = ?, state = ?, watermark_us = ?, revision = ?, update_us = ? WHERE id = ?",
+        "UPDATE journeys SET settings = ?, state = ?, watermark_us = ?, watermark_person = ?, revision = ?, update_us = ? \
+         WHERE id = ?",
         vec![
             j.settings.encode_to_vec().into(),
             (j.state as i32).into(),
             j.watermark_us.into(),
+            j.watermark_person.clone().into(),
             j.revision.into(),
             j.update_us.into(),
             j.id.clone().into(),
@@ -302,18 +309,25 @@ pub async fn waiting_of<C: ConnectionTrait>(conn: &C, person: &str) -> Result<Ve
     rows.iter().map(position).collect()
 }
 
-/// Persons who entered `segment` after `after_us`, oldest first.
+/// Persons who entered `segment` after (`after_us`, `after_person`), oldest first.
 pub async fn entered_since<C: ConnectionTrait>(
     conn: &C,
     segment: &str,
     after_us: i64,
+    after_person: &str,
     limit: usize,
 ) -> Result<Vec<(String, i64)>> {
     let rows = query(
         conn,
-        "SELECT person_id, enter_us FROM segment_members WHERE segment_id = ? AND enter_us > ? \
-         ORDER BY enter_us, person_id LIMIT ?",
-        vec![segment.into(), after_us.into(), (limit as i64).into()],
+        "SELECT person_id, enter_us FROM segment_members WHERE segment_id = ? \
+         AND (enter_us > ? OR (enter_us = ? AND person_id > ?)) ORDER BY enter_us, person_id LIMIT ?",
+        vec![
+            segment.into(),
+            after_us.into(),
+            after_us.into(),
+            after_person.into(),
+            (limit as i64).into(),
+        ],
     )
     .await?;
     rows.iter()

@@ -204,3 +204,16 @@ fn bad_graphs_are_refused_with_their_fields() {
     });
     assert_eq!(f, vec!["journey.trigger".to_owned(), "journey.steps".to_owned()]);
 }
+
+#[test]
+fn a_send_step_on_a_cycle_is_refused() {
+    use pb::journey_step::Action as A;
+    let mut j = seeds_flow();
+    // The timeout goes back to the coupon: it would be skipped the second time.
+    if let Some(A::Wait(w)) = j.steps[1].action.as_mut() {
+        w.timeout_next = "coupon".into();
+    }
+    // The coupon is on a cycle; the push is no longer reachable.
+    let f = fields(&j);
+    assert_eq!(f, vec!["journey.steps[2]".to_owned(), "journey.steps[0]".to_owned()], "{f:?}");
+}

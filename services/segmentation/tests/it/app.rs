@@ -19,6 +19,9 @@ use tonic::{Request, transport::Channel};
 
 pub const SECRET: &str = "segmentation-test-secret-0123456789abcdef";
 
+/// The tracking links' HMAC key.
+pub const LINK_SECRET: &str = "segmentation-test-link-secret";
+
 pub struct TestApp {
     pub permissions: PermissionsServiceClient<Channel>,
     pub customers: CustomerProfileServiceClient<Channel>,
@@ -76,6 +79,7 @@ impl TestApp {
         segmentation.campaigns.poll_interval_ms = 50;
         segmentation.campaigns.retry_base_secs = 1;
         segmentation.tracking.listen = "127.0.0.1:0".into();
+        segmentation.tracking.secret = LINK_SECRET.into();
         let (smtp, smtp_port) = crate::stubs::SmtpSink::start().await;
         let (provider, provider_port) = crate::stubs::HttpStub::start().await;
         segmentation.channels.email.url = format!("smtp://127.0.0.1:{smtp_port}");

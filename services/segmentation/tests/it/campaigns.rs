@@ -810,6 +810,29 @@ async fn deliveries_abandoned_mid_send_are_retried_only_where_the_provider_dedup
         .into_inner()
         .deliveries;
     assert!(failed[0].error.contains("outcome unknown"), "{:?}", failed[0]);
+    // Its unsubscribe link still works, though the message was never recorded as sent.
+    let links = crm_segmentation::campaigns::tracking::Links::new(crate::app::LINK_SECRET.as_bytes(), &app.tracking, 90).unwrap();
+    let key = crm_segmentation::campaigns::store::Key {
+        person_id: person.clone(),
+        campaign_id: "crash-mail".into(),
+        run: 1,
+    };
+    let url = links.url(
+        crm_segmentation::campaigns::tracking::Purpose::Unsubscribe,
+        &key,
+        chrono::Utc::now().timestamp(),
+    );
+    let (status, _, _) = fetch("POST", &url).await;
+    assert_eq!(status, 200);
+    let suppressed = crm_platform::db::query(
+        &db,
+        "SELECT channel FROM suppressions WHERE person_id = ?",
+        vec![person.into()],
+    )
+    .await
+    .unwrap();
+    let channels: Vec<i32> = suppressed.iter().map(|r| r.try_get("", "channel").unwrap()).collect();
+    assert_eq!(channels, vec![cpb::ContactChannel::Email as i32]);
 }
 
 async fn deliveries(app: &TestApp, id: &str) -> Vec<pb::Delivery> {
