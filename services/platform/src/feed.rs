@@ -636,6 +636,20 @@ pub fn micros(t: &prost_types::Timestamp) -> i64 {
     t.seconds.saturating_mul(1_000_000).saturating_add(i64::from(t.nanos / 1000))
 }
 
+/// The protobuf timestamp of `us` microseconds since the epoch (the inverse of
+/// [`micros`]).
+pub fn from_micros(us: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: us.div_euclid(1_000_000),
+        nanos: i32::try_from(us.rem_euclid(1_000_000) * 1000).unwrap_or(0),
+    }
+}
+
+/// A protobuf duration in microseconds, saturating.
+pub fn duration_micros(d: &prost_types::Duration) -> i64 {
+    d.seconds.saturating_mul(1_000_000).saturating_add(i64::from(d.nanos) / 1000)
+}
+
 /// The instant of a protobuf timestamp (the inverse of [`timestamp`]); `None` when
 /// it is out of range or its nanoseconds are not 0 to 999 999 999.
 pub fn datetime(t: &prost_types::Timestamp) -> Option<DateTime<Utc>> {

@@ -251,7 +251,8 @@ impl Apply for Projection {
                 let row = order_row(&e.customer, &o)?;
                 let people = store::upsert_order(txn, &row).await?;
                 if let Some(hooks) = &self.campaigns {
-                    let person = store::person_of(txn, &row.customer_id).await?;
+                    // The order's person comes first.
+                    let person = people.first().cloned().unwrap_or_default();
                     let newly_placed = e.created || (e.previous_status != 0 && !crate::campaigns::is_placed(e.previous_status));
                     hooks.order(txn, &person, &o, &o.name, &row.categories, newly_placed).await?;
                 }

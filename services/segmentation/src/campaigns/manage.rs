@@ -388,10 +388,8 @@ impl Campaigns {
         const DAY: i64 = 86_400_000_000;
         let mut v = Vec::new();
         let micros = |t: &Option<prost_types::Timestamp>| t.as_ref().map(crm_platform::feed::micros);
-        let duration = |d: &Option<prost_types::Duration>, default: i64| {
-            d.as_ref()
-                .map_or(default, |d| d.seconds.saturating_mul(1_000_000) + i64::from(d.nanos) / 1000)
-        };
+        let duration =
+            |d: &Option<prost_types::Duration>, default: i64| d.as_ref().map_or(default, crm_platform::feed::duration_micros);
         let (start, end) = (micros(&r.start_time), micros(&r.end_time));
         if start.is_none() {
             v.push(FieldViolation::new("start_time", "required"));

@@ -28,7 +28,10 @@ pub mod tracking;
 
 use chrono::{DateTime, NaiveTime, TimeZone, Timelike, Utc};
 use chrono_tz::Tz;
-use crm_platform::{Error, FieldViolation, Result};
+use crm_platform::{
+    Error, FieldViolation, Result,
+    feed::{duration_micros, from_micros, micros},
+};
 use crm_proto::crm::{customer::v1 as cpb, segmentation::v1 as pb};
 use serde::Deserialize;
 
@@ -315,14 +318,6 @@ impl Definition {
     }
 }
 
-fn micros_of(t: &prost_types::Timestamp) -> i64 {
-    t.seconds.saturating_mul(MICROS).saturating_add(i64::from(t.nanos) / 1000)
-}
-
-fn duration_us(d: &prost_types::Duration) -> i64 {
-    d.seconds.saturating_mul(MICROS).saturating_add(i64::from(d.nanos) / 1000)
-}
-
 fn segment_names(names: &[String], field: &str, required: bool, out: &mut Vec<FieldViolation>) -> Vec<String> {
     if required && names.is_empty() {
         out.push(FieldViolation::new(field, "at least one segment"));
@@ -477,12 +472,12 @@ pub fn validate_with(
             Tz::UTC
         })
     };
-    let repeat_us = s.repeat_interval.as_ref().map(duration_us);
+    let repeat_us = s.repeat_interval.as_ref().map(duration_micros);
     if repeat_us.is_some_and(|r| r < HOUR_US) {
         v.push(FieldViolation::new(f("schedule.repeat_interval"), "at least one hour"));
     }
     let send_time_window_us = if s.optimize_send_time {
-        let w = s.send_time_window.as_ref().map(duration_us).unwrap_or(DAY_US);
+        let w = s.send_time_window.as_ref().map(duration_micros).unwrap_or(DAY_US);
         if !(HOUR_US..=7 * DAY_US).contains(&w) {
             v.push(FieldViolation::new(f("schedule.send_time_window"), "one hour to 7 days"));
         }
@@ -502,8 +497,8 @@ pub fn validate_with(
         }
         None
     };
-    let start_us = s.start_time.as_ref().map(micros_of);
-    let end_us = s.end_time.as_ref().map(micros_of);
+    let start_us = s.start_time.as_ref().map(micros);
+    let end_us = s.end_time.as_ref().map(micros);
     if let (Some(a), Some(b)) = (start_us, end_us)
         && b < a
     {
@@ -511,7 +506,7 @@ pub fn validate_with(
     }
     let cap = match &c.frequency_cap {
         Some(cap) => {
-            let window = cap.window.as_ref().map(duration_us).unwrap_or(0);
+            let window = cap.window.as_ref().map(duration_micros).unwrap_or(0);
             if cap.max_messages < 1 {
                 v.push(FieldViolation::new(f("frequency_cap.max_messages"), "at least 1"));
             }
@@ -542,7 +537,7 @@ pub fn validate_with(
     if !(0.0..=0.5).contains(&c.control_share) {
         v.push(FieldViolation::new(f("control_share"), "0 to 0.5"));
     }
-    let conversion_window_us = c.conversion_window.as_ref().map(duration_us).unwrap_or(7 * DAY_US);
+    let conversion_window_us = c.conversion_window.as_ref().map(duration_micros).unwrap_or(7 * DAY_US);
     if !(HOUR_US..=90 * DAY_US).contains(&conversion_window_us) {
         v.push(FieldViolation::new(f("conversion_window"), "one hour to 90 days"));
     }
@@ -620,22 +615,15 @@ pub fn backoff_us(base_secs: u64, attempts: i32) -> i64 {
     i64::try_from(secs).unwrap_or(3600) * MICROS
 }
 
-fn timestamp(us: i64) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: us.div_euclid(MICROS),
-        nanos: i32::try_from(us.rem_euclid(MICROS) * 1000).unwrap_or(0),
-    }
-}
-
 /// A stored campaign as the API shows it.
 pub fn to_proto(c: &store::CampaignRow) -> pb::Campaign {
     pb::Campaign {
         name: format!("campaigns/{}", c.id),
         state: c.state as i32,
         runs: c.runs,
-        next_run_time: c.next_run_us.map(timestamp),
-        create_time: Some(timestamp(c.create_us)),
-        update_time: Some(timestamp(c.update_us)),
+        next_run_time: c.next_run_us.map(from_micros),
+        create_time: Some(from_micros(c.create_us)),
+        update_time: Some(from_micros(c.update_us)),
         etag: format!("\"{}\"", c.revision),
         ..c.settings.clone()
     }

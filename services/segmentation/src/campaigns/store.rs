@@ -1205,10 +1205,7 @@ pub async fn consents<C: ConnectionTrait>(
     .await?;
     let mut out: std::collections::HashMap<String, Vec<_>> = std::collections::HashMap::new();
     for r in rows {
-        let time = |us: i64| prost_types::Timestamp {
-            seconds: us.div_euclid(1_000_000),
-            nanos: i32::try_from(us.rem_euclid(1_000_000) * 1000).unwrap_or(0),
-        };
+        let time = crm_platform::feed::from_micros;
         out.entry(r.try_get("", "customer_id")?)
             .or_default()
             .push(crm_proto::crm::customer::v1::ConsentRecord {

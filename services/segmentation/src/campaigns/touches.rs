@@ -49,13 +49,6 @@ impl Touch {
     }
 }
 
-fn timestamp(us: i64) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: us.div_euclid(1_000_000),
-        nanos: i32::try_from(us.rem_euclid(1_000_000) * 1000).unwrap_or(0),
-    }
-}
-
 fn to_proto(t: &Touch) -> pb::CampaignTouch {
     pb::CampaignTouch {
         campaign: format!("campaigns/{}", t.key.campaign_id),
@@ -63,7 +56,7 @@ fn to_proto(t: &Touch) -> pb::CampaignTouch {
         customer: format!("customers/{}", t.key.person_id),
         kind: t.kind as i32,
         channel: t.channel,
-        occur_time: Some(timestamp(t.at_us)),
+        occur_time: Some(feed::from_micros(t.at_us)),
         control: t.control,
         order: t.order.clone(),
         revenue_micros: t.revenue_micros,
@@ -90,7 +83,7 @@ fn interaction(t: &Touch, source: &str) -> Option<cpb::InteractionInput> {
         interaction: Some(cpb::Interaction {
             kind: kind as i32,
             channel: channel as i32,
-            occur_time: Some(timestamp(t.at_us)),
+            occur_time: Some(feed::from_micros(t.at_us)),
             properties: [("run".to_owned(), t.key.run.to_string())].into(),
             campaign: format!("campaigns/{}", t.key.campaign_id),
             source: source.to_owned(),

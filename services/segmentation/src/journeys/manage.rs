@@ -39,17 +39,13 @@ fn etag(revision: i64) -> String {
     format!("\"{revision}\"")
 }
 
-fn timestamp(us: i64) -> Option<prost_types::Timestamp> {
-    crate::tags::time(us)
-}
-
 /// A stored journey as the API shows it.
 pub fn to_proto(j: &JourneyRow) -> pb::Journey {
     pb::Journey {
         name: format!("journeys/{}", j.id),
         state: j.state as i32,
-        create_time: timestamp(j.create_us),
-        update_time: timestamp(j.update_us),
+        create_time: crate::tags::time(j.create_us),
+        update_time: crate::tags::time(j.update_us),
         etag: etag(j.revision),
         ..j.settings.clone()
     }

@@ -11,7 +11,7 @@ pub mod store;
 
 use std::{collections::HashMap, sync::Arc};
 
-use crm_platform::{Error, FieldViolation, Result};
+use crm_platform::{Error, FieldViolation, Result, feed::duration_micros};
 use crm_proto::crm::{customer::v1 as cpb, segmentation::v1 as pb};
 
 use crate::{campaigns, rule::Rule, tags::valid_id};
@@ -139,10 +139,6 @@ pub fn step_campaign_settings(j: &pb::Journey, step: &pb::JourneyStep, send: &pb
     }
 }
 
-fn duration_us(d: &prost_types::Duration) -> i64 {
-    d.seconds.saturating_mul(1_000_000).saturating_add(i64::from(d.nanos) / 1000)
-}
-
 /// Validates a journey, reporting every problem at once under `field`.
 pub fn validate(
     j: &pb::Journey,
@@ -244,7 +240,7 @@ pub fn validate(
                 Action::Send { next: send.next.clone() }
             }
             Some(pb::journey_step::Action::Wait(w)) => {
-                let duration = w.duration.as_ref().map(duration_us).unwrap_or(0);
+                let duration = w.duration.as_ref().map(duration_micros).unwrap_or(0);
                 if !(MINUTE_US..=90 * DAY_US).contains(&duration) {
                     v.push(FieldViolation::new(format!("{at}.wait.duration"), "1 minute to 90 days"));
                 }
@@ -339,7 +335,7 @@ pub fn validate(
             chrono_tz::Tz::UTC
         })
     };
-    let cooldown_us = j.reentry_cooldown.as_ref().map(duration_us).unwrap_or(0);
+    let cooldown_us = j.reentry_cooldown.as_ref().map(duration_micros).unwrap_or(0);
     if !(0..=3650 * DAY_US).contains(&cooldown_us) {
         v.push(FieldViolation::new(f("reentry_cooldown"), "0 to 10 years"));
     }

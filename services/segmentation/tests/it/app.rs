@@ -170,6 +170,19 @@ impl TestApp {
     }
 }
 
+/// Polls `probe` every 100 ms until it gives a value; after `secs` seconds fails with
+/// `what` and the last state the probe reported.
+pub async fn eventually<T>(what: &str, secs: u64, mut probe: impl AsyncFnMut() -> Result<T, String>) -> T {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        match probe().await {
+            Ok(v) => return v,
+            Err(last) => assert!(std::time::Instant::now() < deadline, "{what}: {last}"),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
 /// A reference to a customer by name.
 pub fn reference(name: &str) -> Option<cpb::CustomerReference> {
     Some(cpb::CustomerReference {

@@ -7,7 +7,10 @@ use std::time::Duration;
 use crm_proto::crm::{customer::v1 as cpb, segmentation::v1 as pb};
 use tonic::Code;
 
-use crate::{app::TestApp, stubs::fetch};
+use crate::{
+    app::{TestApp, eventually},
+    stubs::fetch,
+};
 
 /// Creates a customer with an e-mail address and a mobile number, through the app
 /// (ingested with source `app`, the app's push token as its external id).
@@ -81,8 +84,7 @@ async fn segment(app: &TestApp, id: &str, filter: &str, members: i64) {
         }))
         .await
         .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    loop {
+    eventually(&format!("segment {id}"), 20, async || {
         let s = app
             .segmentation
             .clone()
@@ -93,11 +95,12 @@ async fn segment(app: &TestApp, id: &str, filter: &str, members: i64) {
             .unwrap()
             .into_inner();
         if s.state == pb::SegmentState::Active as i32 && s.member_count == members {
-            return;
+            Ok(())
+        } else {
+            Err(format!("{s:?}"))
         }
-        assert!(std::time::Instant::now() < deadline, "segment {id}: {s:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    })
+    .await
 }
 
 fn email_campaign(segment: &str) -> pb::Campaign {
@@ -154,15 +157,11 @@ async fn stats(app: &TestApp, id: &str) -> pb::CampaignStats {
 }
 
 async fn until_stats(app: &TestApp, id: &str, what: &str, done: impl Fn(&pb::CampaignStats) -> bool) -> pb::CampaignStats {
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
+    eventually(what, 30, async || {
         let s = stats(app, id).await;
-        if done(&s) {
-            return s;
-        }
-        assert!(std::time::Instant::now() < deadline, "{what}: {s:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        if done(&s) { Ok(s) } else { Err(format!("{s:?}")) }
+    })
+    .await
 }
 
 fn skipped(s: &pb::CampaignStats, reason: pb::SkipReason) -> i64 {
@@ -248,26 +247,24 @@ async fn a_campaign_reaches_only_consenting_members_and_tracks_them_to_an_order(
     let mail = mails[0].data.replace("=\n", "");
     assert!(mail.contains("Subject: Hi Ann"), "{mail}");
     assert!(mail.contains("List-Unsubscribe-Post: List-Unsubscribe=One-Click"), "{mail}");
-    let until_completed = async {
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        loop {
-            let c = app
-                .campaigns
-                .clone()
-                .get_campaign(TestApp::admin(pb::GetCampaignRequest {
-                    name: "campaigns/spring".into(),
-                }))
-                .await
-                .unwrap()
-                .into_inner();
-            if c.state == pb::CampaignState::Completed as i32 {
-                return c;
-            }
-            assert!(std::time::Instant::now() < deadline, "{c:?}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
+    let completed = eventually("the campaign completes", 20, async || {
+        let c = app
+            .campaigns
+            .clone()
+            .get_campaign(TestApp::admin(pb::GetCampaignRequest {
+                name: "campaigns/spring".into(),
+            }))
+            .await
+            .unwrap()
+            .into_inner();
+        if c.state == pb::CampaignState::Completed as i32 {
+            Ok(c)
+        } else {
+            Err(format!("{c:?}"))
         }
-    };
-    assert_eq!(until_completed.await.runs, 1);
+    })
+    .await;
+    assert_eq!(completed.runs, 1);
 
     // Open, click, convert.
     let pixel = url_in(&mail, &format!("{}/o/", app.tracking));
@@ -377,8 +374,7 @@ async fn a_campaign_reaches_only_consenting_members_and_tracks_them_to_an_order(
     assert_eq!(stats(&app, "spring").await.unsubscribed, 1);
 
     // Touches and the withdrawal reach customer-profile.
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    loop {
+    eventually("the unsubscribe reaches customer-profile", 20, async || {
         let c = app
             .customers
             .clone()
@@ -392,15 +388,9 @@ async fn a_campaign_reaches_only_consenting_members_and_tracks_them_to_an_order(
             .records
             .iter()
             .any(|r| r.channel == cpb::ContactChannel::Email as i32 && r.status == cpb::ConsentStatus::Withdrawn as i32);
-        if withdrawn {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the unsubscribe never reached customer-profile: {c:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        if withdrawn { Ok(()) } else { Err(format!("{c:?}")) }
+    })
+    .await;
     let interactions = app
         .customers
         .clone()
@@ -927,19 +917,15 @@ async fn frequency_caps_control_groups_and_quiet_hours_hold_messages_back() {
     });
     create(&app, "quiet", quiet).await.unwrap();
     schedule(&app, "quiet").await.unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    let list = loop {
+    let list = eventually("every message deferred to the end of the quiet hours", 20, async || {
         let list = deliveries(&app, "quiet").await;
         let deferred = list
             .iter()
             .filter(|d| d.due_time.as_ref().is_some_and(|t| t.seconds > now.timestamp() + 3600))
             .count();
-        if deferred == 20 {
-            break list;
-        }
-        assert!(std::time::Instant::now() < deadline, "{list:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+        if deferred == 20 { Ok(list) } else { Err(format!("{list:?}")) }
+    })
+    .await;
     assert!(
         list.iter()
             .all(|d| d.state == pb::DeliveryState::Queued as i32 && d.attempts == 0)

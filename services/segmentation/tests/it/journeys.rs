@@ -1,14 +1,12 @@
 //! Journeys through the real API: the seeds' flow "product view → SMS coupon → no
 //! order within 24 hours → app push", with time moved on by hand.
 
-use std::time::Duration;
-
 use crm_proto::crm::{customer::v1 as cpb, segmentation::v1 as pb};
 use tokio_stream::StreamExt;
 use tonic::Code;
 
 use crate::{
-    app::{TestApp, reference},
+    app::{TestApp, eventually, reference},
     campaigns::{consent, contactable},
 };
 
@@ -126,15 +124,11 @@ async fn stats(app: &TestApp, id: &str) -> pb::JourneyStats {
 }
 
 async fn until(app: &TestApp, id: &str, what: &str, done: impl Fn(&pb::JourneyStats) -> bool) -> pb::JourneyStats {
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
+    eventually(what, 30, async || {
         let s = stats(app, id).await;
-        if done(&s) {
-            return s;
-        }
-        assert!(std::time::Instant::now() < deadline, "{what}: {s:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        if done(&s) { Ok(s) } else { Err(format!("{s:?}")) }
+    })
+    .await
 }
 
 fn on(s: &pb::JourneyStats, step: &str) -> (i64, i64) {
