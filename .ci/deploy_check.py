@@ -7,9 +7,11 @@ OUT_DIR/<service>.toml (each service's configuration file, for `<binary> check`)
 and fails with a message per broken rule: pods non-root with a read-only root
 filesystem and no capabilities, resources set, gRPC probes, a termination grace
 period that covers the drain, every selector matching its pods, ServiceMonitors
-pointing at a Service port that exists, hook Jobs ordered after their ConfigMap.
+pointing at a Service port that exists, hook Jobs ordered after their ConfigMap,
+Grafana dashboards that parse and query only metrics the services export.
 """
 
+import json
 import pathlib
 import re
 import sys
@@ -22,6 +24,38 @@ errors = []
 def check(ok, message):
     if not ok:
         errors.append(message)
+
+
+# The metric families the services export (Prometheus names, see
+# crm_platform::metrics and each service's gauges); dashboards may query only these.
+EXPORTED = {
+    "rpc_server_calls_total", "rpc_server_call_duration_seconds_bucket",
+    "rpc_server_call_duration_seconds_count", "rpc_server_call_duration_seconds_sum",
+    "db_client_operation_duration_seconds_bucket", "db_client_operation_duration_seconds_count",
+    "db_client_operation_duration_seconds_sum",
+    "crm_data_quality_kpi", "crm_data_quality_alert", "crm_customers_active", "crm_enrichment_requests_total",
+    "crm_analytics_at_risk_customers", "crm_analytics_lifetime_value", "crm_analytics_model_version",
+    "crm_analytics_model_age_seconds", "crm_analytics_projection_lag_seconds",
+}
+METRIC = re.compile(r"\b((?:crm|rpc_server|db_client)_[a-z_]+)\b")
+
+
+def check_dashboard(name, text):
+    try:
+        d = json.loads(text)
+    except json.JSONDecodeError as e:
+        check(False, f"dashboard {name}: not JSON: {e}")
+        return
+    check(bool(d.get("uid")) and bool(d.get("title")), f"dashboard {name}: uid and title")
+    check(bool(d.get("panels")), f"dashboard {name}: no panels")
+    ids = [p.get("id") for p in d.get("panels", [])]
+    check(len(ids) == len(set(ids)), f"dashboard {name}: panel ids repeat")
+    for p in d.get("panels", []):
+        targets = p.get("targets", [])
+        check(bool(targets), f"dashboard {name}: panel {p.get('title')} has no query")
+        for t in targets:
+            for metric in METRIC.findall(t.get("expr", "")):
+                check(metric in EXPORTED, f"dashboard {name}: panel {p.get('title')}: {metric} is not exported")
 
 
 def main(rendered, out_dir):
@@ -38,6 +72,11 @@ def main(rendered, out_dir):
 
     configs = {}
     for cm in by_kind.get("ConfigMap", []):
+        if "crm.toml" not in cm["data"]:
+            for key, text in cm["data"].items():
+                check(key.endswith(".json"), f"ConfigMap {cm['metadata']['name']}: {key} is neither crm.toml nor a dashboard")
+                check_dashboard(key, text)
+            continue
         toml = cm["data"]["crm.toml"]
         component = cm["metadata"]["labels"]["app.kubernetes.io/component"]
         hook = "helm.sh/hook" in cm["metadata"].get("annotations", {})

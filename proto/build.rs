@@ -28,6 +28,8 @@ const FILES: &[&str] = &[
     "crm/segmentation/v1/campaigns.proto",
     "crm/segmentation/v1/journeys.proto",
     "crm/segmentation/v1/segmentation_events.proto",
+    "crm/analytics/v1/analytics_service.proto",
+    "crm/analytics/v1/analytics_events.proto",
 ];
 
 /// Not imported by our contracts: served by reflection only, so clients can decode

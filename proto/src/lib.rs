@@ -34,6 +34,11 @@ pub mod crm {
             tonic::include_proto!("crm.segmentation.v1");
         }
     }
+    pub mod analytics {
+        pub mod v1 {
+            tonic::include_proto!("crm.analytics.v1");
+        }
+    }
 }
 
 /// Every CRM contract (and the well-known types they import) as an encoded

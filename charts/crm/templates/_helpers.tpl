@@ -88,14 +88,30 @@ included, wins (sprig's mergeOverwrite skips those). */}}
 {{- $_ := set $base "ticketing" (dict "customer_profile_url" (printf "http://%s:%v" (include "crm.fullname" (list $root "customer-profile")) $profiles.port)) -}}
 {{- end }}
 {{- end }}
-{{- /* marketing-segmentation follows customer-profile's change feed and serves campaign tracking over HTTP. */ -}}
+{{- /* marketing-segmentation follows customer-profile's (and analytics') change feed and serves campaign tracking over HTTP. */ -}}
 {{- if eq $service "marketing-segmentation" }}
 {{- $profiles := include "crm.settings" (list $root "customer-profile") | fromYaml -}}
 {{- $segmentation := dict "tracking" (dict "listen" (ternary (printf "0.0.0.0:%v" $s.http.port) "" $s.http.enabled)) -}}
 {{- if $profiles.enabled }}
 {{- $_ := set $segmentation "customer_profile_url" (printf "http://%s:%v" (include "crm.fullname" (list $root "customer-profile")) $profiles.port) -}}
 {{- end }}
+{{- /* Win-back journeys follow analytics' ChurnRiskRaised. */ -}}
+{{- $analytics := include "crm.settings" (list $root "analytics") | fromYaml -}}
+{{- if $analytics.enabled }}
+{{- $_ := set $segmentation "analytics_url" (printf "http://%s:%v" (include "crm.fullname" (list $root "analytics")) $analytics.port) -}}
+{{- end }}
 {{- $_ := set $base "segmentation" $segmentation -}}
+{{- end }}
+{{- /* analytics follows the feeds of customer-profile, ticketing and marketing-segmentation. */ -}}
+{{- if eq $service "analytics" }}
+{{- $analytics := dict -}}
+{{- range $source, $key := dict "customer-profile" "customer_profile_url" "ticketing" "ticketing_url" "marketing-segmentation" "segmentation_url" }}
+{{- $followed := include "crm.settings" (list $root $source) | fromYaml -}}
+{{- if $followed.enabled }}
+{{- $_ := set $analytics $key (printf "http://%s:%v" (include "crm.fullname" (list $root $source)) $followed.port) -}}
+{{- end }}
+{{- end }}
+{{- $_ := set $base "analytics" $analytics -}}
 {{- end }}
 {{- /* customer-profile counts open tickets for the 360 view. */ -}}
 {{- if eq $service "customer-profile" }}

@@ -89,90 +89,57 @@ pub(crate) fn id(backend: DbBackend, prefix: &str, expr: &str) -> String {
 
 const CATEGORY: &str = "CASE {h} WHEN 0 THEN 'shoes' WHEN 1 THEN 'bags' WHEN 2 THEN 'hats' WHEN 3 THEN 'phones' ELSE 'books' END";
 
-/// The secondary indexes of the projection's tables: (name, definition).
-async fn indexes(db: &DatabaseConnection) -> anyhow::Result<Vec<(String, String)>> {
+/// The secondary indexes of `tables`: (name, definition).
+async fn indexes(db: &DatabaseConnection, tables: &[&str]) -> anyhow::Result<Vec<(String, String)>> {
+    let list = tables.iter().map(|t| format!("'{t}'")).collect::<Vec<_>>().join(", ");
     let sql = match db.get_database_backend() {
-        DbBackend::Postgres => {
+        DbBackend::Postgres => format!(
             "SELECT indexname AS name, indexdef AS def FROM pg_indexes WHERE schemaname = current_schema() \
-             AND tablename IN ('customers', 'orders', 'interactions') AND indexname NOT LIKE '%_pkey'"
-        }
-        _ => {
+             AND tablename IN ({list}) AND indexname NOT LIKE '%_pkey'"
+        ),
+        _ => format!(
             "SELECT name, sql AS def FROM sqlite_master WHERE type = 'index' \
-             AND tbl_name IN ('customers', 'orders', 'interactions') AND sql IS NOT NULL"
-        }
+             AND tbl_name IN ({list}) AND sql IS NOT NULL"
+        ),
     };
-    crm_platform::db::query(db, sql, vec![])
+    crm_platform::db::query(db, &sql, vec![])
         .await?
         .iter()
         .map(|r| Ok((r.try_get("", "name")?, r.try_get("", "def")?)))
         .collect()
 }
 
-/// Fills the projection in chunks of a million rows (progress on stderr), with its
-/// secondary indexes dropped meanwhile and built again after (as a bulk load would).
-async fn load(db: &DatabaseConnection, shape: Shape, now_us: i64) -> anyhow::Result<()> {
+/// One generated load: `INSERT INTO {into} SELECT {select}` over the row numbers
+/// `from..=to` (as `i`).
+pub(crate) struct Load {
+    pub into: &'static str,
+    pub from: usize,
+    pub to: usize,
+    pub select: String,
+}
+
+/// Runs `loads` in chunks of a million rows (progress on stderr), with the secondary
+/// indexes of `tables` dropped meanwhile and built again after (as a bulk load
+/// would), then refreshes the planner's statistics.
+pub(crate) async fn bulk_load(db: &DatabaseConnection, tables: &[&str], loads: &[Load]) -> anyhow::Result<()> {
     let b = db.get_database_backend();
-    let secondary = indexes(db).await?;
+    let secondary = indexes(db, tables).await?;
     for (name, _) in &secondary {
         db.execute_unprepared(&format!("DROP INDEX {name}")).await?;
     }
-    let n = shape.customers.max(1);
-    let category = |salt| CATEGORY.replace("{h}", &h(salt, 5));
-    let tables: [(&str, usize, String); 3] = [
-        (
-            "customers (id, person_id, merged_into, kind, lifecycle_stage, source_channel, owner_user_id, team_id, region, \
-             locality, tags, attributes, create_us, update_us, deleted)",
-            shape.customers,
-            format!(
-                "{cid}, {cid}, NULL, 1, 1 + {stage}, 1 + {channel}, '', '', CASE {region} WHEN 0 THEN 'HK' WHEN 1 THEN 'SG' ELSE 'CN' END, \
-                 '', '[]', CASE {tier} WHEN 0 THEN '{{\"tier\":\"gold\"}}' ELSE '{{}}' END, {now_us} - {age} * 1000000, {now_us}, 0",
-                cid = id(b, "c", "i"),
-                stage = h(1, 4),
-                channel = h(2, 6),
-                region = h(3, 5),
-                tier = h(4, 3),
-                age = h(5, 3 * 365 * 86_400),
-            ),
-        ),
-        (
-            "orders (id, customer_id, person_id, status, currency, total_micros, place_us, categories)",
-            shape.orders,
-            format!(
-                "{oid}, {cid}, {cid}, CASE {cancel} WHEN 0 THEN 5 ELSE 4 END, 'CNY', (10 + {amount}) * 1000000, \
-                 {now_us} - {ago} * 1000000, '[\"' || {cat} || '\"]'",
-                oid = id(b, "o", "i"),
-                cid = id(b, "c", &format!("1 + {}", h(7, n as u64))),
-                cancel = h(8, 20),
-                amount = h(9, 990),
-                ago = h(10, 730 * 86_400),
-                cat = category(11),
-            ),
-        ),
-        (
-            "interactions (id, customer_id, person_id, kind, channel, occur_us, category, campaign)",
-            shape.interactions,
-            format!(
-                "{iid}, {cid}, {cid}, 1 + {kind}, 1 + {channel}, {now_us} - {ago} * 1000000, {cat}, ''",
-                iid = id(b, "i", "i"),
-                cid = id(b, "c", &format!("1 + {}", h(12, n as u64))),
-                kind = h(13, 6),
-                channel = h(14, 3),
-                ago = h(15, 180 * 86_400),
-                cat = category(16),
-            ),
-        ),
-    ];
-    for (into, rows, select) in &tables {
+    for load in loads {
         let started = Instant::now();
-        let mut lo = 1;
-        while lo <= *rows {
-            let hi = (lo + 999_999).min(*rows);
+        let mut lo = load.from;
+        while lo <= load.to {
+            let hi = (lo + 999_999).min(load.to);
             let txn = begin_write(db).await?;
-            txn.execute_unprepared(&series_insert(b, into, select, lo, hi)).await?;
+            txn.execute_unprepared(&series_insert(b, load.into, &load.select, lo, hi))
+                .await?;
             txn.commit().await?;
             eprintln!(
-                "loaded {hi} of {rows} into {} ({:.0} s)",
-                into.split(' ').next().unwrap_or(""),
+                "loaded {hi} of {} into {} ({:.0} s)",
+                load.to,
+                load.into.split(' ').next().unwrap_or(""),
                 started.elapsed().as_secs_f64()
             );
             lo = hi + 1;
@@ -185,13 +152,68 @@ async fn load(db: &DatabaseConnection, shape: Shape, now_us: i64) -> anyhow::Res
     eprintln!("indexes built ({:.0} s)", started.elapsed().as_secs_f64());
     // Statistics for the planner and the visibility map (index-only scans), as
     // autovacuum would leave them after a load.
-    db.execute_unprepared(if b == DbBackend::Postgres {
-        "VACUUM ANALYZE customers, orders, interactions"
+    let analyze = if b == DbBackend::Postgres {
+        format!("VACUUM ANALYZE {}", tables.join(", "))
     } else {
-        "ANALYZE"
-    })
-    .await?;
+        "ANALYZE".to_owned()
+    };
+    db.execute_unprepared(&analyze).await?;
     Ok(())
+}
+
+/// Fills the projection with generated rows (see [`bulk_load`]).
+async fn load(db: &DatabaseConnection, shape: Shape, now_us: i64) -> anyhow::Result<()> {
+    let b = db.get_database_backend();
+    let n = shape.customers.max(1);
+    let category = |salt| CATEGORY.replace("{h}", &h(salt, 5));
+    let loads = [
+        Load {
+            into: "customers (id, person_id, merged_into, kind, lifecycle_stage, source_channel, owner_user_id, team_id, region, \
+                   locality, tags, attributes, create_us, update_us, deleted)",
+            from: 1,
+            to: shape.customers,
+            select: format!(
+                "{cid}, {cid}, NULL, 1, 1 + {stage}, 1 + {channel}, '', '', CASE {region} WHEN 0 THEN 'HK' WHEN 1 THEN 'SG' ELSE 'CN' END, \
+                 '', '[]', CASE {tier} WHEN 0 THEN '{{\"tier\":\"gold\"}}' ELSE '{{}}' END, {now_us} - {age} * 1000000, {now_us}, 0",
+                cid = id(b, "c", "i"),
+                stage = h(1, 4),
+                channel = h(2, 6),
+                region = h(3, 5),
+                tier = h(4, 3),
+                age = h(5, 3 * 365 * 86_400),
+            ),
+        },
+        Load {
+            into: "orders (id, customer_id, person_id, status, currency, total_micros, place_us, categories)",
+            from: 1,
+            to: shape.orders,
+            select: format!(
+                "{oid}, {cid}, {cid}, CASE {cancel} WHEN 0 THEN 5 ELSE 4 END, 'CNY', (10 + {amount}) * 1000000, \
+                 {now_us} - {ago} * 1000000, '[\"' || {cat} || '\"]'",
+                oid = id(b, "o", "i"),
+                cid = id(b, "c", &format!("1 + {}", h(7, n as u64))),
+                cancel = h(8, 20),
+                amount = h(9, 990),
+                ago = h(10, 730 * 86_400),
+                cat = category(11),
+            ),
+        },
+        Load {
+            into: "interactions (id, customer_id, person_id, kind, channel, occur_us, category, campaign)",
+            from: 1,
+            to: shape.interactions,
+            select: format!(
+                "{iid}, {cid}, {cid}, 1 + {kind}, 1 + {channel}, {now_us} - {ago} * 1000000, {cat}, ''",
+                iid = id(b, "i", "i"),
+                cid = id(b, "c", &format!("1 + {}", h(12, n as u64))),
+                kind = h(13, 6),
+                channel = h(14, 3),
+                ago = h(15, 180 * 86_400),
+                cat = category(16),
+            ),
+        },
+    ];
+    bulk_load(db, &["customers", "orders", "interactions"], &loads).await
 }
 
 fn order_event(i: usize, customer: &str, rng: &mut Rng) -> Event {

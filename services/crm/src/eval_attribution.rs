@@ -9,7 +9,7 @@
 //! conversion shares per channel and their largest difference; the command fails
 //! when a share differs by more than the tolerance.
 
-use std::{collections::BTreeMap, io::Write, path::Path as FsPath, process::Command};
+use std::{collections::BTreeMap, path::Path as FsPath};
 
 use anyhow::Context;
 use crm_segmentation::campaigns::attribution::{self, Model, Path, Touch};
@@ -121,27 +121,7 @@ pub fn run(
     if let Some(keep) = keep {
         std::fs::copy(&data, keep).with_context(|| format!("cannot write {}", keep.display()))?;
     }
-    let script = dir.path().join("markov.py");
-    std::fs::File::create(&script)?.write_all(SCRIPT.as_bytes())?;
-    let started = std::time::Instant::now();
-    let output = Command::new(python)
-        .arg(&script)
-        .arg(&data)
-        .output()
-        .with_context(|| format!("cannot run {}", python.display()))?;
-    let theirs_ms = started.elapsed().as_secs_f64() * 1000.0;
-    anyhow::ensure!(
-        output.status.success(),
-        "ChannelAttribution failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let line = stdout
-        .lines()
-        .rev()
-        .find(|l| l.starts_with('{'))
-        .context("no JSON from the script")?;
-    let theirs: serde_json::Value = serde_json::from_str(line)?;
+    let (theirs, theirs_ms) = crate::python::run_json(python, "ChannelAttribution", SCRIPT, &[data.clone().into_os_string()])?;
     let their_conversions: BTreeMap<String, f64> = serde_json::from_value(theirs["conversions"].clone())?;
     let our_conversions: BTreeMap<String, f64> = ours.iter().map(|(k, c)| (k.clone(), c.conversions)).collect();
     let (a, b) = (shares(&our_conversions), shares(&their_conversions));

@@ -5,6 +5,7 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 mod backup;
 mod bench;
+mod bench_analytics;
 mod bench_campaigns;
 mod bench_interactions;
 mod bench_permissions;
@@ -12,9 +13,12 @@ mod bench_segments;
 mod bench_sla;
 mod embedded;
 mod eval;
+mod eval_analytics;
 mod eval_attribution;
 mod eval_send_time;
 mod import;
+mod python;
+mod report;
 mod seed;
 
 use clap::{Parser, Subcommand};
@@ -39,8 +43,8 @@ jwt_secret = "crm-dev-secret-not-for-production-use"
 # import, eval-dedup) act as.
 bootstrap_admins = ["dev", "bench", "import", "eval"]
 # ticketing reads customer tiers, customer-profile counts open tickets, segmentation
-# follows customer-profile's feed, each with its own account.
-service_accounts = ["ticketing", "customer-profile", "marketing-segmentation"]
+# follows customer-profile's feed, analytics follows the three, each with its own account.
+service_accounts = ["ticketing", "customer-profile", "marketing-segmentation", "analytics"]
 campaign_senders = ["marketing-segmentation"]
 
 [segmentation.tracking]
@@ -170,6 +174,33 @@ enum Command {
         #[arg(long, default_value_t = 500)]
         batch: usize,
     },
+    /// Render an analytics report from the suite: a table, CSV, or an SVG chart.
+    Report {
+        name: report::Name,
+        /// Start of the period: a date (2026-03-01, midnight UTC) or an RFC 3339 time.
+        #[arg(long)]
+        from: String,
+        /// End of the period (exclusive), likewise.
+        #[arg(long)]
+        to: String,
+        #[arg(long, value_enum, default_value = "table")]
+        format: report::Format,
+        /// day, week or month (default: the report's own).
+        #[arg(long)]
+        granularity: Option<String>,
+        /// funnel: source-channel; service: category, queue, channel; marketing: campaign.
+        #[arg(long)]
+        group_by: Option<String>,
+        /// Write here instead of standard output.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Address of the suite (or of the analytics service).
+        #[arg(long, default_value = "http://127.0.0.1:50051")]
+        target: String,
+        /// Bearer token (default: one minted for `dev` with the configured HS256 secret).
+        #[arg(long, env = "CRM_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+    },
     /// Compare the data-driven (Markov) attribution model with the PyPI package
     /// ChannelAttribution on the same generated journeys (install it with
     /// `bash .ci/attribution.sh`, which prints the Python to pass); prints a JSON
@@ -189,6 +220,23 @@ enum Command {
         /// Also write the generated paths (ChannelAttribution's input, as CSV) here.
         #[arg(long)]
         paths: Option<PathBuf>,
+    },
+    /// Compare the analytics models with their PyPI references: BG/NBD and Gamma-Gamma
+    /// on CDNOW against `lifetimes` (published parameters within 1 %, each customer's
+    /// predictions within the tolerance), FP-Growth rules on generated baskets against
+    /// `mlxtend` (identical rule sets). Prints a JSON report; fails on a mismatch.
+    EvalAnalytics {
+        /// A Python with lifetimes and mlxtend installed (`.ci/analytics.sh` prints one).
+        #[arg(long, env = "CRM_ANALYTICS_PYTHON")]
+        python: PathBuf,
+        /// Largest relative difference of a customer's prediction.
+        #[arg(long, default_value_t = 1e-3)]
+        tolerance: f64,
+        /// Generated baskets for the rules.
+        #[arg(long, default_value_t = 20_000)]
+        baskets: usize,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
     },
     /// Evaluate send-time optimisation on generated customers with a planted
     /// favourite hour: prints the expected open rate of the optimised send times
@@ -293,6 +341,32 @@ enum BenchKind {
         #[arg(long)]
         keep: bool,
     },
+    /// The analytics models and reports at scale (temporary SQLite, or a scratch
+    /// schema of --database-url): purchase summaries, the BG/NBD + Gamma-Gamma fit,
+    /// scoring throughput, FP-Growth over the baskets, the funnel report's latency;
+    /// with --python, the CDNOW fit against `lifetimes`. Prints JSON.
+    Analytics {
+        #[arg(long, default_value_t = 1_000_000)]
+        customers: usize,
+        /// Orders, spread over the customers and the last two years.
+        #[arg(long, default_value_t = 10_000_000)]
+        orders: usize,
+        /// The last this many orders carry lines (the baskets of the rules).
+        #[arg(long, default_value_t = 1_000_000)]
+        baskets: usize,
+        /// Funnel report runs.
+        #[arg(long, default_value_t = 20)]
+        reports: usize,
+        /// PostgreSQL URL; a scratch schema is created and dropped. SQLite when absent.
+        #[arg(long)]
+        database_url: Option<String>,
+        /// A Python with lifetimes installed (`.ci/analytics.sh`), for the CDNOW comparison.
+        #[arg(long)]
+        python: Option<PathBuf>,
+        /// Keep the scratch schema.
+        #[arg(long)]
+        keep: bool,
+    },
     /// A campaign to many recipients (temporary SQLite, or a scratch schema of
     /// --database-url): the audience queued by the real scheduler, then sent by the
     /// real dispatchers through an HTTP provider stub in this process; prints the
@@ -368,6 +442,7 @@ struct Config {
     permissions_service: crm_permissions::ServiceConfig,
     ticketing: crm_ticketing::ServiceConfig,
     segmentation: crm_segmentation::ServiceConfig,
+    analytics: crm_analytics::ServiceConfig,
 }
 
 fn load(file: Option<&std::path::Path>) -> Result<Config, ConfigError> {
@@ -378,6 +453,7 @@ fn load(file: Option<&std::path::Path>) -> Result<Config, ConfigError> {
             crm_customer_profile::DEFAULTS,
             crm_ticketing::DEFAULTS,
             crm_segmentation::DEFAULTS,
+            crm_analytics::DEFAULTS,
             // Last: they override the services' defaults.
             DEV_DEFAULTS,
         ],
@@ -389,6 +465,7 @@ fn load(file: Option<&std::path::Path>) -> Result<Config, ConfigError> {
         permissions_service: crm_permissions::ServiceConfig::from_document(&doc)?,
         ticketing: crm_ticketing::ServiceConfig::from_document(&doc)?,
         segmentation: crm_segmentation::ServiceConfig::from_document(&doc)?,
+        analytics: crm_analytics::ServiceConfig::from_document(&doc)?,
     })
 }
 
@@ -412,6 +489,19 @@ fn point_services_at_each_other(cfg: &mut Config) {
     }
     if cfg.segmentation.customer_profile_url.is_empty() {
         cfg.segmentation.customer_profile_url.clone_from(&own);
+    }
+    if cfg.segmentation.analytics_url.is_empty() {
+        cfg.segmentation.analytics_url.clone_from(&own);
+    }
+    let analytics = &mut cfg.analytics;
+    for url in [
+        &mut analytics.customer_profile_url,
+        &mut analytics.ticketing_url,
+        &mut analytics.segmentation_url,
+    ] {
+        if url.is_empty() {
+            url.clone_from(&own);
+        }
     }
     if cfg.customer_profile.sections.ticketing_url.is_empty() {
         cfg.customer_profile.sections.ticketing_url = own;
@@ -447,6 +537,15 @@ async fn host_suite(platform: Platform, cfg: &Config, server: &mut GrpcServer) -
             .allow_long_running(crm_segmentation::LONG_RUNNING);
         server.add_service(built.campaigns).await;
         server.add_service(built.journeys).await;
+    }
+    if cfg.analytics.customer_profile_url.is_empty() {
+        tracing::warn!("analytics not hosted: set analytics.customer_profile_url (with TLS or port 0 it cannot be derived)");
+    } else {
+        let built = crm_analytics::build(&platform, &cfg.analytics).await?;
+        server
+            .add_service(built.service)
+            .await
+            .allow_long_running(crm_analytics::LONG_RUNNING);
     }
     Ok(platform)
 }
@@ -577,6 +676,32 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Bench {
             kind:
+                Some(BenchKind::Analytics {
+                    customers,
+                    orders,
+                    baskets,
+                    reports,
+                    database_url,
+                    python,
+                    keep,
+                }),
+            ..
+        } => {
+            let shape = bench_analytics::Shape {
+                customers,
+                orders,
+                baskets: baskets.min(orders),
+                reports,
+                keep,
+            };
+            println!(
+                "{}",
+                bench_analytics::run(&cfg, database_url.as_deref(), shape, python.as_deref()).await?
+            );
+            Ok(())
+        }
+        Command::Bench {
+            kind:
                 Some(BenchKind::Campaigns {
                     recipients,
                     dispatchers,
@@ -669,6 +794,55 @@ async fn main() -> anyhow::Result<()> {
             paths,
         } => {
             let report = eval_attribution::run(&python, customers, seed, tolerance, paths.as_deref())?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(())
+        }
+        Command::Report {
+            name,
+            from,
+            to,
+            format,
+            granularity,
+            group_by,
+            out,
+            target,
+            token,
+        } => {
+            let granularity = match granularity.as_deref() {
+                None => crm_proto::crm::analytics::v1::Granularity::Unspecified,
+                Some("day") => crm_proto::crm::analytics::v1::Granularity::Day,
+                Some("week") => crm_proto::crm::analytics::v1::Granularity::Week,
+                Some("month") => crm_proto::crm::analytics::v1::Granularity::Month,
+                Some(other) => anyhow::bail!("--granularity {other}: day, week or month"),
+            };
+            let query = report::Query {
+                from: report::parse_time(&from)?,
+                to: report::parse_time(&to)?,
+                granularity,
+                group_by,
+            };
+            let token = match token {
+                Some(t) => t,
+                None => admin_token(&cfg.platform.auth.jwt_secret, "dev", Duration::from_secs(3600))?,
+            };
+            let fetched = report::fetch(&target, &token, name, &query).await?;
+            let text = report::render(&fetched, format);
+            match out {
+                Some(path) => std::fs::write(&path, text).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?,
+                None => print!("{text}"),
+            }
+            Ok(())
+        }
+        Command::EvalAnalytics {
+            python,
+            tolerance,
+            baskets,
+            seed,
+        } => {
+            let report = serde_json::json!({
+                "lifetime_value": eval_analytics::clv(&python, tolerance)?,
+                "association_rules": eval_analytics::association_rules(&python, baskets, seed)?,
+            });
             println!("{}", serde_json::to_string_pretty(&report)?);
             Ok(())
         }
@@ -940,7 +1114,7 @@ async fn serve(mut cfg: Config) -> anyhow::Result<()> {
     let platform = host_suite(platform, &cfg, &mut server).await?;
     let listener = bind(platform.config.server.listen).await?;
     let addr = listener.local_addr()?;
-    println!("crm: serving permissions, customer-profile, ticketing and marketing-segmentation on {addr}");
+    println!("crm: serving permissions, customer-profile, ticketing, marketing-segmentation and analytics on {addr}");
     // The built-in secret is public: print a ready token for it (local development),
     // never for a secret the operator chose, whose tokens must not land in logs.
     if platform.config.auth.jwt_secret == DEV_SECRET {

@@ -58,7 +58,7 @@ clearance = "confidential"
 [[permissions_service.default_roles]]
 name = "service"
 display_name = "Service account (CRM services)"
-permissions = ["permissions.check", "permissions.events", "audit.write", "audit.read", "customer.read", "customer.events", "ticket.read"]
+permissions = ["permissions.check", "permissions.events", "audit.write", "audit.read", "customer.read", "customer.events", "ticket.read", "ticket.events", "segment.events", "analytics.events"]
 clearance = "internal"
 
 [[permissions_service.default_roles]]
@@ -76,7 +76,7 @@ clearance = "sensitive"
 [[permissions_service.default_roles]]
 name = "sales_manager"
 display_name = "Sales manager"
-permissions = ["customer.read", "customer.create", "customer.update", "customer.assign", "customer.merge", "permissions.approve"]
+permissions = ["customer.read", "customer.create", "customer.update", "customer.assign", "customer.merge", "permissions.approve", "analytics.read", "analytics.customers"]
 clearance = "sensitive"
 
 [[permissions_service.default_roles]]
@@ -88,13 +88,13 @@ clearance = "internal"
 [[permissions_service.default_roles]]
 name = "service_manager"
 display_name = "Customer-service manager"
-permissions = ["customer.read", "ticket.*", "permissions.approve"]
+permissions = ["customer.read", "ticket.*", "permissions.approve", "analytics.read"]
 clearance = "internal"
 
 [[permissions_service.default_roles]]
 name = "marketer"
 display_name = "Marketer"
-permissions = ["customer.read", "segment.read", "segment.manage", "campaign.read", "campaign.manage"]
+permissions = ["customer.read", "segment.read", "segment.manage", "campaign.read", "campaign.manage", "analytics.read", "analytics.customers"]
 clearance = "internal"
 
 [[permissions_service.default_roles]]

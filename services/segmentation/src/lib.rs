@@ -35,6 +35,8 @@ pub const DEFAULTS: &str = r#"
 [segmentation]
 customer_profile_url = ""
 customer_profile_ca_path = ""
+analytics_url = ""
+analytics_ca_path = ""
 tag_expiry_interval_secs = 60
 traits = ["orders.count_90d", "orders.total_365d", "last_order_at", "favourite_category", "preferred_channel", "events.product_view.count_7d"]
 traits_refresh_interval_secs = 3600
@@ -109,6 +111,11 @@ pub struct ServiceConfig {
     pub customer_profile_url: String,
     /// PEM CA of an `https://` customer-profile URL.
     pub customer_profile_ca_path: String,
+    /// The analytics service's gRPC address, whose `ChurnRiskRaised` events trigger
+    /// win-back journeys; empty: not followed.
+    pub analytics_url: String,
+    /// PEM CA of an `https://` analytics URL.
+    pub analytics_ca_path: String,
     /// How often tags past their expiry are taken off.
     pub tag_expiry_interval_secs: u64,
     /// RFM: the window, the currency of monetary values, the full computation's period.
@@ -146,12 +153,16 @@ impl ServiceConfig {
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let url = &self.customer_profile_url;
-        if !(url.is_empty() || url.starts_with("http://") || url.starts_with("https://")) {
-            return Err(ConfigError::invalid(
-                "segmentation.customer_profile_url",
-                "starting with http:// or https://",
-            ));
+        for (key, url) in [
+            ("customer_profile_url", &self.customer_profile_url),
+            ("analytics_url", &self.analytics_url),
+        ] {
+            if !(url.is_empty() || url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(ConfigError::invalid(
+                    format!("segmentation.{key}"),
+                    "starting with http:// or https://",
+                ));
+            }
         }
         if self.tag_expiry_interval_secs == 0 {
             return Err(ConfigError::invalid("segmentation.tag_expiry_interval_secs", "at least 1"));
@@ -398,6 +409,20 @@ pub async fn build(platform: &Platform, cfg: &ServiceConfig) -> anyhow::Result<B
         providers,
         &cfg.rfm.currency,
     );
+    if !cfg.analytics_url.is_empty() {
+        tokio::spawn(consumer::follow(
+            db.clone(),
+            consumer::stream_channel(&cfg.analytics_url, &cfg.analytics_ca_path)?,
+            ServiceCredentials::from_config(&platform.config, SERVICE)?,
+            consumer::Subscription {
+                source: journeys::churn::SOURCE,
+                method: journeys::churn::METHOD,
+                event_types: journeys::churn::EVENT_TYPES.iter().map(|t| (*t).to_owned()).collect(),
+            },
+            std::sync::Arc::new(journeys::churn::ChurnRisks { engine: engine.clone() }),
+            platform.shutdown.clone(),
+        ));
+    }
     tokio::spawn(engine.run_loop(platform.shutdown.clone()));
     let journey_uses = journeys::manage::Journeys::new(
         db.clone(),

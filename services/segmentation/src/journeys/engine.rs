@@ -38,8 +38,15 @@ const MAX_STEPS: usize = 100;
 /// What happened to a customer, as the projection applies it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Observed<'a> {
-    Interaction { kind: i32, category: &'a str },
-    Order { categories: &'a [String] },
+    Interaction {
+        kind: i32,
+        category: &'a str,
+    },
+    Order {
+        categories: &'a [String],
+    },
+    /// analytics raised the customer's churn risk.
+    ChurnRisk,
 }
 
 impl Observed<'_> {
@@ -47,6 +54,7 @@ impl Observed<'_> {
         match self {
             Observed::Interaction { kind, category } => e.matches_interaction(*kind, category),
             Observed::Order { categories } => e.matches_order(categories),
+            Observed::ChurnRisk => *e == Event::ChurnRisk,
         }
     }
 }

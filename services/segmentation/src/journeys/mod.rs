@@ -5,6 +5,7 @@
 //! campaign dispatcher, so every check and all tracking apply.
 
 pub mod api;
+pub mod churn;
 pub mod engine;
 pub mod manage;
 pub mod store;
@@ -22,8 +23,15 @@ const DAY_US: i64 = 86_400_000_000;
 /// An event a trigger or a wait listens for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
-    Interaction { kind: i32, category: String },
-    Order { category: String },
+    Interaction {
+        kind: i32,
+        category: String,
+    },
+    Order {
+        category: String,
+    },
+    /// analytics' `ChurnRiskRaised`.
+    ChurnRisk,
 }
 
 impl Event {
@@ -42,8 +50,20 @@ impl Event {
             Some(pb::journey_event::Event::OrderPlaced(true)) => Some(Self::Order {
                 category: e.category.clone(),
             }),
+            Some(pb::journey_event::Event::ChurnRiskRaised(true)) => {
+                if !e.category.is_empty() {
+                    v.push(FieldViolation::new(
+                        format!("{field}.category"),
+                        "does not apply to churn_risk_raised",
+                    ));
+                }
+                Some(Self::ChurnRisk)
+            }
             _ => {
-                v.push(FieldViolation::new(field, "required: `interaction` or `order_placed`"));
+                v.push(FieldViolation::new(
+                    field,
+                    "required: `interaction`, `order_placed` or `churn_risk_raised`",
+                ));
                 None
             }
         }

@@ -132,6 +132,27 @@ fn the_seeds_flow_is_valid() {
 }
 
 #[test]
+fn a_win_back_journey_starts_on_churn_risk_without_a_category() {
+    let mut j = seeds_flow();
+    j.trigger = Some(pb::JourneyTrigger {
+        trigger: Some(pb::journey_trigger::Trigger::Event(pb::JourneyEvent {
+            event: Some(pb::journey_event::Event::ChurnRiskRaised(true)),
+            category: String::new(),
+        })),
+    });
+    let def = check(&j).unwrap();
+    assert_eq!(def.trigger, Trigger::Event(Event::ChurnRisk));
+    assert!(!Event::ChurnRisk.matches_order(&[]) && !Event::ChurnRisk.matches_interaction(2, ""));
+    j.trigger = Some(pb::JourneyTrigger {
+        trigger: Some(pb::journey_trigger::Trigger::Event(pb::JourneyEvent {
+            event: Some(pb::journey_event::Event::ChurnRiskRaised(true)),
+            category: "shoes".into(),
+        })),
+    });
+    assert_eq!(fields(&j), vec!["journey.trigger.event.category"]);
+}
+
+#[test]
 fn bad_graphs_are_refused_with_their_fields() {
     use pb::journey_step::Action as A;
     let mut j = seeds_flow();

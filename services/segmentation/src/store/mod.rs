@@ -168,6 +168,13 @@ pub async fn set_merged_into<C: ConnectionTrait>(conn: &C, ids: &[String], survi
 
 /// The person `customer_id` counts for: its merge chain followed to the end (itself
 /// when unknown or not merged).
+/// Whether the projection holds customer `id`.
+pub async fn exists<C: ConnectionTrait>(conn: &C, id: &str) -> Result<bool> {
+    Ok(!query(conn, "SELECT 1 AS one FROM customers WHERE id = ?", vec![id.into()])
+        .await?
+        .is_empty())
+}
+
 pub async fn person_of<C: ConnectionTrait>(conn: &C, customer_id: &str) -> Result<String> {
     let mut current = customer_id.to_owned();
     // Merges chain at most a few levels; the bound guards against a cycle.
