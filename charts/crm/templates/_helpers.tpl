@@ -113,12 +113,16 @@ included, wins (sprig's mergeOverwrite skips those). */}}
 {{- end }}
 {{- $_ := set $base "analytics" $analytics -}}
 {{- end }}
-{{- /* customer-profile counts open tickets for the 360 view. */ -}}
+{{- /* customer-profile's 360 view: open tickets, RFM and segments, churn and CLV. */ -}}
 {{- if eq $service "customer-profile" }}
-{{- $ticketing := include "crm.settings" (list $root "ticketing") | fromYaml -}}
-{{- if $ticketing.enabled }}
-{{- $_ := set $base "customer_profile" (dict "sections" (dict "ticketing_url" (printf "http://%s:%v" (include "crm.fullname" (list $root "ticketing")) $ticketing.port))) -}}
+{{- $sections := dict -}}
+{{- range $source, $key := dict "ticketing" "ticketing_url" "marketing-segmentation" "segmentation_url" "analytics" "analytics_url" }}
+{{- $owner := include "crm.settings" (list $root $source) | fromYaml -}}
+{{- if $owner.enabled }}
+{{- $_ := set $sections $key (printf "http://%s:%v" (include "crm.fullname" (list $root $source)) $owner.port) -}}
 {{- end }}
+{{- end }}
+{{- $_ := set $base "customer_profile" (dict "sections" $sections) -}}
 {{- end }}
 {{- /* From the values as parsed (integers stay integers), not from $s. */ -}}
 {{- include "crm.merge" (list $base (deepCopy (default dict $root.Values.defaults.config))) -}}

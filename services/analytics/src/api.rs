@@ -1,5 +1,10 @@
 //! The gRPC handlers: authorize, validate, translate, call the store and the models.
 
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+};
+
 use chrono::Utc;
 use crm_platform::{
     Error, FieldViolation, auth,
@@ -35,7 +40,12 @@ pub struct Api {
     models: Models,
     snapshots: Option<quality::Snapshots>,
     page_tokens: PageTokens,
+    /// The latest fit's rules per level, read once: a fit's rules never change.
+    rules_cache: Arc<Mutex<HashMap<i32, (i64, Rules)>>>,
 }
+
+/// A fit's rules at one level, strongest first.
+type Rules = Arc<Vec<store::RuleRow>>;
 
 /// A report's validated period.
 struct Period {
@@ -168,7 +178,26 @@ impl Api {
             models,
             snapshots,
             page_tokens,
+            rules_cache: Arc::default(),
         }
+    }
+
+    /// Every rule of fit `version` at `level`, strongest first.
+    async fn rules_of(&self, version: i64, level: i32) -> Result<Rules, Error> {
+        let cached = self.rules_cache.lock().ok().and_then(|c| c.get(&level).cloned());
+        if let Some((v, rules)) = cached
+            && v == version
+        {
+            return Ok(rules);
+        }
+        let rules = Arc::new(store::rules(&self.db, version, level, 0, models::MAX_RULES).await?);
+        if let Ok(mut cache) = self.rules_cache.lock() {
+            // A reader of an older version must not replace a newer one.
+            if cache.get(&level).is_none_or(|(v, _)| *v < version) {
+                cache.insert(level, (version, Arc::clone(&rules)));
+            }
+        }
+        Ok(rules)
     }
 
     async fn check(&self, p: &Principal, permission: &str, name: &str) -> Result<(), Error> {
@@ -461,7 +490,7 @@ impl AnalyticsService for Api {
             return Ok(Response::new(pb::GetRecommendationsResponse::default()));
         };
         let bought = store::bought(&self.db, &person, level == pb::RuleLevel::Category).await?;
-        let rules = store::rules(&self.db, model.version, level as i32, 0, 100_000).await?;
+        let rules = self.rules_of(model.version, level as i32).await?;
         let recommendations = crate::recommend::recommend(&bought, &rules, max);
         Ok(Response::new(pb::GetRecommendationsResponse {
             recommendations,

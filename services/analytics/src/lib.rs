@@ -151,7 +151,7 @@ impl ServiceConfig {
         if !(2..=8).contains(&r.max_len) {
             return Err(ConfigError::invalid("analytics.rules.max_len", "2 to 8"));
         }
-        if !(1..=1_000_000).contains(&r.max_rules) {
+        if !(1..=crate::models::MAX_RULES).contains(&(r.max_rules as u64)) {
             return Err(ConfigError::invalid("analytics.rules.max_rules", "1 to 1000000"));
         }
         Ok(())

@@ -229,6 +229,9 @@ enum Fitted {
     NoData,
 }
 
+/// The most rules a fit keeps (`analytics.rules.max_rules` at most).
+pub const MAX_RULES: u64 = 1_000_000;
+
 /// The models' fitting jobs.
 #[derive(Clone)]
 pub struct Models {

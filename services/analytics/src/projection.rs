@@ -142,7 +142,7 @@ impl Apply for Customers {
                 store::upsert_customer(txn, &row).await?;
                 let merged = e.merged.iter().map(|m| id_of(m, "customers")).collect::<Result<Vec<_>>>()?;
                 store::set_merged_into(txn, &merged, Some(&row.id)).await?;
-                store::reassign_people(txn, std::slice::from_ref(&row.id)).await
+                crm_platform::people::reassign(txn, std::slice::from_ref(&row.id), &["orders"]).await
             }
             "CustomersUnmerged" => {
                 let e = decode::<cpb::CustomersUnmerged>(event)?;
@@ -156,7 +156,7 @@ impl Apply for Customers {
                     store::set_merged_into(txn, std::slice::from_ref(&restored.id), None).await?;
                     roots.push(restored.id);
                 }
-                store::reassign_people(txn, &roots).await
+                crm_platform::people::reassign(txn, &roots, &["orders"]).await
             }
             "CustomerErased" => {
                 let Some(erasure) = decode::<cpb::CustomerErased>(event)?.erasure else {

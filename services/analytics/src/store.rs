@@ -210,60 +210,6 @@ pub async fn set_merged_into<C: ConnectionTrait>(conn: &C, merged: &[String], su
     Ok(())
 }
 
-/// After a merge or unmerge touching `roots`: every customer merged (directly or not)
-/// into one of them, and their orders, count for the end of their chain again.
-pub async fn reassign_people<C: ConnectionTrait>(conn: &C, roots: &[String]) -> Result<()> {
-    let mut family: Vec<String> = roots.to_vec();
-    let mut frontier: Vec<String> = roots.to_vec();
-    while let Some(id) = frontier.pop() {
-        let rows = query(
-            conn,
-            "SELECT id FROM customers WHERE merged_into = ? AND id <> ?",
-            vec![id.as_str().into(), id.as_str().into()],
-        )
-        .await?;
-        for r in rows {
-            let child: String = r.try_get("", "id")?;
-            if !family.contains(&child) && family.len() < 10_000 {
-                family.push(child.clone());
-                frontier.push(child);
-            }
-        }
-    }
-    for id in &family {
-        let mut person = id.clone();
-        for _ in 0..16 {
-            let rows = query(
-                conn,
-                "SELECT merged_into FROM customers WHERE id = ?",
-                vec![person.as_str().into()],
-            )
-            .await?;
-            match rows
-                .first()
-                .map(|r| r.try_get::<Option<String>>("", "merged_into"))
-                .transpose()?
-            {
-                Some(Some(next)) if next != person => person = next,
-                _ => break,
-            }
-        }
-        exec(
-            conn,
-            "UPDATE customers SET person_id = ? WHERE id = ?",
-            vec![person.as_str().into(), id.as_str().into()],
-        )
-        .await?;
-        exec(
-            conn,
-            "UPDATE orders SET person_id = ? WHERE customer_id = ?",
-            vec![person.as_str().into(), id.as_str().into()],
-        )
-        .await?;
-    }
-    Ok(())
-}
-
 /// Removes every row recorded for the erased customers.
 pub async fn erase<C: ConnectionTrait>(conn: &C, ids: &[String]) -> Result<()> {
     for id in ids {

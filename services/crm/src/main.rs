@@ -503,8 +503,15 @@ fn point_services_at_each_other(cfg: &mut Config) {
             url.clone_from(&own);
         }
     }
-    if cfg.customer_profile.sections.ticketing_url.is_empty() {
-        cfg.customer_profile.sections.ticketing_url = own;
+    let sections = &mut cfg.customer_profile.sections;
+    for url in [
+        &mut sections.ticketing_url,
+        &mut sections.segmentation_url,
+        &mut sections.analytics_url,
+    ] {
+        if url.is_empty() {
+            url.clone_from(&own);
+        }
     }
 }
 

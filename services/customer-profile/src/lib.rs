@@ -62,6 +62,10 @@ interval_secs = 3600
 [customer_profile.sections]
 ticketing_url = ""
 ticketing_ca_path = ""
+segmentation_url = ""
+segmentation_ca_path = ""
+analytics_url = ""
+analytics_ca_path = ""
 deadline_ms = 300
 behaviour_window_days = 90
 
@@ -114,6 +118,16 @@ pub struct SectionsConfig {
     pub ticketing_url: String,
     /// PEM CA of an `https://` ticketing URL.
     pub ticketing_ca_path: String,
+    /// marketing-segmentation, for RFM scores and segments in the analysis section;
+    /// empty: that part is unavailable (`crm serve` points it at itself).
+    pub segmentation_url: String,
+    /// PEM CA of an `https://` segmentation URL.
+    pub segmentation_ca_path: String,
+    /// analytics, for churn risk and lifetime value in the analysis section; empty:
+    /// that part is unavailable (`crm serve` points it at itself).
+    pub analytics_url: String,
+    /// PEM CA of an `https://` analytics URL.
+    pub analytics_ca_path: String,
     /// How long the 360 call waits for another service.
     pub deadline_ms: u64,
     /// The behaviour summary's window.
@@ -173,12 +187,17 @@ impl ServiceConfig {
         if let Err((key, message)) = self.matching.validate() {
             return Err(ConfigError::invalid(format!("customer_profile.matching.{key}"), message));
         }
-        let url = &self.sections.ticketing_url;
-        if !(url.is_empty() || url.starts_with("http://") || url.starts_with("https://")) {
-            return Err(ConfigError::invalid(
-                "customer_profile.sections.ticketing_url",
-                "empty, or starting with http:// or https://",
-            ));
+        for (key, url) in [
+            ("ticketing_url", &self.sections.ticketing_url),
+            ("segmentation_url", &self.sections.segmentation_url),
+            ("analytics_url", &self.sections.analytics_url),
+        ] {
+            if !(url.is_empty() || url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(ConfigError::invalid(
+                    format!("customer_profile.sections.{key}"),
+                    "empty, or starting with http:// or https://",
+                ));
+            }
         }
         if self.retention.interval_secs == 0 {
             return Err(ConfigError::invalid("customer_profile.retention.interval_secs", "at least 1"));
@@ -263,12 +282,7 @@ pub async fn build(platform: &Platform, cfg: &ServiceConfig) -> anyhow::Result<S
         .map_err(|why| anyhow::anyhow!("customer_profile.enrichment.url: {why}"))?;
         tokio::spawn(customers.clone().run_enrichment(endpoint, platform.shutdown.clone()));
     }
-    let sections = sections::Sections::connect(
-        platform,
-        &cfg.sections.ticketing_url,
-        &cfg.sections.ticketing_ca_path,
-        std::time::Duration::from_millis(cfg.sections.deadline_ms),
-    )?;
+    let sections = sections::Sections::connect(platform, &cfg.sections)?;
     // Exports a restart interrupted are assembled again.
     for job in customers.unfinished_exports().await? {
         tokio::spawn(sections::run_export(customers.clone(), sections.clone(), authz.clone(), job));

@@ -1,18 +1,28 @@
-//! Sections of the 360 view owned by other services, fetched with a deadline as this
-//! service's account. A slow, failing or unconfigured owner yields an unavailable
-//! section with the reason, never a failed call.
+//! Sections of the 360 view owned by other services, fetched with a deadline. A slow,
+//! failing or unconfigured owner yields an unavailable section with the reason, never
+//! a failed call. Tickets are read as this service's account; the analysis section is
+//! asked for with the caller's own credentials, so that each owner applies its rules
+//! (roles, scope) to the caller and nothing the caller may not see there shows here.
 
 use std::time::Duration;
 
 use crm_platform::{Platform, authz::ServiceCredentials};
 use crm_proto::crm::{
+    analytics::v1::{GetCustomerScoreRequest, analytics_service_client::AnalyticsServiceClient},
     customer::v1 as pb,
+    segmentation::v1::{
+        GetCustomerRfmRequest, ListCustomerSegmentsRequest, RfmGroup, segmentation_service_client::SegmentationServiceClient,
+    },
     ticketing::v1::{ListCommentsRequest, ListTicketsRequest, TicketStatus, ticketing_service_client::TicketingServiceClient},
 };
-use tonic::transport::Channel;
+use tonic::{
+    Code,
+    metadata::{Ascii, MetadataValue},
+    transport::Channel,
+};
 
 use crate::{
-    SERVICE,
+    SERVICE, SectionsConfig,
     service::view360::{TimelineCursor, TimelineItem},
 };
 
@@ -22,15 +32,21 @@ const MAX_TICKET_PAGES: usize = 10;
 #[derive(Debug, Clone)]
 pub struct Sections {
     tickets: Option<TicketingServiceClient<Channel>>,
+    segmentation: Option<SegmentationServiceClient<Channel>>,
+    analytics: Option<AnalyticsServiceClient<Channel>>,
     credentials: Option<ServiceCredentials>,
     deadline: Duration,
 }
 
-/// `call`'s answer, or why there is none when ticketing takes longer than `deadline`.
-async fn within<T>(deadline: Duration, call: impl std::future::Future<Output = Result<T, String>>) -> Result<T, String> {
+/// `call`'s answer, or why there is none when `owner` takes longer than `deadline`.
+async fn within<T>(
+    owner: &str,
+    deadline: Duration,
+    call: impl std::future::Future<Output = Result<T, String>>,
+) -> Result<T, String> {
     tokio::time::timeout(deadline, call)
         .await
-        .unwrap_or_else(|_| Err(format!("ticketing did not answer within {} ms", deadline.as_millis())))
+        .unwrap_or_else(|_| Err(format!("{owner} did not answer within {} ms", deadline.as_millis())))
 }
 
 /// One page of `ListTickets` as this service's account; the failure in words.
@@ -48,6 +64,31 @@ async fn tickets_page(
         .into_inner())
 }
 
+/// `msg` with the caller's `authorization` and the trace context.
+fn as_caller<T>(msg: T, authorization: &MetadataValue<Ascii>) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(msg);
+    req.metadata_mut().insert("authorization", authorization.clone());
+    crm_platform::telemetry::inject_context(req.metadata_mut());
+    req
+}
+
+/// An owner's refusal in words.
+fn refusal(owner: &str, status: &tonic::Status) -> String {
+    match status.code() {
+        Code::PermissionDenied => format!("{owner}: the caller may not read it there ({})", status.message()),
+        code => format!("{owner} answered {code:?}: {}", status.message()),
+    }
+}
+
+/// `rfm_group`'s name as the section gives it: `champions`, `at_risk`, …
+fn group_name(group: i32) -> String {
+    RfmGroup::try_from(group)
+        .ok()
+        .filter(|g| *g != RfmGroup::Unspecified)
+        .map(|g| g.as_str_name().trim_start_matches("RFM_GROUP_").to_lowercase())
+        .unwrap_or_default()
+}
+
 pub fn available() -> pb::SectionStatus {
     pb::SectionStatus {
         state: pb::SectionState::Available as i32,
@@ -62,22 +103,164 @@ pub fn unavailable(reason: impl Into<String>) -> pb::SectionStatus {
     }
 }
 
+/// A client of the service at `url` (`None` when not configured).
+fn client<T>(url: &str, ca_path: &str, deadline: Duration, new: impl Fn(Channel) -> T) -> anyhow::Result<Option<T>> {
+    if url.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(new(crm_platform::authz::client_channel(url, ca_path, deadline)?)))
+}
+
 impl Sections {
     /// Clients of the configured owners (`customer_profile.sections`).
-    pub fn connect(platform: &Platform, ticketing_url: &str, ca_path: &str, deadline: Duration) -> anyhow::Result<Self> {
-        if ticketing_url.is_empty() {
-            return Ok(Self {
-                tickets: None,
-                credentials: None,
-                deadline,
-            });
-        }
-        let channel = crm_platform::authz::client_channel(ticketing_url, ca_path, deadline)?;
+    pub fn connect(platform: &Platform, cfg: &SectionsConfig) -> anyhow::Result<Self> {
+        let deadline = Duration::from_millis(cfg.deadline_ms);
+        let tickets = client(
+            &cfg.ticketing_url,
+            &cfg.ticketing_ca_path,
+            deadline,
+            TicketingServiceClient::new,
+        )?;
+        let credentials = if tickets.is_some() {
+            Some(ServiceCredentials::from_config(&platform.config, SERVICE)?)
+        } else {
+            None
+        };
         Ok(Self {
-            tickets: Some(TicketingServiceClient::new(channel)),
-            credentials: Some(ServiceCredentials::from_config(&platform.config, SERVICE)?),
+            tickets,
+            credentials,
+            segmentation: client(
+                &cfg.segmentation_url,
+                &cfg.segmentation_ca_path,
+                deadline,
+                SegmentationServiceClient::new,
+            )?,
+            analytics: client(
+                &cfg.analytics_url,
+                &cfg.analytics_ca_path,
+                deadline,
+                AnalyticsServiceClient::new,
+            )?,
             deadline,
         })
+    }
+
+    /// The analysis section of `customer` (a survivor's name), asked for with the
+    /// caller's `authorization`: RFM and segments from marketing-segmentation, churn
+    /// risk and lifetime value from analytics, concurrently, each part with its status.
+    pub async fn analysis(&self, customer: &str, authorization: Option<&MetadataValue<Ascii>>) -> pb::AnalysisSection {
+        let mut section = pb::AnalysisSection::default();
+        let (marketing, predictions) = tokio::join!(
+            self.marketing(customer, authorization),
+            self.predictions(customer, authorization)
+        );
+        match marketing {
+            Ok((rfm, segments)) => {
+                if let Some(rfm) = rfm {
+                    section.rfm_group = group_name(rfm.group);
+                    section.recency_score = rfm.recency_score;
+                    section.frequency_score = rfm.frequency_score;
+                    section.monetary_score = rfm.monetary_score;
+                }
+                section.segments = segments;
+                section.segmentation_status = Some(available());
+            }
+            Err(why) => section.segmentation_status = Some(unavailable(why)),
+        }
+        match predictions {
+            Ok(score) => {
+                section.churn_probability = score.churn_risk;
+                section.churn_at_risk = score.at_risk;
+                // Millionths, rounded; a value beyond i64 (never stored) saturates.
+                section.clv_micros = (score.lifetime_value * 1e6).round() as i64;
+                section.clv_currency = score.currency;
+                section.analytics_status = Some(available());
+            }
+            Err(why) => section.analytics_status = Some(unavailable(why)),
+        }
+        section
+    }
+
+    /// RFM scores (`None`: none computed, e.g. no orders in the window) and segments.
+    async fn marketing(
+        &self,
+        customer: &str,
+        authorization: Option<&MetadataValue<Ascii>>,
+    ) -> Result<(Option<crm_proto::crm::segmentation::v1::Rfm>, Vec<String>), String> {
+        const OWNER: &str = "marketing-segmentation";
+        let Some(client) = &self.segmentation else {
+            return Err(format!(
+                "no {OWNER} service is configured (customer_profile.sections.segmentation_url)"
+            ));
+        };
+        let Some(authorization) = authorization else {
+            return Err("the caller's credentials cannot be passed on".into());
+        };
+        let call = async {
+            let (mut rfm_client, mut segments_client) = (client.clone(), client.clone());
+            let rfm = rfm_client.get_customer_rfm(as_caller(
+                GetCustomerRfmRequest {
+                    customer: customer.to_owned(),
+                },
+                authorization,
+            ));
+            let segments = segments_client.list_customer_segments(as_caller(
+                ListCustomerSegmentsRequest {
+                    customer: customer.to_owned(),
+                },
+                authorization,
+            ));
+            let (rfm, segments) = tokio::join!(rfm, segments);
+            let rfm = match rfm {
+                Ok(r) => Some(r.into_inner()),
+                // Not scored: no orders in the window, or not projected yet.
+                Err(s) if s.code() == Code::NotFound => None,
+                Err(s) => return Err(refusal(OWNER, &s)),
+            };
+            let segments = match segments {
+                Ok(r) => r.into_inner().segments.into_iter().map(|s| s.segment).collect(),
+                Err(s) if s.code() == Code::NotFound => Vec::new(),
+                Err(s) => return Err(refusal(OWNER, &s)),
+            };
+            Ok((rfm, segments))
+        };
+        within(OWNER, self.deadline, call).await
+    }
+
+    /// The customer's score under analytics' current models.
+    async fn predictions(
+        &self,
+        customer: &str,
+        authorization: Option<&MetadataValue<Ascii>>,
+    ) -> Result<crm_proto::crm::analytics::v1::CustomerScore, String> {
+        const OWNER: &str = "analytics";
+        let Some(client) = &self.analytics else {
+            return Err(format!(
+                "no {OWNER} service is configured (customer_profile.sections.analytics_url)"
+            ));
+        };
+        let Some(authorization) = authorization else {
+            return Err("the caller's credentials cannot be passed on".into());
+        };
+        let call = async {
+            match client
+                .clone()
+                .get_customer_score(as_caller(
+                    GetCustomerScoreRequest {
+                        name: format!("{customer}/score"),
+                    },
+                    authorization,
+                ))
+                .await
+            {
+                Ok(r) => Ok(r.into_inner()),
+                Err(s) if s.code() == Code::NotFound => Err(format!(
+                    "{OWNER}: not scored yet (customers with purchases are scored at each fit of the lifetime-value model)"
+                )),
+                Err(s) => Err(refusal(OWNER, &s)),
+            }
+        };
+        within(OWNER, self.deadline, call).await
     }
 
     /// Tickets of `customer` not yet solved or closed, or why they could not be counted.
@@ -116,7 +299,7 @@ impl Sections {
             }
             Ok(total)
         };
-        within(self.deadline, count).await
+        within("ticketing", self.deadline, count).await
     }
 
     /// The customer's tickets as timeline entries strictly before `before`, newest
@@ -172,7 +355,7 @@ impl Sections {
             }
             Ok(out)
         };
-        within(self.deadline, collect).await
+        within("ticketing", self.deadline, collect).await
     }
 
     /// The customer's tickets with their comments, as JSON for a data export; or why
@@ -237,7 +420,7 @@ impl Sections {
             Ok(out)
         };
         // A larger history than the 360 view reads: ten times its deadline.
-        within(self.deadline * 10, collect).await
+        within("ticketing", self.deadline * 10, collect).await
     }
 }
 

@@ -23,6 +23,7 @@ pub mod mask;
 pub mod metrics;
 pub mod migrate;
 pub mod paging;
+pub mod people;
 pub mod schedule;
 pub mod server;
 pub mod telemetry;

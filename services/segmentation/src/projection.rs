@@ -62,7 +62,7 @@ impl Projection {
     /// The customer's (or, when merged, its survivor's) segments anew.
     async fn customer_changed(&self, txn: &DatabaseTransaction, c: Option<&pb::Customer>) -> Result<()> {
         let Some(c) = c else { return Ok(()) };
-        let person = store::person_of(txn, &customer_id(&c.name)?).await?;
+        let person = crm_platform::people::chain_end(txn, &customer_id(&c.name)?).await?;
         self.segments.on_change(txn, &[person], deps::CUSTOMER).await
     }
 
@@ -205,7 +205,7 @@ impl Apply for Projection {
                 self.upsert(txn, Some(&survivor)).await?;
                 let merged = e.merged.iter().map(|m| customer_id(m)).collect::<Result<Vec<_>>>()?;
                 store::set_merged_into(txn, &merged, Some(&row.id)).await?;
-                store::reassign_people(txn, std::slice::from_ref(&row.id)).await?;
+                crm_platform::people::reassign(txn, std::slice::from_ref(&row.id), store::PER_CUSTOMER).await?;
                 let mut people = merged;
                 people.push(row.id);
                 self.rescore(txn, &people, false).await?;
@@ -223,7 +223,7 @@ impl Apply for Projection {
                     store::set_merged_into(txn, std::slice::from_ref(&restored.id), None).await?;
                     roots.push(restored.id);
                 }
-                store::reassign_people(txn, &roots).await?;
+                crm_platform::people::reassign(txn, &roots, store::PER_CUSTOMER).await?;
                 self.rescore(txn, &roots, false).await?;
                 self.segments.on_change(txn, &roots, deps::ALL).await
             }
@@ -282,7 +282,7 @@ impl Apply for Projection {
                 let Some(c) = e.consent else { return Ok(()) };
                 let id = customer_id(&e.customer)?;
                 store::replace_consent(txn, &id, &consent_rows(&c)).await?;
-                let person = store::person_of(txn, &id).await?;
+                let person = crm_platform::people::chain_end(txn, &id).await?;
                 self.segments.on_change(txn, &[person], deps::CONSENT).await
             }
             "DataPurged" => {

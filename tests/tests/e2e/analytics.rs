@@ -10,13 +10,17 @@ use crm_proto::crm::{
     analytics::v1::{self as apb, analytics_service_client::AnalyticsServiceClient},
     common::v1::Channel,
     customer::v1::{self as pb, customer_profile_service_client::CustomerProfileServiceClient},
+    permissions::v1::permissions_service_client::PermissionsServiceClient,
     segmentation::v1::{
         self as spb, journey_service_client::JourneyServiceClient, segmentation_service_client::SegmentationServiceClient,
     },
     ticketing::v1::{self as tpb, ticketing_service_client::TicketingServiceClient},
 };
 
-use crate::services::{as_user, connect};
+use crate::services::{add_user, as_user, connect, mint_signed};
+
+/// `crm serve`'s built-in development secret (public; loopback only).
+const DEV_SECRET: &str = "crm-dev-secret-not-for-production-use";
 
 fn days_ago(days: i64) -> Option<prost_types::Timestamp> {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
@@ -339,6 +343,72 @@ async fn orders_and_tickets_reach_the_funnel_the_service_trend_and_the_at_risk_l
         .unwrap()
         .into_inner();
     assert_eq!(stats.enrolled, 1, "only the customer at risk: {stats:?}");
+
+    // customer-profile's 360 view shows the score in its analysis section, asked of
+    // analytics and segmentation with the caller's credentials.
+    let view = customers
+        .get_customer360(as_user(
+            pb::GetCustomer360Request {
+                name: fading.clone(),
+                read_mask: Some(prost_types::FieldMask {
+                    paths: vec!["analysis".into()],
+                }),
+            },
+            &dev,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let analysis = view.analysis.unwrap();
+    let available = pb::SectionState::Available as i32;
+    assert_eq!(view.analysis_status.unwrap().state, available);
+    assert_eq!(analysis.analytics_status.as_ref().unwrap().state, available, "{analysis:?}");
+    assert_eq!(
+        analysis.segmentation_status.as_ref().unwrap().state,
+        available,
+        "{analysis:?}"
+    );
+    assert!(analysis.churn_at_risk && analysis.churn_probability >= 0.5, "{analysis:?}");
+    assert!(analysis.clv_micros >= 0 && analysis.clv_currency == "CNY", "{analysis:?}");
+
+    // A service agent reads the customer, but neither scores nor segments: each owner
+    // refuses the agent's own credentials, and nothing of theirs shows in the view.
+    let mut permissions = PermissionsServiceClient::new(connect(&addr).await);
+    add_user(&mut permissions, &dev, "agent", "service_agent").await;
+    let agent = mint_signed(DEV_SECRET, &["--user", "agent"]);
+    let view = eventually("the agent's binding in force", async || {
+        customers
+            .get_customer360(as_user(
+                pb::GetCustomer360Request {
+                    name: fading.clone(),
+                    read_mask: Some(prost_types::FieldMask {
+                        paths: vec!["analysis".into()],
+                    }),
+                },
+                &agent,
+            ))
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(|e| e.to_string())
+    })
+    .await;
+    let analysis = view.analysis.unwrap();
+    let unavailable = pb::SectionState::Unavailable as i32;
+    assert_eq!(view.analysis_status.unwrap().state, unavailable);
+    for part in [&analysis.analytics_status, &analysis.segmentation_status] {
+        let part = part.as_ref().unwrap();
+        assert_eq!(part.state, unavailable);
+        assert!(part.reason.contains("may not read it there"), "{analysis:?}");
+    }
+    assert_eq!(
+        pb::AnalysisSection {
+            analytics_status: None,
+            segmentation_status: None,
+            ..analysis
+        },
+        pb::AnalysisSection::default(),
+        "nothing leaks"
+    );
 
     // `crm report`: the funnel as an SVG chart and as a table.
     let svg = root.path().join("funnel.svg");

@@ -62,10 +62,15 @@ pub(crate) fn customer_token(customer: &str) -> String {
 
 /// `crm token` with `args`, signed with the test secret.
 fn mint(args: &[&str]) -> String {
+    mint_signed(SECRET, args)
+}
+
+/// `crm token` with `args`, signed with `secret`.
+pub(crate) fn mint_signed(secret: &str, args: &[&str]) -> String {
     let out = Command::new(binary("crm"))
         .arg("token")
         .args(args)
-        .env("CRM__AUTH__JWT_SECRET", SECRET)
+        .env("CRM__AUTH__JWT_SECRET", secret)
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -76,6 +81,37 @@ fn mint(args: &[&str]) -> String {
         .unwrap()
         .trim()
         .to_owned()
+}
+
+/// Creates user `user` bound to role `role` over every customer, as `admin`.
+pub(crate) async fn add_user(perms: &mut PermissionsServiceClient<Channel>, admin: &str, user: &str, role: &str) {
+    perms
+        .create_user(as_user(
+            perm::CreateUserRequest {
+                user: Some(perm::User {
+                    name: format!("users/{user}"),
+                    ..Default::default()
+                }),
+            },
+            admin,
+        ))
+        .await
+        .unwrap();
+    perms
+        .create_role_binding(as_user(
+            perm::CreateRoleBindingRequest {
+                role_binding: Some(perm::RoleBinding {
+                    user: format!("users/{user}"),
+                    role: format!("roles/{role}"),
+                    scope: perm::Scope::All as i32,
+                    ..Default::default()
+                }),
+                request_id: String::new(),
+            },
+            admin,
+        ))
+        .await
+        .unwrap();
 }
 
 pub(crate) fn as_user<T>(msg: T, token: &str) -> Request<T> {
@@ -193,33 +229,7 @@ async fn separate_services_enforce_mask_audit_and_fail_closed() {
     let root = token("root");
     let agent = token("agent");
 
-    perms
-        .create_user(as_user(
-            perm::CreateUserRequest {
-                user: Some(perm::User {
-                    name: "users/agent".into(),
-                    ..Default::default()
-                }),
-            },
-            &root,
-        ))
-        .await
-        .unwrap();
-    perms
-        .create_role_binding(as_user(
-            perm::CreateRoleBindingRequest {
-                role_binding: Some(perm::RoleBinding {
-                    user: "users/agent".into(),
-                    role: "roles/service_agent".into(),
-                    scope: perm::Scope::All as i32,
-                    ..Default::default()
-                }),
-                request_id: String::new(),
-            },
-            &root,
-        ))
-        .await
-        .unwrap();
+    add_user(&mut perms, &root, "agent", "service_agent").await;
 
     let create = |given: &str| pb::CreateCustomerRequest {
         customer: Some(pb::Customer {

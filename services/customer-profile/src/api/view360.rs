@@ -28,6 +28,8 @@ impl Api {
         req: Request<pb::GetCustomer360Request>,
     ) -> Result<Response<pb::Customer360>, Status> {
         let principal = auth::principal(&req)?;
+        // Passed on to the analysis section's owners, who apply their rules to the caller.
+        let authorization = req.metadata().get("authorization").cloned();
         let req = req.into_inner();
         let id = CustomerId::parse_name(&req.name, "name")?;
         let paths = req.read_mask.map(|m| m.paths).unwrap_or_default();
@@ -93,7 +95,18 @@ impl Api {
                     .await,
             )
         };
-        let (business, behaviour) = tokio::join!(business, behaviour);
+        let analysis = async {
+            if !wants("analysis") {
+                return None;
+            }
+            Some(
+                self.sections
+                    .analysis(&name, authorization.as_ref())
+                    .instrument(tracing::info_span!("section.analysis"))
+                    .await,
+            )
+        };
+        let (business, behaviour, analysis) = tokio::join!(business, behaviour, analysis);
         match business {
             Some(Ok(b)) => {
                 view.business = Some(b);
@@ -116,10 +129,20 @@ impl Api {
             }
             None => {}
         }
-        if wants("analysis") {
-            view.analysis_status = Some(unavailable(
-                "no analysis service is configured yet (RFM and segments come from marketing-segmentation, churn and CLV from analytics)",
-            ));
+        if let Some(analysis) = analysis {
+            // Available when either part is; the parts' statuses say which.
+            let parts = [&analysis.segmentation_status, &analysis.analytics_status];
+            let reasons: Vec<&str> = parts
+                .iter()
+                .filter_map(|p| p.as_ref().filter(|p| p.state != pb::SectionState::Available as i32))
+                .map(|p| p.reason.as_str())
+                .collect();
+            view.analysis_status = Some(if reasons.len() == parts.len() {
+                unavailable(reasons.join("; "))
+            } else {
+                available()
+            });
+            view.analysis = Some(analysis);
         }
         Ok(Response::new(view))
     }

@@ -38,7 +38,8 @@ async fn the_four_layers_in_one_call() {
     let dead_url = format!("http://{}", dead.local_addr().unwrap());
     drop(dead);
     let app = TestApp::spawn_with(move |cfg| {
-        cfg.customer_profile.sections.ticketing_url = dead_url;
+        cfg.customer_profile.sections.ticketing_url.clone_from(&dead_url);
+        cfg.customer_profile.sections.analytics_url = dead_url;
         cfg.customer_profile.sections.deadline_ms = 300;
     })
     .await;
@@ -159,7 +160,21 @@ async fn the_four_layers_in_one_call() {
     assert_eq!(h.preferred_channel, Channel::App as i32);
     assert_eq!(h.channels.len(), 2, "the WeChat visit is outside the 90-day window");
     assert_eq!(h.last_seen_time.unwrap().seconds, now - 3600);
+    // No segmentation configured, analytics down: the analysis section says so, per part.
     assert_eq!(state(&v.analysis_status), pb::SectionState::Unavailable);
+    let a = v.analysis.unwrap();
+    assert_eq!(state(&a.segmentation_status), pb::SectionState::Unavailable);
+    assert!(
+        a.segmentation_status
+            .as_ref()
+            .unwrap()
+            .reason
+            .contains("customer_profile.sections.segmentation_url"),
+        "{a:?}"
+    );
+    assert_eq!(state(&a.analytics_status), pb::SectionState::Unavailable);
+    assert!(a.analytics_status.as_ref().unwrap().reason.starts_with("analytics"), "{a:?}");
+    assert!(v.analysis_status.unwrap().reason.contains("; "), "both reasons");
 
     // The read mask picks sections; a bad one names itself.
     let only = view(&app, &c.name, &["behaviour"]).await.unwrap();

@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod feed;
+mod people;
 mod schedule;
 mod server;
 mod tls;

@@ -59,7 +59,7 @@ impl Apply for ChurnRisks {
             tracing::warn!(customer = id, "ChurnRiskRaised for a customer erased since: left");
             return Ok(());
         }
-        let person = crate::store::person_of(txn, id).await?;
+        let person = crm_platform::people::chain_end(txn, id).await?;
         self.engine.observed(txn, &person, Observed::ChurnRisk).await
     }
 }

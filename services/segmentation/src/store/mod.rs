@@ -6,19 +6,24 @@
 //! (`customer_id`) and the person it counts for now (`person_id`: the survivor the
 //! customer was merged into, followed to the end), so an unmerge gives each row back.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use crm_platform::{
     Result, audit, consumer,
     db::{exec, in_list, query},
     feed, idempotency,
     migrate::{Dialect, Migration},
+    people::chain_end,
 };
 use sea_orm::{ConnectionTrait, Value};
 
 pub mod rfm;
 pub mod segments;
 pub mod tags;
+
+/// The tables of rows recorded per customer, counted for its person (see
+/// [`crm_platform::people`]).
+pub const PER_CUSTOMER: &[&str] = &["orders", "interactions", "consents"];
 
 pub const MIGRATIONS: &[Migration] = &[
     Migration {
@@ -166,66 +171,11 @@ pub async fn set_merged_into<C: ConnectionTrait>(conn: &C, ids: &[String], survi
     Ok(())
 }
 
-/// The person `customer_id` counts for: its merge chain followed to the end (itself
-/// when unknown or not merged).
 /// Whether the projection holds customer `id`.
 pub async fn exists<C: ConnectionTrait>(conn: &C, id: &str) -> Result<bool> {
     Ok(!query(conn, "SELECT 1 AS one FROM customers WHERE id = ?", vec![id.into()])
         .await?
         .is_empty())
-}
-
-pub async fn person_of<C: ConnectionTrait>(conn: &C, customer_id: &str) -> Result<String> {
-    let mut current = customer_id.to_owned();
-    // Merges chain at most a few levels; the bound guards against a cycle.
-    for _ in 0..16 {
-        let rows = query(
-            conn,
-            "SELECT merged_into FROM customers WHERE id = ?",
-            vec![current.as_str().into()],
-        )
-        .await?;
-        match rows
-            .first()
-            .map(|r| r.try_get::<Option<String>>("", "merged_into"))
-            .transpose()?
-        {
-            Some(Some(next)) if next != current => current = next,
-            _ => break,
-        }
-    }
-    Ok(current)
-}
-
-/// After a merge or an unmerge touching `roots`: every customer merged (directly or
-/// not) into one of them, and the rows recorded for each, count for their person again.
-pub async fn reassign_people<C: ConnectionTrait>(conn: &C, roots: &[String]) -> Result<()> {
-    let mut family: BTreeSet<String> = roots.iter().cloned().collect();
-    let mut frontier: Vec<String> = roots.to_vec();
-    while !frontier.is_empty() {
-        let refs: Vec<&str> = frontier.iter().map(String::as_str).collect();
-        let rows = in_list(conn, "SELECT id FROM customers WHERE id <> ? AND merged_into", "", &refs).await?;
-        frontier = Vec::new();
-        for r in &rows {
-            let id: String = r.try_get("", "id")?;
-            if family.insert(id.clone()) {
-                frontier.push(id);
-            }
-        }
-    }
-    for id in &family {
-        let person = person_of(conn, id).await?;
-        for table in ["customers", "orders", "interactions", "consents"] {
-            let column = if table == "customers" { "id" } else { "customer_id" };
-            exec(
-                conn,
-                &format!("UPDATE {table} SET person_id = ? WHERE {column} = ? AND person_id <> ?"),
-                vec![person.as_str().into(), id.as_str().into(), person.as_str().into()],
-            )
-            .await?;
-        }
-    }
-    Ok(())
 }
 
 /// An order of the projection.
@@ -243,7 +193,7 @@ pub struct OrderRow {
 /// Stores an order; returns the persons it changes: the one it counts for, and the
 /// one it counted for before when the order moved to another customer.
 pub async fn upsert_order<C: ConnectionTrait>(conn: &C, o: &OrderRow) -> Result<Vec<String>> {
-    let person = person_of(conn, &o.customer_id).await?;
+    let person = chain_end(conn, &o.customer_id).await?;
     let before: Option<String> = query(conn, "SELECT person_id FROM orders WHERE id = ?", vec![o.id.as_str().into()])
         .await?
         .first()
@@ -287,7 +237,7 @@ pub struct InteractionRow {
 
 /// Stores an interaction (once); returns the person it counts for.
 pub async fn insert_interaction<C: ConnectionTrait>(conn: &C, i: &InteractionRow) -> Result<String> {
-    let person = person_of(conn, &i.customer_id).await?;
+    let person = chain_end(conn, &i.customer_id).await?;
     exec(
         conn,
         "INSERT INTO interactions (id, customer_id, person_id, kind, channel, occur_us, category, campaign) \
@@ -325,7 +275,7 @@ pub struct ConsentRow {
 /// Replaces the consent in force of `customer_id`.
 pub async fn replace_consent<C: ConnectionTrait>(conn: &C, customer_id: &str, rows: &[ConsentRow]) -> Result<()> {
     exec(conn, "DELETE FROM consents WHERE customer_id = ?", vec![customer_id.into()]).await?;
-    let person = person_of(conn, customer_id).await?;
+    let person = chain_end(conn, customer_id).await?;
     for r in rows {
         exec(
             conn,
