@@ -28,12 +28,28 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
-/// A free loopback port (bound and released; good enough for tests).
+/// A free loopback port, bound and released: another process may take it before it is
+/// bound again, so only for addresses nothing listens on. Servers listen on port 0 and
+/// say which port they got (see [`Running::bound`]).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("free port")
+}
+
+/// The log message of a service binary that has bound its gRPC listener.
+pub const GRPC_LISTENING: &str = "gRPC server listening";
+/// The log message of a service binary that has bound its metrics listener.
+pub const METRICS_LISTENING: &str = "Prometheus metrics at /metrics";
+
+/// The `addr` field of a JSON log line whose message is `message`.
+fn logged_addr(line: &str, message: &str) -> Option<String> {
+    if !line.contains(&format!("\"message\":\"{message}\"")) {
+        return None;
+    }
+    let (_, rest) = line.split_once("\"addr\":\"")?;
+    rest.split_once('"').map(|(addr, _)| addr.to_owned())
 }
 
 /// A running child process, killed on drop.
@@ -72,6 +88,26 @@ impl Running {
         }
     }
 
+    /// The addresses a service binary logged (`CRM__LOG__FORMAT=json`) with each of
+    /// `messages`, e.g. [`GRPC_LISTENING`], in that order.
+    pub fn bound<const N: usize>(&self, messages: [&str; N]) -> [String; N] {
+        let timeout = Duration::from_secs(60);
+        let deadline = Instant::now() + timeout;
+        let mut found: [Option<String>; N] = std::array::from_fn(|_| None);
+        while found.iter().any(Option::is_none) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let Ok(line) = self.stdout_lines.recv_timeout(left) else {
+                panic!("no log lines {messages:?} with an address within {timeout:?}");
+            };
+            for (slot, message) in found.iter_mut().zip(messages) {
+                if let Some(addr) = logged_addr(&line, message) {
+                    *slot = Some(addr);
+                }
+            }
+        }
+        found.map(Option::unwrap_or_default)
+    }
+
     /// Sends SIGTERM and waits for the exit status.
     pub fn terminate(mut self) -> std::process::ExitStatus {
         let pid = self.child.id().to_string();
@@ -87,18 +123,18 @@ impl Running {
     }
 }
 
-/// `crm serve` on a free loopback port with its SQLite files under `data_dir` (no
-/// external database or cache), ready; returns it and its `http://` address.
+/// `crm serve` on a loopback port of its choosing with its SQLite files under
+/// `data_dir` (no external database or cache), ready; returns it and its `http://`
+/// address.
 pub fn serve_crm(data_dir: &std::path::Path) -> (Running, String) {
     serve_crm_with(data_dir, &[])
 }
 
 /// [`serve_crm`] with extra environment (`CRM__SECTION__KEY` overrides).
 pub fn serve_crm_with(data_dir: &std::path::Path, env: &[(&str, &str)]) -> (Running, String) {
-    let listen = format!("127.0.0.1:{}", free_port());
     let mut serve = Command::new(binary("crm"));
     serve
-        .args(["serve", "--listen", &listen])
+        .args(["serve", "--listen", "127.0.0.1:0"])
         .env("CRM__DATABASE__DATA_DIR", data_dir)
         .env_remove("CRM__DATABASE__URL")
         .env_remove("CRM__REDIS__URL")
@@ -106,13 +142,32 @@ pub fn serve_crm_with(data_dir: &std::path::Path, env: &[(&str, &str)]) -> (Runn
         .env("CRM__SEGMENTATION__TRACKING__LISTEN", "127.0.0.1:0")
         .envs(env.iter().copied());
     let server = Running::start(serve);
-    server.wait_for_line("serving", Duration::from_secs(60));
-    (server, format!("http://{listen}"))
+    let addr = serving_addr(&server);
+    (server, format!("http://{addr}"))
+}
+
+/// The address `crm serve` says it serves on (`crm: serving … on 127.0.0.1:port`).
+pub fn serving_addr(server: &Running) -> String {
+    let line = server.wait_for_line("serving", Duration::from_secs(60));
+    line.rsplit(' ').next().unwrap_or_default().trim().to_owned()
 }
 
 impl Drop for Running {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn addresses_are_read_from_json_log_lines() {
+        let line = r#"{"timestamp":"…","level":"INFO","fields":{"message":"gRPC server listening","addr":"127.0.0.1:40123","tls":false}}"#;
+        assert_eq!(
+            super::logged_addr(line, super::GRPC_LISTENING).as_deref(),
+            Some("127.0.0.1:40123")
+        );
+        assert_eq!(super::logged_addr(line, super::METRICS_LISTENING), None);
     }
 }

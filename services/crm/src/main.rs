@@ -471,19 +471,18 @@ fn load(file: Option<&std::path::Path>) -> Result<Config, ConfigError> {
 
 /// In one process, the services that call each other (ticketing reads customer
 /// tiers, customer-profile counts open tickets, segmentation follows
-/// customer-profile's feed) do so through the server's own address (plaintext
-/// servers on a fixed port).
-fn point_services_at_each_other(cfg: &mut Config) {
-    let listen = cfg.platform.server.listen;
-    if cfg.platform.server.tls.enabled() || listen.port() == 0 {
+/// customer-profile's feed) do so through the server's own address `bound`
+/// (plaintext servers).
+fn point_services_at_each_other(cfg: &mut Config, bound: std::net::SocketAddr) {
+    if cfg.platform.server.tls.enabled() {
         return;
     }
-    let host = if listen.ip().is_unspecified() {
+    let host = if bound.ip().is_unspecified() {
         std::net::IpAddr::from([127, 0, 0, 1])
     } else {
-        listen.ip()
+        bound.ip()
     };
-    let own = format!("http://{}", std::net::SocketAddr::new(host, listen.port()));
+    let own = format!("http://{}", std::net::SocketAddr::new(host, bound.port()));
     if cfg.ticketing.customer_profile_url.is_empty() {
         cfg.ticketing.customer_profile_url.clone_from(&own);
     }
@@ -1097,7 +1096,6 @@ async fn bench_import(
 }
 
 async fn serve(mut cfg: Config) -> anyhow::Result<()> {
-    point_services_at_each_other(&mut cfg);
     anyhow::ensure!(
         cfg.platform.auth.jwt_secret != DEV_SECRET || cfg.platform.server.listen.ip().is_loopback(),
         "configuration key `auth.jwt_secret`: the built-in development secret is public; it is only accepted on a loopback address, not {}",
@@ -1114,13 +1112,15 @@ async fn serve(mut cfg: Config) -> anyhow::Result<()> {
             "encrypting personal data with the built-in development key: set encryption.keys and encryption.blind_index_key for anything but local use"
         );
     }
+    // Bound first: the services reach each other at the address bound (port 0 too).
+    let listener = bind(cfg.platform.server.listen).await?;
+    let addr = listener.local_addr()?;
+    point_services_at_each_other(&mut cfg, addr);
     let (shutdown, signal) = shutdown_channel();
     let platform = Platform::new(cfg.platform.clone(), signal.clone())?;
     let mut server = GrpcServer::new(platform.config.server.clone());
     server.metrics_endpoint(&platform.config.metrics)?;
     let platform = host_suite(platform, &cfg, &mut server).await?;
-    let listener = bind(platform.config.server.listen).await?;
-    let addr = listener.local_addr()?;
     println!("crm: serving permissions, customer-profile, ticketing, marketing-segmentation and analytics on {addr}");
     // The built-in secret is public: print a ready token for it (local development),
     // never for a secret the operator chose, whose tokens must not land in logs.

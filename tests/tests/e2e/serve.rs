@@ -1,6 +1,6 @@
 use std::{process::Command, time::Duration};
 
-use crm_e2e::{Running, binary, free_port};
+use crm_e2e::{Running, binary, free_port, serving_addr};
 use crm_proto::crm::{
     customer::v1::{self as pb, customer_profile_service_client::CustomerProfileServiceClient},
     events::v1::{StreamEventsRequest, stream_events_response::Kind},
@@ -31,11 +31,9 @@ fn authorized<T>(msg: T, token: &str) -> Request<T> {
 #[tokio::test]
 async fn crm_serve_end_to_end() {
     let data = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let listen = format!("127.0.0.1:{port}");
-    let server = Running::start(crm(&["serve", "--listen", &listen], data.path()));
-    let line = server.wait_for_line("serving", Duration::from_secs(60));
-    assert!(line.contains(&listen), "{line}");
+    let server = Running::start(crm(&["serve", "--listen", "127.0.0.1:0"], data.path()));
+    let listen = serving_addr(&server);
+    assert!(listen.starts_with("127.0.0.1:") && !listen.ends_with(":0"), "{listen}");
     let dev_token_line = server.wait_for_line("development admin token", Duration::from_secs(5));
     assert!(dev_token_line.rsplit(' ').next().is_some_and(|t| t.split('.').count() == 3));
 
@@ -107,10 +105,8 @@ async fn crm_serve_end_to_end() {
     assert!(status.success(), "crm serve exited with {status}");
 
     // Same data directory, new process: the customer is still there.
-    let port = free_port();
-    let listen = format!("127.0.0.1:{port}");
-    let server = Running::start(crm(&["serve", "--listen", &listen], data.path()));
-    server.wait_for_line("serving", Duration::from_secs(60));
+    let server = Running::start(crm(&["serve", "--listen", "127.0.0.1:0"], data.path()));
+    let listen = serving_addr(&server);
     let channel = Channel::from_shared(format!("http://{listen}"))
         .unwrap()
         .connect()

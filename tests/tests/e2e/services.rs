@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crm_e2e::{Running, binary, free_port};
+use crm_e2e::{GRPC_LISTENING, METRICS_LISTENING, Running, binary};
 use crm_proto::crm::{
     customer::v1::{self as pb, customer_profile_service_client::CustomerProfileServiceClient},
     permissions::v1::{self as perm, permissions_service_client::PermissionsServiceClient},
@@ -26,6 +26,8 @@ pub(crate) fn start(bin: &str, config: &str, dir: &std::path::Path, env: &[(&str
     std::fs::write(&path, config).unwrap();
     let mut cmd = Command::new(binary(bin));
     cmd.args(["--config", path.to_str().unwrap()])
+        // JSON logs: the addresses bound are read from them (`Running::bound`).
+        .env("CRM__LOG__FORMAT", "json")
         .env_remove("CRM__DATABASE__URL")
         .env_remove("CRM__REDIS__URL")
         .envs(env.iter().copied());
@@ -121,7 +123,7 @@ pub(crate) fn as_user<T>(msg: T, token: &str) -> Request<T> {
     req
 }
 
-/// `permissions` and `customer-profile` as separate processes on free ports, each
+/// `permissions` and `customer-profile` as separate processes on ports of their choosing, each
 /// with its Prometheus endpoint, on SQLite files under `dir` or on the test PostgreSQL
 /// and Redis.
 pub(crate) struct Pair {
@@ -158,16 +160,14 @@ pub(crate) fn storage(dir: &std::path::Path, service: &str) -> String {
 
 pub(crate) fn start_pair(dir: &std::path::Path, env: &[(&str, &str)]) -> Pair {
     let (p_storage, c_storage) = (storage(dir, "permissions"), storage(dir, "customer-profile"));
-    let (p_port, c_port) = (free_port(), free_port());
-    let (p_metrics, c_metrics) = (free_port(), free_port());
     let permissions = start(
         "permissions",
         &format!(
             r#"
 [server]
-listen = "127.0.0.1:{p_port}"
+listen = "127.0.0.1:0"
 [metrics]
-listen = "127.0.0.1:{p_metrics}"
+listen = "127.0.0.1:0"
 [auth]
 jwt_secret = "{SECRET}"
 {p_storage}
@@ -181,14 +181,15 @@ service_accounts = ["customer-profile"]
         dir,
         env,
     );
+    let [p_addr, p_metrics] = permissions.bound([GRPC_LISTENING, METRICS_LISTENING]);
     let customers = start(
         "customer-profile",
         &format!(
             r#"
 [server]
-listen = "127.0.0.1:{c_port}"
+listen = "127.0.0.1:0"
 [metrics]
-listen = "127.0.0.1:{c_metrics}"
+listen = "127.0.0.1:0"
 [auth]
 jwt_secret = "{SECRET}"
 {c_storage}
@@ -198,20 +199,26 @@ blind_index_key = "{KEY}"
 [encryption.keys]
 k1 = "{KEY}"
 [permissions]
-url = "http://127.0.0.1:{p_port}"
+url = "http://{p_addr}"
 "#
         ),
         dir,
         env,
     );
+    let [c_addr, c_metrics] = customers.bound([GRPC_LISTENING, METRICS_LISTENING]);
     Pair {
         permissions,
         customers,
-        permissions_addr: format!("http://127.0.0.1:{p_port}"),
-        customers_addr: format!("http://127.0.0.1:{c_port}"),
-        permissions_metrics: p_metrics,
-        customers_metrics: c_metrics,
+        permissions_addr: format!("http://{p_addr}"),
+        customers_addr: format!("http://{c_addr}"),
+        permissions_metrics: port(&p_metrics),
+        customers_metrics: port(&c_metrics),
     }
+}
+
+/// The port of `host:port`.
+fn port(addr: &str) -> u16 {
+    addr.rsplit(':').next().and_then(|p| p.parse().ok()).expect("host:port")
 }
 
 #[tokio::test]

@@ -2,7 +2,7 @@
 //! configuration and tickets over gRPC, routing and assignment, a customer's
 //! self-service ticket, and everything still there after a restart.
 
-use crm_e2e::{Running, free_port};
+use crm_e2e::{GRPC_LISTENING, Running};
 use crm_proto::crm::{
     common::v1::Channel,
     ticketing::v1::{self as pb, ticketing_service_client::TicketingServiceClient},
@@ -11,38 +11,41 @@ use tonic::Code;
 
 use crate::services::{SECRET, as_user, connect, customer_token, start, storage, token};
 
-fn start_ticketing(dir: &std::path::Path, port: u16, permissions_port: u16, storage: &str) -> Running {
-    start(
+/// ticketing beside the permissions service at `permissions`; returns it and its
+/// `http://` address.
+fn start_ticketing(dir: &std::path::Path, permissions: &str, storage: &str) -> (Running, String) {
+    let ticketing = start(
         "ticketing",
         &format!(
             r#"
 [server]
-listen = "127.0.0.1:{port}"
+listen = "127.0.0.1:0"
 [auth]
 jwt_secret = "{SECRET}"
 {storage}
 [permissions]
-url = "http://127.0.0.1:{permissions_port}"
+url = "{permissions}"
 [ticketing]
 scheduler_interval_ms = 100
 "#
         ),
         dir,
         &[],
-    )
+    );
+    let [addr] = ticketing.bound([GRPC_LISTENING]);
+    (ticketing, format!("http://{addr}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tickets_are_served_beside_permissions_and_survive_a_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let (p_port, t_port) = (free_port(), free_port());
     let p_storage = storage(dir.path(), "permissions");
-    let _permissions = start(
+    let permissions = start(
         "permissions",
         &format!(
             r#"
 [server]
-listen = "127.0.0.1:{p_port}"
+listen = "127.0.0.1:0"
 [auth]
 jwt_secret = "{SECRET}"
 {p_storage}
@@ -54,10 +57,11 @@ service_accounts = ["ticketing"]
         dir.path(),
         &[],
     );
-    connect(&format!("http://127.0.0.1:{p_port}")).await;
+    let [p_addr] = permissions.bound([GRPC_LISTENING]);
+    let p_addr = format!("http://{p_addr}");
+    connect(&p_addr).await;
     let t_storage = storage(dir.path(), "ticketing");
-    let ticketing = start_ticketing(dir.path(), t_port, p_port, &t_storage);
-    let addr = format!("http://127.0.0.1:{t_port}");
+    let (ticketing, addr) = start_ticketing(dir.path(), &p_addr, &t_storage);
     let mut client = TicketingServiceClient::new(connect(&addr).await);
     let root = token("root");
 
@@ -160,7 +164,7 @@ service_accounts = ["ticketing"]
 
     // Restart: the ticket, its history and its routing are still there.
     assert!(ticketing.terminate().success());
-    let _ticketing = start_ticketing(dir.path(), t_port, p_port, &t_storage);
+    let (_ticketing, addr) = start_ticketing(dir.path(), &p_addr, &t_storage);
     let mut client = TicketingServiceClient::new(connect(&addr).await);
     let again = client
         .get_ticket(as_user(
