@@ -277,16 +277,23 @@ impl Models {
     /// Fits `model` now, on the data as it is when called: a fit already running (the
     /// schedule's, or another caller's) began on older data, so this waits up to `wait`
     /// for it to end and then fits again. `NotRun::Running` when it is still running then.
+    /// The fit runs in a task of its own: a caller that hangs up does not cut it short
+    /// with its lease held (which would block every fit until the lease expired).
     pub async fn refit(&self, model: &str, trigger: &str, wait: Duration) -> Result<std::result::Result<ModelRow, NotRun>> {
+        let (this, model, trigger) = (self.clone(), model.to_owned(), trigger.to_owned());
         let deadline = tokio::time::Instant::now() + wait;
-        loop {
-            match self.fit(model, true, trigger).await? {
-                Err(NotRun::Running) if tokio::time::Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::spawn(async move {
+            loop {
+                match this.fit(&model, true, &trigger).await? {
+                    Err(NotRun::Running) if tokio::time::Instant::now() < deadline => {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                    outcome => return Ok(outcome),
                 }
-                outcome => return Ok(outcome),
             }
-        }
+        })
+        .await
+        .map_err(crm_platform::Error::internal)?
     }
 
     /// Fits `model` when due (or now, with `force`); `trigger` says who asked.
@@ -297,7 +304,8 @@ impl Models {
         let lease = crm_platform::schedule::claim(
             &self.db,
             &format!("fit:{model}"),
-            &self.owner,
+            // Unique per attempt: two fits in one process never share a lease.
+            &format!("{}/{}", self.owner, uuid::Uuid::new_v4()),
             now_us,
             Duration::from_secs(1800),
             force,

@@ -470,9 +470,9 @@ fn load(file: Option<&std::path::Path>) -> Result<Config, ConfigError> {
 }
 
 /// In one process, the services that call each other (ticketing reads customer
-/// tiers, customer-profile counts open tickets, segmentation follows
-/// customer-profile's feed) do so through the server's own address `bound`
-/// (plaintext servers).
+/// tiers; customer-profile's 360 view asks ticketing, segmentation and analytics;
+/// segmentation and analytics follow the others' feeds) do so through the server's
+/// own address `bound` (plaintext servers).
 fn point_services_at_each_other(cfg: &mut Config, bound: std::net::SocketAddr) {
     if cfg.platform.server.tls.enabled() {
         return;

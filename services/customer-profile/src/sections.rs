@@ -103,6 +103,45 @@ pub fn unavailable(reason: impl Into<String>) -> pb::SectionStatus {
     }
 }
 
+/// Whether the caller may read a part of the analysis section.
+#[derive(Debug, Clone)]
+pub enum Permit {
+    Granted,
+    Refused,
+    /// The permissions service could not decide (why).
+    Undecided(String),
+}
+
+impl Permit {
+    pub fn from_decision<E: std::fmt::Display>(decision: Result<bool, E>) -> Self {
+        match decision {
+            Ok(true) => Self::Granted,
+            Ok(false) => Self::Refused,
+            Err(e) => Self::Undecided(e.to_string()),
+        }
+    }
+
+    /// `Ok` when granted; else why `owner` was not asked.
+    fn check(&self, owner: &str, permission: &str) -> Result<(), String> {
+        match self {
+            Self::Granted => Ok(()),
+            Self::Refused => Err(format!("{owner}: the caller may not read it there ({permission})")),
+            Self::Undecided(why) => Err(format!(
+                "{owner}: not asked, whether the caller may read it is undecided ({why})"
+            )),
+        }
+    }
+}
+
+/// Which parts of the analysis section the caller may read.
+#[derive(Debug, Clone)]
+pub struct AnalysisPermits {
+    /// `segment.read`: RFM scores and segments.
+    pub segments: Permit,
+    /// `analytics.customers` on the customer: churn risk and lifetime value.
+    pub predictions: Permit,
+}
+
 /// A client of the service at `url` (`None` when not configured).
 fn client<T>(url: &str, ca_path: &str, deadline: Duration, new: impl Fn(Channel) -> T) -> anyhow::Result<Option<T>> {
     if url.is_empty() {
@@ -148,12 +187,25 @@ impl Sections {
     /// The analysis section of `customer` (a survivor's name), asked for with the
     /// caller's `authorization`: RFM and segments from marketing-segmentation, churn
     /// risk and lifetime value from analytics, concurrently, each part with its status.
-    pub async fn analysis(&self, customer: &str, authorization: Option<&MetadataValue<Ascii>>) -> pb::AnalysisSection {
+    /// A part the caller may not read (`may`, decided beforehand without auditing) is
+    /// not asked for: the owner would refuse it and audit a denial the caller never
+    /// asked for.
+    pub async fn analysis(
+        &self,
+        customer: &str,
+        authorization: Option<&MetadataValue<Ascii>>,
+        may: AnalysisPermits,
+    ) -> pb::AnalysisSection {
         let mut section = pb::AnalysisSection::default();
-        let (marketing, predictions) = tokio::join!(
-            self.marketing(customer, authorization),
-            self.predictions(customer, authorization)
-        );
+        let marketing = async {
+            may.segments.check("marketing-segmentation", "segment.read")?;
+            self.marketing(customer, authorization).await
+        };
+        let predictions = async {
+            may.predictions.check("analytics", "analytics.customers")?;
+            self.predictions(customer, authorization).await
+        };
+        let (marketing, predictions) = tokio::join!(marketing, predictions);
         match marketing {
             Ok((rfm, segments)) => {
                 if let Some(rfm) = rfm {
@@ -219,7 +271,11 @@ impl Sections {
             };
             let segments = match segments {
                 Ok(r) => r.into_inner().segments.into_iter().map(|s| s.segment).collect(),
-                Err(s) if s.code() == Code::NotFound => Vec::new(),
+                Err(s) if s.code() == Code::NotFound => {
+                    return Err(format!(
+                        "{OWNER}: not known there yet (its projection follows customer-profile's changes)"
+                    ));
+                }
                 Err(s) => return Err(refusal(OWNER, &s)),
             };
             Ok((rfm, segments))

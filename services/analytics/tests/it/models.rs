@@ -363,6 +363,37 @@ async fn rules_are_mined_from_baskets_and_recommend_what_was_not_bought() {
         .unwrap()
         .into_inner();
     assert_eq!(by_category.recommendations[0].item, "peripherals");
+
+    // Twelve phone-and-charger baskets later, the next fit's rules are the ones served:
+    // phone → charger (12 of 21 phone baskets), and phone → case (6 of 21) falls below
+    // the minimum confidence.
+    let charger = ("charger", "accessories");
+    for i in 0..12 {
+        app.order(&shoppers[i % 3], &format!("c-{i}"), 1, 100_000_000, &[phone, charger])
+            .await;
+    }
+    app.caught_up("customer-profile", 5 + 12 + 12).await;
+    let second = refit(&app, "models/association-rules").await;
+    assert_eq!(second.version, model.version + 1);
+    let recommended = app
+        .analytics
+        .clone()
+        .get_recommendations(TestApp::admin(pb::GetRecommendationsRequest {
+            customer: newcomer,
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(recommended.model_version, second.name);
+    assert_eq!(
+        recommended
+            .recommendations
+            .iter()
+            .map(|r| r.item.as_str())
+            .collect::<Vec<_>>(),
+        vec!["charger"]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,7 +1,7 @@
 //! `GetCustomer360`: the four layers in one call, the sections fetched concurrently;
 //! a section whose owner fails is marked unavailable, the call still answers.
 
-use crm_platform::{Error, FieldViolation, auth};
+use crm_platform::{Error, FieldViolation, auth, authz::Resource};
 use crm_proto::crm::customer::v1 as pb;
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
@@ -9,7 +9,7 @@ use tracing::Instrument;
 use super::{Api, Purpose};
 use crate::{
     domain::CustomerId,
-    sections::{available, unavailable},
+    sections::{AnalysisPermits, Permit, available, unavailable},
     service::view360::{TimelineCursor, merge_page},
 };
 
@@ -99,9 +99,22 @@ impl Api {
             if !wants("analysis") {
                 return None;
             }
+            // As the owners decide (the same decision point), without auditing.
+            let (segments, predictions) = tokio::join!(
+                self.authz.allows(&principal, "segment.read", Resource::named("segments")),
+                self.authz.allows(
+                    &principal,
+                    "analytics.customers",
+                    Resource::record(&name, &customer.profile.owner_user_id, &customer.profile.team_id)
+                )
+            );
+            let may = AnalysisPermits {
+                segments: Permit::from_decision(segments),
+                predictions: Permit::from_decision(predictions),
+            };
             Some(
                 self.sections
-                    .analysis(&name, authorization.as_ref())
+                    .analysis(&name, authorization.as_ref(), may)
                     .instrument(tracing::info_span!("section.analysis"))
                     .await,
             )

@@ -73,4 +73,8 @@ async fn rows_follow_their_customers_chain_through_merges_and_unmerges() {
     merge(&db, "c", Some("d")).await;
     merge(&db, "d", Some("c")).await;
     reassign(&db, &["c".into()], &["orders"]).await.unwrap();
+    let end = chain_end(&db, "c").await.unwrap();
+    assert!(end == "c" || end == "d", "{end}");
+    let rows = persons(&db, "orders", "id").await;
+    assert!(rows.iter().all(|(_, p)| p == "b" || p == "c" || p == "d"), "{rows:?}");
 }
