@@ -11,7 +11,8 @@ use crm_proto::crm::{
     analytics::v1::{GetCustomerScoreRequest, analytics_service_client::AnalyticsServiceClient},
     customer::v1 as pb,
     segmentation::v1::{
-        GetCustomerRfmRequest, ListCustomerSegmentsRequest, RfmGroup, segmentation_service_client::SegmentationServiceClient,
+        GetCustomerRfmRequest, GetCustomerTraitsRequest, ListCustomerSegmentsRequest, ListCustomerTagsRequest, RfmGroup,
+        TagSource, segmentation_service_client::SegmentationServiceClient,
     },
     ticketing::v1::{ListCommentsRequest, ListTicketsRequest, TicketStatus, ticketing_service_client::TicketingServiceClient},
 };
@@ -160,26 +161,29 @@ impl Sections {
             deadline,
             TicketingServiceClient::new,
         )?;
-        let credentials = if tickets.is_some() {
+        let segmentation = client(
+            &cfg.segmentation_url,
+            &cfg.segmentation_ca_path,
+            deadline,
+            SegmentationServiceClient::new,
+        )?;
+        let analytics = client(
+            &cfg.analytics_url,
+            &cfg.analytics_ca_path,
+            deadline,
+            AnalyticsServiceClient::new,
+        )?;
+        // This service's own account: tickets, and what the owners hold for an export.
+        let credentials = if tickets.is_some() || segmentation.is_some() || analytics.is_some() {
             Some(ServiceCredentials::from_config(&platform.config, SERVICE)?)
         } else {
             None
         };
         Ok(Self {
             tickets,
+            segmentation,
+            analytics,
             credentials,
-            segmentation: client(
-                &cfg.segmentation_url,
-                &cfg.segmentation_ca_path,
-                deadline,
-                SegmentationServiceClient::new,
-            )?,
-            analytics: client(
-                &cfg.analytics_url,
-                &cfg.analytics_ca_path,
-                deadline,
-                AnalyticsServiceClient::new,
-            )?,
             deadline,
         })
     }
@@ -480,6 +484,142 @@ impl Sections {
     }
 }
 
+/// `msg` as this service's account; the failure in words.
+fn as_service<T>(credentials: &ServiceCredentials, msg: T) -> Result<tonic::Request<T>, String> {
+    credentials.request(msg).map_err(|e| e.to_string())
+}
+
+/// An owner's answer, `None` when it knows nothing of the customer.
+fn found<T>(owner: &str, answer: Result<tonic::Response<T>, tonic::Status>) -> Result<Option<T>, String> {
+    match answer {
+        Ok(r) => Ok(Some(r.into_inner())),
+        Err(s) if s.code() == Code::NotFound => Ok(None),
+        Err(s) => Err(refusal(owner, &s)),
+    }
+}
+
+impl Sections {
+    /// What marketing-segmentation holds about `customer` (RFM scores, segments, tags,
+    /// computed traits), read as this service's account for a data export; or why it
+    /// could not be read. Nothing known there is an empty answer, not a failure.
+    pub async fn marketing_for_export(&self, customer: &str) -> Result<serde_json::Value, String> {
+        use crate::service::export::time;
+        const OWNER: &str = "marketing-segmentation";
+        let (Some(client), Some(credentials)) = (&self.segmentation, &self.credentials) else {
+            return Err(format!(
+                "no {OWNER} service is configured (customer_profile.sections.segmentation_url)"
+            ));
+        };
+        let customer = customer.to_owned();
+        let collect = async {
+            let mut c = client.clone();
+            let rfm = c
+                .get_customer_rfm(as_service(
+                    credentials,
+                    GetCustomerRfmRequest {
+                        customer: customer.clone(),
+                    },
+                )?)
+                .await;
+            let rfm = found(OWNER, rfm)?;
+            let segments = c
+                .list_customer_segments(as_service(
+                    credentials,
+                    ListCustomerSegmentsRequest {
+                        customer: customer.clone(),
+                    },
+                )?)
+                .await;
+            let segments = found(OWNER, segments)?.map(|s| s.segments).unwrap_or_default();
+            let tags = c
+                .list_customer_tags(as_service(
+                    credentials,
+                    ListCustomerTagsRequest {
+                        customer: customer.clone(),
+                    },
+                )?)
+                .await;
+            let tags = found(OWNER, tags)?.map(|t| t.tags).unwrap_or_default();
+            let traits = c
+                .get_customer_traits(as_service(
+                    credentials,
+                    GetCustomerTraitsRequest {
+                        customer: customer.clone(),
+                    },
+                )?)
+                .await;
+            let traits = found(OWNER, traits)?.map(|t| t.traits).unwrap_or_default();
+            Ok(serde_json::json!({
+                "rfm": rfm.map(|r| serde_json::json!({
+                    "recency_days": r.recency_days,
+                    "frequency": r.frequency,
+                    "monetary_micros": r.monetary_micros,
+                    "currency": r.currency,
+                    "recency_score": r.recency_score,
+                    "frequency_score": r.frequency_score,
+                    "monetary_score": r.monetary_score,
+                    "group": group_name(r.group),
+                    "compute_time": time(r.compute_time.as_ref()),
+                })),
+                "segments": segments.iter().map(|s| serde_json::json!({
+                    "segment": s.segment,
+                    "enter_time": time(s.enter_time.as_ref()),
+                })).collect::<Vec<_>>(),
+                "tags": tags.iter().map(|t| serde_json::json!({
+                    "tag": t.tag,
+                    "source": TagSource::try_from(t.source).map_or("?", |s| s.as_str_name()),
+                    "actor": t.actor,
+                    "assign_time": time(t.assign_time.as_ref()),
+                })).collect::<Vec<_>>(),
+                "traits": traits.iter().map(|t| serde_json::json!({
+                    "name": t.name,
+                    "value": t.value,
+                    "update_time": time(t.update_time.as_ref()),
+                })).collect::<Vec<_>>(),
+            }))
+        };
+        // A larger read than the 360 view's: ten times its deadline.
+        within(OWNER, self.deadline * 10, collect).await
+    }
+
+    /// What analytics holds about `customer` (its score: lifetime value, churn risk),
+    /// read as this service's account for a data export; or why it could not be read.
+    pub async fn analytics_for_export(&self, customer: &str) -> Result<serde_json::Value, String> {
+        use crate::service::export::time;
+        const OWNER: &str = "analytics";
+        let (Some(client), Some(credentials)) = (&self.analytics, &self.credentials) else {
+            return Err(format!(
+                "no {OWNER} service is configured (customer_profile.sections.analytics_url)"
+            ));
+        };
+        let collect = async {
+            let request = as_service(
+                credentials,
+                GetCustomerScoreRequest {
+                    name: format!("{customer}/score"),
+                },
+            )?;
+            let score = found(OWNER, client.clone().get_customer_score(request).await)?;
+            Ok(serde_json::json!({
+                "score": score.map(|s| serde_json::json!({
+                    "p_alive": s.p_alive,
+                    "expected_purchases": s.expected_purchases,
+                    "expected_order_value": s.expected_order_value,
+                    "lifetime_value": s.lifetime_value,
+                    "currency": s.currency,
+                    "frequency_drop": s.frequency_drop,
+                    "churn_risk": s.churn_risk,
+                    "at_risk": s.at_risk,
+                    "orders": s.orders,
+                    "model_version": s.model_version,
+                    "score_time": time(s.score_time.as_ref()),
+                })),
+            }))
+        };
+        within(OWNER, self.deadline * 10, collect).await
+    }
+}
+
 /// Audit entries exported per customer at most (the newest).
 const MAX_AUDIT_ENTRIES: u32 = 10_000;
 
@@ -497,7 +637,11 @@ pub async fn run_export(
     let Ok(id) = crate::domain::CustomerId::parse_name(&customer, "customer") else {
         return;
     };
-    let tickets = sections.tickets_for_export(&customer).await;
+    let (tickets, marketing, analytics) = tokio::join!(
+        sections.tickets_for_export(&customer),
+        sections.marketing_for_export(&customer),
+        sections.analytics_for_export(&customer)
+    );
     let audit = authz
         .audit_trail(&customer, MAX_AUDIT_ENTRIES)
         .await
@@ -518,7 +662,19 @@ pub async fn run_export(
                 .collect()
         })
         .map_err(|e| e.to_string());
-    if let Err(err) = customers.complete_export(&job.id, id, tickets, audit).await {
+    if let Err(err) = customers
+        .complete_export(
+            &job.id,
+            id,
+            crate::service::export::Gathered {
+                tickets,
+                audit,
+                marketing,
+                analytics,
+            },
+        )
+        .await
+    {
         tracing::warn!(%err, job = %job.id, "export job could not be finished; it resumes at the next start");
     }
 }

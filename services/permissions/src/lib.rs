@@ -58,7 +58,7 @@ clearance = "confidential"
 [[permissions_service.default_roles]]
 name = "service"
 display_name = "Service account (CRM services)"
-permissions = ["permissions.check", "permissions.events", "audit.write", "audit.read", "customer.read", "customer.events", "ticket.read", "ticket.events", "segment.events", "analytics.events"]
+permissions = ["permissions.check", "permissions.events", "audit.write", "audit.read", "customer.read", "customer.events", "ticket.read", "ticket.events", "segment.read", "segment.events", "analytics.customers", "analytics.events"]
 clearance = "internal"
 
 [[permissions_service.default_roles]]

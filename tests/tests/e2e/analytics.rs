@@ -17,7 +17,7 @@ use crm_proto::crm::{
     ticketing::v1::{self as tpb, ticketing_service_client::TicketingServiceClient},
 };
 
-use crate::services::{add_user, as_user, connect, mint_signed};
+use crate::services::{add_user, as_user, connect, exported, mint_signed};
 
 /// `crm serve`'s built-in development secret (public; loopback only).
 const DEV_SECRET: &str = "crm-dev-secret-not-for-production-use";
@@ -370,6 +370,14 @@ async fn orders_and_tickets_reach_the_funnel_the_service_trend_and_the_at_risk_l
     );
     assert!(analysis.churn_at_risk && analysis.churn_probability >= 0.5, "{analysis:?}");
     assert!(analysis.clv_micros >= 0 && analysis.clv_currency == "CNY", "{analysis:?}");
+
+    // A data export holds what segmentation and analytics keep about the customer.
+    let (job, document) = exported(&mut customers, &fading, &dev).await;
+    assert!(job.unavailable_sections.is_empty(), "{job:?}");
+    let document: serde_json::Value = serde_json::from_str(&document).unwrap();
+    assert_eq!(document["analytics"]["score"]["at_risk"], true, "{}", document["analytics"]);
+    let tags = document["marketing"]["tags"].as_array().cloned().unwrap_or_default();
+    assert!(tags.iter().any(|t| t["tag"] == "tags/win-back"), "{}", document["marketing"]);
 
     // A service agent reads the customer, but neither scores nor segments: each owner
     // refuses the agent's own credentials, and nothing of theirs shows in the view.

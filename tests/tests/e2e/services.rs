@@ -116,6 +116,50 @@ pub(crate) async fn add_user(perms: &mut PermissionsServiceClient<Channel>, admi
         .unwrap();
 }
 
+/// Exports customer `name`'s data as `token`'s user; returns the finished job and the
+/// document.
+pub(crate) async fn exported(
+    customers: &mut CustomerProfileServiceClient<Channel>,
+    name: &str,
+    token: &str,
+) -> (pb::ExportJob, String) {
+    let job = customers
+        .export_customer_data(as_user(
+            pb::ExportCustomerDataRequest {
+                name: name.to_owned(),
+                request_id: String::new(),
+            },
+            token,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let done = loop {
+        let j = customers
+            .get_export_job(as_user(pb::GetExportJobRequest { name: job.name.clone() }, token))
+            .await
+            .unwrap()
+            .into_inner();
+        if j.state != pb::ExportState::Running as i32 {
+            break j;
+        }
+        assert!(Instant::now() < deadline, "the export never finished");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(done.state, pb::ExportState::Succeeded as i32, "{done:?}");
+    let mut download = customers
+        .download_export(as_user(pb::DownloadExportRequest { name: job.name }, token))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut document = Vec::new();
+    while let Some(chunk) = download.message().await.unwrap() {
+        document.extend(chunk.data);
+    }
+    (done, String::from_utf8(document).unwrap())
+}
+
 pub(crate) fn as_user<T>(msg: T, token: &str) -> Request<T> {
     let mut req = Request::new(msg);
     req.metadata_mut()

@@ -9,7 +9,7 @@ use crm_proto::crm::{
 };
 use tonic::Code;
 
-use crate::services::{SECRET, as_user, connect, customer_token, start, storage, token};
+use crate::services::{SECRET, as_user, connect, customer_token, exported, start, storage, token};
 
 /// ticketing beside the permissions service at `permissions`; returns it and its
 /// `http://` address.
@@ -353,41 +353,7 @@ async fn sla_policies_select_on_the_tier_kept_in_customer_profile() {
     );
 
     // A data export includes the tickets, from the ticketing service.
-    let job = customers
-        .export_customer_data(as_user(
-            cpb::ExportCustomerDataRequest {
-                name: view.name.clone(),
-                request_id: String::new(),
-            },
-            &dev,
-        ))
-        .await
-        .unwrap()
-        .into_inner();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    loop {
-        let j = customers
-            .get_export_job(as_user(cpb::GetExportJobRequest { name: job.name.clone() }, &dev))
-            .await
-            .unwrap()
-            .into_inner();
-        if j.state == cpb::ExportState::Succeeded as i32 {
-            assert!(j.unavailable_sections.is_empty(), "{j:?}");
-            break;
-        }
-        assert_eq!(j.state, cpb::ExportState::Running as i32, "{j:?}");
-        assert!(std::time::Instant::now() < deadline, "the export never finished");
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    let mut download = customers
-        .download_export(as_user(cpb::DownloadExportRequest { name: job.name }, &dev))
-        .await
-        .unwrap()
-        .into_inner();
-    let mut document = Vec::new();
-    while let Some(chunk) = download.message().await.unwrap() {
-        document.extend(chunk.data);
-    }
-    let text = String::from_utf8(document).unwrap();
+    let (job, text) = exported(&mut customers, &view.name, &dev).await;
+    assert!(job.unavailable_sections.is_empty(), "{job:?}");
     assert!(text.contains("怎么退货"), "the ticket is in the export");
 }

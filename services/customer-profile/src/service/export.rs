@@ -26,6 +26,19 @@ const RUNNING: i32 = pb::ExportState::Running as i32;
 const PAGE: u64 = 1000;
 
 /// A timestamp as RFC 3339 text (null when unset).
+/// What the other services hold about the customer, each part the data or why it
+/// could not be read.
+pub struct Gathered {
+    /// Tickets with their comments (ticketing).
+    pub tickets: std::result::Result<Vec<Value>, String>,
+    /// The audit trail of the customer (permissions).
+    pub audit: std::result::Result<Vec<Value>, String>,
+    /// RFM scores, segments, tags and computed traits (marketing-segmentation).
+    pub marketing: std::result::Result<Value, String>,
+    /// The lifetime-value and churn score (analytics).
+    pub analytics: std::result::Result<Value, String>,
+}
+
 pub fn time(t: Option<&prost_types::Timestamp>) -> Value {
     t.and_then(crm_platform::feed::datetime)
         .map_or(Value::Null, |t| Value::String(t.to_rfc3339()))
@@ -152,14 +165,8 @@ impl Customers {
 
     /// Assembles the document of job `id` for `customer`, with `tickets` (or why
     /// they could not be had), and finishes the job.
-    pub async fn complete_export(
-        &self,
-        id: &str,
-        customer: CustomerId,
-        tickets: std::result::Result<Vec<Value>, String>,
-        audit: std::result::Result<Vec<Value>, String>,
-    ) -> Result<()> {
-        let (state, document, unavailable, error) = match self.export_document(customer, &tickets, &audit).await {
+    pub async fn complete_export(&self, id: &str, customer: CustomerId, gathered: Gathered) -> Result<()> {
+        let (state, document, unavailable, error) = match self.export_document(customer, &gathered).await {
             Ok((doc, unavailable)) => (pb::ExportState::Succeeded, Some(doc), unavailable, String::new()),
             Err(e) => {
                 tracing::warn!(%e, job = id, "export failed");
@@ -189,12 +196,7 @@ impl Customers {
         Ok(())
     }
 
-    async fn export_document(
-        &self,
-        id: CustomerId,
-        tickets: &std::result::Result<Vec<Value>, String>,
-        audit: &std::result::Result<Vec<Value>, String>,
-    ) -> Result<(Vec<u8>, Vec<String>)> {
+    async fn export_document(&self, id: CustomerId, gathered: &Gathered) -> Result<(Vec<u8>, Vec<String>)> {
         let customer = self.get(id).await?;
         let family = self.merged_family(&customer).await?;
         let mut orders = Vec::new();
@@ -240,20 +242,17 @@ impl Customers {
             }
         }
         let mut unavailable = Vec::new();
-        let tickets = match tickets {
-            Ok(t) => Value::Array(t.clone()),
+        let mut section = |name: &str, part: &std::result::Result<Value, String>| match part {
+            Ok(v) => v.clone(),
             Err(why) => {
-                unavailable.push(format!("tickets: {why}"));
+                unavailable.push(format!("{name}: {why}"));
                 Value::Null
             }
         };
-        let audit = match audit {
-            Ok(a) => Value::Array(a.clone()),
-            Err(why) => {
-                unavailable.push(format!("audit_trail: {why}"));
-                Value::Null
-            }
-        };
+        let tickets = section("tickets", &gathered.tickets.clone().map(Value::Array));
+        let audit = section("audit_trail", &gathered.audit.clone().map(Value::Array));
+        let marketing = section("marketing", &gathered.marketing);
+        let analytics = section("analytics", &gathered.analytics);
         let doc = json!({
             "format": "crm.customer-export/1",
             "customer": customer.name(),
@@ -265,6 +264,8 @@ impl Customers {
             "consent_history": consent,
             "tickets": tickets,
             "audit_trail": audit,
+            "marketing": marketing,
+            "analytics": analytics,
             "unavailable_sections": unavailable,
         });
         Ok((serde_json::to_vec_pretty(&doc).map_err(Error::internal)?, unavailable))

@@ -71,7 +71,13 @@ async fn a_customer_exports_everything_held_about_it() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert_eq!(done.state, pb::ExportState::Succeeded as i32, "{done:?}");
-    assert!(done.unavailable_sections[0].starts_with("tickets:"), "{done:?}");
+    // No ticketing, segmentation or analytics here: each part says why it is missing.
+    let missing: Vec<&str> = done
+        .unavailable_sections
+        .iter()
+        .map(|s| s.split(':').next().unwrap_or_default())
+        .collect();
+    assert_eq!(missing, ["tickets", "marketing", "analytics"], "{done:?}");
     let chunks: Vec<pb::ExportChunk> = app
         .client
         .clone()
@@ -89,7 +95,8 @@ async fn a_customer_exports_everything_held_about_it() {
     let text = String::from_utf8(document).unwrap();
     assert!(text.contains("+8613800138000"), "the record in clear, for its subject");
     assert_eq!(doc["orders"][0]["external_id"], "SO-9");
-    assert!(doc["tickets"].is_null());
+    assert!(doc["tickets"].is_null() && doc["marketing"].is_null() && doc["analytics"].is_null());
+    assert_eq!(doc["unavailable_sections"].as_array().map(Vec::len), Some(3));
     assert!(
         doc["audit_trail"].is_array(),
         "the permissions service answered: {}",
