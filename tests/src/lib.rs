@@ -5,7 +5,6 @@
 
 use std::{
     io::{BufRead, BufReader},
-    net::TcpListener,
     path::PathBuf,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -28,15 +27,8 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
-/// A free loopback port, bound and released: another process may take it before it is
-/// bound again, so only for addresses nothing listens on. Servers listen on port 0 and
-/// say which port they got (see [`Running::bound`]).
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
+// Servers in these tests listen on port 0 and say which port they got: a port found
+// free and bound later may be taken in between by anything else running.
 
 /// The log message of a service binary that has bound its gRPC listener.
 pub const GRPC_LISTENING: &str = "gRPC server listening";
@@ -59,7 +51,8 @@ pub struct Running {
 }
 
 impl Running {
-    /// Starts `cmd` with piped stdout; stderr (logs) goes to the test output.
+    /// Starts `cmd` with piped stdout (what the binary prints, and its logs);
+    /// stderr goes to the test output.
     pub fn start(mut cmd: Command) -> Self {
         cmd.stdout(Stdio::piped()).stderr(Stdio::inherit());
         let mut child = cmd.spawn().expect("spawn binary");

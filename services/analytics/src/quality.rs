@@ -77,7 +77,8 @@ impl Snapshots {
         let Some(lease) = schedule::claim(
             &self.db,
             "quality-snapshot",
-            &self.owner,
+            // Unique per attempt: two snapshots in one process never share a lease.
+            &format!("{}/{}", self.owner, uuid::Uuid::new_v4()),
             now_us,
             Duration::from_secs(300),
             force,

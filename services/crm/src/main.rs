@@ -46,6 +46,8 @@ bootstrap_admins = ["dev", "bench", "import", "eval"]
 # follows customer-profile's feed, analytics follows the three, each with its own account.
 service_accounts = ["ticketing", "customer-profile", "marketing-segmentation", "analytics"]
 campaign_senders = ["marketing-segmentation"]
+# customer-profile gathers segments and scores for data-subject exports.
+data_exporters = ["customer-profile"]
 
 [segmentation.tracking]
 # Campaign links (opens, clicks, unsubscribes) point here.
@@ -533,7 +535,7 @@ async fn host_suite(platform: Platform, cfg: &Config, server: &mut GrpcServer) -
     server.add_service(kb).await;
     if cfg.segmentation.customer_profile_url.is_empty() {
         tracing::warn!(
-            "marketing-segmentation not hosted: set segmentation.customer_profile_url (with TLS or port 0 it cannot be derived)"
+            "marketing-segmentation not hosted: set segmentation.customer_profile_url (with TLS it cannot be derived)"
         );
     } else {
         let built = crm_segmentation::build(&platform, &cfg.segmentation).await?;
@@ -545,7 +547,7 @@ async fn host_suite(platform: Platform, cfg: &Config, server: &mut GrpcServer) -
         server.add_service(built.journeys).await;
     }
     if cfg.analytics.customer_profile_url.is_empty() {
-        tracing::warn!("analytics not hosted: set analytics.customer_profile_url (with TLS or port 0 it cannot be derived)");
+        tracing::warn!("analytics not hosted: set analytics.customer_profile_url (with TLS it cannot be derived)");
     } else {
         let built = crm_analytics::build(&platform, &cfg.analytics).await?;
         server

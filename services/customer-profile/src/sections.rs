@@ -126,7 +126,7 @@ impl Permit {
     fn check(&self, owner: &str, permission: &str) -> Result<(), String> {
         match self {
             Self::Granted => Ok(()),
-            Self::Refused => Err(format!("{owner}: the caller may not read it there ({permission})")),
+            Self::Refused => Err(format!("{owner}: not asked, the caller may not read it there ({permission})")),
             Self::Undecided(why) => Err(format!(
                 "{owner}: not asked, whether the caller may read it is undecided ({why})"
             )),
@@ -155,22 +155,25 @@ impl Sections {
     /// Clients of the configured owners (`customer_profile.sections`).
     pub fn connect(platform: &Platform, cfg: &SectionsConfig) -> anyhow::Result<Self> {
         let deadline = Duration::from_millis(cfg.deadline_ms);
+        // Each call's own limit: an export's reads get ten times the 360 view's
+        // deadline, which `within` enforces on the view's calls.
+        let call_limit = deadline * 10;
         let tickets = client(
             &cfg.ticketing_url,
             &cfg.ticketing_ca_path,
-            deadline,
+            call_limit,
             TicketingServiceClient::new,
         )?;
         let segmentation = client(
             &cfg.segmentation_url,
             &cfg.segmentation_ca_path,
-            deadline,
+            call_limit,
             SegmentationServiceClient::new,
         )?;
         let analytics = client(
             &cfg.analytics_url,
             &cfg.analytics_ca_path,
-            deadline,
+            call_limit,
             AnalyticsServiceClient::new,
         )?;
         // This service's own account: tickets, and what the owners hold for an export.
@@ -567,8 +570,8 @@ impl Sections {
                 })).collect::<Vec<_>>(),
                 "tags": tags.iter().map(|t| serde_json::json!({
                     "tag": t.tag,
+                    // Who set it (a colleague's id) is staff data, left out.
                     "source": TagSource::try_from(t.source).map_or("?", |s| s.as_str_name()),
-                    "actor": t.actor,
                     "assign_time": time(t.assign_time.as_ref()),
                 })).collect::<Vec<_>>(),
                 "traits": traits.iter().map(|t| serde_json::json!({
@@ -623,9 +626,10 @@ impl Sections {
 /// Audit entries exported per customer at most (the newest).
 const MAX_AUDIT_ENTRIES: u32 = 10_000;
 
-/// Assembles export job `job` in the background: tickets from ticketing, the audit
-/// trail from the permissions service, the rest from this service; the job records
-/// how it ended.
+/// Assembles export job `job` in the background: tickets from ticketing, segments
+/// and tags from marketing-segmentation, the score from analytics, the audit trail
+/// from the permissions service, the rest from this service; the job records how it
+/// ended.
 pub async fn run_export(
     customers: crate::service::Customers,
     sections: Sections,

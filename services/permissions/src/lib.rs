@@ -37,6 +37,7 @@ pub const DEFAULTS: &str = r#"
 bootstrap_admins = []
 service_accounts = []
 campaign_senders = []
+data_exporters = []
 review_interval_days = 90
 unused_after_days = 90
 max_grant_hours = 720
@@ -58,7 +59,7 @@ clearance = "confidential"
 [[permissions_service.default_roles]]
 name = "service"
 display_name = "Service account (CRM services)"
-permissions = ["permissions.check", "permissions.events", "audit.write", "audit.read", "customer.read", "customer.events", "ticket.read", "ticket.events", "segment.read", "segment.events", "analytics.customers", "analytics.events"]
+permissions = ["permissions.check", "permissions.events", "audit.write", "audit.read", "customer.read", "customer.events", "ticket.read", "ticket.events", "segment.events", "analytics.events"]
 clearance = "internal"
 
 [[permissions_service.default_roles]]
@@ -66,6 +67,12 @@ name = "campaign_sender"
 display_name = "Campaign sender (the marketing service: contacts to send to, touches and unsubscribes recorded back)"
 permissions = ["customer.read", "customer.events", "customer.ingest", "customer.update"]
 clearance = "sensitive"
+
+[[permissions_service.default_roles]]
+name = "data_exporter"
+display_name = "Data exporter (customer-profile: what the other services hold about a customer, for a data-subject export)"
+permissions = ["segment.read", "analytics.customers"]
+clearance = "internal"
 
 [[permissions_service.default_roles]]
 name = "sales_rep"
@@ -137,6 +144,9 @@ pub struct ServiceConfig {
     /// marketing service, which reads contacts to send campaigns and records
     /// touches and unsubscribes in customer-profile.
     pub campaign_senders: Vec<String>,
+    /// Service accounts also bound to role `data_exporter` at start: customer-profile,
+    /// which gathers what the other services hold about a customer for a data export.
+    pub data_exporters: Vec<String>,
     pub review_interval_days: u32,
     pub unused_after_days: u32,
     pub max_grant_hours: u32,
@@ -275,7 +285,13 @@ pub async fn build(platform: &Platform, cfg: &ServiceConfig) -> anyhow::Result<(
     let permissions = Permissions::new(db, feed, cfg.settings());
     let roles: Vec<pb::Role> = cfg.default_roles.iter().filter_map(|r| cfg.role(r)).collect();
     permissions
-        .bootstrap(&roles, &cfg.bootstrap_admins, &cfg.service_accounts, &cfg.campaign_senders)
+        .bootstrap(
+            &roles,
+            &cfg.bootstrap_admins,
+            &cfg.service_accounts,
+            &cfg.campaign_senders,
+            &cfg.data_exporters,
+        )
         .await?;
     tokio::spawn(permissions.clone().run_jobs(platform.shutdown.clone()));
     let api = Api::new(permissions.clone(), platform.page_tokens.clone());

@@ -441,9 +441,14 @@ impl Tags {
         let (_, person) = self
             .resolve(&self.db, std::slice::from_ref(&name.to_owned()))
             .await
-            .map_err(|_| Error::NotFound {
-                resource_type: "crm.customer.v1.Customer",
-                name: name.to_owned(),
+            .map_err(|e| match e {
+                // Not a customer name, or none this service knows.
+                Error::InvalidArgument(_) => Error::NotFound {
+                    resource_type: "crm.customer.v1.Customer",
+                    name: name.to_owned(),
+                },
+                // A database failure stays one: a caller must not take it for "no tags".
+                other => other,
             })?
             .remove(0);
         tag_store::of_person(&self.db, &person).await

@@ -379,8 +379,8 @@ async fn orders_and_tickets_reach_the_funnel_the_service_trend_and_the_at_risk_l
     let tags = document["marketing"]["tags"].as_array().cloned().unwrap_or_default();
     assert!(tags.iter().any(|t| t["tag"] == "tags/win-back"), "{}", document["marketing"]);
 
-    // A service agent reads the customer, but neither scores nor segments: each owner
-    // refuses the agent's own credentials, and nothing of theirs shows in the view.
+    // A service agent reads the customer, but neither scores nor segments: customer-profile
+    // does not even ask the owners (who would audit a denial), and nothing of theirs shows.
     let mut permissions = PermissionsServiceClient::new(connect(&addr).await);
     add_user(&mut permissions, &dev, "agent", "service_agent").await;
     let agent = mint_signed(DEV_SECRET, &["--user", "agent"]);
@@ -406,7 +406,10 @@ async fn orders_and_tickets_reach_the_funnel_the_service_trend_and_the_at_risk_l
     for part in [&analysis.analytics_status, &analysis.segmentation_status] {
         let part = part.as_ref().unwrap();
         assert_eq!(part.state, unavailable);
-        assert!(part.reason.contains("may not read it there"), "{analysis:?}");
+        assert!(
+            part.reason.contains("not asked, the caller may not read it there"),
+            "{analysis:?}"
+        );
     }
     assert_eq!(
         pb::AnalysisSection {

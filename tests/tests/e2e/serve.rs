@@ -1,6 +1,6 @@
 use std::{process::Command, time::Duration};
 
-use crm_e2e::{Running, binary, free_port, serving_addr};
+use crm_e2e::{Running, binary, serving_addr};
 use crm_proto::crm::{
     customer::v1::{self as pb, customer_profile_service_client::CustomerProfileServiceClient},
     events::v1::{StreamEventsRequest, stream_events_response::Kind},
@@ -13,6 +13,8 @@ fn crm(args: &[&str], data_dir: &std::path::Path) -> Command {
     cmd.args(args)
         .env("CRM__DATABASE__DATA_DIR", data_dir)
         .env("CRM__LOG__FORMAT", "json")
+        // Many suites run side by side: the tracking endpoint on a port of its choosing.
+        .env("CRM__SEGMENTATION__TRACKING__LISTEN", "127.0.0.1:0")
         .env_remove("CRM__DATABASE__URL")
         .env_remove("CRM__REDIS__URL");
     cmd
@@ -140,8 +142,8 @@ fn a_bad_configuration_value_stops_start_up_naming_the_key() {
 #[test]
 fn the_public_dev_secret_is_refused_off_loopback() {
     let data = tempfile::tempdir().unwrap();
-    let listen = format!("0.0.0.0:{}", free_port());
-    let out = crm(&["serve", "--listen", &listen], data.path())
+    let listen = "0.0.0.0:0";
+    let out = crm(&["serve", "--listen", listen], data.path())
         .env("CRM__SERVER__ALLOW_PLAINTEXT", "true")
         .output()
         .unwrap();

@@ -28,6 +28,8 @@ pub(crate) fn start(bin: &str, config: &str, dir: &std::path::Path, env: &[(&str
     cmd.args(["--config", path.to_str().unwrap()])
         // JSON logs: the addresses bound are read from them (`Running::bound`).
         .env("CRM__LOG__FORMAT", "json")
+        // Info lines carry the addresses: no inherited filter may hide them.
+        .env_remove("RUST_LOG")
         .env_remove("CRM__DATABASE__URL")
         .env_remove("CRM__REDIS__URL")
         .envs(env.iter().copied());

@@ -100,7 +100,8 @@ impl Api {
                 return None;
             }
             // As the owners decide (the same decision point), without auditing.
-            let (segments, predictions) = tokio::join!(
+            let (rfm, segments, predictions) = tokio::join!(
+                self.authz.allows(&principal, "segment.read", Resource::named("rfm")),
                 self.authz.allows(&principal, "segment.read", Resource::named("segments")),
                 self.authz.allows(
                     &principal,
@@ -109,7 +110,8 @@ impl Api {
                 )
             );
             let may = AnalysisPermits {
-                segments: Permit::from_decision(segments),
+                // Both reads, RFM and segments, or neither.
+                segments: Permit::from_decision(rfm.and_then(|r| segments.map(|s| r && s))),
                 predictions: Permit::from_decision(predictions),
             };
             Some(

@@ -1,6 +1,7 @@
 //! Data-subject access: everything this service holds about a customer as one JSON
 //! document (the record with provenance, orders, interactions, consent history),
-//! plus what the caller fetched from other services (tickets). Assembled as a job.
+//! plus what the other services hold (tickets; segments, tags and traits; the score;
+//! the audit trail), gathered by the caller. Assembled as a job.
 
 use chrono::{DateTime, Utc};
 use crm_platform::{
@@ -25,7 +26,6 @@ const RUNNING: i32 = pb::ExportState::Running as i32;
 /// Rows read per page while assembling.
 const PAGE: u64 = 1000;
 
-/// A timestamp as RFC 3339 text (null when unset).
 /// What the other services hold about the customer, each part the data or why it
 /// could not be read.
 pub struct Gathered {
@@ -39,6 +39,7 @@ pub struct Gathered {
     pub analytics: std::result::Result<Value, String>,
 }
 
+/// A timestamp as RFC 3339 text (null when unset).
 pub fn time(t: Option<&prost_types::Timestamp>) -> Value {
     t.and_then(crm_platform::feed::datetime)
         .map_or(Value::Null, |t| Value::String(t.to_rfc3339()))
@@ -163,8 +164,9 @@ impl Customers {
         store::in_state(&self.db, RUNNING).await
     }
 
-    /// Assembles the document of job `id` for `customer`, with `tickets` (or why
-    /// they could not be had), and finishes the job.
+    /// Assembles the document of job `id` for `customer`, with what the other
+    /// services hold (`gathered`, each part or why it could not be had), and finishes
+    /// the job.
     pub async fn complete_export(&self, id: &str, customer: CustomerId, gathered: Gathered) -> Result<()> {
         let (state, document, unavailable, error) = match self.export_document(customer, &gathered).await {
             Ok((doc, unavailable)) => (pb::ExportState::Succeeded, Some(doc), unavailable, String::new()),

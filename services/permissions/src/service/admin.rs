@@ -739,6 +739,7 @@ pub(super) async fn bootstrap(
     admins: &[String],
     services: &[String],
     senders: &[String],
+    exporters: &[String],
 ) -> Result<()> {
     let system = Caller {
         user_id: String::new(),
@@ -787,7 +788,12 @@ pub(super) async fn bootstrap(
             ));
         }
     }
-    for (users, role) in [(admins, "admin"), (services, "service"), (senders, "campaign_sender")] {
+    for (users, role) in [
+        (admins, "admin"),
+        (services, "service"),
+        (senders, "campaign_sender"),
+        (exporters, "data_exporter"),
+    ] {
         for user in users {
             let name = format!("users/{user}");
             if store::get(&txn, Kind::User, user).await?.is_none() {

@@ -214,8 +214,9 @@ impl Permissions {
         admins: &[String],
         services: &[String],
         senders: &[String],
+        exporters: &[String],
     ) -> Result<()> {
-        admin::bootstrap(self, defaults, admins, services, senders).await
+        admin::bootstrap(self, defaults, admins, services, senders, exporters).await
     }
 
     /// Background work until shutdown: noticing other replicas' policy changes,

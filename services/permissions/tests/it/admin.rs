@@ -295,8 +295,13 @@ async fn restarts_seed_new_default_roles_and_keep_the_service_role_whole() {
     let cfg = &app.config.permissions_service;
     let defaults: Vec<pb::Role> = cfg.default_roles.iter().filter_map(|r| cfg.role(r)).collect();
     let restart = || {
-        app.service
-            .bootstrap(&defaults, &cfg.bootstrap_admins, &cfg.service_accounts, &cfg.campaign_senders)
+        app.service.bootstrap(
+            &defaults,
+            &cfg.bootstrap_admins,
+            &cfg.service_accounts,
+            &cfg.campaign_senders,
+            &cfg.data_exporters,
+        )
     };
     let role = |name: &str| {
         let mut c = app.client.clone();
