@@ -29,6 +29,8 @@ use crate::{
 
 /// The longest period a report covers.
 const MAX_REPORT_DAYS: i64 = 3660;
+/// Tickets read per query for the service report.
+const TICKET_PAGE: u64 = 10_000;
 /// How long `RefitModel` waits for a fit already running to end before fitting again.
 const REFIT_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
 
@@ -258,14 +260,24 @@ impl AnalyticsService for Api {
         let p = period(r.start_time.as_ref(), r.end_time.as_ref())?;
         let g = granularity(r.granularity, Granularity::Day)?;
         let grouping = pb::ServiceGrouping::try_from(r.group_by).map_err(|_| Error::invalid("group_by", "unknown value"))?;
-        let tickets: Vec<store::TicketFacts> = store::tickets(&self.db, p.from_us, p.to_us)
-            .await?
-            .into_iter()
-            .filter(|t| r.categories.is_empty() || r.categories.contains(&t.category))
-            .filter(|t| r.queues.is_empty() || r.queues.contains(&t.queue))
-            .filter(|t| r.channels.is_empty() || r.channels.contains(&t.channel))
-            .collect();
-        let series = reports::service(&tickets, p.from_us, p.to_us, g, grouping);
+        // Page by page: only the durations stay in memory, not the period's tickets.
+        let mut trends = reports::ServiceTrends::new(p.from_us, p.to_us, g, grouping);
+        let mut after = None;
+        loop {
+            let (page, last) = store::tickets(&self.db, p.from_us, p.to_us, after.as_ref(), TICKET_PAGE).await?;
+            for t in page.iter().filter(|t| {
+                (r.categories.is_empty() || r.categories.contains(&t.category))
+                    && (r.queues.is_empty() || r.queues.contains(&t.queue))
+                    && (r.channels.is_empty() || r.channels.contains(&t.channel))
+            }) {
+                trends.add(t);
+            }
+            if (page.len() as u64) < TICKET_PAGE {
+                break;
+            }
+            after = last;
+        }
+        let series = trends.finish();
         Ok(Response::new(report("service", &p, g, series)))
     }
 

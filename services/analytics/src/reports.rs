@@ -225,21 +225,30 @@ struct ServiceCell {
 /// resolution times (median and p90, seconds), SLA compliance (targets met among
 /// those decided: met when the step was done without a breach, missed when
 /// breached) and CSAT (mean rating, 1 to 5) — tickets counted in the period they
-/// were created.
-pub fn service(
-    tickets: &[TicketFacts],
-    from_us: i64,
-    to_us: i64,
-    granularity: Granularity,
+/// were created. Fed one ticket at a time, so a period's tickets need not all be in
+/// memory at once: per ticket it keeps two durations.
+pub struct ServiceTrends {
+    axis: Vec<(i64, String)>,
     grouping: pb::ServiceGrouping,
-) -> Vec<pb::Series> {
-    let axis = periods(from_us, to_us, granularity);
-    let mut cells: BTreeMap<String, Vec<ServiceCell>> = BTreeMap::new();
-    for t in tickets {
-        let Some(i) = period_of(&axis, t.create_us) else { continue };
-        let row = cells
-            .entry(service_group(t, grouping))
-            .or_insert_with(|| (0..axis.len()).map(|_| ServiceCell::default()).collect());
+    cells: BTreeMap<String, Vec<ServiceCell>>,
+}
+
+impl ServiceTrends {
+    pub fn new(from_us: i64, to_us: i64, granularity: Granularity, grouping: pb::ServiceGrouping) -> Self {
+        Self {
+            axis: periods(from_us, to_us, granularity),
+            grouping,
+            cells: BTreeMap::new(),
+        }
+    }
+
+    pub fn add(&mut self, t: &TicketFacts) {
+        let Some(i) = period_of(&self.axis, t.create_us) else { return };
+        let periods = self.axis.len();
+        let row = self
+            .cells
+            .entry(service_group(t, self.grouping))
+            .or_insert_with(|| (0..periods).map(|_| ServiceCell::default()).collect());
         let c = &mut row[i];
         c.volume += 1;
         c.complaints += i64::from(t.complaint);
@@ -267,50 +276,54 @@ pub fn service(
             c.rating_sum += i64::from(t.rating);
         }
     }
-    let mut out = Vec::new();
-    for (group, row) in &mut cells {
-        for c in row.iter_mut() {
-            c.first_response.sort_unstable();
-            c.resolution.sort_unstable();
+
+    pub fn finish(self) -> Vec<pb::Series> {
+        let Self { axis, mut cells, .. } = self;
+        let mut out = Vec::new();
+        for (group, row) in &mut cells {
+            for c in row.iter_mut() {
+                c.first_response.sort_unstable();
+                c.resolution.sort_unstable();
+            }
+            let along = |f: &dyn Fn(&ServiceCell) -> Option<f64>| -> Vec<pb::Point> {
+                axis.iter()
+                    .zip(row.iter())
+                    .map(|((s, l), c)| point(l, Some(*s), f(c)))
+                    .collect()
+            };
+            out.extend([
+                series("volume", group, "count", along(&|c| Some(c.volume as f64))),
+                series("complaint_rate", group, "ratio", along(&|c| ratio(c.complaints, c.volume))),
+                series(
+                    "first_response_median",
+                    group,
+                    "seconds",
+                    along(&|c| quantile(&c.first_response, 0.5)),
+                ),
+                series(
+                    "first_response_p90",
+                    group,
+                    "seconds",
+                    along(&|c| quantile(&c.first_response, 0.9)),
+                ),
+                series(
+                    "resolution_median",
+                    group,
+                    "seconds",
+                    along(&|c| quantile(&c.resolution, 0.5)),
+                ),
+                series("resolution_p90", group, "seconds", along(&|c| quantile(&c.resolution, 0.9))),
+                series("sla_compliance", group, "ratio", along(&|c| ratio(c.sla_met, c.sla_decided))),
+                series(
+                    "csat",
+                    group,
+                    "rating",
+                    along(&|c| (c.ratings > 0).then(|| c.rating_sum as f64 / c.ratings as f64)),
+                ),
+            ]);
         }
-        let along = |f: &dyn Fn(&ServiceCell) -> Option<f64>| -> Vec<pb::Point> {
-            axis.iter()
-                .zip(row.iter())
-                .map(|((s, l), c)| point(l, Some(*s), f(c)))
-                .collect()
-        };
-        out.extend([
-            series("volume", group, "count", along(&|c| Some(c.volume as f64))),
-            series("complaint_rate", group, "ratio", along(&|c| ratio(c.complaints, c.volume))),
-            series(
-                "first_response_median",
-                group,
-                "seconds",
-                along(&|c| quantile(&c.first_response, 0.5)),
-            ),
-            series(
-                "first_response_p90",
-                group,
-                "seconds",
-                along(&|c| quantile(&c.first_response, 0.9)),
-            ),
-            series(
-                "resolution_median",
-                group,
-                "seconds",
-                along(&|c| quantile(&c.resolution, 0.5)),
-            ),
-            series("resolution_p90", group, "seconds", along(&|c| quantile(&c.resolution, 0.9))),
-            series("sla_compliance", group, "ratio", along(&|c| ratio(c.sla_met, c.sla_decided))),
-            series(
-                "csat",
-                group,
-                "rating",
-                along(&|c| (c.ratings > 0).then(|| c.rating_sum as f64 / c.ratings as f64)),
-            ),
-        ]);
+        out
     }
-    out
 }
 
 #[derive(Default, Clone)]
@@ -483,6 +496,21 @@ pub fn quality(points: &[QualityPoint], from_us: i64, to_us: i64) -> Vec<pb::Ser
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// [`ServiceTrends`] of `tickets`.
+    fn service(
+        tickets: &[TicketFacts],
+        from_us: i64,
+        to_us: i64,
+        granularity: Granularity,
+        grouping: pb::ServiceGrouping,
+    ) -> Vec<pb::Series> {
+        let mut trends = ServiceTrends::new(from_us, to_us, granularity, grouping);
+        for t in tickets {
+            trends.add(t);
+        }
+        trends.finish()
+    }
 
     fn us(y: i32, m: u32, d: u32) -> i64 {
         NaiveDate::from_ymd_opt(y, m, d)

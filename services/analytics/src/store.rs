@@ -402,16 +402,33 @@ pub struct TicketFacts {
     pub rating: i32,
 }
 
-/// The tickets created in `[from, to)`.
-pub async fn tickets<C: ConnectionTrait>(conn: &C, from_us: i64, to_us: i64) -> Result<Vec<TicketFacts>> {
+/// A page of the tickets created in `[from, to)`, in (creation time, id) order after
+/// `after` (`None`: from the start), at most `limit`; with the last one's key.
+pub async fn tickets<C: ConnectionTrait>(
+    conn: &C,
+    from_us: i64,
+    to_us: i64,
+    after: Option<&(i64, String)>,
+    limit: u64,
+) -> Result<(Vec<TicketFacts>, Option<(i64, String)>)> {
+    let (after, mut values) = crm_platform::db::after_key("create_us", after);
+    values.splice(0..0, [from_us.into(), to_us.into()]);
     let rows = query(
         conn,
-        "SELECT channel, category, queue, complaint, create_us, first_response_us, solve_us, has_sla, \
-         response_breached, resolution_breached, rating FROM tickets WHERE create_us >= ? AND create_us < ?",
-        vec![from_us.into(), to_us.into()],
+        &format!(
+            "SELECT id, channel, category, queue, complaint, create_us, first_response_us, solve_us, has_sla, \
+             response_breached, resolution_breached, rating FROM tickets WHERE create_us >= ? AND create_us < ? \
+             AND {after} ORDER BY create_us, id LIMIT {limit}"
+        ),
+        values,
     )
     .await?;
-    rows.iter()
+    let last = rows
+        .last()
+        .map(|r| -> Result<(i64, String)> { Ok((r.try_get("", "create_us")?, r.try_get("", "id")?)) })
+        .transpose()?;
+    let facts = rows
+        .iter()
         .map(|r| {
             Ok(TicketFacts {
                 channel: r.try_get("", "channel")?,
@@ -427,7 +444,8 @@ pub async fn tickets<C: ConnectionTrait>(conn: &C, from_us: i64, to_us: i64) -> 
                 rating: r.try_get("", "rating")?,
             })
         })
-        .collect()
+        .collect::<Result<Vec<_>>>()?;
+    Ok((facts, last))
 }
 
 // ---------------------------------------------------------------- interactions

@@ -233,6 +233,18 @@ pub async fn count_or_delete<C: ConnectionTrait>(
     Ok(i64::try_from(n).unwrap_or(i64::MAX))
 }
 
+/// Keyset paging on `(time_column, id)`: the condition for the rows after `after`
+/// (every row when `None`) and its parameters. Order the query by `time_column, id`.
+pub fn after_key(time_column: &str, after: Option<&(i64, String)>) -> (String, Vec<Value>) {
+    match after {
+        None => ("1 = 1".to_owned(), Vec::new()),
+        Some((us, id)) => (
+            format!("({time_column} > ? OR ({time_column} = ? AND id > ?))"),
+            vec![(*us).into(), (*us).into(), id.as_str().into()],
+        ),
+    }
+}
+
 /// `n` comma-separated placeholders, for `IN (…)` lists and multi-row inserts.
 pub fn marks(n: usize) -> String {
     vec!["?"; n].join(", ")

@@ -199,6 +199,23 @@ async fn service_trends_come_from_tickets_replies_solutions_and_ratings() {
     };
     assert_eq!(at("volume", "complaint").value, 1.0);
     assert_eq!(at("complaint_rate", "complaint").value, 1.0);
+    // The report reads the period's tickets page by page: one per page, each once.
+    let db = crm_platform::db::connect(&app.db.target, 1).await.unwrap();
+    let (from_us, to_us) = (i64::MIN / 2, i64::MAX / 2);
+    let mut after = None;
+    let mut seen = Vec::new();
+    loop {
+        let (page, last) = crm_analytics::store::tickets(&db, from_us, to_us, after.as_ref(), 1)
+            .await
+            .unwrap();
+        seen.extend(page.iter().map(|t| t.category.clone()));
+        if page.is_empty() {
+            break;
+        }
+        after = last;
+    }
+    seen.sort();
+    assert_eq!(seen, ["billing", "complaint"]);
     assert_eq!(
         find(&report, "complaint_rate", "billing")
             .points

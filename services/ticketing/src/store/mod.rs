@@ -364,19 +364,16 @@ pub async fn tickets_created<C: ConnectionTrait>(
     after: Option<&(i64, String)>,
     limit: u64,
 ) -> Result<Vec<(i64, String, Vec<u8>, String)>> {
-    let (after_us, after_id) = after.cloned().unwrap_or((from_us - 1, String::new()));
+    let (after, mut values) = crm_platform::db::after_key("create_us", after);
+    values.splice(0..0, [from_us.into(), to_us.into()]);
+    values.push((limit as i64).into());
     let rows = query(
         c,
-        "SELECT create_us, id, data, sla FROM tickets WHERE create_us >= ? AND create_us < ? \
-         AND (create_us > ? OR (create_us = ? AND id > ?)) ORDER BY create_us, id LIMIT ?",
-        vec![
-            from_us.into(),
-            to_us.into(),
-            after_us.into(),
-            after_us.into(),
-            after_id.into(),
-            (limit as i64).into(),
-        ],
+        &format!(
+            "SELECT create_us, id, data, sla FROM tickets WHERE create_us >= ? AND create_us < ? \
+             AND {after} ORDER BY create_us, id LIMIT ?"
+        ),
+        values,
     )
     .await?;
     rows.iter()
