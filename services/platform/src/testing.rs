@@ -53,6 +53,37 @@ impl TestDatabase {
     }
 }
 
+/// The platform settings every service's test app shares: the JWT `secret`, a fast
+/// feed (50 ms polls, 1 s heartbeats), and the test Redis when one is set, with a key
+/// prefix of its own (reached once here: a set but unreachable Redis fails the test).
+pub async fn configure_platform(cfg: &mut crate::config::PlatformConfig, secret: &str) {
+    cfg.auth.jwt_secret = secret.into();
+    cfg.feed.poll_interval_ms = 50;
+    cfg.feed.heartbeat_secs = 1;
+    if let Some(url) = redis_url() {
+        cfg.redis.url = url;
+        cfg.redis.key_prefix = unique_key_prefix();
+        let probe = crate::cache::RedisCache::new(&cfg.redis, std::time::Duration::from_secs(1))
+            .unwrap_or_else(|e| panic!("{REDIS_URL_VAR}: {e}"));
+        if let Err(e) = probe.ping().await {
+            panic!("{REDIS_URL_VAR} is set but Redis cannot be reached: {e}");
+        }
+    }
+}
+
+/// Polls `probe` every 100 ms until it gives a value; after `secs` seconds fails with
+/// `what` and the last state the probe reported.
+pub async fn eventually<T>(what: &str, secs: u64, mut probe: impl AsyncFnMut() -> Result<T, String>) -> T {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        match probe().await {
+            Ok(v) => return v,
+            Err(last) => assert!(std::time::Instant::now() < deadline, "{what}: {last}"),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
 /// The Redis URL tests must use, if any.
 pub fn redis_url() -> Option<String> {
     std::env::var(REDIS_URL_VAR).ok().filter(|u| !u.is_empty())

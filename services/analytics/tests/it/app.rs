@@ -42,17 +42,11 @@ impl TestApp {
         )
         .unwrap();
         let mut platform_cfg: crm_platform::config::PlatformConfig = section(&value, None).unwrap();
-        platform_cfg.auth.jwt_secret = SECRET.into();
+        testing::configure_platform(&mut platform_cfg, SECRET).await;
         platform_cfg.encryption = testing::encryption();
-        platform_cfg.feed.poll_interval_ms = 50;
-        platform_cfg.feed.heartbeat_secs = 1;
         // Four services per test and several tests at once: small pools keep within
         // PostgreSQL's connection limit.
         platform_cfg.database.max_connections = 4;
-        if let Some(url) = testing::redis_url() {
-            platform_cfg.redis.url = url;
-            platform_cfg.redis.key_prefix = testing::unique_key_prefix();
-        }
         let mut permissions: crm_permissions::ServiceConfig = section(&value, Some("permissions_service")).unwrap();
         permissions.bootstrap_admins = vec!["admin-1".into()];
         permissions.service_accounts = vec![crm_analytics::SERVICE.into(), "ticketing".into()];
@@ -228,18 +222,7 @@ impl TestApp {
     }
 }
 
-/// Polls `probe` every 100 ms until it gives a value; after `secs` seconds fails with
-/// `what` and the last state the probe reported.
-pub async fn eventually<T>(what: &str, secs: u64, mut probe: impl AsyncFnMut() -> Result<T, String>) -> T {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
-    loop {
-        match probe().await {
-            Ok(v) => return v,
-            Err(last) => assert!(std::time::Instant::now() < deadline, "{what}: {last}"),
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-}
+pub use crm_platform::testing::eventually;
 
 /// A timestamp `days` from now (negative: ago).
 pub fn days_from_now(days: i64) -> Option<prost_types::Timestamp> {

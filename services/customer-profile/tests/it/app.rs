@@ -1,11 +1,8 @@
 //! `TestApp`: the service started in-process with its own database.
 
-use std::time::Duration;
-
 use crm_customer_profile::{Config, DEFAULTS};
 use crm_platform::{
     Platform,
-    cache::RedisCache,
     config::{PLATFORM_DEFAULTS, section},
     server::{GrpcServer, Shutdown, shutdown_channel},
     testing::{self, TestDatabase},
@@ -48,23 +45,13 @@ impl TestApp {
             customer_profile: section(&value, Some("customer_profile")).unwrap(),
         };
         db.configure(&mut cfg.platform.database);
-        cfg.platform.auth.jwt_secret = SECRET.into();
+        testing::configure_platform(&mut cfg.platform, SECRET).await;
         cfg.platform.encryption = testing::encryption();
         cfg.customer_profile.quality.stale_check_interval_secs = 1;
         cfg.customer_profile.quality.stats_flush_secs = 1;
         // Tests read the report right after writing.
         cfg.customer_profile.quality.report_cache_secs = 0;
         cfg.customer_profile.reencrypt_interval_secs = 1;
-        cfg.platform.feed.poll_interval_ms = 50;
-        cfg.platform.feed.heartbeat_secs = 1;
-        if let Some(url) = testing::redis_url() {
-            cfg.platform.redis.url = url;
-            cfg.platform.redis.key_prefix = testing::unique_key_prefix();
-            let probe = RedisCache::new(&cfg.platform.redis, Duration::from_secs(1)).unwrap();
-            if let Err(e) = probe.ping().await {
-                panic!("{} is set but Redis cannot be reached: {e}", testing::REDIS_URL_VAR);
-            }
-        }
         adjust(&mut cfg);
         let redis = testing::redis_url().map(|_| cfg.platform.redis.clone());
         let (shutdown, signal) = shutdown_channel();

@@ -36,13 +36,7 @@ impl TestApp {
             permissions_service: section(&value, Some("permissions_service")).unwrap(),
         };
         db.configure(&mut cfg.platform.database);
-        cfg.platform.auth.jwt_secret = SECRET.into();
-        cfg.platform.feed.poll_interval_ms = 50;
-        cfg.platform.feed.heartbeat_secs = 1;
-        if let Some(url) = testing::redis_url() {
-            cfg.platform.redis.url = url;
-            cfg.platform.redis.key_prefix = testing::unique_key_prefix();
-        }
+        testing::configure_platform(&mut cfg.platform, SECRET).await;
         let s = &mut cfg.permissions_service;
         s.bootstrap_admins = vec!["root".into()];
         s.service_accounts = vec!["svc".into()];

@@ -53,14 +53,8 @@ impl TestApp {
         )
         .unwrap();
         let mut platform_cfg: crm_platform::config::PlatformConfig = section(&value, None).unwrap();
-        platform_cfg.auth.jwt_secret = SECRET.into();
+        testing::configure_platform(&mut platform_cfg, SECRET).await;
         platform_cfg.encryption = testing::encryption();
-        platform_cfg.feed.poll_interval_ms = 50;
-        platform_cfg.feed.heartbeat_secs = 1;
-        if let Some(url) = testing::redis_url() {
-            platform_cfg.redis.url = url;
-            platform_cfg.redis.key_prefix = testing::unique_key_prefix();
-        }
         let mut permissions: crm_permissions::ServiceConfig = section(&value, Some("permissions_service")).unwrap();
         permissions.bootstrap_admins = vec!["admin-1".into()];
         permissions.service_accounts = vec![crm_segmentation::SERVICE.into()];
@@ -170,18 +164,7 @@ impl TestApp {
     }
 }
 
-/// Polls `probe` every 100 ms until it gives a value; after `secs` seconds fails with
-/// `what` and the last state the probe reported.
-pub async fn eventually<T>(what: &str, secs: u64, mut probe: impl AsyncFnMut() -> Result<T, String>) -> T {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
-    loop {
-        match probe().await {
-            Ok(v) => return v,
-            Err(last) => assert!(std::time::Instant::now() < deadline, "{what}: {last}"),
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-}
+pub use crm_platform::testing::eventually;
 
 /// A reference to a customer by name.
 pub fn reference(name: &str) -> Option<cpb::CustomerReference> {

@@ -1,11 +1,8 @@
 //! `TestApp`: the ticketing service and the permissions service started in-process
 //! on one server (as `crm serve` hosts them), with the seeds' configuration.
 
-use std::time::Duration;
-
 use crm_platform::{
     Platform,
-    cache::RedisCache,
     config::{PLATFORM_DEFAULTS, section},
     server::{GrpcServer, Shutdown, shutdown_channel},
     testing::{self, TestDatabase},
@@ -44,17 +41,7 @@ impl TestApp {
         let mut ticketing: crm_ticketing::ServiceConfig = section(&value, Some("ticketing")).unwrap();
         ticketing.scheduler_interval_ms = 50;
         db.configure(&mut platform_cfg.database);
-        platform_cfg.auth.jwt_secret = SECRET.into();
-        platform_cfg.feed.poll_interval_ms = 50;
-        platform_cfg.feed.heartbeat_secs = 1;
-        if let Some(url) = testing::redis_url() {
-            platform_cfg.redis.url = url;
-            platform_cfg.redis.key_prefix = testing::unique_key_prefix();
-            let probe = RedisCache::new(&platform_cfg.redis, Duration::from_secs(1)).unwrap();
-            if let Err(e) = probe.ping().await {
-                panic!("{} is set but Redis cannot be reached: {e}", testing::REDIS_URL_VAR);
-            }
-        }
+        testing::configure_platform(&mut platform_cfg, SECRET).await;
         let (shutdown, signal) = shutdown_channel();
         let permissions_db = TestDatabase::new("permissions").unwrap();
         let mut permissions_platform = platform_cfg.clone();
