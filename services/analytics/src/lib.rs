@@ -96,12 +96,7 @@ impl ServiceConfig {
             ("ticketing_url", &self.ticketing_url),
             ("segmentation_url", &self.segmentation_url),
         ] {
-            if !(url.is_empty() || url.starts_with("http://") || url.starts_with("https://")) {
-                return Err(ConfigError::invalid(
-                    format!("analytics.{key}"),
-                    "starting with http:// or https://",
-                ));
-            }
+            crm_platform::config::check_service_url(&format!("analytics.{key}"), url)?;
         }
         if self.schedule_check_secs == 0 {
             return Err(ConfigError::invalid("analytics.schedule_check_secs", "at least 1"));

@@ -10,7 +10,7 @@ use std::{
 };
 
 use chrono::{DateTime, Utc};
-use crm_platform::{Error, Result, db::begin_write, feed, schedule};
+use crm_platform::{Error, Result, feed, schedule};
 use crm_proto::crm::analytics::v1 as pb;
 use prost::Message;
 use sea_orm::DatabaseConnection;
@@ -346,11 +346,8 @@ impl Models {
         let summaries = store::purchase_summaries(&self.db, &cfg.currency, end_us, recent_from, baseline_from).await?;
         if summaries.is_empty() {
             // Nothing to fit yet (a new installation): the next period, not a retry loop.
-            let txn = begin_write(&self.db).await?;
-            if schedule::complete(&txn, lease, next_due, end_us).await? {
+            if let Some(txn) = schedule::completing(&self.db, lease, next_due, end_us).await? {
                 txn.commit().await?;
-            } else {
-                txn.rollback().await?;
             }
             return Ok(Fitted::NoData);
         }
@@ -390,11 +387,9 @@ impl Models {
             time_unit: "day".into(),
             trigger: trigger.into(),
         };
-        let txn = begin_write(&self.db).await?;
-        if !schedule::complete(&txn, lease, next_due, row.fit_us).await? {
-            txn.rollback().await?;
+        let Some(txn) = schedule::completing(&self.db, lease, next_due, row.fit_us).await? else {
             return Ok(Fitted::LeaseLost);
-        }
+        };
         row.version = store::insert_model(&txn, &row).await?;
         let before = store::at_risk_now(&txn).await?;
         let score_us = row.fit_us;
@@ -488,11 +483,9 @@ impl Models {
             time_unit: "day".into(),
             trigger: trigger.into(),
         };
-        let txn = begin_write(&self.db).await?;
-        if !schedule::complete(&txn, lease, next_due, row.fit_us).await? {
-            txn.rollback().await?;
+        let Some(txn) = schedule::completing(&self.db, lease, next_due, row.fit_us).await? else {
             return Ok(Fitted::LeaseLost);
-        }
+        };
         row.version = store::insert_model(&txn, &row).await?;
         store::insert_rules(&txn, row.version, &mined).await?;
         feed::append_many(&txn, vec![fitted(&row)]).await?;

@@ -4,9 +4,11 @@
 //! its start gives the same projection.
 
 use async_trait::async_trait;
-use crm_platform::{Error, Result, consumer::Apply};
+use crm_platform::{
+    Result,
+    consumer::{Apply, id_in, payload},
+};
 use crm_proto::crm::{customer::v1 as cpb, events::v1::Event, segmentation::v1 as spb, ticketing::v1 as tpb};
-use prost::Message;
 use sea_orm::DatabaseTransaction;
 
 use crate::store::{self, CustomerRow, LineRow, OrderRow, TicketRow, TouchRow};
@@ -54,24 +56,9 @@ fn micros(t: Option<&prost_types::Timestamp>) -> i64 {
     t.map_or(0, crm_platform::feed::micros)
 }
 
-/// The id after `prefix/` in a resource name (`customers/{id}`, `tickets/{id}`).
-fn id_of(name: &str, prefix: &str) -> Result<String> {
-    name.strip_prefix(prefix)
-        .and_then(|rest| rest.strip_prefix('/'))
-        .and_then(|rest| rest.split('/').next())
-        .filter(|id| !id.is_empty())
-        .map(str::to_owned)
-        .ok_or_else(|| Error::internal(anyhow::anyhow!("not a {prefix} name: {name}")))
-}
-
 /// The last segment of a resource name.
 fn leaf(name: &str) -> String {
     name.rsplit('/').next().unwrap_or_default().to_owned()
-}
-
-fn decode<M: Message + Default>(event: &Event) -> Result<M> {
-    let data = event.data.as_ref().map(|d| d.value.as_slice()).unwrap_or_default();
-    M::decode(data).map_err(|e| Error::internal(anyhow::anyhow!("event {} ({}): {e}", event.id, event.r#type)))
 }
 
 /// A customer as the projection keeps it.
@@ -82,7 +69,7 @@ pub fn customer_row(c: &cpb::Customer) -> Result<CustomerRow> {
         c.lifecycle_stage
     };
     Ok(CustomerRow {
-        id: id_of(&c.name, "customers")?,
+        id: id_in(&c.name, "customers")?,
         owner_user_id: c.owner_user_id.clone(),
         team_id: c.team_id.clone(),
         source_channel: c.source_channel,
@@ -97,7 +84,7 @@ pub fn customer_row(c: &cpb::Customer) -> Result<CustomerRow> {
 pub fn order_row(customer: &str, o: &cpb::Order) -> Result<OrderRow> {
     Ok(OrderRow {
         id: leaf(&o.name),
-        customer_id: id_of(customer, "customers")?,
+        customer_id: id_in(customer, "customers")?,
         status: o.status,
         currency: o.currency.clone(),
         total_micros: o.total_micros,
@@ -125,9 +112,9 @@ impl Apply for Customers {
         match kind {
             "CustomerCreated" | "CustomerUpdated" | "CustomerDeleted" => {
                 let customer = match kind {
-                    "CustomerCreated" => decode::<cpb::CustomerCreated>(event)?.customer,
-                    "CustomerUpdated" => decode::<cpb::CustomerUpdated>(event)?.customer,
-                    _ => decode::<cpb::CustomerDeleted>(event)?.customer,
+                    "CustomerCreated" => payload::<cpb::CustomerCreated>(event)?.customer,
+                    "CustomerUpdated" => payload::<cpb::CustomerUpdated>(event)?.customer,
+                    _ => payload::<cpb::CustomerDeleted>(event)?.customer,
                 };
                 // An erased customer's earlier events are emptied at the source.
                 match customer {
@@ -136,16 +123,16 @@ impl Apply for Customers {
                 }
             }
             "CustomersMerged" => {
-                let e = decode::<cpb::CustomersMerged>(event)?;
+                let e = payload::<cpb::CustomersMerged>(event)?;
                 let Some(survivor) = e.survivor else { return Ok(()) };
                 let row = customer_row(&survivor)?;
                 store::upsert_customer(txn, &row).await?;
-                let merged = e.merged.iter().map(|m| id_of(m, "customers")).collect::<Result<Vec<_>>>()?;
+                let merged = e.merged.iter().map(|m| id_in(m, "customers")).collect::<Result<Vec<_>>>()?;
                 store::set_merged_into(txn, &merged, Some(&row.id)).await?;
                 crm_platform::people::reassign(txn, std::slice::from_ref(&row.id), &["orders"]).await
             }
             "CustomersUnmerged" => {
-                let e = decode::<cpb::CustomersUnmerged>(event)?;
+                let e = payload::<cpb::CustomersUnmerged>(event)?;
                 let Some(survivor) = e.survivor else { return Ok(()) };
                 let row = customer_row(&survivor)?;
                 store::upsert_customer(txn, &row).await?;
@@ -159,13 +146,13 @@ impl Apply for Customers {
                 crm_platform::people::reassign(txn, &roots, &["orders"]).await
             }
             "CustomerErased" => {
-                let Some(erasure) = decode::<cpb::CustomerErased>(event)?.erasure else {
+                let Some(erasure) = payload::<cpb::CustomerErased>(event)?.erasure else {
                     return Ok(());
                 };
                 let ids = erasure
                     .erased_customers
                     .iter()
-                    .map(|c| id_of(c, "customers"))
+                    .map(|c| id_in(c, "customers"))
                     .collect::<Result<Vec<_>>>()?;
                 // This service's own events about them (scores in ChurnRiskRaised) keep
                 // their shape and lose their content, as every feed's do.
@@ -175,17 +162,17 @@ impl Apply for Customers {
                 store::erase(txn, &ids).await
             }
             "OrderChanged" => {
-                let e = decode::<cpb::OrderChanged>(event)?;
+                let e = payload::<cpb::OrderChanged>(event)?;
                 let Some(o) = e.order else { return Ok(()) };
                 store::upsert_order(txn, &order_row(&e.customer, &o)?).await
             }
             "InteractionRecorded" => {
-                let e = decode::<cpb::InteractionRecorded>(event)?;
+                let e = payload::<cpb::InteractionRecorded>(event)?;
                 let Some(i) = e.interaction else { return Ok(()) };
                 store::insert_interaction(
                     txn,
                     &leaf(&i.name),
-                    &id_of(&e.customer, "customers")?,
+                    &id_in(&e.customer, "customers")?,
                     i.kind,
                     i.channel,
                     micros(i.occur_time.as_ref()),
@@ -193,7 +180,7 @@ impl Apply for Customers {
                 .await
             }
             "DataPurged" => {
-                let report = decode::<cpb::DataPurged>(event)?.report.unwrap_or_default();
+                let report = payload::<cpb::DataPurged>(event)?.report.unwrap_or_default();
                 for class in report.classes.iter().filter(|c| c.data_class == "interactions") {
                     if let Some(cutoff) = &class.cutoff_time {
                         store::delete_interactions_before(txn, micros(Some(cutoff))).await?;
@@ -210,11 +197,11 @@ impl Apply for Customers {
 /// category or tagged `complaint` (as ticketing's own report counts them).
 pub fn ticket_row(t: &tpb::Ticket) -> Result<TicketRow> {
     Ok(TicketRow {
-        id: id_of(&t.name, "tickets")?,
+        id: id_in(&t.name, "tickets")?,
         customer_id: if t.customer.is_empty() {
             String::new()
         } else {
-            id_of(&t.customer, "customers")?
+            id_in(&t.customer, "customers")?
         },
         channel: t.channel,
         category: t.category.clone(),
@@ -234,23 +221,23 @@ pub struct Tickets;
 impl Apply for Tickets {
     async fn apply(&self, txn: &DatabaseTransaction, event: &Event) -> Result<()> {
         match event.r#type.as_str() {
-            "crm.ticketing.v1.TicketChanged" => match decode::<tpb::TicketChanged>(event)?.ticket {
+            "crm.ticketing.v1.TicketChanged" => match payload::<tpb::TicketChanged>(event)?.ticket {
                 Some(t) => store::upsert_ticket(txn, &ticket_row(&t)?).await,
                 None => Ok(()),
             },
             "crm.ticketing.v1.SlaPointReached" => {
-                let e = decode::<tpb::SlaPointReached>(event)?;
+                let e = payload::<tpb::SlaPointReached>(event)?;
                 if e.percent < 100 {
                     return Ok(());
                 }
                 let resolution = e.metric == tpb::SlaMetric::Resolution as i32;
-                store::breach(txn, &id_of(&e.ticket, "tickets")?, resolution).await
+                store::breach(txn, &id_in(&e.ticket, "tickets")?, resolution).await
             }
             "crm.ticketing.v1.SurveySubmitted" => {
-                let Some(r) = decode::<tpb::SurveySubmitted>(event)?.response else {
+                let Some(r) = payload::<tpb::SurveySubmitted>(event)?.response else {
                     return Ok(());
                 };
-                store::rate(txn, &id_of(&r.ticket, "tickets")?, r.rating, micros(r.submit_time.as_ref())).await
+                store::rate(txn, &id_in(&r.ticket, "tickets")?, r.rating, micros(r.submit_time.as_ref())).await
             }
             _ => Ok(()),
         }
@@ -266,7 +253,7 @@ impl Apply for Touches {
         if event.r#type != "crm.segmentation.v1.CampaignTouchesRecorded" {
             return Ok(());
         }
-        let e = decode::<spb::CampaignTouchesRecorded>(event)?;
+        let e = payload::<spb::CampaignTouchesRecorded>(event)?;
         let rows = e
             .touches
             .iter()
@@ -274,7 +261,7 @@ impl Apply for Touches {
                 Ok(TouchRow {
                     campaign: t.campaign.clone(),
                     run: t.run,
-                    customer_id: id_of(&t.customer, "customers")?,
+                    customer_id: id_in(&t.customer, "customers")?,
                     kind: t.kind,
                     channel: t.channel,
                     occur_us: micros(t.occur_time.as_ref()),
@@ -295,10 +282,10 @@ mod tests {
 
     #[test]
     fn names_resolve_to_ids() {
-        assert_eq!(id_of("customers/x/orders/1", "customers").unwrap(), "x");
-        assert_eq!(id_of("tickets/t-9", "tickets").unwrap(), "t-9");
-        assert!(id_of("orders/1", "customers").is_err());
-        assert!(id_of("customers/", "customers").is_err());
+        assert_eq!(id_in("customers/x/orders/1", "customers").unwrap(), "x");
+        assert_eq!(id_in("tickets/t-9", "tickets").unwrap(), "t-9");
+        assert!(id_in("orders/1", "customers").is_err());
+        assert!(id_in("customers/", "customers").is_err());
         assert_eq!(leaf("customers/x/orders/o-1"), "o-1");
     }
 

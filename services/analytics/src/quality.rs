@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use crm_platform::{Result, authz::ServiceCredentials, db::begin_write, feed, schedule};
+use crm_platform::{Result, authz::ServiceCredentials, feed, schedule};
 use crm_proto::crm::{
     analytics::v1 as pb,
     customer::v1::{self as cpb, customer_profile_service_client::CustomerProfileServiceClient},
@@ -107,12 +107,10 @@ impl Snapshots {
             .into_inner();
         let day_us = now_us.div_euclid(DAY_US) * DAY_US;
         let points = points(&report, day_us, now_us);
-        let txn = begin_write(&self.db).await?;
         // Next: the start of tomorrow (UTC).
-        if !schedule::complete(&txn, lease, day_us + DAY_US, now_us).await? {
-            txn.rollback().await?;
+        let Some(txn) = schedule::completing(&self.db, lease, day_us + DAY_US, now_us).await? else {
             return Ok(None);
-        }
+        };
         let mut events = Vec::new();
         for p in &points {
             let before = store::last_alert(&txn, &p.kpi, p.day_us).await?.unwrap_or(false);

@@ -190,13 +190,9 @@ pub fn funnel(rows: &[FunnelCount], from_us: i64, to_us: i64, granularity: Granu
     out
 }
 
-/// The value at quantile `q` (0 to 1) of sorted `v`, by the nearest rank.
-pub fn quantile(sorted: &[i64], q: f64) -> Option<f64> {
-    if sorted.is_empty() {
-        return None;
-    }
-    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
-    Some(sorted[rank - 1] as f64)
+/// The nearest-rank `percent` percentile (0–100) of sorted values, as a point value.
+pub fn quantile(sorted: &[i64], percent: u32) -> Option<f64> {
+    crm_platform::stats::nearest_rank(sorted, percent).map(|v| v as f64)
 }
 
 /// How a service report groups.
@@ -298,21 +294,16 @@ impl ServiceTrends {
                     "first_response_median",
                     group,
                     "seconds",
-                    along(&|c| quantile(&c.first_response, 0.5)),
+                    along(&|c| quantile(&c.first_response, 50)),
                 ),
                 series(
                     "first_response_p90",
                     group,
                     "seconds",
-                    along(&|c| quantile(&c.first_response, 0.9)),
+                    along(&|c| quantile(&c.first_response, 90)),
                 ),
-                series(
-                    "resolution_median",
-                    group,
-                    "seconds",
-                    along(&|c| quantile(&c.resolution, 0.5)),
-                ),
-                series("resolution_p90", group, "seconds", along(&|c| quantile(&c.resolution, 0.9))),
+                series("resolution_median", group, "seconds", along(&|c| quantile(&c.resolution, 50))),
+                series("resolution_p90", group, "seconds", along(&|c| quantile(&c.resolution, 90))),
                 series("sla_compliance", group, "ratio", along(&|c| ratio(c.sla_met, c.sla_decided))),
                 series(
                     "csat",
@@ -690,9 +681,9 @@ mod tests {
     #[test]
     fn quantiles_use_the_nearest_rank() {
         let v: Vec<i64> = (1..=10).collect();
-        assert_eq!(quantile(&v, 0.5), Some(5.0));
-        assert_eq!(quantile(&v, 0.9), Some(9.0));
-        assert_eq!(quantile(&[7], 0.9), Some(7.0));
-        assert_eq!(quantile(&[], 0.5), None);
+        assert_eq!(quantile(&v, 50), Some(5.0));
+        assert_eq!(quantile(&v, 90), Some(9.0));
+        assert_eq!(quantile(&[7], 90), Some(7.0));
+        assert_eq!(quantile(&[], 50), None);
     }
 }

@@ -192,12 +192,7 @@ impl ServiceConfig {
             ("segmentation_url", &self.sections.segmentation_url),
             ("analytics_url", &self.sections.analytics_url),
         ] {
-            if !(url.is_empty() || url.starts_with("http://") || url.starts_with("https://")) {
-                return Err(ConfigError::invalid(
-                    format!("customer_profile.sections.{key}"),
-                    "empty, or starting with http:// or https://",
-                ));
-            }
+            crm_platform::config::check_service_url(&format!("customer_profile.sections.{key}"), url)?;
         }
         if self.retention.interval_secs == 0 {
             return Err(ConfigError::invalid("customer_profile.retention.interval_secs", "at least 1"));

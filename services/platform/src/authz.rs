@@ -62,9 +62,7 @@ pub struct PermissionsClientConfig {
 
 impl PermissionsClientConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if !(self.url.is_empty() || self.url.starts_with("http://") || self.url.starts_with("https://")) {
-            return Err(ConfigError::invalid("permissions.url", "must start with http:// or https://"));
-        }
+        crate::config::check_service_url("permissions.url", &self.url)?;
         if self.decision_cache_secs > 300 {
             return Err(ConfigError::invalid(
                 "permissions.decision_cache_secs",

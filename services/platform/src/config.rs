@@ -219,6 +219,16 @@ impl ConfigError {
     }
 }
 
+/// Checks the address of another service at configuration key `key`: empty (not
+/// configured), or an `http://` or `https://` URL.
+pub fn check_service_url(key: &str, url: &str) -> Result<(), ConfigError> {
+    if url.is_empty() || url.starts_with("http://") || url.starts_with("https://") {
+        Ok(())
+    } else {
+        Err(ConfigError::invalid(key, "empty, or starting with http:// or https://"))
+    }
+}
+
 /// Loads the layered configuration: `defaults` (TOML documents, applied in order),
 /// then `file` if given, then `CRM__*` environment variables (`CRM__DATABASE__URL`
 /// sets `database.url`). Read sections out of it with [`section`].

@@ -89,6 +89,23 @@ pub struct Subscription {
     pub event_types: Vec<String>,
 }
 
+/// The payload of a followed `event`, as message `M`.
+pub fn payload<M: prost::Message + Default>(event: &Event) -> Result<M> {
+    let data = event.data.as_ref().map(|d| d.value.as_slice()).unwrap_or_default();
+    M::decode(data).map_err(|e| crate::Error::internal(anyhow::anyhow!("event {} ({}): {e}", event.id, event.r#type)))
+}
+
+/// The id after `collection/` in a resource name from an event: `customers/{id}`, or
+/// `customers/{id}/orders/{o}` for `customers`.
+pub fn id_in(name: &str, collection: &str) -> Result<String> {
+    name.strip_prefix(collection)
+        .and_then(|rest| rest.strip_prefix('/'))
+        .and_then(|rest| rest.split('/').next())
+        .filter(|id| !id.is_empty())
+        .map(str::to_owned)
+        .ok_or_else(|| crate::Error::internal(anyhow::anyhow!("not a {collection} name: {name}")))
+}
+
 /// A consumer's effect of one event, inside the transaction that also moves the
 /// cursor. An error rolls both back; the event is delivered again after a backoff.
 #[async_trait]

@@ -26,6 +26,7 @@ pub mod paging;
 pub mod people;
 pub mod schedule;
 pub mod server;
+pub mod stats;
 pub mod telemetry;
 pub mod testing;
 

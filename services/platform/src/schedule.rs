@@ -1,19 +1,19 @@
 //! Periodic jobs that run exactly once per period across replicas.
 //!
 //! A replica claims a due job by taking its lease in one conditional update (only one
-//! claimant can match), runs it, and commits the job's results together with
-//! [`complete`], in one transaction. Completing checks the lease is still its own: a
+//! claimant can match), runs it, and commits the job's results in the transaction
+//! [`completing`] begins. Completing checks the lease is still its own: a
 //! replica that stalled past its lease while another took the job over rolls back,
 //! so each period's results are committed once. A replica that dies mid-run leaves
 //! the lease to expire; the next claim after that runs the job again.
 
 use std::time::Duration;
 
-use sea_orm::{ConnectionTrait, DatabaseConnection};
+use sea_orm::{ConnectionTrait, DatabaseConnection, DatabaseTransaction};
 
 use crate::{
     Result,
-    db::{exec, query},
+    db::{begin_write, exec, query},
     migrate::Dialect,
 };
 
@@ -88,12 +88,19 @@ pub async fn claim(
     }))
 }
 
-/// Records the run as done, next due at `next_due_us`, in the caller's transaction
-/// (the one holding the job's results). `false`: the lease was lost to another
-/// replica; the caller must roll back.
-pub async fn complete<C: ConnectionTrait>(txn: &C, lease: &Lease, next_due_us: i64, now_us: i64) -> Result<bool> {
+/// Begins the write transaction that will hold the run's results, with the run
+/// already recorded as done in it, next due at `next_due_us`: the caller adds the
+/// results and commits. `None` (rolled back): the lease was lost to another replica,
+/// and the results must not be written.
+pub async fn completing(
+    db: &DatabaseConnection,
+    lease: &Lease,
+    next_due_us: i64,
+    now_us: i64,
+) -> Result<Option<DatabaseTransaction>> {
+    let txn = begin_write(db).await?;
     let done = exec(
-        txn,
+        &txn,
         "UPDATE schedules SET due_us = ?, owner = '', lease_until_us = 0, last_run_us = ?, runs = runs + 1 \
          WHERE job = ? AND owner = ?",
         vec![
@@ -104,7 +111,12 @@ pub async fn complete<C: ConnectionTrait>(txn: &C, lease: &Lease, next_due_us: i
         ],
     )
     .await?;
-    Ok(done == 1)
+    if done == 1 {
+        Ok(Some(txn))
+    } else {
+        txn.rollback().await?;
+        Ok(None)
+    }
 }
 
 /// Gives the lease back without a run (the job failed; it is due again at once).

@@ -157,12 +157,7 @@ impl ServiceConfig {
             ("customer_profile_url", &self.customer_profile_url),
             ("analytics_url", &self.analytics_url),
         ] {
-            if !(url.is_empty() || url.starts_with("http://") || url.starts_with("https://")) {
-                return Err(ConfigError::invalid(
-                    format!("segmentation.{key}"),
-                    "starting with http:// or https://",
-                ));
-            }
+            crm_platform::config::check_service_url(&format!("segmentation.{key}"), url)?;
         }
         if self.tag_expiry_interval_secs == 0 {
             return Err(ConfigError::invalid("segmentation.tag_expiry_interval_secs", "at least 1"));

@@ -4,9 +4,11 @@
 //! a deletion keyed by the source's ids.
 
 use async_trait::async_trait;
-use crm_platform::{Error, Result, consumer::Apply};
+use crm_platform::{
+    Result,
+    consumer::{Apply, payload},
+};
 use crm_proto::crm::{customer::v1 as pb, events::v1::Event};
-use prost::Message;
 use sea_orm::DatabaseTransaction;
 
 use crate::{
@@ -81,11 +83,7 @@ fn micros(t: Option<&prost_types::Timestamp>) -> i64 {
 
 /// The id of a resource name `customers/{id}` (or `customers/{id}/...`).
 fn customer_id(name: &str) -> Result<String> {
-    name.strip_prefix("customers/")
-        .and_then(|rest| rest.split('/').next())
-        .filter(|id| !id.is_empty())
-        .map(str::to_owned)
-        .ok_or_else(|| Error::internal(anyhow::anyhow!("not a customer name: {name}")))
+    crm_platform::consumer::id_in(name, "customers")
 }
 
 /// The last segment of a resource name.
@@ -166,11 +164,6 @@ fn consent_rows(c: &pb::Consent) -> Vec<ConsentRow> {
         .collect()
 }
 
-fn decode<M: Message + Default>(event: &Event) -> Result<M> {
-    let data = event.data.as_ref().map(|d| d.value.as_slice()).unwrap_or_default();
-    M::decode(data).map_err(|e| Error::internal(anyhow::anyhow!("event {} ({}): {e}", event.id, event.r#type)))
-}
-
 impl Projection {
     async fn upsert(&self, txn: &DatabaseTransaction, c: Option<&pb::Customer>) -> Result<()> {
         // An erased customer's earlier events are emptied at the source: nothing to apply.
@@ -191,15 +184,15 @@ impl Apply for Projection {
         match kind {
             "CustomerCreated" | "CustomerUpdated" | "CustomerDeleted" => {
                 let customer = match kind {
-                    "CustomerCreated" => decode::<pb::CustomerCreated>(event)?.customer,
-                    "CustomerUpdated" => decode::<pb::CustomerUpdated>(event)?.customer,
-                    _ => decode::<pb::CustomerDeleted>(event)?.customer,
+                    "CustomerCreated" => payload::<pb::CustomerCreated>(event)?.customer,
+                    "CustomerUpdated" => payload::<pb::CustomerUpdated>(event)?.customer,
+                    _ => payload::<pb::CustomerDeleted>(event)?.customer,
                 };
                 self.upsert(txn, customer.as_ref()).await?;
                 self.customer_changed(txn, customer.as_ref()).await
             }
             "CustomersMerged" => {
-                let e = decode::<pb::CustomersMerged>(event)?;
+                let e = payload::<pb::CustomersMerged>(event)?;
                 let Some(survivor) = e.survivor else { return Ok(()) };
                 let row = customer_row(&survivor)?;
                 self.upsert(txn, Some(&survivor)).await?;
@@ -212,7 +205,7 @@ impl Apply for Projection {
                 self.segments.on_change(txn, &people, deps::ALL).await
             }
             "CustomersUnmerged" => {
-                let e = decode::<pb::CustomersUnmerged>(event)?;
+                let e = payload::<pb::CustomersUnmerged>(event)?;
                 let Some(survivor) = e.survivor else { return Ok(()) };
                 let row = customer_row(&survivor)?;
                 self.upsert(txn, Some(&survivor)).await?;
@@ -228,7 +221,7 @@ impl Apply for Projection {
                 self.segments.on_change(txn, &roots, deps::ALL).await
             }
             "CustomerErased" => {
-                let Some(erasure) = decode::<pb::CustomerErased>(event)?.erasure else {
+                let Some(erasure) = payload::<pb::CustomerErased>(event)?.erasure else {
                     return Ok(());
                 };
                 let ids = erasure
@@ -246,7 +239,7 @@ impl Apply for Projection {
                 self.segments.on_change(txn, &ids, deps::ALL).await
             }
             "OrderChanged" => {
-                let e = decode::<pb::OrderChanged>(event)?;
+                let e = payload::<pb::OrderChanged>(event)?;
                 let Some(o) = e.order else { return Ok(()) };
                 let row = order_row(&e.customer, &o)?;
                 let people = store::upsert_order(txn, &row).await?;
@@ -262,7 +255,7 @@ impl Apply for Projection {
                     .await
             }
             "InteractionRecorded" => {
-                let e = decode::<pb::InteractionRecorded>(event)?;
+                let e = payload::<pb::InteractionRecorded>(event)?;
                 let Some(i) = e.interaction else { return Ok(()) };
                 let row = interaction_row(&e.customer, &i)?;
                 let person = store::insert_interaction(txn, &row).await?;
@@ -278,7 +271,7 @@ impl Apply for Projection {
                     .await
             }
             "ConsentChanged" => {
-                let e = decode::<pb::ConsentChanged>(event)?;
+                let e = payload::<pb::ConsentChanged>(event)?;
                 let Some(c) = e.consent else { return Ok(()) };
                 let id = customer_id(&e.customer)?;
                 store::replace_consent(txn, &id, &consent_rows(&c)).await?;
@@ -286,7 +279,7 @@ impl Apply for Projection {
                 self.segments.on_change(txn, &[person], deps::CONSENT).await
             }
             "DataPurged" => {
-                let report = decode::<pb::DataPurged>(event)?.report.unwrap_or_default();
+                let report = payload::<pb::DataPurged>(event)?.report.unwrap_or_default();
                 for class in report.classes.iter().filter(|c| c.data_class == "interactions") {
                     if let Some(cutoff) = &class.cutoff_time {
                         store::delete_interactions_before(txn, micros(Some(cutoff))).await?;

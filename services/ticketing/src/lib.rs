@@ -93,13 +93,7 @@ impl ServiceConfig {
         if !(1..=64).contains(&self.scheduler_workers) {
             return Err(ConfigError::invalid("ticketing.scheduler_workers", "1 to 64"));
         }
-        let url = &self.customer_profile_url;
-        if !(url.is_empty() || url.starts_with("http://") || url.starts_with("https://")) {
-            return Err(ConfigError::invalid(
-                "ticketing.customer_profile_url",
-                "empty, or starting with http:// or https://",
-            ));
-        }
+        crm_platform::config::check_service_url("ticketing.customer_profile_url", &self.customer_profile_url)?;
         let attr = &self.tier_attribute;
         let attr_ok = !attr.is_empty()
             && attr.len() <= 63

@@ -3,9 +3,9 @@
 use std::time::Duration;
 
 use crm_platform::{
-    db::{begin_write, connect},
+    db::connect,
     migrate::{self, Migration},
-    schedule::{claim, complete, release, status},
+    schedule::{claim, completing, release, status},
     testing::TestDatabase,
 };
 
@@ -38,12 +38,9 @@ async fn one_claimant_per_period_and_a_lost_lease_cannot_complete() {
         .await
         .unwrap()
         .expect("lease expired");
-    let txn = begin_write(&db).await.unwrap();
-    assert!(complete(&txn, &b, 500_000_000, 62_000_000).await.unwrap());
-    txn.commit().await.unwrap();
-    let txn = begin_write(&db).await.unwrap();
-    assert!(!complete(&txn, &a, 500_000_000, 63_000_000).await.unwrap());
-    txn.rollback().await.unwrap();
+    let txn = completing(&db, &b, 500_000_000, 62_000_000).await.unwrap();
+    txn.expect("b holds the lease").commit().await.unwrap();
+    assert!(completing(&db, &a, 500_000_000, 63_000_000).await.unwrap().is_none());
     let s = status(&db, "fit").await.unwrap().unwrap();
     assert_eq!((s.runs, s.due_us, s.running), (1, 500_000_000, false));
     // Not due before its time, unless forced; due after.

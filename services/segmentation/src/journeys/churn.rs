@@ -5,7 +5,6 @@
 use async_trait::async_trait;
 use crm_platform::{Error, Result, consumer::Apply};
 use crm_proto::crm::{analytics::v1 as apb, events::v1::Event};
-use prost::Message;
 use sea_orm::DatabaseTransaction;
 
 use super::engine::{Engine, Observed};
@@ -30,9 +29,7 @@ impl Apply for ChurnRisks {
         if event.r#type != EVENT_TYPES[0] {
             return Ok(());
         }
-        let data = event.data.as_ref().map(|d| d.value.as_slice()).unwrap_or_default();
-        let raised = apb::ChurnRiskRaised::decode(data)
-            .map_err(|e| Error::internal(anyhow::anyhow!("event {} ({}): {e}", event.id, event.r#type)))?;
+        let raised: apb::ChurnRiskRaised = crm_platform::consumer::payload(event)?;
         let Some(id) = raised
             .score
             .as_ref()

@@ -4,7 +4,7 @@
 
 use async_trait::async_trait;
 use chrono::Utc;
-use crm_platform::{Error, Result, consumer::Apply, feed::timestamp};
+use crm_platform::{Result, consumer::Apply, feed::timestamp};
 use crm_proto::crm::{customer::v1 as cpb, events::v1::Event, ticketing::v1 as pb};
 use prost::Message;
 use sea_orm::DatabaseTransaction;
@@ -23,8 +23,7 @@ impl Apply for Erasures {
         if event.r#type != CUSTOMER_ERASED {
             return Ok(());
         }
-        let data = event.data.as_ref().map(|d| d.value.as_slice()).unwrap_or_default();
-        let erased = cpb::CustomerErased::decode(data).map_err(Error::internal)?;
+        let erased: cpb::CustomerErased = crm_platform::consumer::payload(event)?;
         let Some(erasure) = erased.erasure else {
             return Ok(());
         };

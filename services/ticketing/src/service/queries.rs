@@ -283,13 +283,9 @@ impl Group {
     }
 }
 
-/// The nearest-rank percentile `p` (0–100) of sorted values.
+/// The nearest-rank percentile `p` (0–100) of sorted values (0 when there are none).
 fn percentile(sorted: &[i64], p: u32) -> i64 {
-    if sorted.is_empty() {
-        return 0;
-    }
-    let rank = (u64::from(p) * sorted.len() as u64).div_ceil(100).max(1);
-    sorted[(rank - 1) as usize]
+    crm_platform::stats::nearest_rank(sorted, p).unwrap_or(0)
 }
 
 fn stats(values: &mut [i64]) -> pb::DurationStats {
